@@ -1,0 +1,309 @@
+//! [`SessionLayer`]: the configuration of the session middleware.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_sealed_sessions::{Keys, MemoryStore, SameSite, SessionLayer};
+//!
+//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+//!     .with_cookie_name("__Host-id")
+//!     .with_same_site(SameSite::Strict)
+//!     .with_idle_timeout(Some(Duration::from_secs(30 * 60)))
+//!     .with_lifespan(Some(Duration::from_secs(24 * 3600)));
+//! assert_eq!(layer.idle_timeout(), Some(Duration::from_secs(1800)));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cookie::SameSite;
+use tower_layer::Layer;
+
+use crate::clock::{Clock, Timestamp};
+use crate::cookie::CookieConfig;
+use crate::keys::Keys;
+use crate::record::Deadlines;
+use crate::service::{DynStore, Erased, SessionService};
+use crate::session::Meta;
+use crate::store::SessionStore;
+
+/// Adds sealed sessions to a service. Cheap to clone: the configuration sits behind
+/// an `Arc` and is shared by every service it builds.
+///
+/// Defaults: cookie `id`, `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no Domain;
+/// idle timeout 30 minutes, lifespan 24 hours, remember-me 30 days, touch interval
+/// 1 minute.
+#[derive(Clone)]
+pub struct SessionLayer {
+    shared: Arc<Shared>,
+}
+
+/// Everything a request needs, shared by the layer, its services and sessions.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn DynStore>,
+    pub(crate) keys: Keys,
+    pub(crate) cookie: CookieConfig,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) lifespan: Option<Duration>,
+    pub(crate) remember_me: Option<Duration>,
+    pub(crate) touch_interval: Duration,
+    pub(crate) clock: Clock,
+}
+
+impl Shared {
+    pub(crate) fn lifespan_deadline(&self, now: Timestamp, remember_me: bool) -> Timestamp {
+        let duration = if remember_me {
+            self.remember_me
+        } else {
+            self.lifespan
+        };
+        duration.map_or(Timestamp::NEVER, |d| now.saturating_add(d))
+    }
+
+    pub(crate) fn new_meta(&self, now: Timestamp) -> Meta {
+        Meta {
+            created_at: now,
+            lifespan_deadline: self.lifespan_deadline(now, false),
+            remember_me: false,
+        }
+    }
+
+    /// The touch interval in force: never more than half the idle timeout, or a
+    /// session in steady use could expire between two touches.
+    pub(crate) fn effective_touch_interval(&self) -> Duration {
+        match self.idle_timeout {
+            Some(idle) => self.touch_interval.min(idle / 2),
+            None => self.touch_interval,
+        }
+    }
+
+    /// The deadlines a request at `now` gives a session.
+    pub(crate) fn deadlines(&self, now: Timestamp, meta: Meta) -> Deadlines {
+        // Remember-me sessions outlive idleness by design (Authelia does the same):
+        // only their lifespan ends them.
+        let idle = match (meta.remember_me, self.idle_timeout) {
+            (false, Some(timeout)) => now.saturating_add(timeout),
+            _ => Timestamp::NEVER,
+        };
+        Deadlines {
+            idle: idle.min(meta.lifespan_deadline),
+            lifespan: meta.lifespan_deadline,
+        }
+    }
+}
+
+impl SessionLayer {
+    /// Sessions kept in `store`, sealed with `keys`.
+    pub fn new<St: SessionStore>(store: St, keys: Keys) -> Self {
+        SessionLayer {
+            shared: Arc::new(Shared {
+                store: Arc::new(Erased(Arc::new(store))),
+                keys,
+                cookie: CookieConfig::default(),
+                idle_timeout: Some(Duration::from_secs(30 * 60)),
+                lifespan: Some(Duration::from_secs(24 * 3600)),
+                remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
+                touch_interval: Duration::from_secs(60),
+                clock: Clock::system(),
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// The cookie's name (default `id`). Prefer `__Host-id` on HTTPS sites: browsers
+    /// then refuse the cookie from subdomains and insecure origins (RFC 6265bis,
+    /// section 4.1.3), which stops cookie tossing.
+    pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.edit(|s| s.cookie.name = name)
+    }
+
+    /// The cookie's `Domain` (default none: the exact host only).
+    ///
+    /// # Warning
+    ///
+    /// A Domain sends the cookie to every subdomain too, and lets any of them set a
+    /// cookie of the same name.
+    pub fn with_domain(self, domain: impl Into<String>) -> Self {
+        let domain = domain.into();
+        self.edit(|s| s.cookie.domain = Some(domain))
+    }
+
+    /// The cookie's `Path` (default `/`).
+    pub fn with_path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.edit(|s| s.cookie.path = path)
+    }
+
+    /// Whether the cookie is `Secure`: sent over HTTPS only (default `true`).
+    ///
+    /// # Warning
+    ///
+    /// Turn it off only for plain-HTTP development: otherwise the cookie can be read
+    /// by anyone on the network path.
+    pub fn with_secure(self, secure: bool) -> Self {
+        self.edit(|s| s.cookie.secure = secure)
+    }
+
+    /// Whether the cookie is `HttpOnly`: hidden from scripts (default `true`).
+    ///
+    /// # Warning
+    ///
+    /// Without it, any script injected into a page can steal the session.
+    pub fn with_http_only(self, http_only: bool) -> Self {
+        self.edit(|s| s.cookie.http_only = http_only)
+    }
+
+    /// The cookie's `SameSite` (default `Lax`).
+    ///
+    /// # Warning
+    ///
+    /// `None` sends the cookie on cross-site requests, which opens the door to
+    /// cross-site request forgery; browsers accept it only with `Secure`.
+    pub fn with_same_site(self, same_site: SameSite) -> Self {
+        self.edit(|s| s.cookie.same_site = same_site)
+    }
+
+    /// Ends a session after this long without a request (default 30 minutes);
+    /// `None` disables idle expiry.
+    ///
+    /// # Warning
+    ///
+    /// Without an idle timeout a stolen cookie stays useful for the whole lifespan.
+    pub fn with_idle_timeout(self, timeout: Option<Duration>) -> Self {
+        self.edit(|s| s.idle_timeout = timeout)
+    }
+
+    /// Ends a session this long after it was created, however active (default 24
+    /// hours); `None` disables it.
+    ///
+    /// # Warning
+    ///
+    /// Without a lifespan an active session, or a stolen cookie in use, never ends.
+    pub fn with_lifespan(self, lifespan: Option<Duration>) -> Self {
+        self.edit(|s| s.lifespan = lifespan)
+    }
+
+    /// The lifespan of a session marked with [`Session::set_remember_me`] (default 30
+    /// days); such a session gets a persistent cookie. `None` disables remember-me.
+    ///
+    /// [`Session::set_remember_me`]: crate::Session::set_remember_me
+    pub fn with_remember_me(self, duration: Option<Duration>) -> Self {
+        self.edit(|s| s.remember_me = duration)
+    }
+
+    /// How far the stored idle deadline may lag before a read-only request writes it
+    /// (default 1 minute).
+    ///
+    /// Sliding the idle deadline on every request would cost a store write per
+    /// request. Instead an unchanged session is touched only when its stored deadline
+    /// lags the one this request earns by more than this interval. So a session
+    /// expires at most this much *earlier* than `last request + idle timeout`, and
+    /// never later. Requests that change data always write the exact deadline.
+    /// An interval longer than half the idle timeout is cut to half of it.
+    pub fn with_touch_interval(self, interval: Duration) -> Self {
+        self.edit(|s| s.touch_interval = interval)
+    }
+
+    /// The clock expiry is decided by (default: the system clock). Tests plug in a
+    /// [`ManualClock`](crate::ManualClock); give the store the same clock.
+    pub fn with_clock(self, clock: impl Into<Clock>) -> Self {
+        let clock = clock.into();
+        self.edit(|s| s.clock = clock)
+    }
+
+    /// The configured idle timeout.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.shared.idle_timeout
+    }
+
+    /// The configured lifespan.
+    pub fn lifespan(&self) -> Option<Duration> {
+        self.shared.lifespan
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService::new(inner, self.shared.clone())
+    }
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("SessionLayer")
+            .field("keys", &s.keys)
+            .field("cookie", &s.cookie)
+            .field("idle_timeout", &s.idle_timeout)
+            .field("lifespan", &s.lifespan)
+            .field("remember_me", &s.remember_me)
+            .field("touch_interval", &s.touch_interval)
+            .field("clock", &s.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    fn shared() -> Shared {
+        let layer = SessionLayer::new(MemoryStore::default(), Keys::generate());
+        (*layer.shared).clone()
+    }
+
+    #[test]
+    fn idle_deadline_never_passes_the_lifespan() {
+        let s = shared();
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let meta = Meta {
+            created_at: now,
+            lifespan_deadline: now.saturating_add(Duration::from_secs(60)),
+            remember_me: false,
+        };
+        let d = s.deadlines(now, meta);
+        assert_eq!(d.idle, meta.lifespan_deadline, "30 min idle capped at 60 s lifespan");
+    }
+
+    #[test]
+    fn remember_me_sessions_are_not_ended_by_idleness() {
+        let s = shared();
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let lifespan = s.lifespan_deadline(now, true);
+        assert_eq!(lifespan, now.saturating_add(Duration::from_secs(30 * 24 * 3600)));
+        let meta = Meta {
+            created_at: now,
+            lifespan_deadline: lifespan,
+            remember_me: true,
+        };
+        assert_eq!(s.deadlines(now, meta).idle, lifespan);
+    }
+
+    #[test]
+    fn no_timeouts_means_no_deadline() {
+        let mut s = shared();
+        s.idle_timeout = None;
+        s.lifespan = None;
+        let now = Timestamp::from_unix_millis(5);
+        let d = s.deadlines(now, s.new_meta(now));
+        assert!(d.expires_at().is_never());
+    }
+
+    #[test]
+    fn debug_shows_settings_but_no_key_material() {
+        let layer = SessionLayer::new(MemoryStore::default(), Keys::from_secret(&[3; 32]).unwrap());
+        let shown = format!("{layer:?}");
+        assert!(shown.contains("idle_timeout: Some(1800s)"), "{shown}");
+        assert!(shown.contains("KeyId("), "{shown}");
+        assert!(!shown.contains("[3, 3"), "{shown}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Server-side sessions for [tower] services, sealed at both ends.
+//!
+//! [`SessionLayer`] wraps any tower service over `http` requests: an axum `Router`,
+//! a tonic server, a bare `service_fn`. Each session has two halves, and neither is
+//! of use without the other:
+//!
+//! - the **cookie**, sealed with AES-256-GCM, carries a random 128-bit session id and
+//!   a random 256-bit record secret;
+//! - the **record**, in a [`SessionStore`], holds the deadlines and the session data,
+//!   sealed under a key derived from the server's key *and* the cookie's record
+//!   secret, and stored under an HMAC of the session id.
+//!
+//! So a forged or altered cookie is refused before any store I/O; a dump of the
+//! store holds no usable id and, even with the server key, no readable data; and a
+//! record cannot be moved from one session to another.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+//!
+//! async fn handler(session: Session) -> String {
+//!     let n: u64 = session.get("n").unwrap().unwrap_or(0);
+//!     session.insert("n", n + 1).unwrap();
+//!     n.to_string()
+//! }
+//!
+//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+//!     .with_idle_timeout(Some(Duration::from_secs(30 * 60)))
+//!     .with_lifespan(Some(Duration::from_secs(24 * 3600)));
+//! let app: Router = Router::new().route("/", get(handler)).layer(layer);
+//! ```
+//!
+//! # Expiry
+//!
+//! - **Idle timeout** (sliding): every request with a valid session counts as
+//!   activity. The stored deadline is only rewritten when it lags by more than the
+//!   touch interval, so a read-only request usually costs no write; see
+//!   [`SessionLayer::with_touch_interval`] for the bound this gives.
+//! - **Lifespan** (absolute, from creation): never slid, except on purpose with
+//!   [`Session::extend`].
+//! - **Remember-me**: [`Session::set_remember_me`] gives the session the remember-me
+//!   lifespan and a persistent cookie; idleness does not end it.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `memory-store` | yes | [`MemoryStore`], the embedded store (moka, tokio timer) |
+//! | `axum` | yes | `Session` and `Option<Session>` extractors |
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod clock;
+mod config;
+mod cookie;
+#[cfg(feature = "axum")]
+mod extract;
+mod keys;
+mod layer;
+mod record;
+mod service;
+mod session;
+pub mod store;
+
+pub use ::cookie::SameSite;
+pub use clock::{Clock, ManualClock, Timestamp};
+pub use config::ConfigError;
+#[cfg(feature = "axum")]
+pub use extract::MissingSessionLayer;
+pub use keys::{KeyError, KeyId, Keys};
+pub use layer::SessionLayer;
+pub use record::{Deadlines, Record, StoreKey};
+pub use service::{ResponseFuture, SessionService};
+pub use session::{Session, SessionError};
+#[cfg(feature = "memory-store")]
+pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+pub use store::{SessionStore, StoreError, Update};

@@ -1,0 +1,282 @@
+//! The server-side half of a session: the [`Record`], its [`StoreKey`], and the sealing
+//! of session data.
+//!
+//! A record is stored under `HMAC-SHA256(store-id key, session id)`, never under the
+//! session id itself, so a dump of the store yields nothing that can be replayed as a
+//! cookie. Its data is sealed with AES-256-GCM under a per-session key,
+//! `HMAC-SHA256(record key, record secret)`, where the record secret travels only in
+//! the cookie: the store plus the server key still cannot read a session without its
+//! cookie. The store key is part of the associated data, so a record moved to another
+//! key no longer opens.
+//!
+//! Sealed data, format v1: version byte `1`, 12-byte random nonce, ciphertext and
+//! tag of the JSON object that maps keys to values.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use bytes::Bytes;
+use hmac::Mac;
+use rand::RngCore;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::clock::Timestamp;
+use crate::keys::KeySet;
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v1";
+
+/// Session data in the clear: what handlers read and write.
+pub(crate) type Data = HashMap<String, Value>;
+
+/// The key a record is stored under: an HMAC of the session id, 32 bytes.
+///
+/// Not secret and not replayable: it cannot be turned back into a session id.
+/// [`Display`](fmt::Display) gives 64 lowercase hex digits, for stores keyed by text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A key from its bytes, for stores that keep keys in binary.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        StoreKey(bytes)
+    }
+
+    pub(crate) fn derive(keys: &KeySet, sid: &[u8; 16]) -> Self {
+        let tag = keys.store_id.clone().chain_update(sid).finalize();
+        StoreKey(tag.into_bytes().into())
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreKey({self})")
+    }
+}
+
+/// When a record stops being valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Slid forward by activity (idle timeout); never later than `lifespan`.
+    pub idle: Timestamp,
+    /// Absolute end of the session (lifespan or remember-me duration).
+    pub lifespan: Timestamp,
+}
+
+impl Deadlines {
+    /// The earlier of the two deadlines: when the store may drop the record.
+    pub fn expires_at(&self) -> Timestamp {
+        self.idle.min(self.lifespan)
+    }
+
+    /// Whether the record is expired at `now`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        now >= self.expires_at()
+    }
+}
+
+/// What a [`SessionStore`](crate::SessionStore) keeps for one session.
+///
+/// The store treats `data` as opaque bytes; it uses `deadlines` for expiry and
+/// `version` for compare-and-set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record {
+    /// Incremented by every data update; the compare-and-set token.
+    pub version: u64,
+    /// When the record expires.
+    pub deadlines: Deadlines,
+    /// The sealed session data.
+    pub data: Bytes,
+}
+
+impl Record {
+    /// A record from its parts (for stores that decode records they keep).
+    pub fn new(version: u64, deadlines: Deadlines, data: Bytes) -> Self {
+        Record {
+            version,
+            deadlines,
+            data,
+        }
+    }
+}
+
+/// Why stored data did not open: tampered in the store, moved to another key, or
+/// paired with the wrong cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordError {
+    UnknownVersion(u8),
+    Truncated,
+    Tampered,
+    Malformed,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::UnknownVersion(v) => write!(f, "unknown record format version {v}"),
+            RecordError::Truncated => f.write_str("record data too short"),
+            RecordError::Tampered => f.write_str("record data failed authentication"),
+            RecordError::Malformed => f.write_str("record data is not a JSON object"),
+        }
+    }
+}
+
+/// The AEAD for one session's data.
+pub(crate) struct DataCipher(Aes256Gcm);
+
+impl DataCipher {
+    pub(crate) fn new(keys: &KeySet, record_secret: &[u8; 32]) -> Self {
+        let key = keys.record.clone().chain_update(record_secret).finalize();
+        let key = Zeroizing::new(<[u8; 32]>::from(key.into_bytes()));
+        DataCipher(Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key"))
+    }
+
+    pub(crate) fn seal(&self, store_key: &StoreKey, data: &Data) -> Bytes {
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(data).expect("a map of JSON values always serializes"),
+        );
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        self.seal_with_nonce(store_key, &plaintext, nonce)
+    }
+
+    fn seal_with_nonce(&self, store_key: &StoreKey, msg: &[u8], nonce: [u8; NONCE_LEN]) -> Bytes {
+        let aad = aad(store_key);
+        let ciphertext = self
+            .0
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad: &aad })
+            .expect("AES-GCM encrypts any message shorter than 64 GiB");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Bytes::from(out)
+    }
+
+    pub(crate) fn open(&self, store_key: &StoreKey, sealed: &[u8]) -> Result<Data, RecordError> {
+        let (&version, rest) = sealed.split_first().ok_or(RecordError::Truncated)?;
+        if version != VERSION {
+            return Err(RecordError::UnknownVersion(version));
+        }
+        if rest.len() < NONCE_LEN + 16 {
+            return Err(RecordError::Truncated);
+        }
+        let (nonce, msg) = rest.split_at(NONCE_LEN);
+        let aad = aad(store_key);
+        let plaintext = self
+            .0
+            .decrypt(Nonce::from_slice(nonce), Payload { msg, aad: &aad })
+            .map(Zeroizing::new)
+            .map_err(|_| RecordError::Tampered)?;
+        serde_json::from_slice(&plaintext).map_err(|_| RecordError::Malformed)
+    }
+}
+
+fn aad(store_key: &StoreKey) -> [u8; AAD_PREFIX.len() + 32] {
+    let mut aad = [0u8; AAD_PREFIX.len() + 32];
+    aad[..AAD_PREFIX.len()].copy_from_slice(AAD_PREFIX);
+    aad[AAD_PREFIX.len()..].copy_from_slice(&store_key.0);
+    aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keys;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn keys() -> Keys {
+        Keys::from_secret(&[0x42; 32]).unwrap()
+    }
+
+    fn sample() -> Data {
+        Data::from([("user".to_owned(), Value::from("ada")), ("n".to_owned(), Value::from(3))])
+    }
+
+    /// Data `{"n":3}` sealed by format v1 for sid `[0x11; 16]` and record secret
+    /// `[0x22; 32]` with nonce `[9; 12]`. Never change it: later versions must open it.
+    const V1_VECTOR: &str = "AQkJCQkJCQkJCQkJCVV+YIttLyVTOHZixJ39yTQEZpTakEeH";
+    const V1_STORE_KEY: &str = "871924f325c338322aa5b94be82aadc5e710c9d1adae14bab19c525bcd554bfc";
+
+    #[test]
+    fn v1_test_vector_is_stable_and_opens() {
+        let keys = keys();
+        let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
+        assert_eq!(store_key.to_string(), V1_STORE_KEY);
+        let cipher = DataCipher::new(keys.primary(), &[0x22; 32]);
+        let sealed = cipher.seal_with_nonce(&store_key, br#"{"n":3}"#, [9; 12]);
+        assert_eq!(STANDARD.encode(&sealed), V1_VECTOR);
+        let data = cipher.open(&store_key, &STANDARD.decode(V1_VECTOR).unwrap()).unwrap();
+        assert_eq!(data, Data::from([("n".to_owned(), Value::from(3))]));
+    }
+
+    #[test]
+    fn round_trip_and_ciphertext_holds_no_plaintext() {
+        let keys = keys();
+        let store_key = StoreKey::derive(keys.primary(), &[1; 16]);
+        let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+        let sealed = cipher.seal(&store_key, &sample());
+        assert!(!sealed.windows(3).any(|w| w == b"ada"));
+        assert_eq!(cipher.open(&store_key, &sealed).unwrap(), sample());
+    }
+
+    #[test]
+    fn record_moved_to_another_key_or_opened_with_another_secret_fails() {
+        let keys = keys();
+        let a = StoreKey::derive(keys.primary(), &[1; 16]);
+        let b = StoreKey::derive(keys.primary(), &[2; 16]);
+        let cipher = DataCipher::new(keys.primary(), &[3; 32]);
+        let sealed = cipher.seal(&a, &sample());
+        assert_eq!(cipher.open(&b, &sealed), Err(RecordError::Tampered));
+        let wrong_secret = DataCipher::new(keys.primary(), &[4; 32]);
+        assert_eq!(wrong_secret.open(&a, &sealed), Err(RecordError::Tampered));
+        let other_server = Keys::from_secret(&[0x43; 32]).unwrap();
+        let other = DataCipher::new(other_server.primary(), &[3; 32]);
+        assert_eq!(other.open(&a, &sealed), Err(RecordError::Tampered));
+    }
+
+    #[test]
+    fn garbage_never_panics_and_is_rejected() {
+        let keys = keys();
+        let key = StoreKey::derive(keys.primary(), &[1; 16]);
+        let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+        assert_eq!(cipher.open(&key, b""), Err(RecordError::Truncated));
+        assert_eq!(cipher.open(&key, &[1; 20]), Err(RecordError::Truncated));
+        assert_eq!(cipher.open(&key, &[2; 64]), Err(RecordError::UnknownVersion(2)));
+        assert_eq!(cipher.open(&key, &[1; 64]), Err(RecordError::Tampered));
+        // Authentic but not a JSON object.
+        let sealed = cipher.seal_with_nonce(&key, b"[1,2]", [0; 12]);
+        assert_eq!(cipher.open(&key, &sealed), Err(RecordError::Malformed));
+    }
+
+    #[test]
+    fn store_key_depends_on_sid_and_server_key() {
+        let a = keys();
+        let b = Keys::from_secret(&[0x43; 32]).unwrap();
+        let k1 = StoreKey::derive(a.primary(), &[1; 16]);
+        assert_eq!(k1, StoreKey::derive(a.primary(), &[1; 16]));
+        assert_ne!(k1, StoreKey::derive(a.primary(), &[2; 16]));
+        assert_ne!(k1, StoreKey::derive(b.primary(), &[1; 16]));
+        assert_eq!(k1.to_string().len(), 64);
+    }
+}

@@ -1,0 +1,459 @@
+//! [`Session`]: the handle a request's handlers read and write.
+//!
+//! A session is a map from string keys to JSON values, typed through serde at the
+//! edges. The handle is cheap to clone (an `Arc`), `Send + Sync`, and its methods
+//! are synchronous: they only touch memory. The layer writes what changed once the
+//! inner service has answered, before the response head leaves.
+//!
+//! ```
+//! # use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+//! # use tower::{Layer, Service, ServiceExt, service_fn};
+//! # use http::{Request, Response, header};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
+//! let mut app = layer.layer(service_fn(|req: Request<String>| async move {
+//!     let session = req.extensions().get::<Session>().unwrap();
+//!     let visits: u64 = session.get("visits").unwrap().unwrap_or(0);
+//!     session.insert("visits", visits + 1).unwrap();
+//!     Ok::<_, std::convert::Infallible>(Response::new(visits.to_string()))
+//! }));
+//! let res = app.ready().await.unwrap().call(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.body(), "0");
+//! assert!(res.headers().contains_key(header::SET_COOKIE));
+//! # }
+//! ```
+//!
+//! # Concurrent requests
+//!
+//! Two requests on one session each see the data as it was when they started. When
+//! both write, neither loses its keys: the second writer's compare-and-set fails, it
+//! re-reads the record and re-applies its own per-key changes (inserts, removals and
+//! [`clear`](Session::clear)) on top, a bounded number of times. For one key written
+//! by both, the later write wins. [`destroy`](Session::destroy) always wins: a write
+//! racing with it finds no record and is dropped, and its cookie is cleared.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::mem;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::cookie::CookieData;
+use crate::layer::Shared;
+use crate::record::{Data, DataCipher, Deadlines, StoreKey};
+
+/// The session of the current request.
+///
+/// Put into the request extensions by [`SessionLayer`](crate::SessionLayer); with the
+/// `axum` feature it is also an extractor.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    now: Timestamp,
+    state: Mutex<State>,
+}
+
+struct State {
+    data: Data,
+    changes: Changes,
+    meta: Meta,
+    /// The record this request opened; kept after `destroy` so it can be deleted.
+    loaded: Option<Loaded>,
+    destroyed: bool,
+    cycle: bool,
+    lifespan_changed: bool,
+}
+
+/// The lifetime facts that travel in the cookie.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Meta {
+    pub(crate) created_at: Timestamp,
+    pub(crate) lifespan_deadline: Timestamp,
+    pub(crate) remember_me: bool,
+}
+
+/// A session record as this request found it.
+pub(crate) struct Loaded {
+    pub(crate) cookie: CookieData,
+    /// Which key of the ring opened the cookie; not 0 means it must be re-sealed.
+    pub(crate) key_index: usize,
+    pub(crate) store_key: StoreKey,
+    pub(crate) version: u64,
+    pub(crate) deadlines: Deadlines,
+    pub(crate) cipher: DataCipher,
+}
+
+/// This request's own edits, replayable on top of a fresher copy of the data.
+#[derive(Default)]
+pub(crate) struct Changes {
+    cleared: bool,
+    entries: HashMap<String, Option<Value>>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        !self.cleared && self.entries.is_empty()
+    }
+
+    /// Applies these edits to `data` as another request left it.
+    pub(crate) fn apply(&self, data: &mut Data) {
+        if self.cleared {
+            data.clear();
+        }
+        for (key, value) in &self.entries {
+            match value {
+                Some(value) => data.insert(key.clone(), value.clone()),
+                None => data.remove(key),
+            };
+        }
+    }
+}
+
+/// What the layer must do with the store once the inner service has answered.
+pub(crate) enum Plan {
+    /// Nothing changed and no touch is due.
+    Nothing,
+    /// No session, but the request carried a cookie that must go.
+    Clear,
+    /// Unchanged, but the idle deadline lags by more than the touch interval.
+    Touch {
+        store_key: StoreKey,
+        deadlines: Deadlines,
+    },
+    /// Changed data or lifespan: compare-and-set on the loaded record.
+    Update {
+        loaded: Loaded,
+        changes: Changes,
+        data: Data,
+        meta: Meta,
+        reissue_cookie: bool,
+    },
+    /// A new id for the same session (privilege change, or key rotation).
+    Cycle {
+        loaded: Loaded,
+        changes: Changes,
+        data: Data,
+        meta: Meta,
+    },
+    /// Destroyed: delete the record, then either clear the cookie or, when data was
+    /// written after the destroy, start a brand-new session with it.
+    Destroy {
+        store_key: StoreKey,
+        then_create: Option<(Data, Meta)>,
+    },
+    /// A new session with data in it.
+    Create { data: Data, meta: Meta },
+}
+
+impl Session {
+    /// A session for a request that brought none.
+    pub(crate) fn fresh(shared: Arc<Shared>, now: Timestamp) -> Self {
+        let meta = shared.new_meta(now);
+        Self::build(shared, now, Data::new(), meta, None)
+    }
+
+    /// A session opened from its cookie and record.
+    pub(crate) fn opened(shared: Arc<Shared>, now: Timestamp, loaded: Loaded, data: Data) -> Self {
+        let meta = Meta {
+            created_at: loaded.cookie.created_at,
+            lifespan_deadline: loaded.cookie.lifespan_deadline,
+            remember_me: loaded.cookie.remember_me,
+        };
+        Self::build(shared, now, data, meta, Some(loaded))
+    }
+
+    fn build(
+        shared: Arc<Shared>,
+        now: Timestamp,
+        data: Data,
+        meta: Meta,
+        loaded: Option<Loaded>,
+    ) -> Self {
+        let state = State {
+            data,
+            changes: Changes::default(),
+            meta,
+            loaded,
+            destroyed: false,
+            cycle: false,
+            lifespan_changed: false,
+        };
+        Session {
+            inner: Arc::new(Inner {
+                shared,
+                now,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Our critical sections never panic half-way, so a poisoned lock still
+        // guards consistent state.
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The value under `key`, deserialized as `T`; `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Deserialize`] when the stored value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let state = self.lock();
+        match state.data.get(key) {
+            None => Ok(None),
+            Some(value) => T::deserialize(value).map(Some).map_err(|source| {
+                SessionError::Deserialize {
+                    key: key.to_owned(),
+                    source,
+                }
+            }),
+        }
+    }
+
+    /// Stores `value` under `key`. Writing the value already there changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Serialize`] when `value` cannot be represented as JSON (for
+    /// example a map with non-string keys); the session is left as it was.
+    pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let value = serde_json::to_value(value).map_err(|source| SessionError::Serialize {
+            key: key.to_owned(),
+            source,
+        })?;
+        let mut state = self.lock();
+        if state.data.get(key) != Some(&value) {
+            state.changes.entries.insert(key.to_owned(), Some(value.clone()));
+            state.data.insert(key.to_owned(), value);
+        }
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub fn remove(&self, key: &str) -> bool {
+        let mut state = self.lock();
+        let existed = state.data.remove(key).is_some();
+        if existed {
+            state.changes.entries.insert(key.to_owned(), None);
+        }
+        existed
+    }
+
+    /// Removes every key; the session itself, its id and its deadlines stay.
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        if !state.data.is_empty() {
+            state.data.clear();
+            state.changes = Changes {
+                cleared: true,
+                entries: HashMap::new(),
+            };
+        }
+    }
+
+    /// Whether the session holds no data.
+    pub fn is_empty(&self) -> bool {
+        self.lock().data.is_empty()
+    }
+
+    /// Whether the session was created by this request (no valid cookie came in).
+    pub fn is_new(&self) -> bool {
+        let state = self.lock();
+        state.loaded.is_none() || state.destroyed
+    }
+
+    /// Gives the session a new id and record secret, keeping its data. Call it on
+    /// every privilege change (login, sudo), so an id planted before it is worthless
+    /// afterwards (session fixation, OWASP ASVS 3.2.1). The old id stops working.
+    pub fn cycle_id(&self) {
+        self.lock().cycle = true;
+    }
+
+    /// Ends the session: its record is deleted and its cookie cleared. Data written
+    /// afterwards in the same request starts a new session with a new id.
+    pub fn destroy(&self) {
+        let mut state = self.lock();
+        state.destroyed = true;
+        state.cycle = false;
+        state.lifespan_changed = false;
+        state.data.clear();
+        state.changes = Changes::default();
+        state.meta = self.inner.shared.new_meta(self.inner.now);
+    }
+
+    /// Marks the session remember-me (or not). This starts a new lifespan from now:
+    /// the remember-me duration with a persistent cookie, or the normal lifespan
+    /// with a browser-session cookie. A remember-me session is not ended by idleness,
+    /// only by its lifespan. Ignored when remember-me is disabled on the layer.
+    pub fn set_remember_me(&self, remember: bool) {
+        let shared = &self.inner.shared;
+        if remember && shared.remember_me.is_none() {
+            tracing::debug!(target: "tower_sealed_sessions", "remember-me is disabled; ignored");
+            return;
+        }
+        let mut state = self.lock();
+        if state.meta.remember_me != remember {
+            state.meta.remember_me = remember;
+            state.meta.lifespan_deadline = shared.lifespan_deadline(self.inner.now, remember);
+            state.lifespan_changed = true;
+        }
+    }
+
+    /// Starts a new lifespan from now (Kiali's "extend your session?").
+    pub fn extend(&self) {
+        let mut state = self.lock();
+        let deadline = self
+            .inner
+            .shared
+            .lifespan_deadline(self.inner.now, state.meta.remember_me);
+        if deadline != state.meta.lifespan_deadline {
+            state.meta.lifespan_deadline = deadline;
+            state.lifespan_changed = true;
+        }
+    }
+
+    /// Whether the session is marked remember-me.
+    pub fn remember_me(&self) -> bool {
+        self.lock().meta.remember_me
+    }
+
+    /// When the session was created.
+    pub fn created_at(&self) -> SystemTime {
+        let created = self.lock().meta.created_at;
+        created.to_system_time().unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// When the session ends regardless of activity; `None` without a lifespan.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.lock().meta.lifespan_deadline.to_system_time()
+    }
+
+    /// When the session ends if no other request comes: the idle deadline this
+    /// request sets (never after [`expires_at`](Session::expires_at)); `None` when
+    /// neither an idle timeout nor a lifespan applies.
+    pub fn idle_expires_at(&self) -> Option<SystemTime> {
+        let meta = self.lock().meta;
+        self.inner
+            .shared
+            .deadlines(self.inner.now, meta)
+            .expires_at()
+            .to_system_time()
+    }
+
+    /// Takes this request's state and decides what the store must do.
+    pub(crate) fn take_plan(&self, cookie_rejected: bool) -> Plan {
+        let shared = &self.inner.shared;
+        let now = self.inner.now;
+        let mut state = self.lock();
+        let data = mem::take(&mut state.data);
+        let changes = mem::take(&mut state.changes);
+        let meta = state.meta;
+        match state.loaded.take() {
+            None if data.is_empty() => {
+                if cookie_rejected {
+                    Plan::Clear
+                } else {
+                    Plan::Nothing
+                }
+            }
+            None => Plan::Create { data, meta },
+            Some(loaded) if state.destroyed => Plan::Destroy {
+                store_key: loaded.store_key,
+                then_create: (!data.is_empty()).then_some((data, meta)),
+            },
+            Some(loaded) if state.cycle || loaded.key_index != 0 => Plan::Cycle {
+                loaded,
+                changes,
+                data,
+                meta,
+            },
+            Some(loaded) if !changes.is_empty() || state.lifespan_changed => Plan::Update {
+                loaded,
+                changes,
+                data,
+                meta,
+                reissue_cookie: state.lifespan_changed,
+            },
+            Some(loaded) => {
+                let deadlines = shared.deadlines(now, meta);
+                let lag = deadlines.idle.saturating_since(loaded.deadlines.idle);
+                if lag > shared.effective_touch_interval() {
+                    Plan::Touch {
+                        store_key: loaded.store_key,
+                        deadlines,
+                    }
+                } else {
+                    Plan::Nothing
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Session {
+    /// Shows the keys, never the values or the id.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        let mut keys: Vec<&String> = state.data.keys().collect();
+        keys.sort();
+        f.debug_struct("Session")
+            .field("keys", &keys)
+            .field("new", &state.loaded.is_none())
+            .field("remember_me", &state.meta.remember_me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session value could not be converted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The value given to [`Session::insert`] cannot be represented as JSON.
+    Serialize {
+        /// The key being written.
+        key: String,
+        /// Why serde refused it.
+        source: serde_json::Error,
+    },
+    /// The value stored under a key is not of the type asked for.
+    Deserialize {
+        /// The key being read.
+        key: String,
+        /// Why serde refused it.
+        source: serde_json::Error,
+    },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Serialize { key, source } => {
+                write!(f, "cannot store session value `{key}`: {source}")
+            }
+            SessionError::Deserialize { key, source } => write!(
+                f,
+                "session value `{key}` is not of the requested type: {source}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Serialize { source, .. } | SessionError::Deserialize { source, .. } => {
+                Some(source)
+            }
+        }
+    }
+}

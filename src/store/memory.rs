@@ -1,0 +1,400 @@
+//! [`MemoryStore`]: the embedded, in-process store.
+//!
+//! Built on [moka](https://docs.rs/moka)'s concurrent cache: lookups are lock-free
+//! reads of a sharded map, and every write is an atomic per-key compute, so
+//! compare-and-set needs no global lock.
+//!
+//! ```
+//! use tower_sealed_sessions::MemoryStore;
+//!
+//! let store = MemoryStore::builder().max_sessions(10_000).build();
+//! assert_eq!(store.max_sessions(), 10_000);
+//! ```
+
+use std::fmt;
+use std::future::{Future, ready};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::ConfigError;
+use crate::record::{Deadlines, Record, StoreKey};
+use crate::store::{SessionStore, StoreError, Update};
+
+/// An in-process [`SessionStore`], bounded in size.
+///
+/// - **Bounded**: it holds at most [`max_sessions`](MemoryStoreBuilder::max_sessions)
+///   records (default 1,000,000). When full, storing one more evicts the least
+///   recently used session, whose user then starts a new, empty session. Eviction
+///   runs in moka's maintenance step, so the count can exceed the bound briefly
+///   under a burst of writes.
+/// - **Expiry**: each record carries its own time to live, its deadline, and moka
+///   drops it then. A record found past its deadline on access is removed on the
+///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule.
+/// - **Scope**: one process. Sessions are lost on restart and not shared between
+///   replicas: use the Redis store for that.
+///
+/// Cheap to clone; clones share the same sessions.
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<StoreKey, Record>,
+    clock: Clock,
+    max_sessions: u64,
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    max_sessions: u64,
+    clock: Clock,
+}
+
+impl MemoryStore {
+    /// The default bound on the number of sessions.
+    pub const DEFAULT_MAX_SESSIONS: u64 = 1_000_000;
+    /// The shortest interval [`MemoryStore::cleanup_task`] accepts (Kibana's minimum).
+    pub const MIN_CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
+    /// The usual cleanup interval (Kibana's default).
+    pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
+
+    /// A store with the default bound and the system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configures a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            max_sessions: Self::DEFAULT_MAX_SESSIONS,
+            clock: Clock::system(),
+        }
+    }
+
+    /// The bound on the number of sessions.
+    pub fn max_sessions(&self) -> u64 {
+        self.max_sessions
+    }
+
+    /// How many records the store holds, expired ones not yet dropped included.
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every record with its key: an inspection hook for tests and diagnostics.
+    pub fn dump(&self) -> Vec<(StoreKey, Record)> {
+        self.cache.iter().map(|(k, v)| (*k, v)).collect()
+    }
+
+    /// A future that deletes expired records every `interval`, forever; spawn it on
+    /// the runtime (`tokio::spawn`). The first sweep runs one interval after start.
+    ///
+    /// # Errors
+    ///
+    /// An interval under [`MemoryStore::MIN_CLEANUP_INTERVAL`] is refused.
+    pub fn cleanup_task(
+        &self,
+        interval: Duration,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, ConfigError> {
+        if interval < Self::MIN_CLEANUP_INTERVAL {
+            return Err(ConfigError::new(
+                "cleanup_interval",
+                format!(
+                    "{interval:?} is shorter than the minimum of {:?}",
+                    Self::MIN_CLEANUP_INTERVAL
+                ),
+            ));
+        }
+        let store = self.clone();
+        Ok(async move {
+            let mut ticker = tokio::time::interval_at(
+                tokio::time::Instant::now() + interval,
+                interval,
+            );
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let removed = store.remove_expired(store.clock.now());
+                tracing::debug!(removed, "memory session store cleanup");
+            }
+        })
+    }
+
+    fn expired(&self, record: &Record) -> bool {
+        record.deadlines.is_expired(self.clock.now())
+    }
+
+    fn remove_expired(&self, now: Timestamp) -> u64 {
+        let candidates: Vec<StoreKey> = self
+            .cache
+            .iter()
+            .filter(|(_, record)| record.deadlines.is_expired(now))
+            .map(|(key, _)| *key)
+            .collect();
+        let mut removed = 0;
+        for key in candidates {
+            // Re-checked under the key's lock: it may have been touched meanwhile.
+            let result = self.cache.entry(key).and_compute_with(|entry| match entry {
+                Some(e) if e.value().deadlines.is_expired(now) => Op::Remove,
+                _ => Op::Nop,
+            });
+            if matches!(result, CompResult::Removed(_)) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("sessions", &self.cache.entry_count())
+            .field("max_sessions", &self.max_sessions)
+            .finish()
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The most sessions the store keeps (at least 1); see [`MemoryStore`] for what
+    /// happens when it is full.
+    pub fn max_sessions(mut self, max: u64) -> Self {
+        self.max_sessions = max.max(1);
+        self
+    }
+
+    /// The clock that decides expiry; use the same one as the layer.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        let cache = Cache::builder()
+            .max_capacity(self.max_sessions)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(DeadlineExpiry {
+                clock: self.clock.clone(),
+            })
+            .build();
+        MemoryStore {
+            cache,
+            clock: self.clock,
+            max_sessions: self.max_sessions,
+        }
+    }
+}
+
+/// Gives each record the time to live its deadlines leave, by the store's clock.
+struct DeadlineExpiry {
+    clock: Clock,
+}
+
+impl DeadlineExpiry {
+    fn ttl(&self, record: &Record) -> Option<Duration> {
+        let expires_at = record.deadlines.expires_at();
+        (!expires_at.is_never()).then(|| expires_at.saturating_since(self.clock.now()))
+    }
+}
+
+impl Expiry<StoreKey, Record> for DeadlineExpiry {
+    fn expire_after_create(&self, _: &StoreKey, record: &Record, _: Instant) -> Option<Duration> {
+        self.ttl(record)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &StoreKey,
+        record: &Record,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.ttl(record)
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let found = match self.cache.get(key) {
+            Some(record) if self.expired(&record) => {
+                self.cache.entry(*key).and_compute_with(|entry| match entry {
+                    Some(e) if self.expired(e.value()) => Op::Remove,
+                    _ => Op::Nop,
+                });
+                None
+            }
+            found => found,
+        };
+        ready(Ok(found))
+    }
+
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let result = self.cache.entry(*key).and_compute_with(|entry| match entry {
+            Some(e) if !self.expired(e.value()) => Op::Nop,
+            _ => Op::Put(record.clone()),
+        });
+        ready(Ok(!matches!(result, CompResult::Unchanged(_))))
+    }
+
+    fn update(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Update, StoreError>> + Send {
+        let mut outcome = Update::Missing;
+        self.cache.entry(*key).and_compute_with(|entry| match entry {
+            Some(e) if !self.expired(e.value()) => {
+                if e.value().version == expected_version {
+                    outcome = Update::Updated;
+                    Op::Put(record.clone())
+                } else {
+                    outcome = Update::Conflict(e.into_value());
+                    Op::Nop
+                }
+            }
+            _ => Op::Nop,
+        });
+        ready(Ok(outcome))
+    }
+
+    fn touch(
+        &self,
+        key: &StoreKey,
+        deadlines: Deadlines,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let result = self.cache.entry(*key).and_compute_with(|entry| match entry {
+            Some(e) if !self.expired(e.value()) => {
+                let mut record = e.into_value();
+                record.deadlines = deadlines;
+                Op::Put(record)
+            }
+            _ => Op::Nop,
+        });
+        ready(Ok(matches!(result, CompResult::ReplacedWith(_))))
+    }
+
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.cache.invalidate(key);
+        ready(Ok(()))
+    }
+
+    fn delete_expired(
+        &self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        ready(Ok(self.remove_expired(now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use bytes::Bytes;
+
+    fn record(version: u64, expires_at: Timestamp) -> Record {
+        let deadlines = Deadlines {
+            idle: expires_at,
+            lifespan: Timestamp::NEVER,
+        };
+        Record::new(version, deadlines, Bytes::from_static(b"sealed"))
+    }
+
+    fn key(n: u8) -> StoreKey {
+        StoreKey::from_bytes([n; 32])
+    }
+
+    #[tokio::test]
+    async fn full_store_evicts_the_least_recently_used_session() {
+        let store = MemoryStore::builder().max_sessions(3).build();
+        let far = Timestamp::NEVER;
+        for n in 0..3 {
+            assert!(store.create(&key(n), &record(1, far)).await.unwrap());
+        }
+        store.cache.run_pending_tasks();
+        // Reading session 0 makes session 1 the least recently used.
+        assert!(store.load(&key(0)).await.unwrap().is_some());
+        store.cache.run_pending_tasks();
+        assert!(store.create(&key(3), &record(1, far)).await.unwrap());
+        assert_eq!(store.len(), 3);
+        assert!(store.load(&key(1)).await.unwrap().is_none(), "LRU evicted");
+        for n in [0, 2, 3] {
+            assert!(store.load(&key(n)).await.unwrap().is_some(), "{n} kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_record_is_dropped_on_access() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let deadline = hand.now().saturating_add(Duration::from_secs(60));
+        store.create(&key(1), &record(1, deadline)).await.unwrap();
+        assert!(store.load(&key(1)).await.unwrap().is_some());
+        hand.advance(Duration::from_secs(60));
+        assert!(store.load(&key(1)).await.unwrap().is_none());
+        assert_eq!(store.len(), 0, "removed, not just hidden");
+        // An expired record does not block creating under its key, nor count as live.
+        store.create(&key(2), &record(1, deadline)).await.unwrap();
+        assert_eq!(store.touch(&key(2), record(1, Timestamp::NEVER).deadlines).await.unwrap(), false);
+        assert_eq!(store.update(&key(2), &record(2, Timestamp::NEVER), 1).await.unwrap(), Update::Missing);
+        assert!(store.create(&key(2), &record(1, Timestamp::NEVER)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn delete_expired_removes_only_expired_records() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let soon = hand.now().saturating_add(Duration::from_secs(10));
+        let late = hand.now().saturating_add(Duration::from_secs(100));
+        store.create(&key(1), &record(1, soon)).await.unwrap();
+        store.create(&key(2), &record(1, late)).await.unwrap();
+        store.create(&key(3), &record(1, Timestamp::NEVER)).await.unwrap();
+        hand.advance(Duration::from_secs(30));
+        assert_eq!(store.delete_expired(hand.now()).await.unwrap(), 1);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.delete_expired(hand.now()).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cleanup_task_sweeps_on_its_interval_and_refuses_short_ones() {
+        let err = MemoryStore::new().cleanup_task(Duration::from_secs(9)).err().unwrap();
+        assert!(err.to_string().contains("cleanup_interval"), "{err}");
+        assert!(MemoryStore::new().cleanup_task(Duration::from_secs(10)).is_ok());
+
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let soon = hand.now().saturating_add(Duration::from_secs(5));
+        store.create(&key(1), &record(1, soon)).await.unwrap();
+        hand.advance(Duration::from_secs(6));
+        let task = tokio::spawn(store.cleanup_task(Duration::from_secs(3600)).unwrap());
+        tokio::time::sleep(Duration::from_secs(3599)).await;
+        assert_eq!(store.cache.iter().count(), 1, "not swept before the interval");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(store.cache.iter().count(), 0, "swept after one interval");
+        task.abort();
+    }
+}

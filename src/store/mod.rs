@@ -1,0 +1,146 @@
+//! The [`SessionStore`] trait: where records live.
+//!
+//! A store keeps [`Record`]s under [`StoreKey`]s. It never sees a session id, a cookie
+//! or plaintext data, only HMAC-derived keys and sealed bytes, so a store can be
+//! shared, dumped or replicated without handing out sessions.
+//!
+//! Every operation is a single atomic step on the backend; the layer builds
+//! compare-and-set updates with retries on top of [`SessionStore::update`].
+//!
+//! Implementations must expire records whose [`Deadlines::expires_at`] has passed:
+//! natively (Redis TTL) or through [`SessionStore::delete_expired`], which a cleanup
+//! task calls. A record past its deadline must not be returned as live by a store
+//! that can tell; the layer checks the deadlines again after every load all the same.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::record::{Deadlines, Record, StoreKey};
+
+#[cfg(feature = "memory-store")]
+pub(crate) mod memory;
+
+/// The outcome of [`SessionStore::update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The stored version matched; the record was replaced.
+    Updated,
+    /// Another writer got there first; this is the record as it is now.
+    Conflict(Record),
+    /// No record under that key (deleted or expired): nothing was written.
+    Missing,
+}
+
+/// A session backend.
+///
+/// Methods take `&self` and return `Send` futures, so one store serves all requests
+/// concurrently. None of them may panic on a backend failure: return
+/// [`StoreError`] and the layer answers the request with 503.
+pub trait SessionStore: Send + Sync + 'static {
+    /// The record stored under `key`, if there is one and it has not expired.
+    fn load(&self, key: &StoreKey)
+    -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// Stores `record` under `key` unless the key is taken. Returns `false`, writing
+    /// nothing, when a record already exists there.
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Replaces the record under `key` with `record` if the stored version is
+    /// `expected_version`, atomically. `record.version` is the new version.
+    fn update(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Update, StoreError>> + Send;
+
+    /// Moves the record's deadlines (and so its expiry) without rewriting its data
+    /// or changing its version. Returns `false` when there is no record.
+    fn touch(
+        &self,
+        key: &StoreKey,
+        deadlines: Deadlines,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes the record under `key`; removing a missing record is not an error.
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes every record that has expired at `now` and returns how many it
+    /// removed. Stores with native expiry may do nothing and return 0.
+    fn delete_expired(&self, now: Timestamp)
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// A store operation failed.
+///
+/// The layer turns it into 503 Service Unavailable (or gRPC `UNAVAILABLE`) and a
+/// traced error; the cause stays available through [`source`](StdError::source).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed or could not be reached.
+    Backend(Box<dyn StdError + Send + Sync>),
+    /// The backend did not answer in time.
+    Timeout(Duration),
+    /// A stored value could not be decoded by the store.
+    Corrupt(String),
+    /// A compare-and-set update lost to concurrent writers on every attempt.
+    Contended {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(err: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::Backend(err.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Backend(err) => write!(f, "session store failed: {err}"),
+            StoreError::Timeout(after) => {
+                write!(f, "session store did not answer within {after:?}")
+            }
+            StoreError::Corrupt(what) => write!(f, "session store holds a corrupt value: {what}"),
+            StoreError::Contended { attempts } => write!(
+                f,
+                "session update lost to concurrent writers {attempts} times in a row"
+            ),
+        }
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            StoreError::Backend(err) => Some(err.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_error_keeps_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = StoreError::backend(io);
+        assert_eq!(err.to_string(), "session store failed: refused");
+        let source = err.source().expect("source kept");
+        assert_eq!(source.to_string(), "refused");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+    }
+}
