@@ -1,1 +1,219 @@
-fn main() {}
+//! A small site with sealed sessions on the embedded memory store.
+//!
+//! ```text
+//! cargo run --example quickstart            # serves on 127.0.0.1:3000
+//! ADDR=127.0.0.1:8080 cargo run --example quickstart
+//! ```
+//!
+//! Routes: `GET /` (HTML page), `GET /api/session`, `POST /api/login` with JSON
+//! `{"username": "...", "remember": true}`, `POST /api/logout`. It speaks HTTP/1.1
+//! and cleartext HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`).
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+
+const USER: &str = "user";
+const VISITS: &str = "visits";
+const MAX_USERNAME: usize = 64;
+
+#[derive(Serialize)]
+struct SessionView {
+    user: Option<String>,
+    visits: u64,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    username: String,
+    #[serde(default)]
+    remember: bool,
+}
+
+/// Counts this request as a visit and returns what the page shows.
+fn visit(session: &Session) -> Result<SessionView, AppError> {
+    let visits = session.get::<u64>(VISITS)?.unwrap_or(0) + 1;
+    session.insert(VISITS, visits)?;
+    Ok(SessionView {
+        user: session.get(USER)?,
+        visits,
+    })
+}
+
+async fn api_session(session: Session) -> Result<Json<SessionView>, AppError> {
+    Ok(Json(visit(&session)?))
+}
+
+async fn api_login(
+    session: Session,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Result<Json<SessionView>, AppError> {
+    let Json(login) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let username = login.username.trim();
+    if username.is_empty() || username.chars().count() > MAX_USERNAME {
+        return Err(AppError::BadRequest(format!(
+            "username must be 1 to {MAX_USERNAME} characters"
+        )));
+    }
+    // A privilege change: a new id, so an id planted before login is worthless.
+    session.cycle_id();
+    session.set_remember_me(login.remember);
+    session.insert(USER, username)?;
+    Ok(Json(SessionView {
+        user: Some(username.to_owned()),
+        visits: session.get(VISITS)?.unwrap_or(0),
+    }))
+}
+
+async fn api_logout(session: Session) -> StatusCode {
+    session.destroy();
+    StatusCode::NO_CONTENT
+}
+
+async fn page(session: Session) -> Result<Html<String>, AppError> {
+    let view = visit(&session)?;
+    let who = match &view.user {
+        Some(user) => format!("Logged in as <b>{}</b>.", escape_html(user)),
+        None => "Not logged in.".to_owned(),
+    };
+    Ok(Html(
+        PAGE.replace("{who}", &who)
+            .replace("{visits}", &view.visits.to_string()),
+    ))
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tower-sealed-sessions quickstart</title></head>
+<body>
+<h1>Sealed sessions</h1>
+<p id="who">{who}</p>
+<p>Visits in this session: <span id="visits">{visits}</span></p>
+<form id="login">
+  <label>Username <input name="username" id="username" required maxlength="64"></label>
+  <label><input type="checkbox" name="remember" id="remember"> Remember me</label>
+  <button type="submit" id="login-button">Log in</button>
+</form>
+<form id="logout"><button type="submit" id="logout-button">Log out</button></form>
+<script>
+document.getElementById('login').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const body = JSON.stringify({
+    username: document.getElementById('username').value,
+    remember: document.getElementById('remember').checked,
+  });
+  await fetch('/api/login', {method: 'POST', headers: {'content-type': 'application/json'}, body});
+  location.reload();
+});
+document.getElementById('logout').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  await fetch('/api/logout', {method: 'POST'});
+  location.reload();
+});
+</script>
+</body></html>
+"#;
+
+enum AppError {
+    BadRequest(String),
+    Session(tower_sealed_sessions::SessionError),
+}
+
+impl From<tower_sealed_sessions::SessionError> for AppError {
+    fn from(err: tower_sealed_sessions::SessionError) -> Self {
+        AppError::Session(err)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::BadRequest(reason) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({ "error": reason })),
+            )
+                .into_response(),
+            AppError::Session(err) => {
+                tracing::error!(error = %err, "session value unreadable");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_sealed_sessions=debug".into()),
+        )
+        .init();
+
+    let store = MemoryStore::default();
+    tokio::spawn(
+        store
+            .cleanup_task(MemoryStore::DEFAULT_CLEANUP_INTERVAL)
+            .expect("the default interval is valid"),
+    );
+    // A random key: sessions end when the process does. Production code loads a
+    // persisted secret with `Keys::from_secret`.
+    let sessions = SessionLayer::new(store, Keys::generate())
+        // The demo serves plain HTTP on loopback, where browsers would drop a Secure
+        // cookie. Behind TLS, leave Secure on (the default).
+        .with_secure(false);
+
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/api/session", get(api_session))
+        .route("/api/login", post(api_login))
+        .route("/api/logout", post(api_logout))
+        .layer(sessions);
+
+    let addr: SocketAddr = match std::env::var("ADDR") {
+        Ok(addr) => match addr.parse() {
+            Ok(addr) => addr,
+            Err(err) => {
+                eprintln!("ADDR={addr:?} is not a socket address like 127.0.0.1:3000: {err}");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 3000)),
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("cannot listen on {addr}: {err}");
+            std::process::exit(1);
+        }
+    };
+    let bound = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    println!("listening on http://{bound}");
+    // axum::serve speaks HTTP/1.1 and, with the `http2` feature, cleartext HTTP/2.
+    if let Err(err) = axum::serve(listener, app).await {
+        eprintln!("server error: {err}");
+        std::process::exit(1);
+    }
+}

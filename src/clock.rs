@@ -187,7 +187,10 @@ mod tests {
         assert!(Timestamp::NEVER.to_system_time().is_none());
         let early = Timestamp::from_unix_millis(10);
         assert_eq!(early.saturating_since(t), Duration::ZERO);
-        assert_eq!(t.saturating_since(early), Duration::from_millis(u64::MAX - 15));
+        assert_eq!(
+            t.saturating_since(early),
+            Duration::from_millis(u64::MAX - 15)
+        );
     }
 
     #[test]

@@ -88,7 +88,11 @@ impl CookieData {
         out[16..48].copy_from_slice(self.record_secret.as_ref());
         out[48..56].copy_from_slice(&self.created_at.unix_millis().to_be_bytes());
         out[56..64].copy_from_slice(&self.lifespan_deadline.unix_millis().to_be_bytes());
-        out[64] = if self.remember_me { FLAG_REMEMBER_ME } else { 0 };
+        out[64] = if self.remember_me {
+            FLAG_REMEMBER_ME
+        } else {
+            0
+        };
         out
     }
 
@@ -341,17 +345,16 @@ mod tests {
         assert_eq!(opened.data.sid, [0x11; 16]);
         assert_eq!(*opened.data.record_secret, [0x22; 32]);
         assert_eq!(opened.data.created_at.unix_millis(), 1_700_000_000_000);
-        assert_eq!(opened.data.lifespan_deadline.unix_millis(), 1_700_086_400_000);
+        assert_eq!(
+            opened.data.lifespan_deadline.unix_millis(),
+            1_700_086_400_000
+        );
         assert!(opened.data.remember_me);
     }
 
     #[test]
     fn round_trip_with_random_nonce_and_fixed_length() {
-        let data = CookieData::generate(
-            Timestamp::from_unix_millis(5),
-            Timestamp::NEVER,
-            false,
-        );
+        let data = CookieData::generate(Timestamp::from_unix_millis(5), Timestamp::NEVER, false);
         let a = seal(&keys(), "id", &data);
         let b = seal(&keys(), "id", &data);
         assert_ne!(a, b, "each seal draws a fresh nonce");
@@ -364,13 +367,18 @@ mod tests {
 
     #[test]
     fn every_single_bit_flip_is_rejected() {
-        let sealed = URL_SAFE_NO_PAD.decode(seal(&keys(), "id", &sample())).unwrap();
+        let sealed = URL_SAFE_NO_PAD
+            .decode(seal(&keys(), "id", &sample()))
+            .unwrap();
         for byte in 0..sealed.len() {
             for bit in 0..8 {
                 let mut bad = sealed.clone();
                 bad[byte] ^= 1 << bit;
                 let value = URL_SAFE_NO_PAD.encode(&bad);
-                assert!(open(&keys(), "id", &value).is_err(), "byte {byte} bit {bit}");
+                assert!(
+                    open(&keys(), "id", &value).is_err(),
+                    "byte {byte} bit {bit}"
+                );
             }
         }
     }
@@ -378,17 +386,32 @@ mod tests {
     #[test]
     fn foreign_name_key_truncation_and_garbage_are_rejected() {
         let value = seal(&keys(), "id", &sample());
-        assert_eq!(open(&keys(), "other", &value).err(), Some(CookieError::Tampered));
+        assert_eq!(
+            open(&keys(), "other", &value).err(),
+            Some(CookieError::Tampered)
+        );
         let other = Keys::from_secret(&[0x43; 32]).unwrap();
-        assert!(matches!(open(&other, "id", &value), Err(CookieError::UnknownKey(_))));
-        assert_eq!(open(&keys(), "id", &value[..100]).err(), Some(CookieError::Truncated));
+        assert!(matches!(
+            open(&other, "id", &value),
+            Err(CookieError::UnknownKey(_))
+        ));
+        assert_eq!(
+            open(&keys(), "id", &value[..100]).err(),
+            Some(CookieError::Truncated)
+        );
         assert_eq!(open(&keys(), "id", "").err(), Some(CookieError::Truncated));
-        assert_eq!(open(&keys(), "id", "!!!").err(), Some(CookieError::NotBase64));
+        assert_eq!(
+            open(&keys(), "id", "!!!").err(),
+            Some(CookieError::NotBase64)
+        );
         assert_eq!(
             open(&keys(), "id", &"A".repeat(4096)).err(),
             Some(CookieError::Oversized)
         );
-        assert_eq!(open(&keys(), "id", "Ag").err(), Some(CookieError::UnknownVersion(2)));
+        assert_eq!(
+            open(&keys(), "id", "Ag").err(),
+            Some(CookieError::UnknownVersion(2))
+        );
     }
 
     #[test]
@@ -407,7 +430,10 @@ mod tests {
         headers.append(header::COOKIE, HeaderValue::from_static("a=1; id=first"));
         headers.append(header::COOKIE, HeaderValue::from_static("id=\"second\""));
         headers.append(header::COOKIE, HeaderValue::from_bytes(b"id=\xff").unwrap());
-        headers.append(header::COOKIE, HeaderValue::from_static("ids=no;;  id = third "));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("ids=no;;  id = third "),
+        );
         let found: Vec<&str> = request_values(&headers, "id").collect();
         assert_eq!(found, ["first", "second", "third"]);
     }
@@ -422,14 +448,27 @@ mod tests {
         let set = config.set("v", Some(Duration::from_secs(60)));
         let set = set.to_str().unwrap();
         assert!(set.starts_with("id=v;"), "{set}");
-        for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/app", "Domain=example.com", "Max-Age=60"] {
+        for attr in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/app",
+            "Domain=example.com",
+            "Max-Age=60",
+        ] {
             assert!(set.contains(attr), "{set} lacks {attr}");
         }
         let session_cookie = config.set("v", None);
         assert!(!session_cookie.to_str().unwrap().contains("Max-Age"));
         let clear = config.clear();
         let clear = clear.to_str().unwrap();
-        for attr in ["id=;", "Path=/app", "Domain=example.com", "Max-Age=0", "Expires="] {
+        for attr in [
+            "id=;",
+            "Path=/app",
+            "Domain=example.com",
+            "Max-Age=0",
+            "Expires=",
+        ] {
             assert!(clear.contains(attr), "{clear} lacks {attr}");
         }
     }

@@ -271,7 +271,10 @@ mod tests {
             remember_me: false,
         };
         let d = s.deadlines(now, meta);
-        assert_eq!(d.idle, meta.lifespan_deadline, "30 min idle capped at 60 s lifespan");
+        assert_eq!(
+            d.idle, meta.lifespan_deadline,
+            "30 min idle capped at 60 s lifespan"
+        );
     }
 
     #[test]
@@ -279,7 +282,10 @@ mod tests {
         let s = shared();
         let now = Timestamp::from_unix_millis(1_000_000);
         let lifespan = s.lifespan_deadline(now, true);
-        assert_eq!(lifespan, now.saturating_add(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(
+            lifespan,
+            now.saturating_add(Duration::from_secs(30 * 24 * 3600))
+        );
         let meta = Meta {
             created_at: now,
             lifespan_deadline: lifespan,

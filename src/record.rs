@@ -210,7 +210,10 @@ mod tests {
     }
 
     fn sample() -> Data {
-        Data::from([("user".to_owned(), Value::from("ada")), ("n".to_owned(), Value::from(3))])
+        Data::from([
+            ("user".to_owned(), Value::from("ada")),
+            ("n".to_owned(), Value::from(3)),
+        ])
     }
 
     /// Data `{"n":3}` sealed by format v1 for sid `[0x11; 16]` and record secret
@@ -226,7 +229,9 @@ mod tests {
         let cipher = DataCipher::new(keys.primary(), &[0x22; 32]);
         let sealed = cipher.seal_with_nonce(&store_key, br#"{"n":3}"#, [9; 12]);
         assert_eq!(STANDARD.encode(&sealed), V1_VECTOR);
-        let data = cipher.open(&store_key, &STANDARD.decode(V1_VECTOR).unwrap()).unwrap();
+        let data = cipher
+            .open(&store_key, &STANDARD.decode(V1_VECTOR).unwrap())
+            .unwrap();
         assert_eq!(data, Data::from([("n".to_owned(), Value::from(3))]));
     }
 
@@ -262,7 +267,10 @@ mod tests {
         let cipher = DataCipher::new(keys.primary(), &[2; 32]);
         assert_eq!(cipher.open(&key, b""), Err(RecordError::Truncated));
         assert_eq!(cipher.open(&key, &[1; 20]), Err(RecordError::Truncated));
-        assert_eq!(cipher.open(&key, &[2; 64]), Err(RecordError::UnknownVersion(2)));
+        assert_eq!(
+            cipher.open(&key, &[2; 64]),
+            Err(RecordError::UnknownVersion(2))
+        );
         assert_eq!(cipher.open(&key, &[1; 64]), Err(RecordError::Tampered));
         // Authentic but not a JSON object.
         let sealed = cipher.seal_with_nonce(&key, b"[1,2]", [0; 12]);

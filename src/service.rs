@@ -205,7 +205,10 @@ fn unavailable<B: Default>(grpc: bool) -> Response<B> {
         // A trailers-only gRPC response: status 200 with grpc-status in the headers
         // (gRPC over HTTP/2 protocol, "Responses"). 14 is UNAVAILABLE, which clients
         // may retry.
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from_static("14"));
         headers.insert(
             "grpc-message",
@@ -213,7 +216,8 @@ fn unavailable<B: Default>(grpc: bool) -> Response<B> {
         );
     } else {
         *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     res
 }
@@ -291,7 +295,9 @@ where
             match this.state.as_mut().project() {
                 StateProj::Loading { load, pending } => {
                     let loaded = ready!(load.as_mut().poll(cx));
-                    let pending = pending.take().expect("ResponseFuture polled after completion");
+                    let pending = pending
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     let record = match loaded {
                         Ok(record) => record,
                         Err(err) => {
@@ -301,7 +307,8 @@ where
                         }
                     };
                     let now = *this.now;
-                    let session = open_record(this.shared, now, pending.opened, pending.store_key, record);
+                    let session =
+                        open_record(this.shared, now, pending.opened, pending.store_key, record);
                     let (session, cookie_rejected) = match session {
                         Some(session) => (session, false),
                         None => (Session::fresh(this.shared.clone(), now), true),
@@ -345,7 +352,10 @@ where
                             )));
                         }
                         plan => {
-                            let save = this.shared.store.persist(this.shared.clone(), plan, *this.now);
+                            let save =
+                                this.shared
+                                    .store
+                                    .persist(this.shared.clone(), plan, *this.now);
                             this.state.set(State::Saving {
                                 save,
                                 response: Some(response),
@@ -355,7 +365,9 @@ where
                 }
                 StateProj::Saving { save, response } => {
                     let saved = ready!(save.as_mut().poll(cx));
-                    let response = response.take().expect("ResponseFuture polled after completion");
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(match saved {
                         Ok(action) => with_cookie(response, action, this.shared),
@@ -464,7 +476,19 @@ async fn persist<St: SessionStore>(
             data,
             meta,
             reissue_cookie,
-        } => update(store, shared, now, loaded, changes, data, meta, reissue_cookie).await,
+        } => {
+            update(
+                store,
+                shared,
+                now,
+                loaded,
+                changes,
+                data,
+                meta,
+                reissue_cookie,
+            )
+            .await
+        }
         Plan::Cycle {
             loaded,
             changes,
@@ -495,11 +519,16 @@ async fn create<St: SessionStore>(
     meta: Meta,
 ) -> Result<SetCookie, StoreError> {
     let key_set = shared.keys.primary();
-    let mut identity = CookieData::generate(meta.created_at, meta.lifespan_deadline, meta.remember_me);
+    let mut identity =
+        CookieData::generate(meta.created_at, meta.lifespan_deadline, meta.remember_me);
     for _ in 0..MAX_CREATE_ATTEMPTS {
         let store_key = StoreKey::derive(key_set, &identity.sid);
         let cipher = DataCipher::new(key_set, &identity.record_secret);
-        let record = Record::new(1, shared.deadlines(now, meta), cipher.seal(&store_key, data));
+        let record = Record::new(
+            1,
+            shared.deadlines(now, meta),
+            cipher.seal(&store_key, data),
+        );
         if store.create(&store_key, &record).await? {
             return Ok(set_cookie(shared, now, &identity));
         }
@@ -577,4 +606,3 @@ fn set_cookie(shared: &Shared, now: Timestamp, identity: &CookieData) -> SetCook
         .then(|| identity.lifespan_deadline.saturating_since(now));
     SetCookie::Set(shared.cookie.set(&value, max_age))
 }
-

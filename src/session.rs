@@ -199,7 +199,10 @@ impl Session {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Our critical sections never panic half-way, so a poisoned lock still
         // guards consistent state.
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The value under `key`, deserialized as `T`; `Ok(None)` when there is none.
@@ -211,12 +214,14 @@ impl Session {
         let state = self.lock();
         match state.data.get(key) {
             None => Ok(None),
-            Some(value) => T::deserialize(value).map(Some).map_err(|source| {
-                SessionError::Deserialize {
-                    key: key.to_owned(),
-                    source,
-                }
-            }),
+            Some(value) => {
+                T::deserialize(value)
+                    .map(Some)
+                    .map_err(|source| SessionError::Deserialize {
+                        key: key.to_owned(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -233,7 +238,10 @@ impl Session {
         })?;
         let mut state = self.lock();
         if state.data.get(key) != Some(&value) {
-            state.changes.entries.insert(key.to_owned(), Some(value.clone()));
+            state
+                .changes
+                .entries
+                .insert(key.to_owned(), Some(value.clone()));
             state.data.insert(key.to_owned(), value);
         }
         Ok(())

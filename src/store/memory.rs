@@ -116,10 +116,8 @@ impl MemoryStore {
         }
         let store = self.clone();
         Ok(async move {
-            let mut ticker = tokio::time::interval_at(
-                tokio::time::Instant::now() + interval,
-                interval,
-            );
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
@@ -236,10 +234,12 @@ impl SessionStore for MemoryStore {
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let found = match self.cache.get(key) {
             Some(record) if self.expired(&record) => {
-                self.cache.entry(*key).and_compute_with(|entry| match entry {
-                    Some(e) if self.expired(e.value()) => Op::Remove,
-                    _ => Op::Nop,
-                });
+                self.cache
+                    .entry(*key)
+                    .and_compute_with(|entry| match entry {
+                        Some(e) if self.expired(e.value()) => Op::Remove,
+                        _ => Op::Nop,
+                    });
                 None
             }
             found => found,
@@ -252,10 +252,13 @@ impl SessionStore for MemoryStore {
         key: &StoreKey,
         record: &Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let result = self.cache.entry(*key).and_compute_with(|entry| match entry {
-            Some(e) if !self.expired(e.value()) => Op::Nop,
-            _ => Op::Put(record.clone()),
-        });
+        let result = self
+            .cache
+            .entry(*key)
+            .and_compute_with(|entry| match entry {
+                Some(e) if !self.expired(e.value()) => Op::Nop,
+                _ => Op::Put(record.clone()),
+            });
         ready(Ok(!matches!(result, CompResult::Unchanged(_))))
     }
 
@@ -266,18 +269,20 @@ impl SessionStore for MemoryStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<Update, StoreError>> + Send {
         let mut outcome = Update::Missing;
-        self.cache.entry(*key).and_compute_with(|entry| match entry {
-            Some(e) if !self.expired(e.value()) => {
-                if e.value().version == expected_version {
-                    outcome = Update::Updated;
-                    Op::Put(record.clone())
-                } else {
-                    outcome = Update::Conflict(e.into_value());
-                    Op::Nop
+        self.cache
+            .entry(*key)
+            .and_compute_with(|entry| match entry {
+                Some(e) if !self.expired(e.value()) => {
+                    if e.value().version == expected_version {
+                        outcome = Update::Updated;
+                        Op::Put(record.clone())
+                    } else {
+                        outcome = Update::Conflict(e.into_value());
+                        Op::Nop
+                    }
                 }
-            }
-            _ => Op::Nop,
-        });
+                _ => Op::Nop,
+            });
         ready(Ok(outcome))
     }
 
@@ -286,14 +291,17 @@ impl SessionStore for MemoryStore {
         key: &StoreKey,
         deadlines: Deadlines,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let result = self.cache.entry(*key).and_compute_with(|entry| match entry {
-            Some(e) if !self.expired(e.value()) => {
-                let mut record = e.into_value();
-                record.deadlines = deadlines;
-                Op::Put(record)
-            }
-            _ => Op::Nop,
-        });
+        let result = self
+            .cache
+            .entry(*key)
+            .and_compute_with(|entry| match entry {
+                Some(e) if !self.expired(e.value()) => {
+                    let mut record = e.into_value();
+                    record.deadlines = deadlines;
+                    Op::Put(record)
+                }
+                _ => Op::Nop,
+            });
         ready(Ok(matches!(result, CompResult::ReplacedWith(_))))
     }
 
@@ -359,9 +367,25 @@ mod tests {
         assert_eq!(store.len(), 0, "removed, not just hidden");
         // An expired record does not block creating under its key, nor count as live.
         store.create(&key(2), &record(1, deadline)).await.unwrap();
-        assert_eq!(store.touch(&key(2), record(1, Timestamp::NEVER).deadlines).await.unwrap(), false);
-        assert_eq!(store.update(&key(2), &record(2, Timestamp::NEVER), 1).await.unwrap(), Update::Missing);
-        assert!(store.create(&key(2), &record(1, Timestamp::NEVER)).await.unwrap());
+        let expired_key = key(2);
+        let revived = store.touch(&expired_key, record(1, Timestamp::NEVER).deadlines);
+        assert!(
+            !revived.await.unwrap(),
+            "an expired record is not touched back to life"
+        );
+        assert_eq!(
+            store
+                .update(&key(2), &record(2, Timestamp::NEVER), 1)
+                .await
+                .unwrap(),
+            Update::Missing
+        );
+        assert!(
+            store
+                .create(&key(2), &record(1, Timestamp::NEVER))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
@@ -372,7 +396,10 @@ mod tests {
         let late = hand.now().saturating_add(Duration::from_secs(100));
         store.create(&key(1), &record(1, soon)).await.unwrap();
         store.create(&key(2), &record(1, late)).await.unwrap();
-        store.create(&key(3), &record(1, Timestamp::NEVER)).await.unwrap();
+        store
+            .create(&key(3), &record(1, Timestamp::NEVER))
+            .await
+            .unwrap();
         hand.advance(Duration::from_secs(30));
         assert_eq!(store.delete_expired(hand.now()).await.unwrap(), 1);
         assert_eq!(store.len(), 2);
@@ -381,9 +408,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cleanup_task_sweeps_on_its_interval_and_refuses_short_ones() {
-        let err = MemoryStore::new().cleanup_task(Duration::from_secs(9)).err().unwrap();
+        let err = MemoryStore::new()
+            .cleanup_task(Duration::from_secs(9))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("cleanup_interval"), "{err}");
-        assert!(MemoryStore::new().cleanup_task(Duration::from_secs(10)).is_ok());
+        assert!(
+            MemoryStore::new()
+                .cleanup_task(Duration::from_secs(10))
+                .is_ok()
+        );
 
         let hand = ManualClock::new();
         let store = MemoryStore::builder().clock(hand.clone().into()).build();
@@ -392,7 +426,11 @@ mod tests {
         hand.advance(Duration::from_secs(6));
         let task = tokio::spawn(store.cleanup_task(Duration::from_secs(3600)).unwrap());
         tokio::time::sleep(Duration::from_secs(3599)).await;
-        assert_eq!(store.cache.iter().count(), 1, "not swept before the interval");
+        assert_eq!(
+            store.cache.iter().count(),
+            1,
+            "not swept before the interval"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(store.cache.iter().count(), 0, "swept after one interval");
         task.abort();

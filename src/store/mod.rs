@@ -41,8 +41,10 @@ pub enum Update {
 /// [`StoreError`] and the layer answers the request with 503.
 pub trait SessionStore: Send + Sync + 'static {
     /// The record stored under `key`, if there is one and it has not expired.
-    fn load(&self, key: &StoreKey)
-    -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
     /// Stores `record` under `key` unless the key is taken. Returns `false`, writing
     /// nothing, when a record already exists there.
@@ -74,8 +76,10 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes every record that has expired at `now` and returns how many it
     /// removed. Stores with native expiry may do nothing and return 0.
-    fn delete_expired(&self, now: Timestamp)
-    -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn delete_expired(
+        &self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// A store operation failed.

@@ -1,0 +1,246 @@
+//! The behaviour every [`SessionStore`] must show, as one generic suite.
+//!
+//! A store's test file calls [`run`] with a fresh, empty store that uses the system
+//! clock. Deadlines are either far in the future or already past, so the suite needs
+//! no clock control and runs the same against stores with native expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tower_sealed_sessions::{Deadlines, Record, SessionStore, StoreKey, Timestamp, Update};
+
+fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
+
+fn live() -> Deadlines {
+    Deadlines {
+        idle: now().saturating_add(Duration::from_secs(3600)),
+        lifespan: now().saturating_add(Duration::from_secs(7200)),
+    }
+}
+
+fn expired() -> Deadlines {
+    let past = Timestamp::from_unix_millis(now().unix_millis() - 1_000);
+    Deadlines {
+        idle: past,
+        lifespan: now().saturating_add(Duration::from_secs(7200)),
+    }
+}
+
+fn record(version: u64, deadlines: Deadlines, data: &'static [u8]) -> Record {
+    Record::new(version, deadlines, Bytes::from_static(data))
+}
+
+/// A key no other run of the suite uses, so stores shared between tests stay clean.
+fn fresh_key() -> StoreKey {
+    StoreKey::from_bytes(rand::random())
+}
+
+/// Runs every check against `store`.
+pub async fn run<St: SessionStore>(store: Arc<St>) {
+    create_load_and_refuse_existing(&*store).await;
+    compare_and_set(&*store).await;
+    touch_moves_deadlines_only(&*store).await;
+    delete_is_idempotent(&*store).await;
+    expired_records_are_not_live(&*store).await;
+    concurrent_compare_and_set_loses_nothing(store).await;
+}
+
+async fn create_load_and_refuse_existing<St: SessionStore>(store: &St) {
+    let key = fresh_key();
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        None,
+        "missing key loads as None"
+    );
+    let first = record(1, live(), b"first");
+    assert!(
+        store.create(&key, &first).await.unwrap(),
+        "create on a free key"
+    );
+    assert_eq!(store.load(&key).await.unwrap(), Some(first.clone()));
+
+    let second = record(1, live(), b"second");
+    assert!(
+        !store.create(&key, &second).await.unwrap(),
+        "create refuses a taken key"
+    );
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        Some(first),
+        "refused create wrote nothing"
+    );
+
+    let other = fresh_key();
+    assert_eq!(
+        store.load(&other).await.unwrap(),
+        None,
+        "keys are independent"
+    );
+}
+
+async fn compare_and_set<St: SessionStore>(store: &St) {
+    let key = fresh_key();
+    let v1 = record(1, live(), b"v1");
+    store.create(&key, &v1).await.unwrap();
+
+    let stale = record(3, live(), b"stale");
+    assert_eq!(
+        store.update(&key, &stale, 2).await.unwrap(),
+        Update::Conflict(v1.clone()),
+        "a wrong expected version yields the current record"
+    );
+    assert_eq!(store.load(&key).await.unwrap(), Some(v1));
+
+    let v2 = record(2, live(), b"v2");
+    assert_eq!(store.update(&key, &v2, 1).await.unwrap(), Update::Updated);
+    assert_eq!(store.load(&key).await.unwrap(), Some(v2));
+
+    let missing = fresh_key();
+    assert_eq!(
+        store
+            .update(&missing, &record(2, live(), b"x"), 1)
+            .await
+            .unwrap(),
+        Update::Missing
+    );
+    assert_eq!(
+        store.load(&missing).await.unwrap(),
+        None,
+        "update never creates"
+    );
+}
+
+async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
+    let key = fresh_key();
+    store
+        .create(&key, &record(4, live(), b"data"))
+        .await
+        .unwrap();
+    let later = Deadlines {
+        idle: now().saturating_add(Duration::from_secs(5400)),
+        lifespan: now().saturating_add(Duration::from_secs(7200)),
+    };
+    assert!(store.touch(&key, later).await.unwrap());
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.version, 4, "touch keeps the version");
+    assert_eq!(
+        loaded.data,
+        Bytes::from_static(b"data"),
+        "touch keeps the data"
+    );
+    // Stores may keep deadlines at coarser precision than a millisecond.
+    let drift = loaded
+        .deadlines
+        .idle
+        .unix_millis()
+        .abs_diff(later.idle.unix_millis());
+    assert!(
+        drift < 1_000,
+        "touch moved the idle deadline ({drift} ms off)"
+    );
+    assert!(
+        !store.touch(&fresh_key(), later).await.unwrap(),
+        "touch of a missing key"
+    );
+}
+
+async fn delete_is_idempotent<St: SessionStore>(store: &St) {
+    let key = fresh_key();
+    store.create(&key, &record(1, live(), b"x")).await.unwrap();
+    store.delete(&key).await.unwrap();
+    assert_eq!(store.load(&key).await.unwrap(), None);
+    store.delete(&key).await.unwrap();
+    assert!(
+        store.create(&key, &record(1, live(), b"y")).await.unwrap(),
+        "key free again"
+    );
+}
+
+async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
+    let key = fresh_key();
+    let keep = fresh_key();
+    store
+        .create(&key, &record(1, expired(), b"old"))
+        .await
+        .unwrap();
+    store
+        .create(&keep, &record(1, live(), b"live"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        None,
+        "expired record is not loaded"
+    );
+    assert_eq!(
+        store
+            .update(&key, &record(2, live(), b"x"), 1)
+            .await
+            .unwrap(),
+        Update::Missing
+    );
+    assert!(
+        !store.touch(&key, live()).await.unwrap(),
+        "expired record is not revived"
+    );
+    assert!(
+        store
+            .create(&key, &record(1, live(), b"new"))
+            .await
+            .unwrap(),
+        "expired key is free"
+    );
+    store.delete(&key).await.unwrap();
+
+    store
+        .create(&key, &record(1, expired(), b"old"))
+        .await
+        .unwrap();
+    store.delete_expired(now()).await.unwrap();
+    assert_eq!(store.load(&key).await.unwrap(), None);
+    assert!(
+        store.load(&keep).await.unwrap().is_some(),
+        "cleanup keeps live records"
+    );
+}
+
+async fn concurrent_compare_and_set_loses_nothing<St: SessionStore>(store: Arc<St>) {
+    const WRITERS: u64 = 32;
+    let key = fresh_key();
+    store.create(&key, &record(1, live(), b"0")).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut current = store.load(&key).await.unwrap().unwrap();
+            // Bounded: each failed attempt means another writer succeeded.
+            for _ in 0..=WRITERS {
+                let n: u64 = std::str::from_utf8(&current.data).unwrap().parse().unwrap();
+                let next = Record::new(
+                    current.version + 1,
+                    live(),
+                    Bytes::from((n + 1).to_string()),
+                );
+                match store.update(&key, &next, current.version).await.unwrap() {
+                    Update::Updated => return,
+                    Update::Conflict(now) => current = now,
+                    Update::Missing => panic!("record vanished"),
+                }
+            }
+            panic!("compare-and-set never succeeded");
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let last = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        last.data,
+        Bytes::from(WRITERS.to_string()),
+        "every increment landed"
+    );
+    assert_eq!(last.version, WRITERS + 1);
+}
