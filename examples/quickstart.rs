@@ -161,6 +161,16 @@ impl IntoResponse for AppError {
     }
 }
 
+/// The demo's routes behind `sessions`; the integration tests serve it too.
+pub fn app(sessions: SessionLayer) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/session", get(api_session))
+        .route("/api/login", post(api_login))
+        .route("/api/logout", post(api_logout))
+        .layer(sessions)
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -183,12 +193,7 @@ async fn main() {
         // cookie. Behind TLS, leave Secure on (the default).
         .with_secure(false);
 
-    let app = Router::new()
-        .route("/", get(page))
-        .route("/api/session", get(api_session))
-        .route("/api/login", post(api_login))
-        .route("/api/logout", post(api_logout))
-        .layer(sessions);
+    let app = app(sessions);
 
     let addr: SocketAddr = match std::env::var("ADDR") {
         Ok(addr) => match addr.parse() {

@@ -33,6 +33,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
+use crate::config::ConfigError;
 use crate::keys::{KeyId, Keys};
 
 const VERSION: u8 = 1;
@@ -276,6 +277,47 @@ impl Default for CookieConfig {
 }
 
 impl CookieConfig {
+    /// Checks that every attribute renders into a valid `Set-Cookie` header, so no
+    /// request can ever fail on it.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        // RFC 6265, section 4.1.1: a cookie name is an RFC 7230 token.
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if self.name.is_empty() || !self.name.chars().all(is_tchar) {
+            return Err(ConfigError::new(
+                "cookie.name",
+                format!(
+                    "{:?} is not a valid cookie name: use letters, digits and !#$%&'*+-.^_`|~",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(domain) = &self.domain {
+            let ok = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+            if domain.is_empty() || !domain.chars().all(ok) {
+                return Err(ConfigError::new(
+                    "cookie.domain",
+                    format!("{domain:?} is not a host name like example.com"),
+                ));
+            }
+        }
+        // RFC 6265, section 4.1.1: path-value is any CHAR except CTLs or ";".
+        if !self.path.starts_with('/')
+            || self
+                .path
+                .chars()
+                .any(|c| c.is_control() || c == ';' || !c.is_ascii())
+        {
+            return Err(ConfigError::new(
+                "cookie.path",
+                format!(
+                    "{:?} is not a cookie path: it starts with / and has no ; or control characters",
+                    self.path
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn build<'c>(&'c self, value: &'c str) -> Cookie<'c> {
         let mut cookie = Cookie::new(self.name.as_str(), value);
         cookie.set_path(self.path.as_str());
@@ -308,7 +350,7 @@ impl CookieConfig {
 }
 
 fn to_header(cookie: &Cookie<'_>) -> HeaderValue {
-    // Name, value and attributes come from validated configuration and base64, so the
+    // The value is base64 and the attributes passed `CookieConfig::validate`, so the
     // rendering is always a valid header value.
     HeaderValue::try_from(cookie.to_string())
         .expect("a session cookie renders as a valid header value")
@@ -436,6 +478,32 @@ mod tests {
         );
         let found: Vec<&str> = request_values(&headers, "id").collect();
         assert_eq!(found, ["first", "second", "third"]);
+    }
+
+    #[test]
+    fn attributes_that_cannot_render_are_refused() {
+        let bad = |edit: fn(&mut CookieConfig)| {
+            let mut config = CookieConfig::default();
+            edit(&mut config);
+            config.validate().unwrap_err().field()
+        };
+        assert_eq!(bad(|c| c.name = "a b".into()), "cookie.name");
+        assert_eq!(bad(|c| c.name = "id;x".into()), "cookie.name");
+        assert_eq!(bad(|c| c.name = String::new()), "cookie.name");
+        assert_eq!(
+            bad(|c| c.domain = Some("evil.com; x".into())),
+            "cookie.domain"
+        );
+        assert_eq!(bad(|c| c.path = "/a;b".into()), "cookie.path");
+        assert_eq!(bad(|c| c.path = "/a\nb".into()), "cookie.path");
+        assert_eq!(bad(|c| c.path = "relative".into()), "cookie.path");
+        let fine = CookieConfig {
+            name: "__Host-id".into(),
+            domain: Some("sub.example.com".into()),
+            path: "/app/v1".into(),
+            ..CookieConfig::default()
+        };
+        assert!(fine.validate().is_ok());
     }
 
     #[test]

@@ -115,12 +115,27 @@ impl SessionLayer {
         self
     }
 
+    /// Like [`edit`](Self::edit) for cookie attributes, which must render into a
+    /// valid header: refusing them here, at start-up, is what lets no request fail
+    /// on them later.
+    fn edit_cookie(self, f: impl FnOnce(&mut CookieConfig)) -> Self {
+        let this = self.edit(|s| f(&mut s.cookie));
+        if let Err(err) = this.shared.cookie.validate() {
+            panic!("{err}");
+        }
+        this
+    }
+
     /// The cookie's name (default `id`). Prefer `__Host-id` on HTTPS sites: browsers
     /// then refuse the cookie from subdomains and insecure origins (RFC 6265bis,
     /// section 4.1.3), which stops cookie tossing.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid cookie name (an RFC 7230 token).
     pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        self.edit(|s| s.cookie.name = name)
+        self.edit_cookie(|c| c.name = name)
     }
 
     /// The cookie's `Domain` (default none: the exact host only).
@@ -129,15 +144,23 @@ impl SessionLayer {
     ///
     /// A Domain sends the cookie to every subdomain too, and lets any of them set a
     /// cookie of the same name.
+    ///
+    /// # Panics
+    ///
+    /// When `domain` is not a host name (letters, digits, `.` and `-`).
     pub fn with_domain(self, domain: impl Into<String>) -> Self {
         let domain = domain.into();
-        self.edit(|s| s.cookie.domain = Some(domain))
+        self.edit_cookie(|c| c.domain = Some(domain))
     }
 
     /// The cookie's `Path` (default `/`).
+    ///
+    /// # Panics
+    ///
+    /// When `path` does not start with `/` or holds `;` or control characters.
     pub fn with_path(self, path: impl Into<String>) -> Self {
         let path = path.into();
-        self.edit(|s| s.cookie.path = path)
+        self.edit_cookie(|c| c.path = path)
     }
 
     /// Whether the cookie is `Secure`: sent over HTTPS only (default `true`).
@@ -302,6 +325,12 @@ mod tests {
         let now = Timestamp::from_unix_millis(5);
         let d = s.deadlines(now, s.new_meta(now));
         assert!(d.expires_at().is_never());
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid session setting `cookie.name`")]
+    fn an_unrenderable_cookie_name_is_refused_at_configuration() {
+        let _ = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_cookie_name("a;b");
     }
 
     #[test]

@@ -141,13 +141,18 @@ impl fmt::Display for RecordError {
 }
 
 /// The AEAD for one session's data.
-pub(crate) struct DataCipher(Aes256Gcm);
+///
+/// Boxed: the expanded key schedule is large, and the cipher travels from the load
+/// through the session to the write; moving a pointer is cheaper than moving it.
+pub(crate) struct DataCipher(Box<Aes256Gcm>);
 
 impl DataCipher {
     pub(crate) fn new(keys: &KeySet, record_secret: &[u8; 32]) -> Self {
         let key = keys.record.clone().chain_update(record_secret).finalize();
         let key = Zeroizing::new(<[u8; 32]>::from(key.into_bytes()));
-        DataCipher(Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key"))
+        DataCipher(Box::new(
+            Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key"),
+        ))
     }
 
     pub(crate) fn seal(&self, store_key: &StoreKey, data: &Data) -> Bytes {
@@ -275,6 +280,16 @@ mod tests {
         // Authentic but not a JSON object.
         let sealed = cipher.seal_with_nonce(&key, b"[1,2]", [0; 12]);
         assert_eq!(cipher.open(&key, &sealed), Err(RecordError::Malformed));
+    }
+
+    #[test]
+    fn cipher_sizes_stay_small_to_move() {
+        // Guards the boxing above; the unboxed cipher is far larger.
+        assert_eq!(
+            std::mem::size_of::<DataCipher>(),
+            std::mem::size_of::<usize>()
+        );
+        assert!(std::mem::size_of::<Aes256Gcm>() > 256);
     }
 
     #[test]

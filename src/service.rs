@@ -582,14 +582,14 @@ async fn update<St: SessionStore>(
                 if !reissue_cookie {
                     // Keep a lifespan another request set; only this request's own
                     // lifespan change may move it.
-                    deadlines = shared.deadlines(
-                        now,
-                        Meta {
-                            lifespan_deadline: current.deadlines.lifespan,
-                            ..meta
-                        },
-                    );
+                    deadlines.lifespan = current.deadlines.lifespan;
                 }
+                // Activity never pulls an idle deadline in: the other writer may have
+                // made the session remember-me, which has no idle timeout.
+                deadlines.idle = deadlines
+                    .idle
+                    .max(current.deadlines.idle)
+                    .min(deadlines.lifespan);
             }
         }
     }

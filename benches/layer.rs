@@ -1,0 +1,101 @@
+//! One request through an axum `Router`, bare and behind `SessionLayer` on the
+//! memory store, measured side by side in one run.
+//!
+//! ```text
+//! cargo bench --bench layer
+//! ```
+//!
+//! Subtract `bare` from each case for the layer's own cost per request.
+
+use std::hint::black_box;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, header};
+use tower::ServiceExt;
+use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+
+async fn read(session: Session) -> String {
+    session.get::<u64>("n").unwrap().unwrap_or(0).to_string()
+}
+
+async fn write(session: Session) -> String {
+    let n = session.get::<u64>("n").unwrap().unwrap_or(0) + 1;
+    session.insert("n", n).unwrap();
+    n.to_string()
+}
+
+fn routes() -> Router {
+    Router::new()
+        .route("/plain", get(|| async { "ok" }))
+        .route("/read", get(read))
+        .route("/write", get(write))
+}
+
+fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
+    let mut req = Request::get(path).body(Body::empty()).unwrap();
+    if let Some(cookie) = cookie {
+        req.headers_mut().insert(header::COOKIE, cookie.clone());
+    }
+    req
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let bare = routes();
+    let store = MemoryStore::builder().max_sessions(100_000).build();
+    let layered = routes().layer(SessionLayer::new(store, Keys::generate()));
+
+    // An existing session to read and write.
+    let cookie = rt.block_on(async {
+        let res = layered
+            .clone()
+            .oneshot(request("/write", None))
+            .await
+            .unwrap();
+        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
+    });
+
+    let mut group = c.benchmark_group("request");
+    group.bench_function("bare", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(bare.clone().oneshot(request("/plain", None)).await) })
+    });
+    group.bench_function("no_cookie", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(layered.clone().oneshot(request("/plain", None)).await) })
+    });
+    group.bench_function("new_session", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(layered.clone().oneshot(request("/write", None)).await) })
+    });
+    group.bench_function("read_only", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                layered
+                    .clone()
+                    .oneshot(request("/read", Some(&cookie)))
+                    .await,
+            )
+        })
+    });
+    group.bench_function("read_write", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                layered
+                    .clone()
+                    .oneshot(request("/write", Some(&cookie)))
+                    .await,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,166 @@
+//! The quickstart example's routes, served on loopback.
+
+mod common;
+
+#[path = "../examples/quickstart.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod quickstart;
+
+use reqwest::header::COOKIE;
+use serde_json::{Value, json};
+use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+
+use common::{cookie_pair, serve, set_cookies};
+
+async fn start() -> String {
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
+    serve(quickstart::app(layer)).await
+}
+
+fn jar_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn visit_login_logout_flow() {
+    let base = start().await;
+    let client = jar_client();
+    let session = |client: &reqwest::Client| client.get(format!("{base}/api/session")).send();
+    let body: Value = session(&client).await.unwrap().json().await.unwrap();
+    assert_eq!(body, json!({"user": null, "visits": 1}));
+    let body: Value = session(&client).await.unwrap().json().await.unwrap();
+    assert_eq!(body, json!({"user": null, "visits": 2}));
+
+    let third = client
+        .get(format!("{base}/api/session"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        set_cookies(&third).is_empty(),
+        "an existing session keeps its cookie"
+    );
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/login"))
+        .json(&json!({"username": "ada", "remember": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        set_cookies(&res)[0].contains("Max-Age="),
+        "remember-me is persistent"
+    );
+
+    let res = client
+        .post(format!("{base}/api/login"))
+        .json(&json!({"username": "ada"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"user": "ada", "visits": 3}));
+    let page = client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Logged in as <b>ada</b>"), "{page}");
+    assert!(page.contains(r#"<span id="visits">4</span>"#), "{page}");
+
+    let res = client
+        .post(format!("{base}/api/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let body: Value = session(&client).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"user": null, "visits": 1}),
+        "a fresh session after logout"
+    );
+}
+
+#[tokio::test]
+async fn login_cycles_the_id() {
+    let base = start().await;
+    let plain = reqwest::Client::new();
+    let before = cookie_pair(
+        &plain
+            .get(format!("{base}/api/session"))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let res = plain
+        .post(format!("{base}/api/login"))
+        .header(COOKIE, &before)
+        .json(&json!({"username": "ada"}))
+        .send()
+        .await
+        .unwrap();
+    let after = cookie_pair(&res);
+    assert_ne!(before, after);
+    let old: Value = plain
+        .get(format!("{base}/api/session"))
+        .header(COOKIE, &before)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(old["user"], Value::Null, "the pre-login id is dead");
+}
+
+#[tokio::test]
+async fn bad_logins_are_refused_and_names_are_escaped() {
+    let base = start().await;
+    let client = jar_client();
+    for body in [
+        json!({"username": ""}),
+        json!({"username": "x".repeat(65)}),
+        json!({"name": "ada"}),
+    ] {
+        let res = client
+            .post(format!("{base}/api/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{body}");
+        let err: Value = res.json().await.unwrap();
+        assert!(err["error"].is_string());
+    }
+    let res = client
+        .post(format!("{base}/api/login"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+
+    client
+        .post(format!("{base}/api/login"))
+        .json(&json!({"username": "<script>alert(1)</script>"}))
+        .send()
+        .await
+        .unwrap();
+    let page = client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!page.contains("<script>alert(1)"));
+}
