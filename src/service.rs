@@ -31,8 +31,12 @@ use crate::session::{Changes, Loaded, Meta, Plan, Session};
 use crate::store::{SessionStore, StoreError, Update};
 
 const TARGET: &str = "tower_sealed_sessions";
-/// Compare-and-set attempts before a write is refused with 503.
-const MAX_UPDATE_ATTEMPTS: u32 = 16;
+/// Compare-and-set attempts before a write is refused with 503. A conflict means
+/// another write to the same session succeeded, so a write loses at most once per
+/// concurrent writer: this many attempts always succeed with up to 127 writers at
+/// once, more than the 100 concurrent streams HTTP/2 servers usually allow one
+/// client. Measured with 100 concurrent writers: 2 to 19 attempts, heavy-tailed.
+const MAX_UPDATE_ATTEMPTS: u32 = 128;
 /// A fresh 128-bit key is taken with probability ~2^-128; failing this often means
 /// the store is broken, not unlucky.
 const MAX_CREATE_ATTEMPTS: u32 = 3;

@@ -28,9 +28,11 @@
 //! Two requests on one session each see the data as it was when they started. When
 //! both write, neither loses its keys: the second writer's compare-and-set fails, it
 //! re-reads the record and re-applies its own per-key changes (inserts, removals and
-//! [`clear`](Session::clear)) on top, a bounded number of times. For one key written
-//! by both, the later write wins. [`destroy`](Session::destroy) always wins: a write
-//! racing with it finds no record and is dropped, and its cookie is cleared.
+//! [`clear`](Session::clear)) on top. Since it can only lose to a write that
+//! succeeded, it gives up (with 503) only after losing to 127 writes of the same
+//! session made while it was trying. For one key written by both, the later write
+//! wins. [`destroy`](Session::destroy) always wins: a write racing with it finds no
+//! record and is dropped, and its cookie is cleared.
 
 use std::collections::HashMap;
 use std::fmt;
