@@ -318,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn touch_interval_is_cut_to_half_the_idle_timeout() {
+        let mut s = shared();
+        s.idle_timeout = Some(Duration::from_secs(60));
+        s.touch_interval = Duration::from_secs(300);
+        assert_eq!(s.effective_touch_interval(), Duration::from_secs(30));
+        s.touch_interval = Duration::from_secs(10);
+        assert_eq!(s.effective_touch_interval(), Duration::from_secs(10));
+        s.idle_timeout = None;
+        s.touch_interval = Duration::from_secs(300);
+        assert_eq!(s.effective_touch_interval(), Duration::from_secs(300));
+    }
+
+    #[test]
     fn no_timeouts_means_no_deadline() {
         let mut s = shared();
         s.idle_timeout = None;
