@@ -58,6 +58,7 @@
 mod clock;
 mod config;
 mod cookie;
+mod duration;
 #[cfg(feature = "axum")]
 mod extract;
 mod keys;
@@ -70,9 +71,10 @@ pub mod store;
 pub use ::cookie::SameSite;
 pub use clock::{Clock, ManualClock, Timestamp};
 pub use config::ConfigError;
+pub use duration::{DurationError, parse_duration};
 #[cfg(feature = "axum")]
 pub use extract::MissingSessionLayer;
-pub use keys::{KeyError, KeyId, Keys};
+pub use keys::{KeyError, KeyId, Keys, Secret};
 pub use layer::SessionLayer;
 pub use record::{Deadlines, Record, StoreKey};
 pub use service::{ResponseFuture, SessionService};

@@ -18,7 +18,7 @@ use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionLaye
 
 use common::{TestStore, cookie_pair, serve, set_cookies};
 
-const SECRET: [u8; 32] = [0x5a; 32];
+const SECRET: &[u8; 32] = b"integration-test secret 0123456!";
 
 #[derive(Clone, Default)]
 struct Gate {
@@ -133,7 +133,7 @@ impl Harness {
         let clock = ManualClock::new();
         let store = TestStore::new(MemoryStore::builder().clock(clock.clone().into()).build());
         // Plain HTTP on loopback: the client's jar would not send a Secure cookie.
-        let layer = SessionLayer::new(store.clone(), Keys::from_secret(&SECRET).unwrap())
+        let layer = SessionLayer::new(store.clone(), Keys::from_secret(SECRET).unwrap())
             .with_secure(false)
             .with_clock(clock.clone());
         let gate = Gate::default();
@@ -686,7 +686,7 @@ async fn store_dump_holds_neither_plaintext_nor_the_session_id() {
 fn decode_sid(value: &str) -> Vec<u8> {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
     let sealed = URL_SAFE_NO_PAD.decode(value).unwrap();
-    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"tower-sealed-sessions"), &SECRET);
+    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"tower-sealed-sessions"), SECRET);
     let mut key = [0u8; 32];
     hkdf.expand(b"tower-sealed-sessions v1 cookie key", &mut key)
         .unwrap();
