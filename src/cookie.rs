@@ -485,7 +485,7 @@ mod tests {
         let bad = |edit: fn(&mut CookieConfig)| {
             let mut config = CookieConfig::default();
             edit(&mut config);
-            config.validate().unwrap_err().field()
+            config.validate().unwrap_err().field().to_owned()
         };
         assert_eq!(bad(|c| c.name = "a b".into()), "cookie.name");
         assert_eq!(bad(|c| c.name = "id;x".into()), "cookie.name");

@@ -20,6 +20,7 @@ use cookie::SameSite;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, Timestamp};
+use crate::config::{self, ConfigError, SessionConfig};
 use crate::cookie::CookieConfig;
 use crate::keys::Keys;
 use crate::record::Deadlines;
@@ -48,6 +49,7 @@ pub(crate) struct Shared {
     pub(crate) lifespan: Option<Duration>,
     pub(crate) remember_me: Option<Duration>,
     pub(crate) touch_interval: Duration,
+    pub(crate) allow_unbounded: bool,
     pub(crate) clock: Clock,
 }
 
@@ -105,9 +107,36 @@ impl SessionLayer {
                 lifespan: Some(Duration::from_secs(24 * 3600)),
                 remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
                 touch_interval: Duration::from_secs(60),
+                allow_unbounded: false,
                 clock: Clock::system(),
             }),
         }
+    }
+
+    /// A layer configured by `config`, keeping sessions in `store`. Loads the keys
+    /// (which may read or create a key file) and validates every setting.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field at fault.
+    pub fn from_config<St: SessionStore>(
+        config: &SessionConfig,
+        store: St,
+    ) -> Result<Self, ConfigError> {
+        let mut layer = SessionLayer::new(store, config.load_keys()?);
+        config.apply(Arc::make_mut(&mut layer.shared))?;
+        layer.validate()?;
+        Ok(layer)
+    }
+
+    /// Checks that the settings work together (see the `config` module for the
+    /// rules); [`Layer::layer`] refuses to build a service from settings that do not.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::validate(&self.shared)
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
@@ -233,6 +262,16 @@ impl SessionLayer {
         self.edit(|s| s.touch_interval = interval)
     }
 
+    /// Allows sessions with neither an idle timeout nor a lifespan, which otherwise
+    /// is refused.
+    ///
+    /// # Warning
+    ///
+    /// Such sessions end only at logout: the store keeps every abandoned one forever.
+    pub fn with_unbounded_sessions(self, allow: bool) -> Self {
+        self.edit(|s| s.allow_unbounded = allow)
+    }
+
     /// The clock expiry is decided by (default: the system clock). Tests plug in a
     /// [`ManualClock`](crate::ManualClock); give the store the same clock.
     pub fn with_clock(self, clock: impl Into<Clock>) -> Self {
@@ -254,7 +293,14 @@ impl SessionLayer {
 impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
+    /// # Panics
+    ///
+    /// When [`SessionLayer::validate`] fails: settings that cannot work are refused at
+    /// start-up, not discovered in production.
     fn layer(&self, inner: S) -> Self::Service {
+        if let Err(err) = self.validate() {
+            panic!("{err}");
+        }
         SessionService::new(inner, self.shared.clone())
     }
 }
@@ -333,6 +379,7 @@ mod tests {
     #[test]
     fn no_timeouts_means_no_deadline() {
         let mut s = shared();
+        s.allow_unbounded = true;
         s.idle_timeout = None;
         s.lifespan = None;
         let now = Timestamp::from_unix_millis(5);

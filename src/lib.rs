@@ -70,7 +70,7 @@ pub mod store;
 
 pub use ::cookie::SameSite;
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use config::ConfigError;
+pub use config::{ConfigError, SessionConfig, StoreConfig};
 pub use duration::{DurationError, parse_duration};
 #[cfg(feature = "axum")]
 pub use extract::MissingSessionLayer;

@@ -21,7 +21,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError};
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{SessionStore, StoreError, Update};
 
@@ -57,9 +57,9 @@ impl MemoryStore {
     /// The default bound on the number of sessions.
     pub const DEFAULT_MAX_SESSIONS: u64 = 1_000_000;
     /// The shortest interval [`MemoryStore::cleanup_task`] accepts (Kibana's minimum).
-    pub const MIN_CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
+    pub const MIN_CLEANUP_INTERVAL: Duration = config::MIN_CLEANUP_INTERVAL;
     /// The usual cleanup interval (Kibana's default).
-    pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_CLEANUP_INTERVAL: Duration = config::DEFAULT_CLEANUP_INTERVAL;
 
     /// A store with the default bound and the system clock.
     pub fn new() -> Self {

@@ -1,0 +1,298 @@
+//! `SessionConfig` from YAML and TOML, and every validation error it can give.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tower_sealed_sessions::{
+    Keys, MemoryStore, SameSite, Secret, SessionConfig, SessionLayer, StoreConfig,
+};
+
+/// A fresh directory for key files.
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tss-config-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const SECRET_B64: &str = "base64:c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz";
+
+fn yaml(text: &str) -> Result<SessionConfig, String> {
+    serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The error `from_config` gives for `body` plus a valid secret.
+fn refused(body: &str) -> (String, String) {
+    let config = yaml(&format!("secret: \"{SECRET_B64}\"\n{body}")).expect("parses");
+    let err = SessionLayer::from_config(&config, MemoryStore::default()).unwrap_err();
+    (err.field().to_owned(), err.to_string())
+}
+
+#[test]
+fn the_documented_yaml_builds_a_layer() {
+    let dir = temp_dir();
+    let old = dir.join("old.key");
+    std::fs::write(&old, b"an old secret that is long enough: 0123456789\n").unwrap();
+    let text = format!(
+        r#"
+cookie: {{ name: id, domain: example.com, path: /, same_site: lax, secure: true, http_only: true }}
+idle_timeout: 30m
+lifespan: 24h
+remember_me: 30d          # -1 disables
+touch_interval: 1m
+cleanup_interval: 1h
+secret: "generate:{}"
+previous_secrets: ["file:{}"]
+store: {{ type: memory }}
+"#,
+        dir.join("session.key").display(),
+        old.display()
+    );
+    let config = yaml(&text).unwrap();
+    assert_eq!(config.store(), &StoreConfig::Memory { max_sessions: None });
+    assert_eq!(config.cleanup_interval(), Duration::from_secs(3600));
+    let layer = SessionLayer::from_config(&config, MemoryStore::default()).unwrap();
+    assert_eq!(layer.idle_timeout(), Some(Duration::from_secs(1800)));
+    assert_eq!(layer.lifespan(), Some(Duration::from_secs(86400)));
+    let shown = format!("{layer:?}");
+    for part in [
+        "domain: Some(\"example.com\")",
+        "same_site: Lax",
+        "remember_me: Some(2592000s)",
+        "touch_interval: 60s",
+    ] {
+        assert!(shown.contains(part), "{shown} lacks {part}");
+    }
+    // The generated key is reused, and the old one is in the ring.
+    let keys = config.load_keys().unwrap();
+    assert_eq!(keys.primary_id(), config.load_keys().unwrap().primary_id());
+    let old_id = Keys::new(&Secret::from_file(&old).unwrap()).primary_id();
+    assert_eq!(keys.previous_ids(), [old_id]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn toml_reads_the_same_settings() {
+    let toml_text = format!(
+        r#"
+idle_timeout = "20m"
+lifespan = "7d"
+remember_me = -1
+secret = "{SECRET_B64}"
+
+[cookie]
+name = "__Host-session"
+same_site = "strict"
+
+[store]
+type = "memory"
+max_sessions = 5000
+"#
+    );
+    let config: SessionConfig = toml::from_str(&toml_text).unwrap();
+    assert_eq!(
+        config.store(),
+        &StoreConfig::Memory {
+            max_sessions: Some(5000)
+        }
+    );
+    let layer = SessionLayer::from_config(&config, MemoryStore::default()).unwrap();
+    assert_eq!(layer.idle_timeout(), Some(Duration::from_secs(1200)));
+    assert_eq!(layer.lifespan(), Some(Duration::from_secs(7 * 86400)));
+    let shown = format!("{layer:?}");
+    assert!(shown.contains("name: \"__Host-session\""), "{shown}");
+    assert!(shown.contains("same_site: Strict"), "{shown}");
+    assert!(shown.contains("remember_me: None"), "-1 disables: {shown}");
+}
+
+#[test]
+fn every_validation_error_names_its_field_and_says_what_to_do() {
+    let cases = [
+        (
+            "cookie: { same_site: none, secure: false }",
+            "cookie.same_site",
+            "invalid session setting `cookie.same_site`: `none` requires `secure: true`: \
+             browsers drop SameSite=None cookies that are not Secure",
+        ),
+        (
+            "cookie: { name: __Host-id, domain: example.com }",
+            "cookie.domain",
+            "invalid session setting `cookie.domain`: a `__Host-` cookie must not have a Domain",
+        ),
+        (
+            "cookie: { name: __Host-id, path: /app }",
+            "cookie.path",
+            "invalid session setting `cookie.path`: a `__Host-` cookie must have the path /",
+        ),
+        (
+            "cookie: { name: __Host-id, secure: false }",
+            "cookie.secure",
+            "invalid session setting `cookie.secure`: a `__Host-` cookie must be Secure",
+        ),
+        (
+            "cookie: { name: __Secure-id, secure: false }",
+            "cookie.secure",
+            "invalid session setting `cookie.secure`: a `__Secure-` cookie must be Secure",
+        ),
+        (
+            "cookie: { name: \"a b\" }",
+            "cookie.name",
+            "invalid session setting `cookie.name`: \"a b\" is not a valid cookie name: use \
+             letters, digits and !#$%&'*+-.^_`|~",
+        ),
+        (
+            "cookie: { domain: \"example.com;x\" }",
+            "cookie.domain",
+            "invalid session setting `cookie.domain`: \"example.com;x\" is not a host name like \
+             example.com",
+        ),
+        (
+            "cookie: { path: app }",
+            "cookie.path",
+            "invalid session setting `cookie.path`: \"app\" is not a cookie path: it starts with \
+             / and has no ; or control characters",
+        ),
+        (
+            "cleanup_interval: 9s",
+            "cleanup_interval",
+            "invalid session setting `cleanup_interval`: 9s is shorter than the minimum of 10s",
+        ),
+        (
+            "idle_timeout: 2d\nlifespan: 1d",
+            "idle_timeout",
+            "invalid session setting `idle_timeout`: 172800s is longer than the lifespan of \
+             86400s, so it never applies; shorten it or disable it with -1",
+        ),
+        (
+            "idle_timeout: -1\nlifespan: -1",
+            "idle_timeout",
+            "invalid session setting `idle_timeout`: neither an idle timeout nor a lifespan is \
+             set, so sessions never expire and the store grows without bound; set one, or set \
+             allow_unbounded_sessions: true",
+        ),
+        (
+            "lifespan: 0s",
+            "lifespan",
+            "invalid session setting `lifespan`: 0 would end every session at once; disable it \
+             with -1 instead",
+        ),
+    ];
+    for (body, field, message) in cases {
+        let (got_field, got_message) = refused(body);
+        assert_eq!(got_field, field, "{body}");
+        assert_eq!(got_message, message, "{body}");
+    }
+}
+
+#[test]
+fn unbounded_sessions_are_allowed_only_when_asked_for() {
+    let text = format!(
+        "secret: \"{SECRET_B64}\"\nidle_timeout: -1\nlifespan: -1\nallow_unbounded_sessions: true"
+    );
+    let layer = SessionLayer::from_config(&yaml(&text).unwrap(), MemoryStore::default()).unwrap();
+    assert_eq!((layer.idle_timeout(), layer.lifespan()), (None, None));
+}
+
+#[test]
+fn parse_errors_quote_the_bad_value_or_name_the_field() {
+    let cases = [
+        (
+            "secret: x\nidle_timeout: 20x",
+            "invalid duration \"20x\": its unit is not one of",
+        ),
+        (
+            "secret: x\nidle_timeout: 30",
+            "invalid duration 30: a number needs a unit",
+        ),
+        (
+            "secret: x\ntouch_interval: -1",
+            "invalid duration -1: a duration cannot be negative, and this one cannot be disabled",
+        ),
+        (
+            "secret: x\nlifespan: \"-5\"",
+            "invalid duration -5: a duration cannot be negative; -1 disables it",
+        ),
+        ("secret: x\nlifespan: \"-1\"\nidle_timeout: 5m", ""),
+        (
+            "secret: x\nidel_timeout: 30m",
+            "unknown field `idel_timeout`",
+        ),
+        (
+            "secret: x\ncookie: { same_site: Lax }",
+            "unknown variant `Lax`",
+        ),
+        (
+            "secret: x\ncookie: { colour: blue }",
+            "unknown field `colour`",
+        ),
+        (
+            "secret: x\nstore: { type: floppy }",
+            "unknown variant `floppy`",
+        ),
+        ("idle_timeout: 30m", "missing field `secret`"),
+    ];
+    for (text, needle) in cases {
+        if needle.is_empty() {
+            assert!(yaml(text).is_ok(), "{text} is valid");
+            continue;
+        }
+        let err = yaml(text).err().unwrap_or_else(|| panic!("{text} parsed"));
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    let err = yaml("secret: x\nidle_timeout: 20x").unwrap_err();
+    assert!(err.contains("idle_timeout"), "the field is named: {err}");
+}
+
+#[test]
+fn bad_secrets_name_their_field_and_keep_the_cause() {
+    let dir = temp_dir();
+    let config = yaml("secret: \"base64:c2hvcnQ=\"").unwrap();
+    let err = SessionLayer::from_config(&config, MemoryStore::default()).unwrap_err();
+    assert_eq!(err.field(), "secret");
+    assert!(err.to_string().contains("5 bytes long"), "{err}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the KeyError is kept"
+    );
+
+    let text = format!(
+        "secret: \"{SECRET_B64}\"\nprevious_secrets: [\"{SECRET_B64}\", \"file:{}\"]",
+        dir.join("missing").display()
+    );
+    let err = SessionLayer::from_config(&yaml(&text).unwrap(), MemoryStore::default()).unwrap_err();
+    assert_eq!(err.field(), "previous_secrets[1]");
+    assert!(err.to_string().contains("No such file"), "{err}");
+
+    let err = SessionLayer::from_config(
+        &yaml(&format!("secret: \"generate:{}/nodir/key\"", dir.display())).unwrap(),
+        MemoryStore::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), "secret");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn debug_of_a_config_hides_inline_secrets() {
+    let config = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\nprevious_secrets: [\"env:OLD\", \"an inline test secret 0123456789abcdef\"]"
+    ))
+    .unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("c2Vzc2lvbi"), "{shown}");
+    assert!(!shown.contains("inline test secret"), "{shown}");
+    assert!(
+        shown.contains("env:OLD"),
+        "references are fine to show: {shown}"
+    );
+}
+
+#[test]
+#[should_panic(expected = "invalid session setting `cookie.same_site`")]
+fn a_layer_built_in_code_with_broken_settings_refuses_to_start() {
+    use tower::Layer;
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_same_site(SameSite::None)
+        .with_secure(false);
+    assert!(layer.validate().is_err());
+    let _ = layer.layer(tower::service_fn(|_: ()| async { Ok::<_, ()>(()) }));
+}
