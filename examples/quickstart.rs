@@ -8,8 +8,12 @@
 //! Routes: `GET /` (HTML page), `GET /api/session`, `POST /api/login` with JSON
 //! `{"username": "...", "remember": true}`, `POST /api/logout`. It speaks HTTP/1.1
 //! and cleartext HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`).
+//!
+//! With `SESSION_CONFIG=examples/session.yaml` it reads its session settings from
+//! that YAML file; an invalid file stops it before it listens.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -17,7 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreConfig};
 
 const USER: &str = "user";
 const VISITS: &str = "visits";
@@ -161,6 +165,40 @@ impl IntoResponse for AppError {
     }
 }
 
+/// Sessions on a fresh memory store with a random key, over plain HTTP.
+fn default_sessions() -> SessionLayer {
+    let store = MemoryStore::default();
+    tokio::spawn(
+        store
+            .cleanup_task(MemoryStore::DEFAULT_CLEANUP_INTERVAL)
+            .expect("the default interval is valid"),
+    );
+    // A random key: sessions end when the process does. Production code loads a
+    // persisted secret; see examples/session.yaml.
+    SessionLayer::new(store, Keys::generate())
+        // The demo serves plain HTTP on loopback, where browsers would drop a Secure
+        // cookie. Behind TLS, leave Secure on (the default).
+        .with_secure(false)
+}
+
+/// Sessions as a YAML configuration file describes them.
+fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let config: SessionConfig = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
+    let store = match config.store() {
+        StoreConfig::Memory { max_sessions } => MemoryStore::builder()
+            .max_sessions(max_sessions.unwrap_or(MemoryStore::DEFAULT_MAX_SESSIONS))
+            .build(),
+        other => return Err(format!("the quickstart cannot use the store {other:?}")),
+    };
+    let sessions = SessionLayer::from_config(&config, store.clone()).map_err(|e| e.to_string())?;
+    let cleanup = store
+        .cleanup_task(config.cleanup_interval())
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(cleanup);
+    Ok(sessions)
+}
+
 /// The demo's routes behind `sessions`; the integration tests serve it too.
 pub fn app(sessions: SessionLayer) -> Router {
     Router::new()
@@ -174,24 +212,32 @@ pub fn app(sessions: SessionLayer) -> Router {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_sealed_sessions=debug".into()),
         )
         .init();
 
-    let store = MemoryStore::default();
-    tokio::spawn(
-        store
-            .cleanup_task(MemoryStore::DEFAULT_CLEANUP_INTERVAL)
-            .expect("the default interval is valid"),
+    let sessions = match std::env::var_os("SESSION_CONFIG") {
+        None => default_sessions(),
+        Some(path) => match sessions_from_file(Path::new(&path)) {
+            Ok(sessions) => sessions,
+            Err(err) => {
+                eprintln!("error: {}: {err}", Path::new(&path).display());
+                std::process::exit(2);
+            }
+        },
+    };
+    let keys = sessions.keys();
+    println!(
+        "session keys: primary {}, previous {:?}",
+        keys.primary_id(),
+        keys.previous_ids()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
     );
-    // A random key: sessions end when the process does. Production code loads a
-    // persisted secret with `Keys::from_secret`.
-    let sessions = SessionLayer::new(store, Keys::generate())
-        // The demo serves plain HTTP on loopback, where browsers would drop a Secure
-        // cookie. Behind TLS, leave Secure on (the default).
-        .with_secure(false);
 
     let app = app(sessions);
 

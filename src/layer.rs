@@ -279,6 +279,11 @@ impl SessionLayer {
         self.edit(|s| s.clock = clock)
     }
 
+    /// The keyring sessions are sealed with.
+    pub fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+
     /// The configured idle timeout.
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.shared.idle_timeout

@@ -1,0 +1,175 @@
+//! The quickstart as a process: configuration from `SESSION_CONFIG`, a key file that
+//! survives restarts, and invalid configuration refused before listening.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Builds the quickstart with this test's features (so nothing is rebuilt) and
+/// returns its path.
+fn quickstart() -> PathBuf {
+    let features: Vec<&str> = [
+        ("memory-store", cfg!(feature = "memory-store")),
+        ("axum", cfg!(feature = "axum")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "quickstart",
+            "--no-default-features",
+        ])
+        .args(["--features", &features.join(",")])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "the quickstart builds");
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/quickstart
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    profile_dir
+        .join("examples")
+        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX))
+}
+
+struct Running {
+    child: Child,
+    key_id: String,
+    base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the quickstart with `config` and waits (at most 30 s) until it listens.
+fn start(exe: &Path, config: &Path) -> Running {
+    let mut child = Command::new(exe)
+        .env("SESSION_CONFIG", config)
+        .env("ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the quickstart");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut key_id, mut base) = (None, None);
+    while base.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the quickstart starts");
+        if let Some(rest) = line.strip_prefix("session keys: primary ") {
+            key_id = Some(rest.split(',').next().unwrap().to_owned());
+        }
+        if let Some(url) = line.strip_prefix("listening on ") {
+            base = Some(url.to_owned());
+        }
+    }
+    Running {
+        child,
+        key_id: key_id.expect("the key id is printed before listening"),
+        base: base.unwrap(),
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tss-qs-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn generated_key_is_created_once_and_reused_across_restarts() {
+    let exe = quickstart();
+    let dir = temp_dir();
+    let key = dir.join("session.key");
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cookie: {{ secure: false }}\nidle_timeout: 10m\nsecret: \"generate:{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+
+    let first = start(&exe, &config);
+    let written = std::fs::read(&key).expect("the key file was created");
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/login", first.base))
+        .json(&serde_json::json!({"username": "ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let first_id = first.key_id.clone();
+    drop(first);
+
+    let second = start(&exe, &config);
+    assert_eq!(second.key_id, first_id, "the same key after a restart");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        written,
+        "the key file was not rewritten"
+    );
+    drop(second);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn invalid_configuration_stops_it_before_it_listens() {
+    let exe = quickstart();
+    let dir = temp_dir();
+    let cases = [
+        (
+            "secret: \"base64:c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz\"\n\
+             cookie: { same_site: none, secure: false }\n",
+            "invalid session setting `cookie.same_site`",
+        ),
+        (
+            "secret: x\nidel_timeout: 5m\n",
+            "unknown field `idel_timeout`",
+        ),
+        ("secret: short\n", "invalid session setting `secret`"),
+    ];
+    for (i, (text, needle)) in cases.into_iter().enumerate() {
+        let config = dir.join(format!("bad{i}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(&exe)
+            .env("SESSION_CONFIG", &config)
+            .env("ADDR", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("listening"), "{text}: {stdout}");
+    }
+    let missing = Command::new(&exe)
+        .env("SESSION_CONFIG", dir.join("nope.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.yaml"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
