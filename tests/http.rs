@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionLayer};
 
-use common::{TestStore, cookie_pair, serve, set_cookies};
+use common::{TestStore, cookie_pair, jar_client, serve, set_cookies};
 
 const SECRET: &[u8; 32] = b"integration-test secret 0123456!";
 
@@ -172,13 +172,6 @@ impl Harness {
             .await
             .unwrap()
     }
-}
-
-fn jar_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

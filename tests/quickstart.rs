@@ -10,18 +10,16 @@ use reqwest::header::COOKIE;
 use serde_json::{Value, json};
 use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
 
-use common::{cookie_pair, serve, set_cookies};
+use common::{cookie_pair, jar_client, serve, set_cookies};
 
 async fn start() -> String {
     let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
     serve(quickstart::app(layer)).await
 }
 
-fn jar_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap()
+async fn page(client: &reqwest::Client, base: &str) -> String {
+    let res = client.get(format!("{base}/")).send().await.unwrap();
+    res.text().await.unwrap()
 }
 
 #[tokio::test]
@@ -63,14 +61,7 @@ async fn visit_login_logout_flow() {
         .unwrap();
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"user": "ada", "visits": 3}));
-    let page = client
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page(&client, &base).await;
     assert!(page.contains("Logged in as <b>ada</b>"), "{page}");
     assert!(page.contains(r#"<span id="visits">4</span>"#), "{page}");
 
@@ -153,14 +144,7 @@ async fn bad_logins_are_refused_and_names_are_escaped() {
         .send()
         .await
         .unwrap();
-    let page = client
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page(&client, &base).await;
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!page.contains("<script>alert(1)"));
 }

@@ -122,6 +122,14 @@ impl SessionStore for TestStore {
     }
 }
 
+/// A client that keeps cookies, like a browser.
+pub fn jar_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
 /// Serves `app` on a free loopback port; returns its base URL.
 pub async fn serve(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
