@@ -47,6 +47,8 @@ use crate::layer::Shared;
 pub(crate) const MIN_CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
 /// The usual cleanup interval (Kibana's default).
 pub(crate) const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long one Redis command may take, unless configured.
+pub(crate) const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A setting was refused.
 #[derive(Debug, Clone)]
@@ -168,6 +170,136 @@ pub enum StoreConfig {
         #[serde(default)]
         max_sessions: Option<u64>,
     },
+    /// Redis (the `RedisStore` of the `redis` feature).
+    Redis(RedisSettings),
+}
+
+/// The `store:` section for Redis: exactly one of `url`, `sentinel` or `cluster`.
+///
+/// ```yaml
+/// store: { type: redis, url: "redis://127.0.0.1:6379/0", prefix: "session:", timeout: 1s }
+/// store:
+///   type: redis
+///   sentinel: { master_name: mymaster, nodes: ["10.0.0.1:26379", "10.0.0.2:26379"], password: s3cret }
+/// store: { type: redis, cluster: { nodes: ["10.0.0.1:6379", "10.0.0.2:6379"] } }
+/// ```
+#[derive(Deserialize, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db` for a single server.
+    pub url: Option<String>,
+    /// A master found through Sentinel.
+    pub sentinel: Option<SentinelSettings>,
+    /// A Redis Cluster.
+    pub cluster: Option<ClusterSettings>,
+    /// The user for the data nodes (Sentinel and Cluster; a URL carries its own).
+    pub username: Option<String>,
+    /// The password for the data nodes (Sentinel and Cluster; a URL carries its own).
+    pub password: Option<String>,
+    /// Prepended to every key (default `session:`).
+    pub prefix: Option<String>,
+    /// How long one command may take before the request gets 503 (default `1s`).
+    #[serde(default, deserialize_with = "span_option")]
+    pub timeout: Option<Duration>,
+}
+
+/// Sentinel settings: the master's name, the sentinels, and the sentinels' own
+/// credentials.
+#[derive(Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// The sentinels, as `host:port`.
+    pub nodes: Vec<String>,
+    /// The user to authenticate to the sentinels with.
+    pub username: Option<String>,
+    /// The password to authenticate to the sentinels with.
+    pub password: Option<String>,
+}
+
+/// Cluster settings: some of its nodes, from which the rest are discovered.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClusterSettings {
+    /// Nodes as `host:port`.
+    pub nodes: Vec<String>,
+}
+
+/// Which kind of deployment a [`RedisSettings`] names.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum RedisTopology<'a> {
+    Url(&'a str),
+    Sentinel(&'a SentinelSettings),
+    Cluster(&'a ClusterSettings),
+}
+
+impl RedisSettings {
+    /// Settings for one server at `url`.
+    pub fn url(url: impl Into<String>) -> Self {
+        RedisSettings {
+            url: Some(url.into()),
+            ..RedisSettings::default()
+        }
+    }
+
+    /// The command timeout in force.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT)
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn topology(&self) -> Result<RedisTopology<'_>, ConfigError> {
+        match (&self.url, &self.sentinel, &self.cluster) {
+            (Some(url), None, None) => Ok(RedisTopology::Url(url)),
+            (None, Some(sentinel), None) => Ok(RedisTopology::Sentinel(sentinel)),
+            (None, None, Some(cluster)) => Ok(RedisTopology::Cluster(cluster)),
+            _ => Err(ConfigError::new(
+                "store",
+                "a Redis store takes exactly one of `url`, `sentinel` or `cluster`",
+            )),
+        }
+    }
+}
+
+/// Passwords, and the user-info part of a URL, are not shown.
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.url.as_deref().map(|url| match url.split_once('@') {
+            Some((scheme_and_user, host)) => {
+                let scheme = scheme_and_user.split("://").next().unwrap_or("");
+                format!("{scheme}://<redacted>@{host}")
+            }
+            None => url.to_owned(),
+        });
+        f.debug_struct("RedisSettings")
+            .field("url", &url)
+            .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field("nodes", &self.nodes)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn span_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Span::deserialize(d).map(|Span(d)| Some(d))
 }
 
 impl Default for StoreConfig {
@@ -313,6 +445,17 @@ pub(crate) fn validate(s: &Shared) -> Result<(), ConfigError> {
             return Err(ConfigError::new(
                 field,
                 "0 would end every session at once; disable it with -1 instead",
+            ));
+        }
+    }
+    if let (Some(remember), Some(lifespan)) = (s.remember_me, s.lifespan) {
+        if remember < lifespan {
+            return Err(ConfigError::new(
+                "remember_me",
+                format!(
+                    "{remember:?} is shorter than the lifespan of {lifespan:?}, so ticking \
+                     remember-me would end sessions sooner; lengthen it or disable it with -1"
+                ),
             ));
         }
     }

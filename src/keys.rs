@@ -364,9 +364,12 @@ impl Secret {
     /// | `base64:...` | [`Secret::from_base64`] |
     /// | anything else | the text itself, with a warning: for tests only |
     ///
+    /// A value that starts like another reference (a word and a colon, for example
+    /// `File:/path`) is refused rather than taken as the secret itself.
+    ///
     /// # Errors
     ///
-    /// Those of the loader the reference names.
+    /// Those of the loader the reference names; [`KeyError::UnknownReference`].
     pub fn from_reference(reference: &str) -> Result<Self, KeyError> {
         if let Some(name) = reference.strip_prefix("env:") {
             Self::from_env(name)
@@ -376,6 +379,9 @@ impl Secret {
             Self::find_or_create(path)
         } else if let Some(text) = reference.strip_prefix("base64:") {
             Self::from_base64(text).map_err(|e| e.context("a base64: value".to_owned()))
+        } else if let Some(scheme) = scheme_like(reference) {
+            // `File:/path` or `ENV:NAME` must not silently become the secret itself.
+            Err(KeyError::UnknownReference(scheme.to_owned()))
         } else {
             tracing::warn!(
                 target: "tower_sealed_sessions",
@@ -397,6 +403,17 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({} bytes)", self.0.len())
     }
+}
+
+/// The `word` of a value that starts with `word:`, as a mistyped reference would.
+fn scheme_like(value: &str) -> Option<&str> {
+    let (word, _) = value.split_once(':')?;
+    let looks_like_scheme = !word.is_empty()
+        && word.len() <= 16
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    looks_like_scheme.then_some(word)
 }
 
 fn trim_newline(bytes: &[u8]) -> &[u8] {
@@ -469,6 +486,8 @@ pub enum KeyError {
     NotBase64(base64::DecodeError),
     /// The environment variable is not set.
     EnvNotSet(String),
+    /// A secret reference names an unknown scheme (for example `File:` for `file:`).
+    UnknownReference(String),
     /// A key file could not be read or written.
     Io {
         /// The file.
@@ -512,6 +531,11 @@ impl fmt::Display for KeyError {
             KeyError::EnvNotSet(name) => write!(
                 f,
                 "environment variable {name} holding the session secret is not set"
+            ),
+            KeyError::UnknownReference(scheme) => write!(
+                f,
+                "`{scheme}:` is not a secret reference: use env:NAME, file:/path, \
+                 generate:/path or base64:VALUE (lower case)"
             ),
             KeyError::Io { path, source } => {
                 write!(f, "session key file {}: {source}", path.display())
@@ -713,7 +737,22 @@ mod tests {
         );
         let err = Secret::from_reference("base64:!!!").unwrap_err();
         assert!(matches!(err, KeyError::Context { .. }) && err.to_string().contains("base64"));
-        let inline = "an inline secret, for tests only: 0123456789";
+        for typo in [
+            "File:/run/secrets/key",
+            "ENV:SESSION_SECRET_PRODUCTION_1",
+            "secret:abc",
+        ] {
+            let err = Secret::from_reference(typo).unwrap_err();
+            assert!(
+                matches!(err, KeyError::UnknownReference(_)),
+                "{typo}: {err}"
+            );
+            assert!(
+                err.to_string().contains("is not a secret reference"),
+                "{err}"
+            );
+        }
+        let inline = "an inline secret, for tests only, 0123456789";
         assert_eq!(
             Secret::from_reference(inline).unwrap().as_bytes(),
             inline.as_bytes()

@@ -48,6 +48,7 @@
 //! | --- | --- | --- |
 //! | `memory-store` | yes | [`MemoryStore`], the embedded store (moka, tokio timer) |
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
+//! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster (fred) |
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -70,7 +71,9 @@ pub mod store;
 
 pub use ::cookie::SameSite;
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use config::{ConfigError, SessionConfig, StoreConfig};
+pub use config::{
+    ClusterSettings, ConfigError, RedisSettings, SentinelSettings, SessionConfig, StoreConfig,
+};
 pub use duration::{DurationError, parse_duration};
 #[cfg(feature = "axum")]
 pub use extract::MissingSessionLayer;
@@ -81,4 +84,6 @@ pub use service::{ResponseFuture, SessionService};
 pub use session::{Session, SessionError};
 #[cfg(feature = "memory-store")]
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
-pub use store::{SessionStore, StoreError, Update};
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
+pub use store::{Cas, SessionStore, StoreError};

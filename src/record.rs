@@ -91,6 +91,17 @@ impl Deadlines {
     pub fn is_expired(&self, now: Timestamp) -> bool {
         now >= self.expires_at()
     }
+
+    /// These deadlines, earned by a request that did not change the lifespan,
+    /// merged with the `stored` ones: the stored lifespan stands (another request
+    /// may have extended it or set remember-me, with a cookie this request does not
+    /// carry yet), and activity never pulls the idle deadline in.
+    pub(crate) fn slide(self, stored: Deadlines) -> Deadlines {
+        Deadlines {
+            idle: self.idle.max(stored.idle).min(stored.lifespan),
+            lifespan: stored.lifespan,
+        }
+    }
 }
 
 /// What a [`SessionStore`](crate::SessionStore) keeps for one session.

@@ -26,9 +26,9 @@ use tower_service::Service;
 use crate::clock::Timestamp;
 use crate::cookie::{self, CookieData, Opened};
 use crate::layer::Shared;
-use crate::record::{Data, DataCipher, Record, StoreKey};
+use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey};
 use crate::session::{Changes, Loaded, Meta, Plan, Session};
-use crate::store::{SessionStore, StoreError, Update};
+use crate::store::{Cas, SessionStore, StoreError};
 
 const TARGET: &str = "tower_sealed_sessions";
 /// Compare-and-set attempts before a write is refused with 503. A conflict means
@@ -311,11 +311,12 @@ where
                         }
                     };
                     let now = *this.now;
-                    let session =
+                    let opening =
                         open_record(this.shared, now, pending.opened, pending.store_key, record);
-                    let (session, cookie_rejected) = match session {
-                        Some(session) => (session, false),
-                        None => (Session::fresh(this.shared.clone(), now), true),
+                    let (session, cookie_rejected) = match opening {
+                        Opening::Live(session) => (session, false),
+                        Opening::Gone => (Session::fresh(this.shared.clone(), now), false),
+                        Opening::Rejected => (Session::fresh(this.shared.clone(), now), true),
                     };
                     let fut = (pending.call)(session.clone());
                     this.state.set(State::Calling {
@@ -393,32 +394,45 @@ fn with_cookie<B>(mut response: Response<B>, action: SetCookie, shared: &Shared)
         SetCookie::Set(value) => value,
         SetCookie::Clear => shared.cookie.clear(),
     };
-    response.headers_mut().append(header::SET_COOKIE, value);
-    // A response that sets a session cookie must not be stored by shared caches
-    // (RFC 9111, section 5.2.2.7): another user would receive the cookie.
-    response
-        .headers_mut()
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, value);
+    // A response that sets a session cookie must never be stored by a shared cache
+    // (RFC 9111, section 5.2.2.7): a CDN would hand the cookie to other users. The
+    // application's own Cache-Control loses here, even `public`.
+    let previous = headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if previous.as_ref().is_some_and(|v| v != "no-store") {
+        tracing::debug!(target: TARGET, ?previous, "Cache-Control replaced by no-store on a response setting the session cookie");
+    }
     response
 }
 
-/// Turns a loaded record into a session, or `None` when it is missing, expired or
-/// does not open with this cookie.
+/// What an authentic cookie's record turned out to be.
+enum Opening {
+    Live(Session),
+    /// Missing or expired: logged out elsewhere, idle too long, or moved to a new
+    /// id by a concurrent login or key rotation. The cookie is left alone, because
+    /// clearing it could race with the response that sets its successor; its own
+    /// sealed lifespan still ends it without store I/O.
+    Gone,
+    /// The record does not open with this cookie: the cookie is cleared.
+    Rejected,
+}
+
+/// Turns a loaded record into a session.
 fn open_record(
     shared: &Arc<Shared>,
     now: Timestamp,
     opened: Opened,
     store_key: StoreKey,
     record: Option<Record>,
-) -> Option<Session> {
+) -> Opening {
     let Some(record) = record else {
-        tracing::debug!(target: TARGET, "no record for session cookie (ended or expired)");
-        return None;
+        tracing::debug!(target: TARGET, "no record for session cookie (ended, expired or moved)");
+        return Opening::Gone;
     };
     if record.deadlines.is_expired(now) {
         tracing::debug!(target: TARGET, "session record expired");
-        return None;
+        return Opening::Gone;
     }
     let key_set = &shared.keys.ring[opened.key_index];
     let cipher = DataCipher::new(key_set, &opened.data.record_secret);
@@ -428,7 +442,7 @@ fn open_record(
             // The AEAD already vouched for the cookie, so this is the store's side:
             // tampering, a record moved between keys, or corruption.
             tracing::warn!(target: TARGET, %reason, %store_key, "session record rejected");
-            return None;
+            return Opening::Rejected;
         }
     };
     let loaded = Loaded {
@@ -439,7 +453,7 @@ fn open_record(
         deadlines: record.deadlines,
         cipher,
     };
-    Some(Session::opened(shared.clone(), now, loaded, data))
+    Opening::Live(Session::opened(shared.clone(), now, loaded, data))
 }
 
 /// Carries out a plan against the store.
@@ -455,13 +469,16 @@ async fn persist<St: SessionStore>(
         Plan::Touch {
             store_key,
             deadlines,
-        } => Ok(if store.touch(&store_key, deadlines).await? {
-            SetCookie::Keep
-        } else {
-            // Destroyed by a concurrent request.
-            SetCookie::Clear
-        }),
-        Plan::Create { data, meta } => create(store, shared, now, &data, meta).await,
+        } => {
+            if !store.touch(&store_key, deadlines).await? {
+                tracing::debug!(target: TARGET, "session gone before its touch");
+            }
+            Ok(SetCookie::Keep)
+        }
+        Plan::Create { data, meta } => {
+            let created = create(store, shared, now, &data, meta).await?;
+            Ok(set_cookie(shared, now, &created.identity))
+        }
         Plan::Destroy {
             store_key,
             then_create,
@@ -470,7 +487,10 @@ async fn persist<St: SessionStore>(
             // anyway.
             store.delete(&store_key).await?;
             match then_create {
-                Some((data, meta)) => create(store, shared, now, &data, meta).await,
+                Some((data, meta)) => {
+                    let created = create(store, shared, now, &data, meta).await?;
+                    Ok(set_cookie(shared, now, &created.identity))
+                }
                 None => Ok(SetCookie::Clear),
             }
         }
@@ -479,7 +499,7 @@ async fn persist<St: SessionStore>(
             changes,
             data,
             meta,
-            reissue_cookie,
+            lifespan_changed,
         } => {
             update(
                 store,
@@ -489,58 +509,105 @@ async fn persist<St: SessionStore>(
                 changes,
                 data,
                 meta,
-                reissue_cookie,
+                lifespan_changed,
             )
             .await
         }
         Plan::Cycle {
             loaded,
             changes,
-            mut data,
             meta,
-        } => {
-            // Start from the freshest copy so that writes other requests made since
-            // this one loaded move to the new id too.
-            if let Some(current) = store.load(&loaded.store_key).await? {
-                if let Ok(fresh) = loaded.cipher.open(&loaded.store_key, &current.data) {
-                    data = fresh;
-                    changes.apply(&mut data);
-                }
-            }
-            let cookie = create(store, shared, now, &data, meta).await?;
-            store.delete(&loaded.store_key).await?;
-            Ok(cookie)
-        }
+            lifespan_changed,
+        } => move_session(store, shared, now, loaded, changes, meta, lifespan_changed).await,
     }
 }
 
-/// Stores `data` as a new session under a fresh id and returns its cookie.
+/// The outcome when the record a request loaded is gone by the time it writes:
+/// destroyed (destroy wins over any write), expired, or moved to a new id by a
+/// concurrent login or key rotation. The request's writes are dropped and the
+/// cookie is left alone: clearing it could undo the cookie the concurrent login
+/// is setting, and a dead cookie is cleared by the next request anyway.
+fn gone(what: &str) -> Result<SetCookie, StoreError> {
+    tracing::debug!(target: TARGET, "session gone before its {what}; its changes are dropped");
+    Ok(SetCookie::Keep)
+}
+
+/// A record just created under a fresh id.
+struct Created {
+    identity: CookieData,
+    store_key: StoreKey,
+    cipher: DataCipher,
+    version: u64,
+}
+
+/// Stores `data` as a new session under a fresh id.
 async fn create<St: SessionStore>(
     store: &St,
     shared: &Shared,
     now: Timestamp,
     data: &Data,
     meta: Meta,
-) -> Result<SetCookie, StoreError> {
+) -> Result<Created, StoreError> {
+    let deadlines = shared.deadlines(now, meta);
+    create_with(store, shared, data, meta, deadlines).await
+}
+
+async fn create_with<St: SessionStore>(
+    store: &St,
+    shared: &Shared,
+    data: &Data,
+    meta: Meta,
+    deadlines: Deadlines,
+) -> Result<Created, StoreError> {
     let key_set = shared.keys.primary();
-    let mut identity =
-        CookieData::generate(meta.created_at, meta.lifespan_deadline, meta.remember_me);
+    let mut identity = CookieData::generate(meta.created_at, deadlines.lifespan, meta.remember_me);
     for _ in 0..MAX_CREATE_ATTEMPTS {
         let store_key = StoreKey::derive(key_set, &identity.sid);
         let cipher = DataCipher::new(key_set, &identity.record_secret);
-        let record = Record::new(
-            1,
-            shared.deadlines(now, meta),
-            cipher.seal(&store_key, data),
-        );
+        let record = Record::new(1, deadlines, cipher.seal(&store_key, data));
         if store.create(&store_key, &record).await? {
-            return Ok(set_cookie(shared, now, &identity));
+            return Ok(Created {
+                identity,
+                store_key,
+                cipher,
+                version: 1,
+            });
         }
         identity.regenerate_identity();
     }
     Err(StoreError::Corrupt(format!(
         "the store refused {MAX_CREATE_ATTEMPTS} fresh random session keys as taken"
     )))
+}
+
+/// The version after `version`; a stored version at the maximum is corrupt.
+fn next_version(version: u64) -> Result<u64, StoreError> {
+    version
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt("a session record's version is at its maximum".into()))
+}
+
+/// The deadlines to write: this request's own when it changed the lifespan,
+/// otherwise merged with the stored ones (see [`Deadlines::slide`]).
+fn deadlines_to_write(ours: Deadlines, stored: Deadlines, lifespan_changed: bool) -> Deadlines {
+    if lifespan_changed {
+        ours
+    } else {
+        ours.slide(stored)
+    }
+}
+
+/// Opens a record another request wrote and replays this request's changes on it.
+fn reapply(loaded: &Loaded, current: &Record, changes: &Changes) -> Result<Data, StoreError> {
+    let mut data = loaded
+        .cipher
+        .open(&loaded.store_key, &current.data)
+        .map_err(|reason| {
+            tracing::warn!(target: TARGET, %reason, store_key = %loaded.store_key, "concurrently written record rejected");
+            StoreError::Corrupt(reason.to_string())
+        })?;
+    changes.apply(&mut data);
+    Ok(data)
 }
 
 /// Compare-and-set with re-read and re-apply of this request's changes.
@@ -553,47 +620,82 @@ async fn update<St: SessionStore>(
     changes: Changes,
     mut data: Data,
     meta: Meta,
-    reissue_cookie: bool,
+    lifespan_changed: bool,
 ) -> Result<SetCookie, StoreError> {
     let key = loaded.store_key;
+    let ours = shared.deadlines(now, meta);
     let mut version = loaded.version;
-    let mut deadlines = shared.deadlines(now, meta);
+    let mut deadlines = deadlines_to_write(ours, loaded.deadlines, lifespan_changed);
     for _ in 0..MAX_UPDATE_ATTEMPTS {
-        let record = Record::new(version + 1, deadlines, loaded.cipher.seal(&key, &data));
+        let sealed = loaded.cipher.seal(&key, &data);
+        let record = Record::new(next_version(version)?, deadlines, sealed);
         match store.update(&key, &record, version).await? {
-            Update::Updated => {
-                return Ok(if reissue_cookie {
-                    let mut identity = loaded.cookie;
-                    identity.lifespan_deadline = meta.lifespan_deadline;
-                    identity.remember_me = meta.remember_me;
-                    set_cookie(shared, now, &identity)
-                } else {
-                    SetCookie::Keep
-                });
+            Cas::Done if lifespan_changed => {
+                let mut identity = loaded.cookie;
+                identity.lifespan_deadline = deadlines.lifespan;
+                identity.remember_me = meta.remember_me;
+                return Ok(set_cookie(shared, now, &identity));
             }
-            // Destroyed (or expired) meanwhile: destroy wins over any write.
-            Update::Missing => return Ok(SetCookie::Clear),
-            Update::Conflict(current) => {
-                data = match loaded.cipher.open(&key, &current.data) {
-                    Ok(fresh) => fresh,
-                    Err(reason) => {
-                        tracing::warn!(target: TARGET, %reason, store_key = %key, "concurrently written record rejected");
-                        return Err(StoreError::Corrupt(reason.to_string()));
-                    }
-                };
-                changes.apply(&mut data);
+            Cas::Done => return Ok(SetCookie::Keep),
+            Cas::Missing => return gone("update"),
+            Cas::Conflict(current) => {
+                data = reapply(&loaded, &current, &changes)?;
                 version = current.version;
-                if !reissue_cookie {
-                    // Keep a lifespan another request set; only this request's own
-                    // lifespan change may move it.
-                    deadlines.lifespan = current.deadlines.lifespan;
+                deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
+            }
+        }
+    }
+    Err(StoreError::Contended {
+        attempts: MAX_UPDATE_ATTEMPTS,
+    })
+}
+
+/// Moves a session to a new id (login, or a cookie sealed under a previous key):
+/// the freshest data plus this request's changes go to a new record, and the old
+/// record is deleted only if nobody wrote to it meanwhile; a write that did land
+/// there is carried over first. If the old record disappears (destroyed, or moved
+/// by a concurrent request), the new one is removed again: destroy wins, and only
+/// one move of a session can succeed.
+async fn move_session<St: SessionStore>(
+    store: &St,
+    shared: &Shared,
+    now: Timestamp,
+    loaded: Loaded,
+    changes: Changes,
+    meta: Meta,
+    lifespan_changed: bool,
+) -> Result<SetCookie, StoreError> {
+    let old = loaded.store_key;
+    let Some(current) = store.load(&old).await? else {
+        return gone("move to a new id");
+    };
+    let ours = shared.deadlines(now, meta);
+    let mut deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
+    let mut data = reapply(&loaded, &current, &changes)?;
+    let mut old_version = current.version;
+    let mut new = create_with(store, shared, &data, meta, deadlines).await?;
+    for _ in 0..MAX_UPDATE_ATTEMPTS {
+        match store.delete_version(&old, old_version).await? {
+            Cas::Done => return Ok(set_cookie(shared, now, &new.identity)),
+            Cas::Missing => {
+                store.delete(&new.store_key).await?;
+                return gone("move to a new id");
+            }
+            Cas::Conflict(current) => {
+                data = reapply(&loaded, &current, &changes)?;
+                old_version = current.version;
+                deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
+                let sealed = new.cipher.seal(&new.store_key, &data);
+                let record = Record::new(next_version(new.version)?, deadlines, sealed);
+                // Nobody holds the new id's cookie yet, so this cannot conflict.
+                match store.update(&new.store_key, &record, new.version).await? {
+                    Cas::Done => new.version = record.version,
+                    other => {
+                        return Err(StoreError::Corrupt(format!(
+                            "a session's new record changed while it was being moved: {other:?}"
+                        )));
+                    }
                 }
-                // Activity never pulls an idle deadline in: the other writer may have
-                // made the session remember-me, which has no idle timeout.
-                deadlines.idle = deadlines
-                    .idle
-                    .max(current.deadlines.idle)
-                    .min(deadlines.lifespan);
             }
         }
     }

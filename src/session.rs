@@ -137,14 +137,15 @@ pub(crate) enum Plan {
         changes: Changes,
         data: Data,
         meta: Meta,
-        reissue_cookie: bool,
+        lifespan_changed: bool,
     },
-    /// A new id for the same session (privilege change, or key rotation).
+    /// A new id for the same session (privilege change, or key rotation); the data
+    /// is re-read from the store when it moves.
     Cycle {
         loaded: Loaded,
         changes: Changes,
-        data: Data,
         meta: Meta,
+        lifespan_changed: bool,
     },
     /// Destroyed: delete the record, then either clear the cookie or, when data was
     /// written after the destroy, start a brand-new session with it.
@@ -384,18 +385,18 @@ impl Session {
             Some(loaded) if state.cycle || loaded.key_index != 0 => Plan::Cycle {
                 loaded,
                 changes,
-                data,
                 meta,
+                lifespan_changed: state.lifespan_changed,
             },
             Some(loaded) if !changes.is_empty() || state.lifespan_changed => Plan::Update {
                 loaded,
                 changes,
                 data,
                 meta,
-                reissue_cookie: state.lifespan_changed,
+                lifespan_changed: state.lifespan_changed,
             },
             Some(loaded) => {
-                let deadlines = shared.deadlines(now, meta);
+                let deadlines = shared.deadlines(now, meta).slide(loaded.deadlines);
                 let lag = deadlines.idle.saturating_since(loaded.deadlines.idle);
                 if lag > shared.effective_touch_interval() {
                     Plan::Touch {

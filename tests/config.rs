@@ -170,6 +170,12 @@ fn every_validation_error_names_its_field_and_says_what_to_do() {
              allow_unbounded_sessions: true",
         ),
         (
+            "remember_me: 1h",
+            "remember_me",
+            "invalid session setting `remember_me`: 3600s is shorter than the lifespan of 86400s, \
+             so ticking remember-me would end sessions sooner; lengthen it or disable it with -1",
+        ),
+        (
             "lifespan: 0s",
             "lifespan",
             "invalid session setting `lifespan`: 0 would end every session at once; disable it \

@@ -81,7 +81,7 @@ async fn rotation_keeps_sessions_then_retiring_the_old_key_rejects_its_cookies()
     );
     assert_eq!(
         store.take_ops(),
-        ["load", "load", "create", "delete"],
+        ["load", "load", "create", "delete_version"],
         "moved to a new store key"
     );
     assert_eq!(
@@ -115,6 +115,23 @@ async fn rotation_keeps_sessions_then_retiring_the_old_key_rejects_its_cookies()
     assert!(store.take_ops().is_empty(), "refused without store I/O");
     let res = read(&after, &ada_new, "user").await;
     assert_eq!(res.json::<Value>().await.unwrap(), ada_user);
+
+    // A write with an old-key cookie during rotation moves the session and lands.
+    let carol = cookie_pair(&visit(before.clone()).await);
+    let res = reqwest::Client::new()
+        .post(format!("{during}/set/cart/pear"))
+        .header(COOKIE, &carol)
+        .send()
+        .await
+        .unwrap();
+    let carol_new = cookie_pair(&res);
+    assert_ne!(carol_new, carol);
+    let cart = read(&after, &carol_new, "cart")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(cart, json!("pear"), "the write landed on the moved session");
 
     // A write during rotation also lands on the new key.
     let during_write = reqwest::Client::new()

@@ -23,7 +23,7 @@ use moka::sync::Cache;
 use crate::clock::{Clock, Timestamp};
 use crate::config::{self, ConfigError};
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{SessionStore, StoreError, Update};
+use crate::store::{Cas, SessionStore, StoreError};
 
 /// An in-process [`SessionStore`], bounded in size.
 ///
@@ -267,17 +267,17 @@ impl SessionStore for MemoryStore {
         key: &StoreKey,
         record: &Record,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Update, StoreError>> + Send {
-        let mut outcome = Update::Missing;
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+        let mut outcome = Cas::Missing;
         self.cache
             .entry(*key)
             .and_compute_with(|entry| match entry {
                 Some(e) if !self.expired(e.value()) => {
                     if e.value().version == expected_version {
-                        outcome = Update::Updated;
+                        outcome = Cas::Done;
                         Op::Put(record.clone())
                     } else {
-                        outcome = Update::Conflict(e.into_value());
+                        outcome = Cas::Conflict(e.into_value());
                         Op::Nop
                     }
                 }
@@ -306,8 +306,38 @@ impl SessionStore for MemoryStore {
     }
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.cache.invalidate(key);
+        // Through the key's compute lock: `Cache::invalidate` does not wait for a
+        // running compute, whose `Put` could then bring the record back.
+        self.cache
+            .entry(*key)
+            .and_compute_with(|entry| match entry {
+                Some(_) => Op::Remove,
+                None => Op::Nop,
+            });
         ready(Ok(()))
+    }
+
+    fn delete_version(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+        let mut outcome = Cas::Missing;
+        self.cache
+            .entry(*key)
+            .and_compute_with(|entry| match entry {
+                Some(e) if !self.expired(e.value()) => {
+                    if e.value().version == expected_version {
+                        outcome = Cas::Done;
+                        Op::Remove
+                    } else {
+                        outcome = Cas::Conflict(e.into_value());
+                        Op::Nop
+                    }
+                }
+                _ => Op::Nop,
+            });
+        ready(Ok(outcome))
     }
 
     fn delete_expired(
@@ -378,7 +408,7 @@ mod tests {
                 .update(&key(2), &record(2, Timestamp::NEVER), 1)
                 .await
                 .unwrap(),
-            Update::Missing
+            Cas::Missing
         );
         assert!(
             store

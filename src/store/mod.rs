@@ -22,12 +22,15 @@ use crate::record::{Deadlines, Record, StoreKey};
 
 #[cfg(feature = "memory-store")]
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
-/// The outcome of [`SessionStore::update`].
+/// The outcome of a compare-and-set: [`SessionStore::update`] or
+/// [`SessionStore::delete_version`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update {
-    /// The stored version matched; the record was replaced.
-    Updated,
+pub enum Cas {
+    /// The stored version matched; the record was replaced (or deleted).
+    Done,
     /// Another writer got there first; this is the record as it is now.
     Conflict(Record),
     /// No record under that key (deleted or expired): nothing was written.
@@ -61,7 +64,7 @@ pub trait SessionStore: Send + Sync + 'static {
         key: &StoreKey,
         record: &Record,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Update, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
 
     /// Moves the record's deadlines (and so its expiry) without rewriting its data
     /// or changing its version. Returns `false` when there is no record.
@@ -72,7 +75,20 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Removes the record under `key`; removing a missing record is not an error.
+    /// Atomic with respect to the other operations on the key: a concurrent
+    /// [`update`](SessionStore::update) or [`touch`](SessionStore::touch) never
+    /// brings the record back.
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the record under `key` if its version is `expected_version`,
+    /// atomically; otherwise reports the record as it is now, or that it is gone.
+    /// Moving a session to a new id uses it, so that a write made to the old id
+    /// meanwhile is carried over rather than deleted.
+    fn delete_version(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
 
     /// Removes every record that has expired at `now` and returns how many it
     /// removed. Stores with native expiry may do nothing and return 0.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tower_sealed_sessions::{Deadlines, Record, SessionStore, StoreKey, Timestamp, Update};
+use tower_sealed_sessions::{Cas, Deadlines, Record, SessionStore, StoreKey, Timestamp};
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -45,7 +45,9 @@ pub async fn run<St: SessionStore>(store: Arc<St>) {
     touch_moves_deadlines_only(&*store).await;
     delete_is_idempotent(&*store).await;
     expired_records_are_not_live(&*store).await;
-    concurrent_compare_and_set_loses_nothing(store).await;
+    delete_version_is_a_compare_and_delete(&*store).await;
+    concurrent_compare_and_set_loses_nothing(store.clone()).await;
+    delete_is_never_undone_by_racing_writes(store).await;
 }
 
 async fn create_load_and_refuse_existing<St: SessionStore>(store: &St) {
@@ -89,13 +91,13 @@ async fn compare_and_set<St: SessionStore>(store: &St) {
     let stale = record(3, live(), b"stale");
     assert_eq!(
         store.update(&key, &stale, 2).await.unwrap(),
-        Update::Conflict(v1.clone()),
+        Cas::Conflict(v1.clone()),
         "a wrong expected version yields the current record"
     );
     assert_eq!(store.load(&key).await.unwrap(), Some(v1));
 
     let v2 = record(2, live(), b"v2");
-    assert_eq!(store.update(&key, &v2, 1).await.unwrap(), Update::Updated);
+    assert_eq!(store.update(&key, &v2, 1).await.unwrap(), Cas::Done);
     assert_eq!(store.load(&key).await.unwrap(), Some(v2));
 
     let missing = fresh_key();
@@ -104,7 +106,7 @@ async fn compare_and_set<St: SessionStore>(store: &St) {
             .update(&missing, &record(2, live(), b"x"), 1)
             .await
             .unwrap(),
-        Update::Missing
+        Cas::Missing
     );
     assert_eq!(
         store.load(&missing).await.unwrap(),
@@ -180,7 +182,7 @@ async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
             .update(&key, &record(2, live(), b"x"), 1)
             .await
             .unwrap(),
-        Update::Missing
+        Cas::Missing
     );
     assert!(
         !store.touch(&key, live()).await.unwrap(),
@@ -207,6 +209,66 @@ async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
     );
 }
 
+async fn delete_version_is_a_compare_and_delete<St: SessionStore>(store: &St) {
+    let key = fresh_key();
+    let v3 = record(3, live(), b"v3");
+    store.create(&key, &v3).await.unwrap();
+    assert_eq!(
+        store.delete_version(&key, 2).await.unwrap(),
+        Cas::Conflict(v3.clone())
+    );
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        Some(v3),
+        "a conflict deletes nothing"
+    );
+    assert_eq!(store.delete_version(&key, 3).await.unwrap(), Cas::Done);
+    assert_eq!(store.load(&key).await.unwrap(), None);
+    assert_eq!(store.delete_version(&key, 3).await.unwrap(), Cas::Missing);
+}
+
+/// A delete that has returned is final: an update or touch that raced with it
+/// reports the record missing instead of writing it back.
+async fn delete_is_never_undone_by_racing_writes<St: SessionStore>(store: Arc<St>) {
+    for _ in 0..100 {
+        let key = fresh_key();
+        store.create(&key, &record(1, live(), b"x")).await.unwrap();
+        let mut writers = Vec::new();
+        for n in 0..4u64 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                let mut version = 1;
+                for _ in 0..50 {
+                    let next = Record::new(version + 1, live(), Bytes::from_static(b"y"));
+                    match store.update(&key, &next, version).await.unwrap() {
+                        Cas::Done => version += 1,
+                        Cas::Conflict(current) => version = current.version,
+                        Cas::Missing => return,
+                    }
+                    if n % 2 == 0 {
+                        store.touch(&key, live()).await.unwrap();
+                    }
+                }
+            }));
+        }
+        tokio::task::yield_now().await;
+        store.delete(&key).await.unwrap();
+        assert_eq!(
+            store.load(&key).await.unwrap(),
+            None,
+            "gone once delete returns"
+        );
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        assert_eq!(
+            store.load(&key).await.unwrap(),
+            None,
+            "no racing write brought it back"
+        );
+    }
+}
+
 async fn concurrent_compare_and_set_loses_nothing<St: SessionStore>(store: Arc<St>) {
     const WRITERS: u64 = 32;
     let key = fresh_key();
@@ -225,9 +287,9 @@ async fn concurrent_compare_and_set_loses_nothing<St: SessionStore>(store: Arc<S
                     Bytes::from((n + 1).to_string()),
                 );
                 match store.update(&key, &next, current.version).await.unwrap() {
-                    Update::Updated => return,
-                    Update::Conflict(now) => current = now,
-                    Update::Missing => panic!("record vanished"),
+                    Cas::Done => return,
+                    Cas::Conflict(now) => current = now,
+                    Cas::Missing => panic!("record vanished"),
                 }
             }
             panic!("compare-and-set never succeeded");

@@ -3,6 +3,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod conformance;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use tower_sealed_sessions::{
-    Deadlines, MemoryStore, Record, SessionStore, StoreError, StoreKey, Timestamp, Update,
+    Cas, Deadlines, MemoryStore, Record, SessionStore, StoreError, StoreKey, Timestamp,
 };
 
 /// A memory store that records every operation and fails while told to.
@@ -20,6 +22,18 @@ pub struct TestStore {
     pub inner: MemoryStore,
     ops: Arc<Mutex<Vec<&'static str>>>,
     failing: Arc<AtomicBool>,
+    failing_writes: Arc<AtomicBool>,
+    gate: Arc<Mutex<Option<Gate>>>,
+}
+
+/// Holds the next call of one operation until released.
+#[derive(Clone)]
+pub struct Gate {
+    op: &'static str,
+    /// Notified when the operation is reached and waiting.
+    pub reached: Arc<tokio::sync::Notify>,
+    /// Notify to let it go on.
+    pub release: Arc<tokio::sync::Notify>,
 }
 
 impl TestStore {
@@ -35,13 +49,47 @@ impl TestStore {
         std::mem::take(&mut *self.ops.lock().unwrap())
     }
 
+    /// Every operation fails.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// The next call of `op` waits, before it runs, until the gate is released.
+    pub fn pause_before(&self, op: &'static str) -> Gate {
+        let gate = Gate {
+            op,
+            reached: Arc::default(),
+            release: Arc::default(),
+        };
+        *self.gate.lock().unwrap() = Some(gate.clone());
+        gate
+    }
+
+    async fn checkpoint(&self, op: &'static str) {
+        let gate = {
+            let mut slot = self.gate.lock().unwrap();
+            match slot.as_ref() {
+                Some(g) if g.op == op => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some(gate) = gate {
+            gate.reached.notify_one();
+            gate.release.notified().await;
+        }
+    }
+
+    /// Loads work, every write fails.
+    pub fn set_failing_writes(&self, failing: bool) {
+        self.failing_writes.store(failing, Ordering::SeqCst);
+    }
+
     fn enter(&self, op: &'static str) -> Result<(), StoreError> {
         self.ops.lock().unwrap().push(op);
-        if self.failing.load(Ordering::SeqCst) {
+        let write = op != "load";
+        if self.failing.load(Ordering::SeqCst)
+            || (write && self.failing_writes.load(Ordering::SeqCst))
+        {
             Err(StoreError::backend(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "test store switched off",
@@ -58,8 +106,10 @@ impl SessionStore for TestStore {
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let entered = self.enter("load");
+        let checkpoint = self.checkpoint("load");
         let key = *key;
         async move {
+            checkpoint.await;
             entered?;
             self.inner.load(&key).await
         }
@@ -71,7 +121,9 @@ impl SessionStore for TestStore {
         record: &Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let entered = self.enter("create");
+        let checkpoint = self.checkpoint("create");
         async move {
+            checkpoint.await;
             entered?;
             self.inner.create(key, record).await
         }
@@ -82,9 +134,11 @@ impl SessionStore for TestStore {
         key: &StoreKey,
         record: &Record,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Update, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
         let entered = self.enter("update");
+        let checkpoint = self.checkpoint("update");
         async move {
+            checkpoint.await;
             entered?;
             self.inner.update(key, record, expected_version).await
         }
@@ -96,7 +150,9 @@ impl SessionStore for TestStore {
         deadlines: Deadlines,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let entered = self.enter("touch");
+        let checkpoint = self.checkpoint("touch");
         async move {
+            checkpoint.await;
             entered?;
             self.inner.touch(key, deadlines).await
         }
@@ -104,9 +160,25 @@ impl SessionStore for TestStore {
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
         let entered = self.enter("delete");
+        let checkpoint = self.checkpoint("delete");
         async move {
+            checkpoint.await;
             entered?;
             self.inner.delete(key).await
+        }
+    }
+
+    fn delete_version(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+        let entered = self.enter("delete_version");
+        let checkpoint = self.checkpoint("delete_version");
+        async move {
+            checkpoint.await;
+            entered?;
+            self.inner.delete_version(key, expected_version).await
         }
     }
 
@@ -115,7 +187,9 @@ impl SessionStore for TestStore {
         now: Timestamp,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         let entered = self.enter("delete_expired");
+        let checkpoint = self.checkpoint("delete_expired");
         async move {
+            checkpoint.await;
             entered?;
             self.inner.delete_expired(now).await
         }
@@ -156,4 +230,31 @@ pub fn cookie_pair(res: &reqwest::Response) -> String {
     let all = set_cookies(res);
     assert_eq!(all.len(), 1, "expected one Set-Cookie, got {all:?}");
     all[0].split(';').next().unwrap().to_owned()
+}
+
+/// Opens a v1 cookie independently of the crate, from the documented format, and
+/// returns its session id.
+pub fn decode_sid(secret: &[u8], value: &str) -> Vec<u8> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sealed = URL_SAFE_NO_PAD.decode(value).unwrap();
+    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"tower-sealed-sessions"), secret);
+    let mut key = [0u8; 32];
+    hkdf.expand(b"tower-sealed-sessions v1 cookie key", &mut key)
+        .unwrap();
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap();
+    let mut aad = sealed[..17].to_vec();
+    aad.extend_from_slice(b"id");
+    let plaintext = cipher
+        .decrypt(
+            aes_gcm::Nonce::from_slice(&sealed[5..17]),
+            Payload {
+                msg: &sealed[17..],
+                aad: &aad,
+            },
+        )
+        .expect("the documented format opens");
+    assert_eq!(plaintext.len(), 65);
+    plaintext[..16].to_vec()
 }

@@ -1,0 +1,420 @@
+//! [`RedisStore`]: sessions in Redis (standalone, Sentinel or Cluster), on the
+//! [fred](https://docs.rs/fred) client.
+//!
+//! Layout: one Redis string per session, under `prefix` + the store key in hex (a
+//! single key, so in a Cluster every session lives in one slot). The value is the
+//! record's version and lifespan deadline (8 bytes each, big-endian) followed by the
+//! sealed data; the idle deadline is the key's own expiry (`PXAT`), so Redis drops
+//! expired sessions itself and a touch is one `PEXPIREAT`.
+//!
+//! Round trips: a load, an update, a create, a touch or a delete is one command
+//! each (`EVALSHA`, `EVALSHA`, `SET NX PXAT`, `PEXPIREAT`, `DEL`). A request that
+//! only reads costs one round trip; one that writes, or whose touch is due, one more.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tower_sealed_sessions::StoreError> {
+//! use tower_sealed_sessions::{Keys, RedisStore, SessionLayer};
+//!
+//! let store = RedisStore::connect("redis://127.0.0.1:6379/0").await?;
+//! let layer = SessionLayer::new(store, Keys::generate());
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::Client;
+use fred::error::{Error as FredError, ErrorKind};
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::config::{Config, ReconnectPolicy, Server, ServerConfig};
+use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions, Value};
+
+use crate::clock::Timestamp;
+use crate::config::{self, RedisSettings, RedisTopology};
+use crate::record::{Deadlines, Record, StoreKey};
+use crate::store::{Cas, SessionStore, StoreError};
+
+/// Returns the value and its expiry time in one atomic step, or nil.
+const LOAD: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PEXPIRETIME', KEYS[1])}
+";
+
+/// Compare-and-set on the version prefix. ARGV: expected version (8 bytes), new
+/// value, new expiry in Unix ms (0: none). Returns 1 when written, nil when the key
+/// is gone, or the current value and expiry on a conflict.
+const UPDATE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+if string.sub(v, 1, 8) ~= ARGV[1] then
+  return {v, redis.call('PEXPIRETIME', KEYS[1])}
+end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+end
+return 1
+";
+
+const HEADER_LEN: usize = 16;
+
+/// A [`SessionStore`] in Redis.
+///
+/// Cheap to clone; clones share the connection. The client reconnects by itself
+/// (exponential back-off up to 2 s) and, under Sentinel, follows the master after a
+/// failover. While Redis cannot be reached every command fails after the configured
+/// timeout (default 1 s), so requests get 503 promptly instead of hanging.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    load: Script,
+    update: Script,
+}
+
+impl RedisStore {
+    /// The key prefix when none is configured.
+    pub const DEFAULT_PREFIX: &str = "session:";
+    /// How long a command may take before the request gets 503, when not configured.
+    pub const DEFAULT_TIMEOUT: Duration = config::DEFAULT_REDIS_TIMEOUT;
+
+    /// Connects to the server a URL names, with the default prefix and timeout.
+    ///
+    /// Besides `redis://[user:password@]host:port/db`, fred's
+    /// `redis-sentinel://host:port?sentinelServiceName=name&node=host2:port` and
+    /// `redis-cluster://host:port?node=host2:port` schemes are accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] for an invalid URL or when no connection can be made.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = Config::from_url(url).map_err(StoreError::backend)?;
+        Self::start(
+            config,
+            Self::DEFAULT_PREFIX.to_owned(),
+            Self::DEFAULT_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Connects as the `store:` section of a configuration file describes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] for invalid settings or when no connection can be
+    /// made.
+    pub async fn from_settings(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let mut config = match settings.topology().map_err(StoreError::backend)? {
+            RedisTopology::Url(url) => Config::from_url(url).map_err(StoreError::backend)?,
+            RedisTopology::Sentinel(sentinel) => Config {
+                server: ServerConfig::Sentinel {
+                    hosts: servers(&sentinel.nodes)?,
+                    service_name: sentinel.master_name.clone(),
+                    username: sentinel.username.clone(),
+                    password: sentinel.password.clone(),
+                },
+                ..Config::default()
+            },
+            RedisTopology::Cluster(cluster) => Config {
+                server: ServerConfig::new_clustered(
+                    servers(&cluster.nodes)?
+                        .into_iter()
+                        .map(|s| (s.host.to_string(), s.port))
+                        .collect(),
+                ),
+                ..Config::default()
+            },
+        };
+        if settings.username.is_some() {
+            config.username = settings.username.clone();
+        }
+        if settings.password.is_some() {
+            config.password = settings.password.clone();
+        }
+        let prefix = settings
+            .prefix
+            .clone()
+            .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned());
+        Self::start(config, prefix, settings.timeout()).await
+    }
+
+    async fn start(config: Config, prefix: String, timeout: Duration) -> Result<Self, StoreError> {
+        let client = fred::types::Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.auto_client_setname = false;
+            })
+            // max_attempts 0: keep trying for as long as the process lives.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()
+            .map_err(StoreError::backend)?;
+        client.init().await.map_err(|e| fred_error(e, timeout))?;
+        Ok(RedisStore {
+            client,
+            prefix,
+            timeout,
+            load: Script::from_lua(LOAD),
+            update: Script::from_lua(UPDATE),
+        })
+    }
+
+    /// The Redis key a session's record is stored under.
+    pub fn redis_key(&self, key: &StoreKey) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn err(&self, e: FredError) -> StoreError {
+        fred_error(e, self.timeout)
+    }
+}
+
+fn servers(nodes: &[String]) -> Result<Vec<Server>, StoreError> {
+    if nodes.is_empty() {
+        return Err(StoreError::backend("no Redis nodes are listed"));
+    }
+    nodes
+        .iter()
+        .map(|node| {
+            let (host, port) = node
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| {
+                    StoreError::backend(format!("Redis node {node:?} is not host:port"))
+                })?;
+            Ok(Server::new(host, port))
+        })
+        .collect()
+}
+
+fn fred_error(e: FredError, timeout: Duration) -> StoreError {
+    match e.kind() {
+        ErrorKind::Timeout => StoreError::Timeout(timeout),
+        _ => StoreError::backend(e),
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode(record: &Record) -> Bytes {
+    let mut out = Vec::with_capacity(HEADER_LEN + record.data.len());
+    out.extend_from_slice(&record.version.to_be_bytes());
+    out.extend_from_slice(&record.deadlines.lifespan.unix_millis().to_be_bytes());
+    out.extend_from_slice(&record.data);
+    Bytes::from(out)
+}
+
+/// Decodes a value and its `PEXPIRETIME` (-1: no expiry) into a record.
+fn decode(value: Value, expire_time: Value) -> Result<Record, StoreError> {
+    let bytes = value
+        .into_bytes()
+        .filter(|b| b.len() >= HEADER_LEN)
+        .ok_or_else(|| StoreError::Corrupt("a session value is shorter than its header".into()))?;
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let version = u64_at(0);
+    let lifespan = Timestamp::from_unix_millis(u64_at(8));
+    let idle = match expire_time.as_i64() {
+        Some(ms) if ms >= 0 => Timestamp::from_unix_millis(ms as u64),
+        Some(-1) => Timestamp::NEVER,
+        _ => {
+            return Err(StoreError::Corrupt(
+                "a session key has no readable expiry".into(),
+            ));
+        }
+    };
+    Ok(Record::new(
+        version,
+        Deadlines {
+            idle: idle.min(lifespan),
+            lifespan,
+        },
+        bytes.slice(HEADER_LEN..),
+    ))
+}
+
+/// A script's reply: nil (no record) or `{value, expiry}`.
+fn decode_reply(reply: Value) -> Result<Option<Record>, StoreError> {
+    match reply {
+        Value::Null => Ok(None),
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let expire_time = parts.pop().unwrap_or(Value::Null);
+            let value = parts.pop().unwrap_or(Value::Null);
+            decode(value, expire_time).map(Some)
+        }
+        other => Err(StoreError::Corrupt(format!(
+            "unexpected reply from the session script: {other:?}"
+        ))),
+    }
+}
+
+/// The `PXAT` for a record, or `None` when it never expires.
+fn expire_at(deadlines: &Deadlines) -> Option<i64> {
+    let at = deadlines.expires_at();
+    (!at.is_never()).then(|| i64::try_from(at.unix_millis()).unwrap_or(i64::MAX))
+}
+
+impl SessionStore for RedisStore {
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let redis_key = self.redis_key(key);
+        async move {
+            let reply: Value = self
+                .load
+                .evalsha_with_reload(&self.client, redis_key, Vec::<Value>::new())
+                .await
+                .map_err(|e| self.err(e))?;
+            decode_reply(reply)
+        }
+    }
+
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let redis_key = self.redis_key(key);
+        let value = encode(record);
+        let expire = expire_at(&record.deadlines).map(Expiration::PXAT);
+        async move {
+            let reply: Value = self
+                .client
+                .set(redis_key, value, expire, Some(SetOptions::NX), false)
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(!reply.is_null())
+        }
+    }
+
+    fn update(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+        let redis_key = self.redis_key(key);
+        let args: Vec<Value> = vec![
+            Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
+            Value::Bytes(encode(record)),
+            Value::String(expire_at(&record.deadlines).unwrap_or(0).to_string().into()),
+        ];
+        async move {
+            let reply: Value = self
+                .update
+                .evalsha_with_reload(&self.client, redis_key, args)
+                .await
+                .map_err(|e| self.err(e))?;
+            match reply {
+                Value::Integer(1) => Ok(Cas::Done),
+                other => Ok(match decode_reply(other)? {
+                    None => Cas::Missing,
+                    Some(current) => Cas::Conflict(current),
+                }),
+            }
+        }
+    }
+
+    fn touch(
+        &self,
+        key: &StoreKey,
+        deadlines: Deadlines,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let redis_key = self.redis_key(key);
+        async move {
+            let touched: i64 = match expire_at(&deadlines) {
+                Some(at) => self.client.pexpire_at(redis_key, at, None).await,
+                // No deadline at all: drop the expiry.
+                None => self.client.persist(redis_key).await,
+            }
+            .map_err(|e| self.err(e))?;
+            Ok(touched == 1)
+        }
+    }
+
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let redis_key = self.redis_key(key);
+        async move {
+            let _: i64 = self.client.del(redis_key).await.map_err(|e| self.err(e))?;
+            Ok(())
+        }
+    }
+
+    /// Redis expires records itself: nothing to do.
+    fn delete_expired(
+        &self,
+        _now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(Ok(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        let deadlines = Deadlines {
+            idle: Timestamp::from_unix_millis(1_000),
+            lifespan: Timestamp::from_unix_millis(5_000),
+        };
+        Record::new(7, deadlines, Bytes::from_static(b"sealed"))
+    }
+
+    #[test]
+    fn values_round_trip_with_the_expiry_as_idle_deadline() {
+        let encoded = encode(&record());
+        assert_eq!(encoded.len(), HEADER_LEN + 6);
+        let decoded = decode(Value::Bytes(encoded), Value::Integer(1_000)).unwrap();
+        assert_eq!(decoded, record());
+        let never = decode(Value::Bytes(encode(&record())), Value::Integer(-1)).unwrap();
+        assert_eq!(
+            never.deadlines.idle, never.deadlines.lifespan,
+            "capped at the lifespan"
+        );
+    }
+
+    #[test]
+    fn garbage_replies_are_errors_not_panics() {
+        assert!(
+            decode(
+                Value::Bytes(Bytes::from_static(b"short")),
+                Value::Integer(1)
+            )
+            .is_err()
+        );
+        assert!(decode(Value::Integer(5), Value::Integer(1)).is_err());
+        assert!(decode(Value::Bytes(encode(&record())), Value::Integer(-2)).is_err());
+        assert!(decode_reply(Value::Integer(3)).is_err());
+        assert!(decode_reply(Value::Array(vec![Value::Null])).is_err());
+        assert_eq!(decode_reply(Value::Null).unwrap(), None);
+    }
+
+    #[test]
+    fn expiry_is_the_earlier_deadline_and_never_means_none() {
+        assert_eq!(expire_at(&record().deadlines), Some(1_000));
+        let never = Deadlines {
+            idle: Timestamp::NEVER,
+            lifespan: Timestamp::NEVER,
+        };
+        assert_eq!(expire_at(&never), None);
+    }
+}

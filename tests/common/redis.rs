@@ -1,0 +1,252 @@
+//! Redis servers for tests: each test starts its own `redis-server` processes on
+//! free loopback ports and stops them when dropped.
+//!
+//! Without a `redis-server` binary the tests fail when `CI` is set, and otherwise
+//! skip with a printed reason.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether Redis tests can run here; panics under CI when they cannot.
+pub fn available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but redis-server is not installed: .ci/run must install it"
+        );
+        println!("skipped: redis-server is not installed (apt-get install redis-server)");
+    }
+    found
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// A standalone server with no persistence.
+    pub fn start() -> Self {
+        Self::start_with(free_port(), &[])
+    }
+
+    /// A server on `port` with extra arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tss-redis-{port}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            args,
+        };
+        server.resume();
+        server
+    }
+
+    /// A sentinel on a free port watching `master_port` as `mymaster`, requiring
+    /// `password` from its clients.
+    pub fn sentinel(master_port: u16, password: &str) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("tss-sentinel-{port}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 requirepass {password}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            args: vec![conf.to_str().unwrap().to_owned(), "--sentinel".to_owned()],
+        };
+        server.resume_with_auth(Some(password));
+        server
+    }
+
+    /// Starts the process again (after [`RedisServer::stop`]) on the same port.
+    pub fn resume(&mut self) {
+        self.resume_with_auth(None);
+    }
+
+    fn resume_with_auth(&mut self, password: Option<&str>) {
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), || {
+            ping(self.port, password).is_some()
+        })
+        .unwrap_or_else(|| panic!("redis on port {} did not start", self.port));
+    }
+
+    /// Kills the process; the port stays reserved for [`RedisServer::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs a command with redis-cli and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Sends PING over a raw connection; `Some` when the server answered.
+fn ping(port: u16, password: Option<&str>) -> Option<()> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    if let Some(password) = password {
+        conn.write_all(format!("AUTH {password}\r\n").as_bytes())
+            .ok()?;
+    }
+    conn.write_all(b"PING\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let mut seen = String::new();
+    while !seen.contains("PONG") {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if seen.contains("-LOADING") || seen.contains("-ERR") {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `MONITOR` connection that counts the commands clients send, not those run
+/// inside scripts.
+pub struct Monitor {
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+    marker: u32,
+}
+
+impl Monitor {
+    pub fn start(port: u16) -> Self {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.write_all(b"MONITOR\r\n").unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut monitor = Monitor {
+            port,
+            lines,
+            marker: 0,
+        };
+        monitor.take();
+        monitor
+    }
+
+    /// The commands clients sent since the last call, as their upper-case names.
+    /// A marker command delimits them, so nothing in flight is missed.
+    pub fn take(&mut self) -> Vec<String> {
+        self.marker += 1;
+        let marker = format!("tss-marker-{}", self.marker);
+        cli(self.port, &["ECHO", &marker]);
+        let lines = wait_until(Duration::from_secs(5), || {
+            let mut lines = self.lines.lock().unwrap();
+            let at = lines.iter().position(|l| l.contains(&marker))?;
+            Some(lines.drain(..=at).collect::<Vec<_>>())
+        })
+        .expect("the monitor sees the marker");
+        lines
+            .iter()
+            .filter(|l| l.starts_with('+') && !l.contains(" lua]") && !l.contains("tss-marker"))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_uppercase))
+            .collect()
+    }
+}
