@@ -171,7 +171,7 @@ pub enum StoreConfig {
         max_sessions: Option<u64>,
     },
     /// Redis (the `RedisStore` of the `redis` feature).
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 /// The `store:` section for Redis: exactly one of `url`, `sentinel` or `cluster`.
@@ -244,6 +244,39 @@ impl RedisSettings {
             url: Some(url.into()),
             ..RedisSettings::default()
         }
+    }
+
+    /// Settings for a master found through the sentinels at `nodes` (`host:port`).
+    pub fn sentinel(master_name: impl Into<String>, nodes: Vec<String>) -> Self {
+        RedisSettings {
+            sentinel: Some(SentinelSettings {
+                master_name: master_name.into(),
+                nodes,
+                username: None,
+                password: None,
+            }),
+            ..RedisSettings::default()
+        }
+    }
+
+    /// Settings for a Cluster reached through `nodes` (`host:port`).
+    pub fn cluster(nodes: Vec<String>) -> Self {
+        RedisSettings {
+            cluster: Some(ClusterSettings { nodes }),
+            ..RedisSettings::default()
+        }
+    }
+
+    /// The key prefix (default `session:`).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The command timeout (default 1 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// The command timeout in force.

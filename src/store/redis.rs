@@ -45,15 +45,17 @@ return {v, redis.call('PEXPIRETIME', KEYS[1])}
 ";
 
 /// Compare-and-set on the version prefix. ARGV: expected version (8 bytes), new
-/// value, new expiry in Unix ms (0: none). Returns 1 when written, nil when the key
-/// is gone, or the current value and expiry on a conflict.
-const UPDATE: &str = r"
+/// value (empty: delete the key), new expiry in Unix ms (0: none). Returns 1 when
+/// done, nil when the key is gone, or the current value and expiry on a conflict.
+const SWAP: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 if string.sub(v, 1, 8) ~= ARGV[1] then
   return {v, redis.call('PEXPIRETIME', KEYS[1])}
 end
-if ARGV[3] == '0' then
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
@@ -75,7 +77,7 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     load: Script,
-    update: Script,
+    swap: Script,
 }
 
 impl RedisStore {
@@ -157,13 +159,19 @@ impl RedisStore {
             .build()
             .map_err(StoreError::backend)?;
         client.init().await.map_err(|e| fred_error(e, timeout))?;
-        Ok(RedisStore {
+        let store = RedisStore {
             client,
             prefix,
             timeout,
             load: Script::from_lua(LOAD),
-            update: Script::from_lua(UPDATE),
-        })
+            swap: Script::from_lua(SWAP),
+        };
+        // Loaded up front (on every node of a Cluster), so that first requests do
+        // not pay a NOSCRIPT round trip; a restarted server is reloaded on demand.
+        for script in [&store.load, &store.swap] {
+            script.load(&store.client).await.map_err(|e| store.err(e))?;
+        }
+        Ok(store)
     }
 
     /// The Redis key a session's record is stored under.
@@ -173,6 +181,34 @@ impl RedisStore {
 
     fn err(&self, e: FredError) -> StoreError {
         fred_error(e, self.timeout)
+    }
+
+    /// Runs the compare-and-set script: `value` replaces the record (or, empty,
+    /// deletes it) if its version is `expected_version`.
+    async fn swap(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+        value: Bytes,
+        expire_at: i64,
+    ) -> Result<Cas, StoreError> {
+        let args: Vec<Value> = vec![
+            Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
+            Value::Bytes(value),
+            Value::String(expire_at.to_string().into()),
+        ];
+        let reply: Value = self
+            .swap
+            .evalsha_with_reload(&self.client, self.redis_key(key), args)
+            .await
+            .map_err(|e| self.err(e))?;
+        match reply {
+            Value::Integer(1) => Ok(Cas::Done),
+            other => Ok(match decode_reply(other)? {
+                None => Cas::Missing,
+                Some(current) => Cas::Conflict(current),
+            }),
+        }
     }
 }
 
@@ -311,26 +347,16 @@ impl SessionStore for RedisStore {
         record: &Record,
         expected_version: u64,
     ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
-        let redis_key = self.redis_key(key);
-        let args: Vec<Value> = vec![
-            Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
-            Value::Bytes(encode(record)),
-            Value::String(expire_at(&record.deadlines).unwrap_or(0).to_string().into()),
-        ];
-        async move {
-            let reply: Value = self
-                .update
-                .evalsha_with_reload(&self.client, redis_key, args)
-                .await
-                .map_err(|e| self.err(e))?;
-            match reply {
-                Value::Integer(1) => Ok(Cas::Done),
-                other => Ok(match decode_reply(other)? {
-                    None => Cas::Missing,
-                    Some(current) => Cas::Conflict(current),
-                }),
-            }
-        }
+        let expire = expire_at(&record.deadlines).unwrap_or(0);
+        self.swap(key, expected_version, encode(record), expire)
+    }
+
+    fn delete_version(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+        self.swap(key, expected_version, Bytes::new(), 0)
     }
 
     fn touch(

@@ -124,10 +124,8 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        wait_until(Duration::from_secs(10), || {
-            ping(self.port, password).is_some()
-        })
-        .unwrap_or_else(|| panic!("redis on port {} did not start", self.port));
+        wait_until(Duration::from_secs(10), || ping(self.port, password))
+            .unwrap_or_else(|| panic!("redis on port {} did not start", self.port));
     }
 
     /// Kills the process; the port stays reserved for [`RedisServer::resume`].

@@ -1,0 +1,395 @@
+//! RedisStore against real `redis-server` processes started by each test:
+//! standalone, Cluster and Sentinel (with a failover), round trips, raw values,
+//! native expiry, and faults.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use reqwest::header::{CONTENT_TYPE, COOKIE};
+use serde_json::{Value, json};
+use tower_sealed_sessions::{
+    Keys, RedisSettings, RedisStore, Session, SessionConfig, SessionLayer, StoreConfig,
+};
+
+use common::redis::{Monitor, RedisServer, available, cli, free_port, wait_until};
+use common::{cookie_pair, decode_sid, serve, set_cookies};
+
+const SECRET: &[u8; 32] = b"redis-test secret 0123456789abcd";
+
+fn app(store: RedisStore, configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Router {
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap()).with_secure(false);
+    Router::new()
+        .route(
+            "/get/{key}",
+            get(|s: Session, Path(k): Path<String>| async move {
+                axum::Json(s.get::<Value>(&k).unwrap().unwrap_or(Value::Null))
+            }),
+        )
+        .route(
+            "/set/{key}/{value}",
+            post(
+                |s: Session, Path((k, v)): Path<(String, String)>| async move {
+                    s.insert(&k, v).unwrap();
+                },
+            ),
+        )
+        .route(
+            "/remember",
+            post(|s: Session| async move { s.set_remember_me(true) }),
+        )
+        .layer(configure(layer))
+}
+
+async fn send(
+    method: reqwest::Method,
+    base: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new().request(method, format!("{base}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header(COOKIE, cookie);
+    }
+    request.send().await.unwrap()
+}
+
+async fn read(base: &str, cookie: &str, key: &str) -> Value {
+    let res = send(
+        reqwest::Method::GET,
+        base,
+        &format!("/get/{key}"),
+        Some(cookie),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_passes_the_conformance_suite() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    common::conformance::run(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_one_round_trip_and_a_write_one_more() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let base = serve(app(store, |l| {
+        l.with_touch_interval(Duration::from_millis(500))
+    }))
+    .await;
+    let mut monitor = Monitor::start(server.port);
+
+    let res = send(reqwest::Method::POST, &base, "/set/a/1", None).await;
+    let cookie = cookie_pair(&res);
+    assert_eq!(monitor.take(), ["SET"], "a new session is one SET NX PXAT");
+    read(&base, &cookie, "a").await;
+    assert_eq!(monitor.take(), ["EVALSHA"], "a read is one round trip");
+    send(reqwest::Method::POST, &base, "/set/a/2", Some(&cookie)).await;
+    assert_eq!(
+        monitor.take(),
+        ["EVALSHA", "EVALSHA"],
+        "a write is one more"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    read(&base, &cookie, "a").await;
+    assert_eq!(
+        monitor.take(),
+        ["EVALSHA", "PEXPIREAT"],
+        "a due touch is one more"
+    );
+    read(&base, &cookie, "a").await;
+    assert_eq!(monitor.take(), ["EVALSHA"], "and then not again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_values_are_sealed_and_expire_at_their_deadline() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let settings = RedisSettings::url(server.url()).with_prefix("app1:sess:");
+    let store = RedisStore::from_settings(&settings).await.unwrap();
+    let base = serve(app(store, |l| {
+        l.with_idle_timeout(Some(Duration::from_secs(600)))
+            .with_lifespan(Some(Duration::from_secs(3600)))
+    }))
+    .await;
+    let res = send(
+        reqwest::Method::POST,
+        &base,
+        "/set/secret/plaintext-marker",
+        None,
+    )
+    .await;
+    let cookie = cookie_pair(&res);
+    let sid = decode_sid(SECRET, cookie.strip_prefix("id=").unwrap());
+
+    let keys = server.cli(&["--scan", "--pattern", "*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = keys[0];
+    let hex = key
+        .strip_prefix("app1:sess:")
+        .expect("the configured prefix");
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
+    let sid_hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!key.contains(&sid_hex), "the key is not the session id");
+
+    let raw = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "--no-raw", "GET", key])
+        .output()
+        .unwrap()
+        .stdout;
+    let dump = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "DUMP", key])
+        .output()
+        .unwrap()
+        .stdout;
+    for bytes in [&raw, &dump] {
+        assert!(!bytes.windows(16).any(|w| w == b"plaintext-marker"));
+        assert!(
+            !bytes.windows(16).any(|w| w == &sid[..]),
+            "no raw sid in the value"
+        );
+    }
+
+    let expires: i64 = server.cli(&["PEXPIRETIME", key]).parse().unwrap();
+    let idle_deadline = now_ms() + 600_000;
+    assert!(
+        (expires - idle_deadline).abs() < 5_000,
+        "PXAT is the idle deadline"
+    );
+
+    send(reqwest::Method::POST, &base, "/remember", Some(&cookie)).await;
+    let expires: i64 = server.cli(&["PEXPIRETIME", key]).parse().unwrap();
+    let remember_deadline = now_ms() + 30 * 86_400_000;
+    assert!(
+        (expires - remember_deadline).abs() < 5_000,
+        "remember-me moves it to the lifespan"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_answers_503_promptly_and_recovers_by_itself() {
+    if !available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let settings = RedisSettings::url(server.url()).with_timeout(Duration::from_millis(500));
+    let store = RedisStore::from_settings(&settings).await.unwrap();
+    let base = serve(app(store, |l| l)).await;
+    let cookie = cookie_pair(&send(reqwest::Method::POST, &base, "/set/a/1", None).await);
+
+    server.stop();
+    let started = Instant::now();
+    let res = send(reqwest::Method::GET, &base, "/get/a", Some(&cookie)).await;
+    assert_eq!(res.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "prompt: {:?}",
+        started.elapsed()
+    );
+    let res = send(reqwest::Method::POST, &base, "/set/b/1", None).await;
+    assert_eq!(res.status(), 503, "a new session cannot be stored either");
+    let grpc = reqwest::Client::new()
+        .post(format!("{base}/get/a"))
+        .header(COOKIE, &cookie)
+        .header(CONTENT_TYPE, "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        grpc.headers()["grpc-status"],
+        "14",
+        "gRPC clients see UNAVAILABLE"
+    );
+
+    server.resume();
+    // The same process, no restart: the client reconnects by itself (bounded wait).
+    let recovered = wait_for(Duration::from_secs(20), || async {
+        let res = send(reqwest::Method::POST, &base, "/set/c/1", None).await;
+        (res.status() == 200).then(|| cookie_pair(&res))
+    })
+    .await
+    .expect("requests succeed again once Redis is back");
+    assert_eq!(read(&base, &recovered, "c").await, json!("1"));
+}
+
+/// Polls an async check every 200 ms for at most `limit`.
+async fn wait_for<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_passes_the_conformance_suite_and_serves_sessions() {
+    if !available() {
+        return;
+    }
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            let port = free_port();
+            let conf = format!("nodes-{port}.conf");
+            RedisServer::start_with(
+                port,
+                &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+            )
+        })
+        .collect();
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(addresses.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    let out = nodes[0].cli(&create);
+    assert!(out.contains("[OK] All 16384 slots covered"), "{out}");
+    for node in &nodes {
+        wait_until(Duration::from_secs(20), || {
+            node.cli(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+                .then_some(())
+        })
+        .expect("the cluster becomes ready");
+    }
+
+    let settings = RedisSettings::cluster(vec![addresses[0].clone()]);
+    let store = RedisStore::from_settings(&settings).await.unwrap();
+    common::conformance::run(Arc::new(store.clone())).await;
+
+    let base = serve(app(store, |l| l)).await;
+    let mut cookies = Vec::new();
+    for i in 0..12 {
+        let res = send(reqwest::Method::POST, &base, &format!("/set/n/{i}"), None).await;
+        cookies.push(cookie_pair(&res));
+    }
+    for (i, cookie) in cookies.iter().enumerate() {
+        assert_eq!(read(&base, cookie, "n").await, json!(i.to_string()));
+    }
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.cli(&["DBSIZE"]).parse().unwrap())
+        .collect();
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "spread over the cluster: {per_node:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_replicated_write_survives_a_sentinel_failover() {
+    if !available() {
+        return;
+    }
+    let mut master = RedisServer::start();
+    let replica_port = free_port();
+    let replica = RedisServer::start_with(
+        replica_port,
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    wait_until(Duration::from_secs(20), || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+            .then_some(())
+    })
+    .expect("the replica syncs");
+    let sentinel = RedisServer::sentinel(master.port, "sentinel-pass");
+
+    // Through the configuration file's `store:` section, as an operator writes it.
+    let config: SessionConfig = serde_yaml_ng::from_str(&format!(
+        "secret: \"base64:c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz\"\n\
+         store:\n  type: redis\n  sentinel:\n    master_name: mymaster\n    \
+         nodes: [\"127.0.0.1:{}\"]\n    password: sentinel-pass\n",
+        sentinel.port
+    ))
+    .unwrap();
+    let StoreConfig::Redis(settings) = config.store() else {
+        panic!("a redis store section");
+    };
+    let store = RedisStore::from_settings(settings).await.unwrap();
+    let base = serve(app(store, |l| l)).await;
+    let cookie = cookie_pair(&send(reqwest::Method::POST, &base, "/set/order/42", None).await);
+    let res = send(reqwest::Method::POST, &base, "/set/paid/yes", Some(&cookie)).await;
+    assert_eq!(res.status(), 200, "the write was acknowledged");
+    // Replicated before the failover: the replica has acknowledged it.
+    let acked = cli(master.port, &["WAIT", "1", "5000"]);
+    assert_eq!(acked, "1", "the replica acknowledged the write");
+
+    master.stop();
+    let sentinel_port = sentinel.port;
+    wait_until(Duration::from_secs(30), || {
+        let addr = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &sentinel_port.to_string(),
+                "-a",
+                "sentinel-pass",
+                "--no-auth-warning",
+            ])
+            .args(["SENTINEL", "get-master-addr-by-name", "mymaster"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&addr.stdout)
+            .contains(&replica_port.to_string())
+            .then_some(())
+    })
+    .expect("the sentinel promotes the replica");
+
+    let survived = wait_for(Duration::from_secs(30), || async {
+        let res = send(reqwest::Method::GET, &base, "/get/paid", Some(&cookie)).await;
+        if res.status() != 200 {
+            return None;
+        }
+        Some(res.json::<Value>().await.unwrap())
+    })
+    .await
+    .expect("requests succeed on the new master without a restart");
+    assert_eq!(survived, json!("yes"));
+    assert_eq!(read(&base, &cookie, "order").await, json!("42"));
+    let res = send(
+        reqwest::Method::POST,
+        &base,
+        "/set/shipped/yes",
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(res.status(), 200, "writes go to the new master");
+    assert!(set_cookies(&res).is_empty());
+}
