@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! cargo bench --bench layer
+//! REDIS_URL=redis://127.0.0.1:6379/0 cargo bench --bench layer --features redis
 //! ```
 //!
-//! Subtract `bare` from each case for the layer's own cost per request.
+//! Subtract `bare` from each case for the layer's own cost per request. With
+//! `REDIS_URL` set (and the `redis` feature), the `redis` group measures the same
+//! requests on a Redis store, loopback round trips included.
 
 use std::hint::black_box;
 
@@ -97,5 +100,57 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// An existing session's cookie on `app`.
+fn session_cookie(rt: &tokio::runtime::Runtime, app: &Router) -> HeaderValue {
+    rt.block_on(async {
+        let res = app.clone().oneshot(request("/write", None)).await.unwrap();
+        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
+    })
+}
+
+#[cfg(feature = "redis")]
+fn bench_redis(c: &mut Criterion) {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("redis group skipped: set REDIS_URL to run it");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = tower_sealed_sessions::RedisSettings::url(url).with_prefix("bench:");
+    let store = rt
+        .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
+        .expect("connect to REDIS_URL");
+    let layered = routes().layer(SessionLayer::new(store, Keys::generate()));
+    let cookie = session_cookie(&rt, &layered);
+    let mut group = c.benchmark_group("redis");
+    group.bench_function("read_only", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                layered
+                    .clone()
+                    .oneshot(request("/read", Some(&cookie)))
+                    .await,
+            )
+        })
+    });
+    group.bench_function("read_write", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                layered
+                    .clone()
+                    .oneshot(request("/write", Some(&cookie)))
+                    .await,
+            )
+        })
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "redis"))]
+fn bench_redis(_: &mut Criterion) {}
+
+criterion_group!(benches, bench, bench_redis);
 criterion_main!(benches);

@@ -10,7 +10,9 @@
 //! and cleartext HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`).
 //!
 //! With `SESSION_CONFIG=examples/session.yaml` it reads its session settings from
-//! that YAML file; an invalid file stops it before it listens.
+//! that YAML file; an invalid file stops it before it listens. With
+//! `--features redis` and `SESSION_CONFIG=examples/session-redis.yaml` its sessions
+//! live in Redis and survive a restart.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -182,21 +184,34 @@ fn default_sessions() -> SessionLayer {
 }
 
 /// Sessions as a YAML configuration file describes them.
-fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
+async fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let config: SessionConfig = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
-    let store = match config.store() {
-        StoreConfig::Memory { max_sessions } => MemoryStore::builder()
-            .max_sessions(max_sessions.unwrap_or(MemoryStore::DEFAULT_MAX_SESSIONS))
-            .build(),
-        other => return Err(format!("the quickstart cannot use the store {other:?}")),
-    };
-    let sessions = SessionLayer::from_config(&config, store.clone()).map_err(|e| e.to_string())?;
-    let cleanup = store
-        .cleanup_task(config.cleanup_interval())
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(cleanup);
-    Ok(sessions)
+    match config.store() {
+        StoreConfig::Memory { max_sessions } => {
+            let store = MemoryStore::builder()
+                .max_sessions(max_sessions.unwrap_or(MemoryStore::DEFAULT_MAX_SESSIONS))
+                .build();
+            let sessions =
+                SessionLayer::from_config(&config, store.clone()).map_err(|e| e.to_string())?;
+            let cleanup = store
+                .cleanup_task(config.cleanup_interval())
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(cleanup);
+            Ok(sessions)
+        }
+        #[cfg(feature = "redis")]
+        StoreConfig::Redis(settings) => {
+            let store = tower_sealed_sessions::RedisStore::from_settings(settings)
+                .await
+                .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+            // Redis expires sessions itself: no cleanup task.
+            SessionLayer::from_config(&config, store).map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "this build cannot use the store {other:?}; for Redis run it with `--features redis`"
+        )),
+    }
 }
 
 /// The demo's routes behind `sessions`; the integration tests serve it too.
@@ -221,7 +236,7 @@ async fn main() {
 
     let sessions = match std::env::var_os("SESSION_CONFIG") {
         None => default_sessions(),
-        Some(path) => match sessions_from_file(Path::new(&path)) {
+        Some(path) => match sessions_from_file(Path::new(&path)).await {
             Ok(sessions) => sessions,
             Err(err) => {
                 eprintln!("error: {}: {err}", Path::new(&path).display());

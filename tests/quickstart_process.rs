@@ -13,6 +13,7 @@ fn quickstart() -> PathBuf {
     let features: Vec<&str> = [
         ("memory-store", cfg!(feature = "memory-store")),
         ("axum", cfg!(feature = "axum")),
+        ("redis", cfg!(feature = "redis")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -171,5 +172,57 @@ fn invalid_configuration_stops_it_before_it_listens() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.yaml"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_redis_a_login_survives_a_restart_of_the_process() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = redis_server::RedisServer::start();
+    let exe = quickstart();
+    let dir = temp_dir();
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
+             store: {{ type: redis, url: \"{}\", prefix: \"qs:\" }}\n",
+            dir.join("session.key").display(),
+            server.url()
+        ),
+    )
+    .unwrap();
+    let first = start(&exe, &config);
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/login", first.base))
+        .json(&serde_json::json!({"username": "ada"}))
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    drop(first);
+
+    let second = start(&exe, &config);
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/session", second.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body["user"], "ada",
+        "still logged in after the restart: {body}"
+    );
+    drop(second);
     std::fs::remove_dir_all(dir).unwrap();
 }
