@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
+use http::{HeaderName, HeaderValue};
 use tower_layer::Layer;
 
 use crate::clock::{Clock, Timestamp};
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn DynStore>,
     pub(crate) keys: Keys,
     pub(crate) cookie: CookieConfig,
+    /// Header mode: the token travels in this header instead of the cookie.
+    pub(crate) header: Option<HeaderName>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) lifespan: Option<Duration>,
     pub(crate) remember_me: Option<Duration>,
@@ -54,6 +57,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The name the token is sealed for (its associated data): the cookie's name,
+    /// or the header's.
+    pub(crate) fn token_name(&self) -> &str {
+        match &self.header {
+            Some(header) => header.as_str(),
+            None => &self.cookie.name,
+        }
+    }
+
+    /// A token rendered for its carrier: a `Set-Cookie` value, or the bare token.
+    pub(crate) fn carried(&self, token: &str, max_age: Option<Duration>) -> HeaderValue {
+        match &self.header {
+            None => self.cookie.set(token, max_age),
+            // URL-safe base64 is always a valid header value.
+            Some(_) => HeaderValue::try_from(token).expect("base64 is a valid header value"),
+        }
+    }
+
+    /// What tells the client to drop its token: a removal cookie, or an empty
+    /// session header.
+    pub(crate) fn cleared(&self) -> HeaderValue {
+        match &self.header {
+            None => self.cookie.clear(),
+            Some(_) => HeaderValue::from_static(""),
+        }
+    }
+
     pub(crate) fn lifespan_deadline(&self, now: Timestamp, remember_me: bool) -> Timestamp {
         let duration = if remember_me {
             self.remember_me
@@ -103,6 +133,7 @@ impl SessionLayer {
                 store: Arc::new(Erased(Arc::new(store))),
                 keys,
                 cookie: CookieConfig::default(),
+                header: None,
                 idle_timeout: Some(Duration::from_secs(30 * 60)),
                 lifespan: Some(Duration::from_secs(24 * 3600)),
                 remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
@@ -190,6 +221,26 @@ impl SessionLayer {
     pub fn with_path(self, path: impl Into<String>) -> Self {
         let path = path.into();
         self.edit_cookie(|c| c.path = path)
+    }
+
+    /// Carries the session token in the header `name` instead of a cookie, for gRPC
+    /// and API clients (Kiali's "header" strategy). The client sends its token in
+    /// that header; a response carries a new token in the same header when it
+    /// changes, and the header with an empty value when the client must drop it.
+    /// The token has the cookie's sealed format, bound to the header's name.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header name.
+    pub fn with_header(self, name: &str) -> Self {
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => header,
+            Err(_) => panic!(
+                "{}",
+                ConfigError::new("header", format!("{name:?} is not a valid header name"))
+            ),
+        };
+        self.edit(|s| s.header = Some(header))
     }
 
     /// Whether the cookie is `Secure`: sent over HTTPS only (default `true`).
@@ -316,6 +367,7 @@ impl fmt::Debug for SessionLayer {
         f.debug_struct("SessionLayer")
             .field("keys", &s.keys)
             .field("cookie", &s.cookie)
+            .field("header", &s.header)
             .field("idle_timeout", &s.idle_timeout)
             .field("lifespan", &s.lifespan)
             .field("remember_me", &s.remember_me)

@@ -31,6 +31,24 @@
 //! let app: Router = Router::new().route("/", get(handler)).layer(layer);
 //! ```
 //!
+//! # When changes are saved
+//!
+//! The layer writes the session once the inner service has produced the response
+//! head, before it is sent: the new cookie (or token) must travel in that head.
+//! So for a streaming body (a gRPC server-streaming call, a chunked download) the
+//! session is saved when the stream starts, and changes made while it streams are
+//! not saved: make them before returning the response. Nothing is saved when the
+//! response is a server error (5xx) or a gRPC error status.
+//!
+//! # gRPC and API clients
+//!
+//! The same layer wraps a tonic server (`Server::builder().layer(layer)`); handlers
+//! read the session with `request.extensions().get::<Session>()`. A gRPC client
+//! carries the session by sending back, as `cookie` metadata, the `set-cookie`
+//! metadata it receives; or, with [`SessionLayer::with_header`], the token travels
+//! in one header both ways. When the store fails, a gRPC request gets a
+//! trailers-only response with `grpc-status: 14` (UNAVAILABLE).
+//!
 //! # Expiry
 //!
 //! - **Idle timeout** (sliding): every request with a valid session counts as

@@ -52,7 +52,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         shared: Arc<Shared>,
         plan: Plan,
         now: Timestamp,
-    ) -> BoxFuture<Result<SetCookie, StoreError>>;
+    ) -> BoxFuture<Result<Carry, StoreError>>;
 }
 
 /// A store shared by the layer and every in-flight future.
@@ -69,15 +69,17 @@ impl<St: SessionStore> DynStore for Erased<St> {
         shared: Arc<Shared>,
         plan: Plan,
         now: Timestamp,
-    ) -> BoxFuture<Result<SetCookie, StoreError>> {
+    ) -> BoxFuture<Result<Carry, StoreError>> {
         let store = self.0.clone();
         Box::pin(async move { persist(&*store, &shared, plan, now).await })
     }
 }
 
-/// What to do with the cookie once the store has been written.
-pub(crate) enum SetCookie {
+/// What to do with the client's token (the cookie, or the header in header mode)
+/// once the store has been written.
+pub(crate) enum Carry {
     Keep,
+    /// A new token, rendered for the carrier.
     Set(HeaderValue),
     Clear,
 }
@@ -129,7 +131,7 @@ where
         let shared = &self.shared;
         let now = shared.clock.now();
         let grpc = is_grpc(&req);
-        let (opened, rejected) = open_request_cookie(shared, req.headers(), now);
+        let (opened, rejected) = open_request_token(shared, req.headers(), now);
         let Some(opened) = opened else {
             let session = Session::fresh(shared.clone(), now);
             req.extensions_mut().insert(session.clone());
@@ -170,29 +172,60 @@ where
     }
 }
 
-/// The first cookie of our name that opens and is within its lifespan, and whether
-/// any cookie of our name was refused.
-fn open_request_cookie(
+/// The first token that opens and is within its lifespan, and whether any token
+/// was refused. Every `Cookie` header, or every value of the session header, is
+/// read.
+fn open_request_token(
     shared: &Shared,
     headers: &http::HeaderMap,
     now: Timestamp,
 ) -> (Option<Opened>, bool) {
-    let name = shared.cookie.name.as_str();
+    match &shared.header {
+        None => open_first(
+            shared,
+            cookie::request_values(headers, &shared.cookie.name),
+            now,
+        ),
+        Some(name) => {
+            let values = headers.get_all(name).iter();
+            open_first(
+                shared,
+                values.filter_map(|v| v.to_str().ok()).map(str::trim),
+                now,
+            )
+        }
+    }
+}
+
+fn open_first<'a>(
+    shared: &Shared,
+    values: impl Iterator<Item = &'a str>,
+    now: Timestamp,
+) -> (Option<Opened>, bool) {
+    let name = shared.token_name();
     let mut rejected = false;
-    for value in cookie::request_values(headers, name) {
+    for value in values {
         match cookie::open(&shared.keys, name, value) {
             Ok(opened) if now >= opened.data.lifespan_deadline => {
-                tracing::debug!(target: TARGET, "session cookie past its lifespan");
+                tracing::debug!(target: TARGET, "session token past its lifespan");
                 rejected = true;
             }
             Ok(opened) => return (Some(opened), rejected),
             Err(reason) => {
-                tracing::debug!(target: TARGET, %reason, "session cookie rejected");
+                tracing::debug!(target: TARGET, %reason, "session token rejected");
                 rejected = true;
             }
         }
     }
     (None, rejected)
+}
+
+/// A trailers-only gRPC response whose status is not OK: the gRPC form of a
+/// server error, after which nothing is saved either.
+fn is_grpc_error<B>(res: &Response<B>) -> bool {
+    res.headers()
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() != b"0")
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -257,7 +290,7 @@ pin_project! {
             cookie_rejected: bool,
         },
         Saving {
-            save: BoxFuture<Result<SetCookie, StoreError>>,
+            save: BoxFuture<Result<Carry, StoreError>>,
             response: Option<Response<B>>,
         },
         Done,
@@ -337,8 +370,8 @@ where
                             return Poll::Ready(Err(err));
                         }
                     };
-                    if response.status().is_server_error() {
-                        tracing::debug!(target: TARGET, "server error response: session not saved");
+                    if response.status().is_server_error() || is_grpc_error(&response) {
+                        tracing::debug!(target: TARGET, "error response: session not saved");
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(response));
                     }
@@ -352,7 +385,7 @@ where
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(with_cookie(
                                 response,
-                                SetCookie::Clear,
+                                Carry::Clear,
                                 this.shared,
                             )));
                         }
@@ -388,20 +421,27 @@ where
     }
 }
 
-fn with_cookie<B>(mut response: Response<B>, action: SetCookie, shared: &Shared) -> Response<B> {
+fn with_cookie<B>(mut response: Response<B>, action: Carry, shared: &Shared) -> Response<B> {
     let value = match action {
-        SetCookie::Keep => return response,
-        SetCookie::Set(value) => value,
-        SetCookie::Clear => shared.cookie.clear(),
+        Carry::Keep => return response,
+        Carry::Set(value) => value,
+        Carry::Clear => shared.cleared(),
     };
     let headers = response.headers_mut();
-    headers.append(header::SET_COOKIE, value);
-    // A response that sets a session cookie must never be stored by a shared cache
-    // (RFC 9111, section 5.2.2.7): a CDN would hand the cookie to other users. The
+    match &shared.header {
+        None => {
+            headers.append(header::SET_COOKIE, value);
+        }
+        Some(name) => {
+            headers.insert(name.clone(), value);
+        }
+    }
+    // A response that hands out a session token must never be stored by a shared
+    // cache (RFC 9111, section 5.2.2.7): a CDN would give it to other users. The
     // application's own Cache-Control loses here, even `public`.
     let previous = headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if previous.as_ref().is_some_and(|v| v != "no-store") {
-        tracing::debug!(target: TARGET, ?previous, "Cache-Control replaced by no-store on a response setting the session cookie");
+        tracing::debug!(target: TARGET, ?previous, "Cache-Control replaced by no-store on a response carrying the session token");
     }
     response
 }
@@ -462,10 +502,10 @@ async fn persist<St: SessionStore>(
     shared: &Shared,
     plan: Plan,
     now: Timestamp,
-) -> Result<SetCookie, StoreError> {
+) -> Result<Carry, StoreError> {
     match plan {
-        Plan::Nothing => Ok(SetCookie::Keep),
-        Plan::Clear => Ok(SetCookie::Clear),
+        Plan::Nothing => Ok(Carry::Keep),
+        Plan::Clear => Ok(Carry::Clear),
         Plan::Touch {
             store_key,
             deadlines,
@@ -473,7 +513,7 @@ async fn persist<St: SessionStore>(
             if !store.touch(&store_key, deadlines).await? {
                 tracing::debug!(target: TARGET, "session gone before its touch");
             }
-            Ok(SetCookie::Keep)
+            Ok(Carry::Keep)
         }
         Plan::Create { data, meta } => {
             let created = create(store, shared, now, &data, meta).await?;
@@ -491,7 +531,7 @@ async fn persist<St: SessionStore>(
                     let created = create(store, shared, now, &data, meta).await?;
                     Ok(set_cookie(shared, now, &created.identity))
                 }
-                None => Ok(SetCookie::Clear),
+                None => Ok(Carry::Clear),
             }
         }
         Plan::Update {
@@ -527,9 +567,9 @@ async fn persist<St: SessionStore>(
 /// concurrent login or key rotation. The request's writes are dropped and the
 /// cookie is left alone: clearing it could undo the cookie the concurrent login
 /// is setting, and a dead cookie is cleared by the next request anyway.
-fn gone(what: &str) -> Result<SetCookie, StoreError> {
+fn gone(what: &str) -> Result<Carry, StoreError> {
     tracing::debug!(target: TARGET, "session gone before its {what}; its changes are dropped");
-    Ok(SetCookie::Keep)
+    Ok(Carry::Keep)
 }
 
 /// A record just created under a fresh id.
@@ -621,7 +661,7 @@ async fn update<St: SessionStore>(
     mut data: Data,
     meta: Meta,
     lifespan_changed: bool,
-) -> Result<SetCookie, StoreError> {
+) -> Result<Carry, StoreError> {
     let key = loaded.store_key;
     let ours = shared.deadlines(now, meta);
     let mut version = loaded.version;
@@ -636,7 +676,7 @@ async fn update<St: SessionStore>(
                 identity.remember_me = meta.remember_me;
                 return Ok(set_cookie(shared, now, &identity));
             }
-            Cas::Done => return Ok(SetCookie::Keep),
+            Cas::Done => return Ok(Carry::Keep),
             Cas::Missing => return gone("update"),
             Cas::Conflict(current) => {
                 data = reapply(&loaded, &current, &changes)?;
@@ -664,7 +704,7 @@ async fn move_session<St: SessionStore>(
     changes: Changes,
     meta: Meta,
     lifespan_changed: bool,
-) -> Result<SetCookie, StoreError> {
+) -> Result<Carry, StoreError> {
     let old = loaded.store_key;
     let Some(current) = store.load(&old).await? else {
         return gone("move to a new id");
@@ -704,11 +744,11 @@ async fn move_session<St: SessionStore>(
     })
 }
 
-fn set_cookie(shared: &Shared, now: Timestamp, identity: &CookieData) -> SetCookie {
-    let value = cookie::seal(&shared.keys, &shared.cookie.name, identity);
+fn set_cookie(shared: &Shared, now: Timestamp, identity: &CookieData) -> Carry {
+    let token = cookie::seal(&shared.keys, shared.token_name(), identity);
     // Remember-me sessions outlive the browser: a persistent cookie that ends with
     // the lifespan. Others are browser-session cookies.
     let max_age = (identity.remember_me && !identity.lifespan_deadline.is_never())
         .then(|| identity.lifespan_deadline.saturating_since(now));
-    SetCookie::Set(shared.cookie.set(&value, max_age))
+    Carry::Set(shared.carried(&token, max_age))
 }

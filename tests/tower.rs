@@ -130,3 +130,24 @@ async fn service_and_future_are_send_and_the_service_is_clone() {
             .contains("Max-Age=0")
     );
 }
+
+#[tokio::test]
+async fn a_grpc_error_status_saves_nothing() {
+    let store = MemoryStore::default();
+    let svc = SessionLayer::new(store.clone(), Keys::generate()).layer(service_fn(
+        |req: Request<()>| async move {
+            let session = req.extensions().get::<Session>().unwrap();
+            session.insert("half-done", true).unwrap();
+            // A trailers-only gRPC error (INTERNAL), as tonic sends for Err(Status).
+            let mut res = Response::new(());
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            res.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("13"));
+            Ok::<_, Infallible>(res)
+        },
+    ));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert!(!res.headers().contains_key(header::SET_COOKIE));
+    assert!(store.is_empty(), "nothing written for a failed call");
+}

@@ -1,0 +1,242 @@
+//! The layer on a tonic server, with a tonic client that carries the session:
+//! cookie mode and header mode alike, store failures, server streaming.
+
+mod common;
+
+#[path = "../examples/grpc.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod example;
+
+use example::pb::counter_client::CounterClient;
+use example::pb::{IncrementRequest, LoginRequest, LogoutRequest, WatchRequest};
+use tonic::Code;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+
+use common::TestStore;
+
+/// How the client carries its session token.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `set-cookie` metadata in, `cookie` metadata out, as a browser would.
+    Cookie,
+    /// The same metadata key both ways (`SessionLayer::with_header`).
+    Header(&'static str),
+}
+
+/// A tonic client that keeps its session token between calls.
+struct Client {
+    inner: CounterClient<Channel>,
+    mode: Mode,
+    token: Option<String>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, mode: Mode) -> Self {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Client {
+            inner: CounterClient::new(channel),
+            mode,
+            token: None,
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            let (key, value) = match self.mode {
+                Mode::Cookie => ("cookie", format!("id={token}")),
+                Mode::Header(name) => (name, token.clone()),
+            };
+            request.metadata_mut().insert(key, value.parse().unwrap());
+        }
+        request
+    }
+
+    /// Keeps what the server sent: a new token, or the order to drop it.
+    fn keep(&mut self, metadata: &MetadataMap) {
+        let sent = match self.mode {
+            Mode::Cookie => metadata.get("set-cookie").map(|v| {
+                let cookie = v.to_str().unwrap();
+                let pair = cookie.split(';').next().unwrap();
+                pair.strip_prefix("id=").unwrap().to_owned()
+            }),
+            Mode::Header(name) => metadata.get(name).map(|v| v.to_str().unwrap().to_owned()),
+        };
+        match sent {
+            Some(token) if token.is_empty() => self.token = None,
+            Some(token) => self.token = Some(token),
+            None => {}
+        }
+    }
+
+    async fn login(&mut self, name: &str) -> Result<u64, tonic::Status> {
+        let request = self.request(LoginRequest {
+            username: name.into(),
+        });
+        let response = self.inner.login(request).await?;
+        self.keep(response.metadata());
+        Ok(response.into_inner().value)
+    }
+
+    async fn increment(&mut self) -> Result<u64, tonic::Status> {
+        let response = self
+            .inner
+            .increment(self.request(IncrementRequest {}))
+            .await?;
+        self.keep(response.metadata());
+        Ok(response.into_inner().value)
+    }
+
+    async fn logout(&mut self) -> Result<(), tonic::Status> {
+        let response = self.inner.logout(self.request(LogoutRequest {})).await?;
+        self.keep(response.metadata());
+        Ok(())
+    }
+}
+
+async fn start(layer: SessionLayer) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(example::serve(listener, layer));
+    addr
+}
+
+fn layer(store: MemoryStore) -> SessionLayer {
+    SessionLayer::new(store, Keys::generate())
+}
+
+async fn login_increment_logout(mode: Mode) {
+    let layer = match mode {
+        Mode::Cookie => layer(MemoryStore::default()),
+        Mode::Header(name) => layer(MemoryStore::default()).with_header(name),
+    };
+    let addr = start(layer).await;
+    let mut client = Client::connect(addr, mode).await;
+
+    let err = client.increment().await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "no session yet");
+    assert!(
+        client.token.is_none(),
+        "an untouched new session hands out no token"
+    );
+
+    assert_eq!(client.login("ada").await.unwrap(), 0);
+    let first = client.token.clone().expect("login hands out a token");
+    for expected in 1..=3 {
+        assert_eq!(
+            client.increment().await.unwrap(),
+            expected,
+            "the session is carried"
+        );
+    }
+    assert_eq!(
+        client.token.as_ref(),
+        Some(&first),
+        "no new token without a change"
+    );
+
+    assert_eq!(
+        client.login("ada").await.unwrap(),
+        3,
+        "the counter survives a re-login"
+    );
+    let second = client.token.clone().unwrap();
+    assert_ne!(first, second, "login cycles the id");
+    let mut replay = Client::connect(addr, mode).await;
+    replay.token = Some(first);
+    assert_eq!(
+        replay.increment().await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    client.logout().await.unwrap();
+    assert!(
+        client.token.is_none(),
+        "logout tells the client to drop its token"
+    );
+    replay.token = Some(second);
+    let err = replay.increment().await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a replayed token is dead after logout"
+    );
+}
+
+#[tokio::test]
+async fn cookie_metadata_carries_the_session_across_calls() {
+    login_increment_logout(Mode::Cookie).await;
+}
+
+#[tokio::test]
+async fn a_header_carries_the_session_across_calls() {
+    login_increment_logout(Mode::Header("x-session")).await;
+}
+
+#[tokio::test]
+async fn the_header_token_has_the_cookie_format_bound_to_the_header_name() {
+    let addr = start(layer(MemoryStore::default()).with_header("x-session")).await;
+    let mut client = Client::connect(addr, Mode::Header("x-session")).await;
+    client.login("ada").await.unwrap();
+    let token = client.token.clone().unwrap();
+    assert_eq!(
+        token.len(),
+        131,
+        "the same sealed format as the cookie value"
+    );
+    // Sent as a cookie instead, it opens no session: the name is sealed in.
+    let cookie_server = start(layer(MemoryStore::default())).await;
+    let mut as_cookie = Client::connect(cookie_server, Mode::Cookie).await;
+    as_cookie.token = Some(token);
+    assert_eq!(
+        as_cookie.increment().await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_is_unavailable_to_grpc_clients() {
+    let store = TestStore::new(MemoryStore::default());
+    let addr = start(SessionLayer::new(store.clone(), Keys::generate())).await;
+    let mut client = Client::connect(addr, Mode::Cookie).await;
+    client.login("ada").await.unwrap();
+
+    store.set_failing(true);
+    let err = client.increment().await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "load failure: {err:?}");
+    assert_eq!(err.message(), "session store unavailable");
+
+    store.set_failing(false);
+    store.set_failing_writes(true);
+    let err = client.increment().await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "save failure: {err:?}");
+
+    store.set_failing_writes(false);
+    assert_eq!(
+        client.increment().await.unwrap(),
+        1,
+        "the failed increment was not saved"
+    );
+}
+
+#[tokio::test]
+async fn server_streaming_works_through_the_layer() {
+    let addr = start(layer(MemoryStore::default())).await;
+    let mut client = Client::connect(addr, Mode::Cookie).await;
+    client.login("ada").await.unwrap();
+    client.increment().await.unwrap();
+    client.increment().await.unwrap();
+    let request = client.request(WatchRequest { count: 5 });
+    let mut stream = client.inner.watch(request).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    while let Some(item) = stream.message().await.unwrap() {
+        seen.push((item.user, item.value));
+    }
+    assert_eq!(seen, vec![("ada".to_owned(), 2); 5]);
+}
