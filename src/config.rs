@@ -301,13 +301,7 @@ impl RedisSettings {
 /// Passwords, and the user-info part of a URL, are not shown.
 impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self.url.as_deref().map(|url| match url.split_once('@') {
-            Some((scheme_and_user, host)) => {
-                let scheme = scheme_and_user.split("://").next().unwrap_or("");
-                format!("{scheme}://<redacted>@{host}")
-            }
-            None => url.to_owned(),
-        });
+        let url = self.url.as_deref().map(redact_url);
         f.debug_struct("RedisSettings")
             .field("url", &url)
             .field("sentinel", &self.sentinel)
@@ -329,6 +323,24 @@ impl fmt::Debug for SentinelSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()
     }
+}
+
+/// A URL with its credentials and query (which may hold `sentinelPassword`) hidden:
+/// scheme, host, port and database only.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    // The parser takes the last `@` as the end of the user info, so do the same.
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let hidden = if rest.contains('@') || url.contains('?') {
+        "<redacted>"
+    } else {
+        ""
+    };
+    format!(
+        "{scheme}://{hidden}{}{host}",
+        if hidden.is_empty() { "" } else { "@" }
+    )
 }
 
 fn span_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -130,7 +130,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
         let now = shared.clock.now();
-        let grpc = is_grpc(&req);
+        let grpc = grpc_content_type(&req);
         let (opened, rejected) = open_request_token(shared, req.headers(), now);
         let Some(opened) = opened else {
             let session = Session::fresh(shared.clone(), now);
@@ -228,24 +228,23 @@ fn is_grpc_error<B>(res: &Response<B>) -> bool {
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
+/// The content type of a gRPC (or grpc-web) request, echoed in our own answers.
+fn grpc_content_type<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+        .filter(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+        .cloned()
 }
 
 /// The answer when the store cannot be used.
-fn unavailable<B: Default>(grpc: bool) -> Response<B> {
+fn unavailable<B: Default>(grpc: &Option<HeaderValue>) -> Response<B> {
     let mut res = Response::new(B::default());
-    if grpc {
+    if let Some(content_type) = grpc {
         let headers = res.headers_mut();
         // A trailers-only gRPC response: status 200 with grpc-status in the headers
         // (gRPC over HTTP/2 protocol, "Responses"). 14 is UNAVAILABLE, which clients
         // may retry.
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
+        headers.insert(header::CONTENT_TYPE, content_type.clone());
         headers.insert("grpc-status", HeaderValue::from_static("14"));
         headers.insert(
             "grpc-message",
@@ -272,7 +271,7 @@ pin_project! {
         state: State<F, B>,
         shared: Arc<Shared>,
         now: Timestamp,
-        grpc: bool,
+        grpc: Option<HeaderValue>,
     }
 }
 
@@ -304,7 +303,7 @@ impl<F, B> ResponseFuture<F, B> {
         cookie_rejected: bool,
         shared: &Arc<Shared>,
         now: Timestamp,
-        grpc: bool,
+        grpc: Option<HeaderValue>,
     ) -> Self {
         ResponseFuture {
             state: State::Calling {
@@ -335,17 +334,23 @@ where
                     let pending = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let record = match loaded {
-                        Ok(record) => record,
+                    let now = *this.now;
+                    let opening = match loaded {
+                        Ok(record) => {
+                            open_record(this.shared, now, pending.opened, pending.store_key, record)
+                        }
+                        // A value the store cannot decode would fail every request
+                        // of this cookie until it expires: refuse the cookie instead.
+                        Err(StoreError::Corrupt(reason)) => {
+                            tracing::warn!(target: TARGET, %reason, store_key = %pending.store_key, "session record corrupt");
+                            Opening::Rejected
+                        }
                         Err(err) => {
                             tracing::error!(target: TARGET, error = %err, "session load failed");
                             this.state.set(State::Done);
-                            return Poll::Ready(Ok(unavailable(*this.grpc)));
+                            return Poll::Ready(Ok(unavailable(this.grpc)));
                         }
                     };
-                    let now = *this.now;
-                    let opening =
-                        open_record(this.shared, now, pending.opened, pending.store_key, record);
                     let (session, cookie_rejected) = match opening {
                         Opening::Live(session) => (session, false),
                         Opening::Gone => (Session::fresh(this.shared.clone(), now), false),
@@ -372,8 +377,15 @@ where
                     };
                     if response.status().is_server_error() || is_grpc_error(&response) {
                         tracing::debug!(target: TARGET, "error response: session not saved");
+                        // Nothing is written, but a refused token is still dropped:
+                        // that costs no store I/O and loses nothing.
+                        let action = if *cookie_rejected {
+                            Carry::Clear
+                        } else {
+                            Carry::Keep
+                        };
                         this.state.set(State::Done);
-                        return Poll::Ready(Ok(response));
+                        return Poll::Ready(Ok(with_cookie(response, action, this.shared)));
                     }
                     let plan = session.take_plan(*cookie_rejected);
                     match plan {
@@ -411,7 +423,7 @@ where
                         Ok(action) => with_cookie(response, action, this.shared),
                         Err(err) => {
                             tracing::error!(target: TARGET, error = %err, "session save failed");
-                            unavailable(*this.grpc)
+                            unavailable(this.grpc)
                         }
                     }));
                 }
@@ -509,9 +521,12 @@ async fn persist<St: SessionStore>(
         Plan::Touch {
             store_key,
             deadlines,
+            version,
         } => {
-            if !store.touch(&store_key, deadlines).await? {
-                tracing::debug!(target: TARGET, "session gone before its touch");
+            // A record written meanwhile carries its writer's deadlines, at least as
+            // late as these: a skipped touch loses nothing.
+            if !store.touch(&store_key, deadlines, version).await? {
+                tracing::debug!(target: TARGET, "session changed or gone before its touch");
             }
             Ok(Carry::Keep)
         }
@@ -566,7 +581,8 @@ async fn persist<St: SessionStore>(
 /// destroyed (destroy wins over any write), expired, or moved to a new id by a
 /// concurrent login or key rotation. The request's writes are dropped and the
 /// cookie is left alone: clearing it could undo the cookie the concurrent login
-/// is setting, and a dead cookie is cleared by the next request anyway.
+/// is setting. A dead cookie costs one store lookup per request until the client
+/// drops it or its sealed lifespan ends it.
 fn gone(what: &str) -> Result<Carry, StoreError> {
     tracing::debug!(target: TARGET, "session gone before its {what}; its changes are dropped");
     Ok(Carry::Keep)
@@ -729,7 +745,11 @@ async fn move_session<St: SessionStore>(
                 let record = Record::new(next_version(new.version)?, deadlines, sealed);
                 // Nobody holds the new id's cookie yet, so this cannot conflict.
                 match store.update(&new.store_key, &record, new.version).await? {
-                    Cas::Done => new.version = record.version,
+                    Cas::Done => {
+                        new.version = record.version;
+                        // The cookie must carry the lifespan the record now has.
+                        new.identity.lifespan_deadline = deadlines.lifespan;
+                    }
                     other => {
                         return Err(StoreError::Corrupt(format!(
                             "a session's new record changed while it was being moved: {other:?}"

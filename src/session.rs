@@ -130,6 +130,7 @@ pub(crate) enum Plan {
     Touch {
         store_key: StoreKey,
         deadlines: Deadlines,
+        version: u64,
     },
     /// Changed data or lifespan: compare-and-set on the loaded record.
     Update {
@@ -402,6 +403,7 @@ impl Session {
                     Plan::Touch {
                         store_key: loaded.store_key,
                         deadlines,
+                        version: loaded.version,
                     }
                 } else {
                     Plan::Nothing

@@ -302,3 +302,47 @@ fn a_layer_built_in_code_with_broken_settings_refuses_to_start() {
     assert!(layer.validate().is_err());
     let _ = layer.layer(tower::service_fn(|_: ()| async { Ok::<_, ()>(()) }));
 }
+
+#[test]
+fn redis_store_sections_parse_and_hide_their_secrets() {
+    let config = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\nstore:\n  type: redis\n  \
+         url: \"redis://user:p@ss@cache.internal:6380/2?sentinelPassword=hunter2\"\n  \
+         prefix: \"app:\"\n  timeout: 250ms\n"
+    ))
+    .unwrap();
+    let StoreConfig::Redis(settings) = config.store() else {
+        panic!("a redis section");
+    };
+    assert_eq!(settings.prefix.as_deref(), Some("app:"));
+    assert_eq!(settings.timeout(), Duration::from_millis(250));
+    let shown = format!("{config:?}");
+    assert!(shown.contains("cache.internal:6380/2"), "{shown}");
+    for secret in ["p@ss", "ss@", "hunter2", "user:"] {
+        assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+    }
+
+    let sentinel = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\nstore: {{ type: redis, sentinel: {{ master_name: m, \
+         nodes: [\"10.0.0.1:26379\"], password: sentinel-secret }}, password: data-secret }}"
+    ))
+    .unwrap();
+    let shown = format!("{sentinel:?}");
+    assert!(
+        !shown.contains("sentinel-secret") && !shown.contains("data-secret"),
+        "{shown}"
+    );
+    assert!(shown.contains("master_name: \"m\""), "{shown}");
+
+    let both = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\nstore: {{ type: redis, url: \"redis://a:1\", cluster: {{ nodes: [] }} }}"
+    ));
+    assert!(
+        both.is_ok(),
+        "parses; the conflict is reported when connecting"
+    );
+    assert!(
+        yaml("secret: x\nstore: { type: redis, uri: \"redis://a:1\" }").is_err(),
+        "typos are errors"
+    );
+}

@@ -181,7 +181,10 @@ async fn a_header_carries_the_session_across_calls() {
 
 #[tokio::test]
 async fn the_header_token_has_the_cookie_format_bound_to_the_header_name() {
-    let addr = start(layer(MemoryStore::default()).with_header("x-session")).await;
+    // One store and one keyring behind both servers: only the carrier differs.
+    let (store, keys) = (MemoryStore::default(), Keys::generate());
+    let header_mode = SessionLayer::new(store.clone(), keys.clone()).with_header("x-session");
+    let addr = start(header_mode).await;
     let mut client = Client::connect(addr, Mode::Header("x-session")).await;
     client.login("ada").await.unwrap();
     let token = client.token.clone().unwrap();
@@ -190,13 +193,23 @@ async fn the_header_token_has_the_cookie_format_bound_to_the_header_name() {
         131,
         "the same sealed format as the cookie value"
     );
-    // Sent as a cookie instead, it opens no session: the name is sealed in.
-    let cookie_server = start(layer(MemoryStore::default())).await;
+
+    // The same token sent as a cookie opens nothing: the header's name is sealed in.
+    let cookie_server = start(SessionLayer::new(store, keys)).await;
     let mut as_cookie = Client::connect(cookie_server, Mode::Cookie).await;
-    as_cookie.token = Some(token);
-    assert_eq!(
-        as_cookie.increment().await.unwrap_err().code(),
-        Code::Unauthenticated
+    let mut request = tonic::Request::new(IncrementRequest {});
+    request
+        .metadata_mut()
+        .insert("cookie", format!("id={token}").parse().unwrap());
+    let status = as_cookie.inner.increment(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let cleared = status
+        .metadata()
+        .get("set-cookie")
+        .expect("the cookie is cleared");
+    assert!(
+        cleared.to_str().unwrap().contains("Max-Age=0"),
+        "refused as forged, not as gone"
     );
 }
 
@@ -216,6 +229,11 @@ async fn a_failing_store_is_unavailable_to_grpc_clients() {
     store.set_failing_writes(true);
     let err = client.increment().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "save failure: {err:?}");
+    assert_eq!(
+        err.message(),
+        "session store unavailable",
+        "our trailers-only answer"
+    );
 
     store.set_failing_writes(false);
     assert_eq!(

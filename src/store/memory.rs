@@ -290,12 +290,13 @@ impl SessionStore for MemoryStore {
         &self,
         key: &StoreKey,
         deadlines: Deadlines,
+        expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let result = self
             .cache
             .entry(*key)
             .and_compute_with(|entry| match entry {
-                Some(e) if !self.expired(e.value()) => {
+                Some(e) if !self.expired(e.value()) && e.value().version == expected_version => {
                     let mut record = e.into_value();
                     record.deadlines = deadlines;
                     Op::Put(record)
@@ -398,7 +399,7 @@ mod tests {
         // An expired record does not block creating under its key, nor count as live.
         store.create(&key(2), &record(1, deadline)).await.unwrap();
         let expired_key = key(2);
-        let revived = store.touch(&expired_key, record(1, Timestamp::NEVER).deadlines);
+        let revived = store.touch(&expired_key, record(1, Timestamp::NEVER).deadlines, 1);
         assert!(
             !revived.await.unwrap(),
             "an expired record is not touched back to life"

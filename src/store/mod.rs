@@ -67,11 +67,14 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
 
     /// Moves the record's deadlines (and so its expiry) without rewriting its data
-    /// or changing its version. Returns `false` when there is no record.
+    /// or changing its version, if its version is still `expected_version`.
+    /// Returns `false`, writing nothing, when the record changed meanwhile (the
+    /// writer set its own deadlines, which a stale touch must not undo) or is gone.
     fn touch(
         &self,
         key: &StoreKey,
         deadlines: Deadlines,
+        expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Removes the record under `key`; removing a missing record is not an error.

@@ -8,8 +8,11 @@
 //! expired sessions itself and a touch is one `PEXPIREAT`.
 //!
 //! Round trips: a load, an update, a create, a touch or a delete is one command
-//! each (`EVALSHA`, `EVALSHA`, `SET NX PXAT`, `PEXPIREAT`, `DEL`). A request that
+//! each (`EVALSHA`, `EVALSHA`, `SET NX PXAT`, `EVALSHA`, `DEL`). A request that
 //! only reads costs one round trip; one that writes, or whose touch is due, one more.
+//!
+//! Needs Redis 7.0 or later (`PEXPIRETIME`), checked when connecting. TLS
+//! (`rediss://`) is not supported yet and is refused rather than downgraded.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tower_sealed_sessions::StoreError> {
@@ -63,6 +66,21 @@ end
 return 1
 ";
 
+/// Moves the expiry if the version is still ARGV[1]. ARGV[2]: new expiry in Unix
+/// ms (0: none). Returns 1 when moved, 0 when the record changed or is gone.
+const TOUCH: &str = r"
+if redis.call('GETRANGE', KEYS[1], 0, 7) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// Fails on a server without PEXPIRETIME (Redis before 7.0).
+const PROBE: &str = r"return redis.call('PEXPIRETIME', KEYS[1])";
+
 const HEADER_LEN: usize = 16;
 
 /// A [`SessionStore`] in Redis.
@@ -78,6 +96,7 @@ pub struct RedisStore {
     timeout: Duration,
     load: Script,
     swap: Script,
+    touch: Script,
 }
 
 impl RedisStore {
@@ -96,6 +115,7 @@ impl RedisStore {
     ///
     /// [`StoreError::Backend`] for an invalid URL or when no connection can be made.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        refuse_tls(url)?;
         let config = Config::from_url(url).map_err(StoreError::backend)?;
         Self::start(
             config,
@@ -113,7 +133,10 @@ impl RedisStore {
     /// made.
     pub async fn from_settings(settings: &RedisSettings) -> Result<Self, StoreError> {
         let mut config = match settings.topology().map_err(StoreError::backend)? {
-            RedisTopology::Url(url) => Config::from_url(url).map_err(StoreError::backend)?,
+            RedisTopology::Url(url) => {
+                refuse_tls(url)?;
+                Config::from_url(url).map_err(StoreError::backend)?
+            }
             RedisTopology::Sentinel(sentinel) => Config {
                 server: ServerConfig::Sentinel {
                     hosts: servers(&sentinel.nodes)?,
@@ -147,12 +170,22 @@ impl RedisStore {
     }
 
     async fn start(config: Config, prefix: String, timeout: Duration) -> Result<Self, StoreError> {
+        if timeout.is_zero() {
+            // fred reads a zero timeout as "none": requests would hang on a dead Redis.
+            return Err(StoreError::backend(
+                "the Redis timeout must be longer than 0",
+            ));
+        }
         let client = fred::types::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = timeout)
             .with_connection_config(|c| {
                 c.connection_timeout = timeout;
                 c.internal_command_timeout = timeout;
                 c.auto_client_setname = false;
+                // No silent resend after a reconnect: a compare-and-set that ran
+                // before the connection dropped would come back as a conflict or a
+                // missing record, and be misread. A failed command is a 503.
+                c.max_command_attempts = 1;
             })
             // max_attempts 0: keep trying for as long as the process lives.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
@@ -165,13 +198,33 @@ impl RedisStore {
             timeout,
             load: Script::from_lua(LOAD),
             swap: Script::from_lua(SWAP),
+            touch: Script::from_lua(TOUCH),
         };
-        // Loaded up front (on every node of a Cluster), so that first requests do
-        // not pay a NOSCRIPT round trip; a restarted server is reloaded on demand.
-        for script in [&store.load, &store.swap] {
-            script.load(&store.client).await.map_err(|e| store.err(e))?;
+        if let Err(err) = store.prepare().await {
+            let _ = store.client.quit().await;
+            return Err(err);
         }
         Ok(store)
+    }
+
+    /// Checks the server's version and loads the scripts (on every node of a
+    /// Cluster), so that first requests pay no NOSCRIPT round trip; a restarted
+    /// server gets them again on demand.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        let probe = Script::from_lua(PROBE);
+        let key = format!("{}version-probe", self.prefix);
+        if let Err(err) = probe
+            .evalsha_with_reload::<Value, _, _>(&self.client, key, Vec::<Value>::new())
+            .await
+        {
+            return Err(StoreError::backend(format!(
+                "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
+            )));
+        }
+        for script in [&self.load, &self.swap, &self.touch] {
+            script.load(&self.client).await.map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// The Redis key a session's record is stored under.
@@ -210,6 +263,21 @@ impl RedisStore {
             }),
         }
     }
+}
+
+/// TLS is not built in yet: refuse a TLS URL rather than send credentials in clear.
+fn refuse_tls(url: &str) -> Result<(), StoreError> {
+    let scheme = url.split("://").next().unwrap_or("");
+    if matches!(
+        scheme,
+        "rediss" | "valkeys" | "rediss-cluster" | "rediss-sentinel"
+    ) {
+        return Err(StoreError::backend(format!(
+            "{scheme}:// asks for TLS, which this build does not support yet; use a TLS \
+             tunnel to a redis:// address"
+        )));
+    }
+    Ok(())
 }
 
 fn servers(nodes: &[String]) -> Result<Vec<Server>, StoreError> {
@@ -363,15 +431,19 @@ impl SessionStore for RedisStore {
         &self,
         key: &StoreKey,
         deadlines: Deadlines,
+        expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let redis_key = self.redis_key(key);
+        let args: Vec<Value> = vec![
+            Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
+            Value::String(expire_at(&deadlines).unwrap_or(0).to_string().into()),
+        ];
         async move {
-            let touched: i64 = match expire_at(&deadlines) {
-                Some(at) => self.client.pexpire_at(redis_key, at, None).await,
-                // No deadline at all: drop the expiry.
-                None => self.client.persist(redis_key).await,
-            }
-            .map_err(|e| self.err(e))?;
+            let touched: i64 = self
+                .touch
+                .evalsha_with_reload(&self.client, redis_key, args)
+                .await
+                .map_err(|e| self.err(e))?;
             Ok(touched == 1)
         }
     }

@@ -117,15 +117,23 @@ async fn compare_and_set<St: SessionStore>(store: &St) {
 
 async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
     let key = fresh_key();
-    store
-        .create(&key, &record(4, live(), b"data"))
-        .await
-        .unwrap();
+    let created = record(4, live(), b"data");
+    store.create(&key, &created).await.unwrap();
     let later = Deadlines {
         idle: now().saturating_add(Duration::from_secs(5400)),
         lifespan: now().saturating_add(Duration::from_secs(7200)),
     };
-    assert!(store.touch(&key, later).await.unwrap());
+    assert!(
+        !store.touch(&key, later, 3).await.unwrap(),
+        "a stale touch writes nothing"
+    );
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.deadlines.idle, created.deadlines.idle,
+        "left alone by the stale touch"
+    );
+
+    assert!(store.touch(&key, later, 4).await.unwrap());
     let loaded = store.load(&key).await.unwrap().unwrap();
     assert_eq!(loaded.version, 4, "touch keeps the version");
     assert_eq!(
@@ -133,18 +141,12 @@ async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
         Bytes::from_static(b"data"),
         "touch keeps the data"
     );
-    // Stores may keep deadlines at coarser precision than a millisecond.
-    let drift = loaded
-        .deadlines
-        .idle
-        .unix_millis()
-        .abs_diff(later.idle.unix_millis());
-    assert!(
-        drift < 1_000,
-        "touch moved the idle deadline ({drift} ms off)"
+    assert_eq!(
+        loaded.deadlines.idle, later.idle,
+        "touch moved the idle deadline"
     );
     assert!(
-        !store.touch(&fresh_key(), later).await.unwrap(),
+        !store.touch(&fresh_key(), later, 4).await.unwrap(),
         "touch of a missing key"
     );
 }
@@ -185,7 +187,7 @@ async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
         Cas::Missing
     );
     assert!(
-        !store.touch(&key, live()).await.unwrap(),
+        !store.touch(&key, live(), 1).await.unwrap(),
         "expired record is not revived"
     );
     assert!(
@@ -246,7 +248,7 @@ async fn delete_is_never_undone_by_racing_writes<St: SessionStore>(store: Arc<St
                         Cas::Missing => return,
                     }
                     if n % 2 == 0 {
-                        store.touch(&key, live()).await.unwrap();
+                        store.touch(&key, live(), version).await.unwrap();
                     }
                 }
             }));

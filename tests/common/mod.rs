@@ -148,13 +148,14 @@ impl SessionStore for TestStore {
         &self,
         key: &StoreKey,
         deadlines: Deadlines,
+        expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let entered = self.enter("touch");
         let checkpoint = self.checkpoint("touch");
         async move {
             checkpoint.await;
             entered?;
-            self.inner.touch(key, deadlines).await
+            self.inner.touch(key, deadlines, expected_version).await
         }
     }
 
