@@ -100,6 +100,30 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// A read of one session while the store holds 1,000 or 1,000,000 others.
+fn bench_store_size(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("store_size");
+    for sessions in [1_000u64, 1_000_000] {
+        let store = MemoryStore::builder().max_sessions(sessions + 10).build();
+        let app = routes().layer(SessionLayer::new(store, Keys::generate()));
+        let cookie = session_cookie(&rt, &app);
+        rt.block_on(async {
+            for _ in 1..sessions {
+                app.clone().oneshot(request("/write", None)).await.unwrap();
+            }
+        });
+        group.bench_function(format!("read_only/{sessions}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(app.clone().oneshot(request("/read", Some(&cookie))).await)
+            })
+        });
+    }
+    group.finish();
+}
+
 /// An existing session's cookie on `app`.
 fn session_cookie(rt: &tokio::runtime::Runtime, app: &Router) -> HeaderValue {
     rt.block_on(async {
@@ -152,5 +176,5 @@ fn bench_redis(c: &mut Criterion) {
 #[cfg(not(feature = "redis"))]
 fn bench_redis(_: &mut Criterion) {}
 
-criterion_group!(benches, bench, bench_redis);
+criterion_group!(benches, bench, bench_store_size, bench_redis);
 criterion_main!(benches);

@@ -214,14 +214,22 @@ async fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
     }
 }
 
+/// Who is logged in, without counting a visit: a read-only session request.
+async fn api_me(session: Session) -> Result<Json<Option<String>>, AppError> {
+    Ok(Json(session.get(USER)?))
+}
+
 /// The demo's routes behind `sessions`; the integration tests serve it too.
+/// `/healthz` sits outside the layer, for comparing with and without sessions.
 pub fn app(sessions: SessionLayer) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/api/session", get(api_session))
+        .route("/api/me", get(api_me))
         .route("/api/login", post(api_login))
         .route("/api/logout", post(api_logout))
         .layer(sessions)
+        .route("/healthz", get(|| async { "ok" }))
 }
 
 #[tokio::main]

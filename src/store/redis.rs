@@ -293,6 +293,8 @@ fn servers(nodes: &[String]) -> Result<Vec<Server>, StoreError> {
                 .ok_or_else(|| {
                     StoreError::backend(format!("Redis node {node:?} is not host:port"))
                 })?;
+            // `[::1]:6379`: the brackets belong to the notation, not the address.
+            let host = host.trim_start_matches('[').trim_end_matches(']');
             Ok(Server::new(host, port))
         })
         .collect()
