@@ -23,8 +23,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, AeadInPlace, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
@@ -207,23 +207,34 @@ pub(crate) fn open(keys: &Keys, name: &str, value: &str) -> Result<Opened, Cooki
     id.copy_from_slice(&sealed[1..5]);
     let id = KeyId(id);
     let nonce = Nonce::from_slice(&sealed[5..HEADER_LEN]);
-    let mut aad = Vec::with_capacity(HEADER_LEN + name.len());
-    aad.extend_from_slice(&sealed[..HEADER_LEN]);
-    aad.extend_from_slice(name.as_bytes());
+    let (ciphertext, tag) = sealed[HEADER_LEN..].split_at(PLAINTEXT_LEN);
+    let tag = Tag::from_slice(tag);
+    // The associated data on the stack for names of usual length.
+    let mut aad_buf = [0u8; HEADER_LEN + 64];
+    let aad_vec;
+    let aad: &[u8] = if name.len() <= 64 {
+        aad_buf[..HEADER_LEN].copy_from_slice(&sealed[..HEADER_LEN]);
+        aad_buf[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name.as_bytes());
+        &aad_buf[..HEADER_LEN + name.len()]
+    } else {
+        aad_vec = [&sealed[..HEADER_LEN], name.as_bytes()].concat();
+        &aad_vec
+    };
 
     let mut result = Err(CookieError::UnknownKey(id));
     for (key_index, key) in keys.ring.iter().enumerate() {
         if key.id != id {
             continue;
         }
-        let payload = Payload {
-            msg: &sealed[HEADER_LEN..],
-            aad: &aad,
-        };
-        match key.cookie.decrypt(nonce, payload) {
-            Ok(plaintext) => {
-                let plaintext = Zeroizing::new(plaintext);
-                let data = CookieData::decode_plaintext(&plaintext)?;
+        // Decrypted in place, on the stack, and wiped afterwards.
+        let mut plaintext = Zeroizing::new([0u8; PLAINTEXT_LEN]);
+        plaintext.copy_from_slice(ciphertext);
+        match key
+            .cookie
+            .decrypt_in_place_detached(nonce, aad, plaintext.as_mut(), tag)
+        {
+            Ok(()) => {
+                let data = CookieData::decode_plaintext(plaintext.as_ref())?;
                 return Ok(Opened { data, key_index });
             }
             // Ids are 4 bytes, so two keys of a ring may share one; try the next.

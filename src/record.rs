@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use bytes::Bytes;
 use hmac::Mac;
@@ -28,6 +28,7 @@ use crate::keys::KeySet;
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v1";
 
 /// Session data in the clear: what handlers read and write.
@@ -167,25 +168,33 @@ impl DataCipher {
     }
 
     pub(crate) fn seal(&self, store_key: &StoreKey, data: &Data) -> Bytes {
-        let plaintext = Zeroizing::new(
-            serde_json::to_vec(data).expect("a map of JSON values always serializes"),
-        );
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        self.seal_with_nonce(store_key, &plaintext, nonce)
-    }
-
-    fn seal_with_nonce(&self, store_key: &StoreKey, msg: &[u8], nonce: [u8; NONCE_LEN]) -> Bytes {
-        let aad = aad(store_key);
-        let ciphertext = self
-            .0
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad: &aad })
-            .expect("AES-GCM encrypts any message shorter than 64 GiB");
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + 64 + TAG_LEN);
         out.push(VERSION);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
+        serde_json::to_writer(&mut out, data).expect("a map of JSON values always serializes");
+        self.seal_tail(store_key, out, nonce)
+    }
+
+    /// Encrypts, in place, everything after the header of `out`, and appends the
+    /// tag: one buffer for the whole record, and no plaintext copy left behind.
+    fn seal_tail(&self, store_key: &StoreKey, mut out: Vec<u8>, nonce: [u8; NONCE_LEN]) -> Bytes {
+        let aad = aad(store_key);
+        let tag = self
+            .0
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[1 + NONCE_LEN..])
+            .expect("AES-GCM encrypts any message shorter than 64 GiB");
+        out.extend_from_slice(&tag);
         Bytes::from(out)
+    }
+
+    #[cfg(test)]
+    fn seal_with_nonce(&self, store_key: &StoreKey, msg: &[u8], nonce: [u8; NONCE_LEN]) -> Bytes {
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(msg);
+        self.seal_tail(store_key, out, nonce)
     }
 
     pub(crate) fn open(&self, store_key: &StoreKey, sealed: &[u8]) -> Result<Data, RecordError> {
@@ -193,7 +202,7 @@ impl DataCipher {
         if version != VERSION {
             return Err(RecordError::UnknownVersion(version));
         }
-        if rest.len() < NONCE_LEN + 16 {
+        if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(RecordError::Truncated);
         }
         let (nonce, msg) = rest.split_at(NONCE_LEN);
