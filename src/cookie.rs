@@ -467,6 +467,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_mutation_of_a_valid_cookie_is_rejected(
+            at in 0usize..SEALED_LEN,
+            xor in 1u8..=255,
+            cut in 0usize..SEALED_LEN,
+            extra in proptest::collection::vec(proptest::num::u8::ANY, 1..8),
+        ) {
+            let sealed = URL_SAFE_NO_PAD.decode(seal(&keys(), "id", &sample())).unwrap();
+            let mut flipped = sealed.clone();
+            flipped[at] ^= xor;
+            let truncated = &sealed[..cut];
+            let extended = [&sealed[..], &extra[..]].concat();
+            for bad in [flipped, truncated.to_vec(), extended] {
+                let value = URL_SAFE_NO_PAD.encode(&bad);
+                proptest::prop_assert!(open(&keys(), "id", &value).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_cookie_values_never_panic(value in ".{0,300}") {
+            let _ = open(&keys(), "id", &value);
+        }
+
+        #[test]
+        fn arbitrary_cookie_headers_never_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..200), 0..4),
+        ) {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                if let Ok(value) = HeaderValue::from_bytes(&line) {
+                    headers.append(header::COOKIE, value);
+                }
+            }
+            for value in request_values(&headers, "id") {
+                let _ = open(&keys(), "id", value);
+            }
+        }
+    }
+
     #[test]
     fn unknown_flag_bits_are_rejected_even_when_authentic() {
         let mut data = sample().encode_plaintext();

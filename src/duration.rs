@@ -120,6 +120,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,40}") {
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn count_and_unit_round_trip(count in 0u64..1_000_000, unit in 0usize..UNITS.len()) {
+            let (name, millis) = UNITS[unit];
+            let parsed = parse_duration(&format!("{count}{name}")).unwrap();
+            proptest::prop_assert_eq!(parsed, Duration::from_millis(count * millis));
+        }
+    }
+
     #[test]
     fn bad_values_are_refused_and_quoted() {
         for (text, needle) in [

@@ -312,6 +312,29 @@ mod tests {
         assert!(std::mem::size_of::<Aes256Gcm>() > 256);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_record_bytes_never_panic_and_never_open(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let keys = keys();
+            let key = StoreKey::derive(keys.primary(), &[1; 16]);
+            let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+            proptest::prop_assert!(cipher.open(&key, &bytes).is_err());
+        }
+
+        #[test]
+        fn sealed_data_round_trips(
+            entries in proptest::collection::hash_map(".{0,12}", proptest::num::i64::ANY, 0..8),
+        ) {
+            let keys = keys();
+            let key = StoreKey::derive(keys.primary(), &[1; 16]);
+            let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+            let data: Data = entries.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+            proptest::prop_assert_eq!(cipher.open(&key, &cipher.seal(&key, &data)).unwrap(), data);
+        }
+    }
+
     #[test]
     fn store_key_depends_on_sid_and_server_key() {
         let a = keys();

@@ -346,3 +346,31 @@ fn redis_store_sections_parse_and_hide_their_secrets() {
         "typos are errors"
     );
 }
+
+proptest::proptest! {
+    /// Whatever an operator writes, parsing and validating it gives a value or an
+    /// error, never a panic.
+    #[test]
+    fn arbitrary_configuration_text_never_panics(text in "\\PC{0,200}") {
+        if let Ok(config) = serde_yaml_ng::from_str::<SessionConfig>(&text) {
+            let _ = SessionLayer::from_config(&config, MemoryStore::default());
+        }
+    }
+
+    #[test]
+    fn arbitrary_field_values_never_panic(
+        field in proptest::sample::select(vec![
+            "idle_timeout", "lifespan", "remember_me", "touch_interval", "cleanup_interval",
+        ]),
+        value in "[-0-9a-zA-Z .]{0,12}",
+        name in "[ -~]{0,10}",
+        path in "[ -~]{0,10}",
+    ) {
+        let text = format!(
+            "secret: \"{SECRET_B64}\"\n{field}: \"{value}\"\ncookie: {{ name: \"{name}\", path: \"{path}\" }}\n"
+        );
+        if let Ok(config) = serde_yaml_ng::from_str::<SessionConfig>(&text) {
+            let _ = SessionLayer::from_config(&config, MemoryStore::default());
+        }
+    }
+}

@@ -423,3 +423,14 @@ async fn tls_urls_and_a_zero_timeout_are_refused_not_downgraded() {
     let err = RedisStore::from_settings(&settings).await.unwrap_err();
     assert!(err.to_string().contains("longer than 0"), "{err}");
 }
+
+#[test]
+fn redis_store_matches_the_model_under_random_operations() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(RedisStore::connect(&server.url())).unwrap();
+    common::model::check(Arc::new(store), &rt, 64);
+}
