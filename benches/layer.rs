@@ -13,37 +13,14 @@
 use std::hint::black_box;
 
 use axum::Router;
-use axum::body::Body;
-use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Request, header};
+use http::{HeaderValue, header};
 use tower::ServiceExt;
-use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
 
-async fn read(session: Session) -> String {
-    session.get::<u64>("n").unwrap().unwrap_or(0).to_string()
-}
+mod common;
 
-async fn write(session: Session) -> String {
-    let n = session.get::<u64>("n").unwrap().unwrap_or(0) + 1;
-    session.insert("n", n).unwrap();
-    n.to_string()
-}
-
-fn routes() -> Router {
-    Router::new()
-        .route("/plain", get(|| async { "ok" }))
-        .route("/read", get(read))
-        .route("/write", get(write))
-}
-
-fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
-    let mut req = Request::get(path).body(Body::empty()).unwrap();
-    if let Some(cookie) = cookie {
-        req.headers_mut().insert(header::COOKIE, cookie.clone());
-    }
-    req
-}
+use common::{request, routes};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

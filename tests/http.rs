@@ -772,17 +772,27 @@ async fn a_response_setting_the_cookie_is_never_cacheable() {
     );
 }
 
+/// Starts a login with `cookie` that stops once it has copied the session to its
+/// new id, just before it deletes the old record (released through the gate).
+fn login_paused_before_the_old_record_goes(
+    h: &Harness,
+    cookie: &str,
+) -> (common::Gate, tokio::task::JoinHandle<reqwest::Response>) {
+    let gate = h.store.pause_before("delete_version");
+    let request = reqwest::Client::new()
+        .post(h.url("/login/ada"))
+        .header(COOKIE, cookie);
+    (
+        gate,
+        tokio::spawn(async move { request.send().await.unwrap() }),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_to_the_old_id_during_a_login_moves_with_the_session() {
     let h = Harness::new().await;
     let cookie = cookie_pair(&h.post("/set/cart/apple").await);
-    let gate = h.store.pause_before("delete_version");
-    let login = {
-        let request = reqwest::Client::new()
-            .post(h.url("/login/ada"))
-            .header(COOKIE, &cookie);
-        tokio::spawn(async move { request.send().await.unwrap() })
-    };
+    let (gate, login) = login_paused_before_the_old_record_goes(&h, &cookie);
     // The login has copied the session to a new id and is about to delete the old
     // record; another request writes to the old id just then.
     gate.reached.notified().await;
@@ -824,13 +834,7 @@ async fn a_write_to_the_old_id_during_a_login_moves_with_the_session() {
 async fn a_logout_during_a_login_wins_and_nothing_comes_back() {
     let h = Harness::new().await;
     let cookie = cookie_pair(&h.post("/set/cart/apple").await);
-    let gate = h.store.pause_before("delete_version");
-    let login = {
-        let request = reqwest::Client::new()
-            .post(h.url("/login/ada"))
-            .header(COOKIE, &cookie);
-        tokio::spawn(async move { request.send().await.unwrap() })
-    };
+    let (gate, login) = login_paused_before_the_old_record_goes(&h, &cookie);
     gate.reached.notified().await;
     let res = reqwest::Client::new()
         .post(h.url("/logout"))

@@ -127,6 +127,28 @@ impl MemoryStore {
         })
     }
 
+    /// Compare-and-set under the key's lock: replaces the record with
+    /// `replacement`, or removes it when `None`, if its version is
+    /// `expected_version`.
+    fn swap(&self, key: &StoreKey, expected_version: u64, replacement: Option<&Record>) -> Cas {
+        let mut outcome = Cas::Missing;
+        self.cache
+            .entry(*key)
+            .and_compute_with(|entry| match entry {
+                Some(e) if !self.expired(e.value()) => {
+                    if e.value().version == expected_version {
+                        outcome = Cas::Done;
+                        replacement.map_or(Op::Remove, |r| Op::Put(r.clone()))
+                    } else {
+                        outcome = Cas::Conflict(e.into_value());
+                        Op::Nop
+                    }
+                }
+                _ => Op::Nop,
+            });
+        outcome
+    }
+
     fn expired(&self, record: &Record) -> bool {
         record.deadlines.is_expired(self.clock.now())
     }
@@ -268,22 +290,7 @@ impl SessionStore for MemoryStore {
         record: &Record,
         expected_version: u64,
     ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
-        let mut outcome = Cas::Missing;
-        self.cache
-            .entry(*key)
-            .and_compute_with(|entry| match entry {
-                Some(e) if !self.expired(e.value()) => {
-                    if e.value().version == expected_version {
-                        outcome = Cas::Done;
-                        Op::Put(record.clone())
-                    } else {
-                        outcome = Cas::Conflict(e.into_value());
-                        Op::Nop
-                    }
-                }
-                _ => Op::Nop,
-            });
-        ready(Ok(outcome))
+        ready(Ok(self.swap(key, expected_version, Some(record))))
     }
 
     fn touch(
@@ -323,22 +330,7 @@ impl SessionStore for MemoryStore {
         key: &StoreKey,
         expected_version: u64,
     ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
-        let mut outcome = Cas::Missing;
-        self.cache
-            .entry(*key)
-            .and_compute_with(|entry| match entry {
-                Some(e) if !self.expired(e.value()) => {
-                    if e.value().version == expected_version {
-                        outcome = Cas::Done;
-                        Op::Remove
-                    } else {
-                        outcome = Cas::Conflict(e.into_value());
-                        Op::Nop
-                    }
-                }
-                _ => Op::Nop,
-            });
-        ready(Ok(outcome))
+        ready(Ok(self.swap(key, expected_version, None)))
     }
 
     fn delete_expired(

@@ -1,0 +1,34 @@
+//! The router and requests the benchmarks share.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{HeaderValue, Request, header};
+use tower_sealed_sessions::Session;
+
+async fn read(session: Session) -> String {
+    session.get::<u64>("n").unwrap().unwrap_or(0).to_string()
+}
+
+async fn write(session: Session) -> String {
+    let n = session.get::<u64>("n").unwrap().unwrap_or(0) + 1;
+    session.insert("n", n).unwrap();
+    n.to_string()
+}
+
+/// `/plain` never touches the session, `/read` reads it, `/write` writes one key.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/plain", get(|| async { "ok" }))
+        .route("/read", get(read))
+        .route("/write", get(write))
+}
+
+pub fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
+    let mut req = Request::get(path).body(Body::empty()).unwrap();
+    if let Some(cookie) = cookie {
+        req.headers_mut().insert(header::COOKIE, cookie.clone());
+    }
+    req
+}
