@@ -186,6 +186,8 @@ impl DataCipher {
             .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[1 + NONCE_LEN..])
             .expect("AES-GCM encrypts any message shorter than 64 GiB");
         out.extend_from_slice(&tag);
+        // The record may be stored for hours: keep no spare capacity with it.
+        out.shrink_to_fit();
         Bytes::from(out)
     }
 
