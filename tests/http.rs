@@ -26,15 +26,6 @@ struct Gate {
     release: Arc<Notify>,
 }
 
-async fn get_key(session: Session, Path(key): Path<String>) -> Json<Value> {
-    Json(session.get::<Value>(&key).unwrap().unwrap_or(Value::Null))
-}
-
-async fn set_key(session: Session, Path((key, value)): Path<(String, String)>) -> StatusCode {
-    session.insert(&key, value).unwrap();
-    StatusCode::NO_CONTENT
-}
-
 async fn login(session: Session, Path(user): Path<String>) -> StatusCode {
     session.cycle_id();
     session.insert("user", user).unwrap();
@@ -62,9 +53,7 @@ async fn slow_set(State(gate): State<Gate>, session: Session) -> StatusCode {
 }
 
 fn app(layer: SessionLayer, gate: Gate) -> Router {
-    Router::new()
-        .route("/get/{key}", get(get_key))
-        .route("/set/{key}/{value}", post(set_key))
+    common::kv_routes()
         .route("/login/{user}", post(login))
         .route("/remember/{on}", post(remember))
         .route(
@@ -175,14 +164,16 @@ impl Harness {
         self.get(&format!("/get/{key}")).await.json().await.unwrap()
     }
 
-    /// A request with exactly this `Cookie` header and no jar.
+    /// A GET with exactly this `Cookie` header and no jar.
     async fn get_with_cookie(&self, path: &str, cookie: &str) -> reqwest::Response {
-        reqwest::Client::new()
-            .get(self.url(path))
-            .header(COOKIE, cookie)
-            .send()
-            .await
-            .unwrap()
+        let request = reqwest::Client::new().get(self.url(path));
+        request.header(COOKIE, cookie).send().await.unwrap()
+    }
+
+    /// A POST with exactly this `Cookie` header and no jar.
+    async fn post_with_cookie(&self, path: &str, cookie: &str) -> reqwest::Response {
+        let request = reqwest::Client::new().post(self.url(path));
+        request.header(COOKIE, cookie).send().await.unwrap()
     }
 }
 
@@ -594,12 +585,7 @@ async fn destroy_wins_over_a_concurrent_write() {
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     h.gate.loaded.notified().await;
-    let res = reqwest::Client::new()
-        .post(h.url("/logout"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_with_cookie("/logout", &cookie).await;
     assert_eq!(res.status(), 204);
     h.gate.release.notify_one();
     let slow = slow.await.unwrap();
@@ -719,12 +705,7 @@ async fn a_failed_save_answers_503_never_success() {
     );
     assert_eq!(h.store.take_ops(), ["create"]);
 
-    let res = reqwest::Client::new()
-        .post(h.url("/set/a/2"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_with_cookie("/set/a/2", &cookie).await;
     assert_eq!(res.status(), 503, "update failed");
     assert_eq!(
         h.store.take_ops(),
@@ -732,12 +713,7 @@ async fn a_failed_save_answers_503_never_success() {
         "the load worked, the write did not"
     );
 
-    let res = reqwest::Client::new()
-        .post(h.url("/logout"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_with_cookie("/logout", &cookie).await;
     assert_eq!(res.status(), 503, "delete failed");
     assert!(
         set_cookies(&res).is_empty(),
@@ -796,12 +772,9 @@ async fn a_write_to_the_old_id_during_a_login_moves_with_the_session() {
     // The login has copied the session to a new id and is about to delete the old
     // record; another request writes to the old id just then.
     gate.reached.notified().await;
-    let res = reqwest::Client::new()
-        .post(h.url("/set/note/written-meanwhile"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = h
+        .post_with_cookie("/set/note/written-meanwhile", &cookie)
+        .await;
     assert_eq!(res.status(), 204);
     gate.release.notify_one();
     let login = login.await.unwrap();
@@ -836,12 +809,7 @@ async fn a_logout_during_a_login_wins_and_nothing_comes_back() {
     let cookie = cookie_pair(&h.post("/set/cart/apple").await);
     let (gate, login) = login_paused_before_the_old_record_goes(&h, &cookie);
     gate.reached.notified().await;
-    let res = reqwest::Client::new()
-        .post(h.url("/logout"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_with_cookie("/logout", &cookie).await;
     assert_eq!(res.status(), 204);
     gate.release.notify_one();
     let login = login.await.unwrap();
@@ -910,12 +878,7 @@ async fn a_request_with_a_stale_cookie_keeps_the_lifespan_another_request_set() 
     );
 
     // A request sent before the remember-me cookie arrived writes with the old one.
-    let res = reqwest::Client::new()
-        .post(h.url("/set/b/2"))
-        .header(COOKIE, &stale)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_with_cookie("/set/b/2", &stale).await;
     assert_eq!(res.status(), 204);
     let after = h.store.inner.dump()[0].1.deadlines;
     assert_eq!(
@@ -944,11 +907,6 @@ async fn a_stored_version_at_its_maximum_is_refused_not_wrapped() {
         .await
         .unwrap();
     assert_eq!(swapped, tower_sealed_sessions::Cas::Done);
-    let res = reqwest::Client::new()
-        .post(h.url("/set/a/2"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_with_cookie("/set/a/2", &cookie).await;
     assert_eq!(res.status(), 503);
 }

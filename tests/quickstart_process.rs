@@ -92,6 +92,12 @@ fn start(exe: &Path, config: &Path) -> Running {
     }
 }
 
+async fn login(base: &str) -> reqwest::Response {
+    let body = serde_json::json!({"username": "ada"});
+    let request = reqwest::Client::new().post(format!("{base}/api/login"));
+    request.json(&body).send().await.unwrap()
+}
+
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tss-qs-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -115,12 +121,7 @@ async fn generated_key_is_created_once_and_reused_across_restarts() {
 
     let first = start(&exe, &config);
     let written = std::fs::read(&key).expect("the key file was created");
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/login", first.base))
-        .json(&serde_json::json!({"username": "ada"}))
-        .send()
-        .await
-        .unwrap();
+    let res = login(&first.base).await;
     assert_eq!(res.status(), 200);
     let first_id = first.key_id.clone();
     drop(first);
@@ -201,12 +202,7 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
     )
     .unwrap();
     let first = start(&exe, &config);
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/login", first.base))
-        .json(&serde_json::json!({"username": "ada"}))
-        .send()
-        .await
-        .unwrap();
+    let res = login(&first.base).await;
     let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     drop(first);

@@ -3,31 +3,15 @@
 mod common;
 
 use axum::Router;
-use axum::extract::Path;
-use axum::routing::{get, post};
+
 use reqwest::header::COOKIE;
 use serde_json::{Value, json};
-use tower_sealed_sessions::{Keys, MemoryStore, Secret, Session, SessionLayer};
+use tower_sealed_sessions::{Keys, MemoryStore, Secret, SessionLayer};
 
 use common::{TestStore, cookie_pair, serve, set_cookies};
 
 fn app(store: TestStore, keys: Keys) -> Router {
-    Router::new()
-        .route(
-            "/get/{key}",
-            get(|s: Session, Path(k): Path<String>| async move {
-                axum::Json(s.get::<Value>(&k).unwrap().unwrap_or(Value::Null))
-            }),
-        )
-        .route(
-            "/set/{key}/{value}",
-            post(
-                |s: Session, Path((k, v)): Path<(String, String)>| async move {
-                    s.insert(&k, v).unwrap();
-                },
-            ),
-        )
-        .layer(SessionLayer::new(store, keys).with_secure(false))
+    common::kv_routes().layer(SessionLayer::new(store, keys).with_secure(false))
 }
 
 async fn read(base: &str, cookie: &str, key: &str) -> reqwest::Response {

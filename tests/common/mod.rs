@@ -198,6 +198,32 @@ impl SessionStore for TestStore {
     }
 }
 
+/// `GET /get/{key}` answers the session value as JSON (null when absent);
+/// `POST /set/{key}/{value}` stores a string and answers 204.
+pub fn kv_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    use axum::extract::Path;
+    use axum::routing::{get, post};
+    use serde_json::Value;
+    use tower_sealed_sessions::Session;
+
+    Router::new()
+        .route(
+            "/get/{key}",
+            get(|s: Session, Path(k): Path<String>| async move {
+                axum::Json(s.get::<Value>(&k).unwrap().unwrap_or(Value::Null))
+            }),
+        )
+        .route(
+            "/set/{key}/{value}",
+            post(
+                |s: Session, Path((k, v)): Path<(String, String)>| async move {
+                    s.insert(&k, v).unwrap();
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+}
+
 /// A client that keeps cookies, like a browser.
 pub fn jar_client() -> reqwest::Client {
     reqwest::Client::builder()
