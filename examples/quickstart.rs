@@ -5,9 +5,11 @@
 //! ADDR=127.0.0.1:8080 cargo run --example quickstart
 //! ```
 //!
-//! Routes: `GET /` (HTML page), `GET /api/session`, `POST /api/login` with JSON
-//! `{"username": "...", "remember": true}`, `POST /api/logout`. It speaks HTTP/1.1
-//! and cleartext HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`).
+//! Routes: `GET /` (HTML page), `GET /api/session`, `GET /api/me`, `POST /api/login`
+//! with JSON `{"username": "...", "remember": true}`, `POST /api/logout`,
+//! `GET /api/sessions` (the caller's own sessions, at most 5 per user) and
+//! `POST /api/logout-everywhere`. It speaks HTTP/1.1 and cleartext HTTP/2 with
+//! prior knowledge (`curl --http2-prior-knowledge`).
 //!
 //! With `SESSION_CONFIG=examples/session.yaml` it reads its session settings from
 //! that YAML file; an invalid file stops it before it listens. With
@@ -17,15 +19,17 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreConfig};
+use tower_sealed_sessions::{
+    Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreConfig, StoreError, UserSessions,
+};
 
-const USER: &str = "user";
 const VISITS: &str = "visits";
 const MAX_USERNAME: usize = 64;
 
@@ -47,7 +51,7 @@ fn visit(session: &Session) -> Result<SessionView, AppError> {
     let visits = session.get::<u64>(VISITS)?.unwrap_or(0) + 1;
     session.insert(VISITS, visits)?;
     Ok(SessionView {
-        user: session.get(USER)?,
+        user: session.user_id(),
         visits,
     })
 }
@@ -70,7 +74,9 @@ async fn api_login(
     // A privilege change: a new id, so an id planted before login is worthless.
     session.cycle_id();
     session.set_remember_me(login.remember);
-    session.insert(USER, username)?;
+    // Ties the session to the user: listed by /api/sessions, ended by
+    // /api/logout-everywhere, and counted against the per-user limit.
+    session.set_user_id(username);
     Ok(Json(SessionView {
         user: Some(username.to_owned()),
         visits: session.get(VISITS)?.unwrap_or(0),
@@ -80,6 +86,59 @@ async fn api_login(
 async fn api_logout(session: Session) -> StatusCode {
     session.destroy();
     StatusCode::NO_CONTENT
+}
+
+/// One of the caller's sessions, for `GET /api/sessions`.
+#[derive(Serialize)]
+struct SessionEntry {
+    fingerprint: String,
+    /// Unix milliseconds.
+    created_at: u128,
+    last_active: u128,
+    expires_at: Option<u128>,
+    remember_me: bool,
+    /// Whether this is the session making the request.
+    current: bool,
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u128 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The caller's own sessions ("your devices"), newest first.
+async fn api_sessions(
+    State(users): State<UserSessions>,
+    session: Session,
+) -> Result<Json<Vec<SessionEntry>>, AppError> {
+    let user = session.user_id().ok_or(AppError::NotLoggedIn)?;
+    let current = session.fingerprint();
+    let listed = users.list(&user).await?;
+    Ok(Json(
+        listed
+            .into_iter()
+            .map(|info| SessionEntry {
+                fingerprint: info.fingerprint.to_string(),
+                created_at: unix_ms(info.created_at),
+                last_active: unix_ms(info.last_active),
+                expires_at: info.expires_at.map(unix_ms),
+                remember_me: info.remember_me,
+                current: Some(info.fingerprint) == current,
+            })
+            .collect(),
+    ))
+}
+
+/// Ends every session of the caller's user, this one included.
+async fn api_logout_everywhere(
+    State(users): State<UserSessions>,
+    session: Session,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let user = session.user_id().ok_or(AppError::NotLoggedIn)?;
+    let revoked = users.revoke_all(&user).await?;
+    // The record is gone already; this clears the cookie.
+    session.destroy();
+    Ok(Json(serde_json::json!({ "revoked": revoked })))
 }
 
 async fn page(session: Session) -> Result<Html<String>, AppError> {
@@ -121,7 +180,22 @@ const PAGE: &str = r#"<!doctype html>
   <button type="submit" id="login-button">Log in</button>
 </form>
 <form id="logout"><button type="submit" id="logout-button">Log out</button></form>
+<button id="logout-everywhere">Log out everywhere</button>
+<h2>Your sessions</h2>
+<ul id="sessions"></ul>
 <script>
+fetch('/api/sessions').then(r => r.ok ? r.json() : []).then(list => {
+  for (const s of list) {
+    const li = document.createElement('li');
+    li.textContent = s.fingerprint + ', active ' + new Date(s.last_active).toISOString()
+      + (s.remember_me ? ', remembered' : '') + (s.current ? ' (this one)' : '');
+    document.getElementById('sessions').appendChild(li);
+  }
+});
+document.getElementById('logout-everywhere').addEventListener('click', async () => {
+  await fetch('/api/logout-everywhere', {method: 'POST'});
+  location.reload();
+});
 document.getElementById('login').addEventListener('submit', async (e) => {
   e.preventDefault();
   const body = JSON.stringify({
@@ -142,7 +216,15 @@ document.getElementById('logout').addEventListener('submit', async (e) => {
 
 enum AppError {
     BadRequest(String),
+    NotLoggedIn,
     Session(tower_sealed_sessions::SessionError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        AppError::Store(err)
+    }
 }
 
 impl From<tower_sealed_sessions::SessionError> for AppError {
@@ -159,6 +241,15 @@ impl IntoResponse for AppError {
                 Json(serde_json::json!({ "error": reason })),
             )
                 .into_response(),
+            AppError::NotLoggedIn => (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({ "error": "log in first" })),
+            )
+                .into_response(),
+            AppError::Store(err) => {
+                tracing::error!(error = %err, "session store failed");
+                StatusCode::SERVICE_UNAVAILABLE.into_response()
+            }
             AppError::Session(err) => {
                 tracing::error!(error = %err, "session value unreadable");
                 StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -178,6 +269,7 @@ fn default_sessions() -> SessionLayer {
     // A random key: sessions end when the process does. Production code loads a
     // persisted secret; see examples/session.yaml.
     SessionLayer::new(store, Keys::generate())
+        .with_max_sessions_per_user(Some(5))
         // The demo serves plain HTTP on loopback, where browsers would drop a Secure
         // cookie. Behind TLS, leave Secure on (the default).
         .with_secure(false)
@@ -216,7 +308,7 @@ async fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
 
 /// Who is logged in, without counting a visit: a read-only session request.
 async fn api_me(session: Session) -> Result<Json<Option<String>>, AppError> {
-    Ok(Json(session.get(USER)?))
+    Ok(Json(session.user_id()))
 }
 
 /// The demo's routes behind `sessions`; the integration tests serve it too.
@@ -228,6 +320,9 @@ pub fn app(sessions: SessionLayer) -> Router {
         .route("/api/me", get(api_me))
         .route("/api/login", post(api_login))
         .route("/api/logout", post(api_logout))
+        .route("/api/sessions", get(api_sessions))
+        .route("/api/logout-everywhere", post(api_logout_everywhere))
+        .with_state(sessions.users())
         .layer(sessions)
         .route("/healthz", get(|| async { "ok" }))
 }

@@ -11,6 +11,7 @@
 //! remember_me: 30d          # -1 disables
 //! touch_interval: 1m
 //! cleanup_interval: 1h
+//! max_sessions_per_user: 5  # absent: no limit
 //! secret: "generate:/var/lib/app/session.key"
 //! previous_secrets: ["env:OLD_SESSION_SECRET"]
 //! store: { type: memory }
@@ -126,6 +127,9 @@ pub struct SessionConfig {
     /// here that is an error unless this says it is meant.
     #[serde(default)]
     allow_unbounded_sessions: bool,
+    /// Kibana's `session.concurrentSessions.maxSessions`.
+    #[serde(default)]
+    max_sessions_per_user: Option<usize>,
     #[serde(default)]
     store: StoreConfig,
 }
@@ -403,6 +407,10 @@ impl SessionConfig {
             self.touch_interval.map(|Span(d)| d),
         );
         shared.allow_unbounded = self.allow_unbounded_sessions;
+        set(
+            &mut shared.max_sessions_per_user,
+            self.max_sessions_per_user.map(Some),
+        );
         if self.cleanup_interval() < MIN_CLEANUP_INTERVAL {
             return Err(ConfigError::new(
                 "cleanup_interval",
@@ -503,6 +511,12 @@ pub(crate) fn validate(s: &Shared) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    if s.max_sessions_per_user == Some(0) {
+        return Err(ConfigError::new(
+            "max_sessions_per_user",
+            "0 would end every session at login; leave it out for no limit",
+        ));
     }
     match (s.idle_timeout, s.lifespan) {
         (None, None) if !s.allow_unbounded => {

@@ -8,6 +8,7 @@
 //! | cookie key | AES-256-GCM sealing of the session cookie |
 //! | record key | deriving each session's data key (with the cookie's record secret) |
 //! | store-id key | HMAC-SHA256 of the session id, the key a record is stored under |
+//! | user key | HMAC-SHA256 of a user id, the tag a user's session index is kept under |
 //! | key id | 4 bytes carried in the cookie, so the right key opens it after a rotation |
 //!
 //! A passphrase is not stretched: the secret must already be random. Derivation runs
@@ -59,6 +60,7 @@ const HKDF_SALT: &[u8] = b"tower-sealed-sessions";
 const INFO_COOKIE: &[u8] = b"tower-sealed-sessions v1 cookie key";
 const INFO_RECORD: &[u8] = b"tower-sealed-sessions v1 record key";
 const INFO_STORE_ID: &[u8] = b"tower-sealed-sessions v1 store-id key";
+const INFO_USER: &[u8] = b"tower-sealed-sessions v1 user key";
 const INFO_KEY_ID: &[u8] = b"tower-sealed-sessions v1 key id";
 const INFO_FINGERPRINT: &[u8] = b"tower-sealed-sessions v1 fingerprint";
 
@@ -102,6 +104,7 @@ pub(crate) struct KeySet {
     /// Keyed once; cloning a keyed HMAC skips hashing the key block per use.
     pub(crate) record: HmacSha256,
     pub(crate) store_id: HmacSha256,
+    pub(crate) user: HmacSha256,
 }
 
 impl KeySet {
@@ -119,6 +122,8 @@ impl KeySet {
             .expect("HMAC takes a key of any length");
         let store_id = <HmacSha256 as Mac>::new_from_slice(expand(INFO_STORE_ID).as_ref())
             .expect("HMAC takes a key of any length");
+        let user = <HmacSha256 as Mac>::new_from_slice(expand(INFO_USER).as_ref())
+            .expect("HMAC takes a key of any length");
         let mut id = [0u8; 4];
         hkdf.expand(INFO_KEY_ID, &mut id)
             .expect("4 bytes is a valid HKDF-SHA256 output length");
@@ -129,6 +134,7 @@ impl KeySet {
             cookie,
             record,
             store_id,
+            user,
         }
     }
 }
@@ -801,7 +807,7 @@ mod tests {
         let derived = {
             let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), &raw);
             let mut out = Vec::new();
-            for info in [INFO_COOKIE, INFO_RECORD, INFO_STORE_ID] {
+            for info in [INFO_COOKIE, INFO_RECORD, INFO_STORE_ID, INFO_USER] {
                 let mut okm = [0u8; 32];
                 hkdf.expand(info, &mut okm).unwrap();
                 out.push(okm.to_vec());

@@ -28,6 +28,7 @@ use crate::record::Deadlines;
 use crate::service::{DynStore, Erased, SessionService};
 use crate::session::Meta;
 use crate::store::SessionStore;
+use crate::users::UserSessions;
 
 /// Adds sealed sessions to a service. Cheap to clone: the configuration sits behind
 /// an `Arc` and is shared by every service it builds.
@@ -53,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) remember_me: Option<Duration>,
     pub(crate) touch_interval: Duration,
     pub(crate) allow_unbounded: bool,
+    pub(crate) max_sessions_per_user: Option<usize>,
     pub(crate) clock: Clock,
 }
 
@@ -121,6 +123,7 @@ impl Shared {
         Deadlines {
             idle: idle.min(meta.lifespan_deadline),
             lifespan: meta.lifespan_deadline,
+            active: now,
         }
     }
 }
@@ -139,6 +142,7 @@ impl SessionLayer {
                 remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
                 touch_interval: Duration::from_secs(60),
                 allow_unbounded: false,
+                max_sessions_per_user: None,
                 clock: Clock::system(),
             }),
         }
@@ -323,6 +327,25 @@ impl SessionLayer {
         self.edit(|s| s.allow_unbounded = allow)
     }
 
+    /// The most sessions one user may hold (default: no limit), counting those tied
+    /// to the user with [`Session::set_user_id`](crate::Session::set_user_id). When a
+    /// request sets the user id and the user then holds more, the oldest others are
+    /// invalidated; see the [`users`](crate::users) module for the guarantee. Kibana's
+    /// `session.concurrentSessions.maxSessions`.
+    ///
+    /// # Panics
+    ///
+    /// [`Layer::layer`] panics on `Some(0)`.
+    pub fn with_max_sessions_per_user(self, max: Option<usize>) -> Self {
+        self.edit(|s| s.max_sessions_per_user = max)
+    }
+
+    /// A handle to list and revoke the sessions of a user, usable outside any
+    /// request.
+    pub fn users(&self) -> UserSessions {
+        UserSessions::new(self.shared.clone())
+    }
+
     /// The clock expiry is decided by (default: the system clock). Tests plug in a
     /// [`ManualClock`](crate::ManualClock); give the store the same clock.
     pub fn with_clock(self, clock: impl Into<Clock>) -> Self {
@@ -372,6 +395,7 @@ impl fmt::Debug for SessionLayer {
             .field("lifespan", &s.lifespan)
             .field("remember_me", &s.remember_me)
             .field("touch_interval", &s.touch_interval)
+            .field("max_sessions_per_user", &s.max_sessions_per_user)
             .field("clock", &s.clock)
             .finish_non_exhaustive()
     }

@@ -86,6 +86,7 @@ mod record;
 mod service;
 mod session;
 pub mod store;
+pub mod users;
 
 pub use ::cookie::SameSite;
 pub use clock::{Clock, ManualClock, Timestamp};
@@ -105,3 +106,4 @@ pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::{Cas, SessionStore, StoreError};
+pub use users::{Fingerprint, IndexEntry, SessionInfo, UserSessions, UserTag};

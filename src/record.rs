@@ -80,6 +80,10 @@ pub struct Deadlines {
     pub idle: Timestamp,
     /// Absolute end of the session (lifespan or remember-me duration).
     pub lifespan: Timestamp,
+    /// When a request last used the session, to within the touch interval. Not a
+    /// deadline, but it moves whenever they do: creates, updates and touches write
+    /// it, and the per-user session list shows it as the last activity.
+    pub active: Timestamp,
 }
 
 impl Deadlines {
@@ -101,6 +105,7 @@ impl Deadlines {
         Deadlines {
             idle: self.idle.max(stored.idle).min(stored.lifespan),
             lifespan: stored.lifespan,
+            active: self.active.max(stored.active),
         }
     }
 }

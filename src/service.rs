@@ -29,6 +29,9 @@ use crate::layer::Shared;
 use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey};
 use crate::session::{Changes, Loaded, Meta, Plan, Session};
 use crate::store::{Cas, SessionStore, StoreError};
+use crate::users::{
+    self, AUDIT_TARGET, Fingerprint, IndexEntry, UserTag, audit, audit_expired, user_of,
+};
 
 const TARGET: &str = "tower_sealed_sessions";
 /// Compare-and-set attempts before a write is refused with 503. A conflict means
@@ -53,6 +56,18 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         plan: Plan,
         now: Timestamp,
     ) -> BoxFuture<Result<Carry, StoreError>>;
+    #[allow(clippy::type_complexity)]
+    fn live(
+        &self,
+        tags: Vec<UserTag>,
+        now: Timestamp,
+    ) -> BoxFuture<Result<Vec<(UserTag, IndexEntry, Record)>, StoreError>>;
+    fn revoke(
+        &self,
+        tags: Vec<UserTag>,
+        only: Option<Fingerprint>,
+        now: Timestamp,
+    ) -> BoxFuture<Result<usize, StoreError>>;
 }
 
 /// A store shared by the layer and every in-flight future.
@@ -72,6 +87,25 @@ impl<St: SessionStore> DynStore for Erased<St> {
     ) -> BoxFuture<Result<Carry, StoreError>> {
         let store = self.0.clone();
         Box::pin(async move { persist(&*store, &shared, plan, now).await })
+    }
+
+    fn live(
+        &self,
+        tags: Vec<UserTag>,
+        now: Timestamp,
+    ) -> BoxFuture<Result<Vec<(UserTag, IndexEntry, Record)>, StoreError>> {
+        let store = self.0.clone();
+        Box::pin(async move { users::live(&*store, &tags, now).await })
+    }
+
+    fn revoke(
+        &self,
+        tags: Vec<UserTag>,
+        only: Option<Fingerprint>,
+        now: Timestamp,
+    ) -> BoxFuture<Result<usize, StoreError>> {
+        let store = self.0.clone();
+        Box::pin(async move { users::revoke(&*store, &tags, only, now).await })
     }
 }
 
@@ -207,12 +241,14 @@ fn open_first<'a>(
     for value in values {
         match cookie::open(&shared.keys, name, value) {
             Ok(opened) if now >= opened.data.lifespan_deadline => {
-                tracing::debug!(target: TARGET, "session token past its lifespan");
+                let keys = &shared.keys.ring[opened.key_index];
+                audit_expired(&StoreKey::derive(keys, &opened.data.sid), "lifespan");
                 rejected = true;
             }
             Ok(opened) => return (Some(opened), rejected),
             Err(reason) => {
-                tracing::debug!(target: TARGET, %reason, "session token rejected");
+                // Not authentic, so there is no session to name.
+                tracing::info!(target: AUDIT_TARGET, event = "rejected", %reason);
                 rejected = true;
             }
         }
@@ -343,6 +379,8 @@ where
                         // of this cookie until it expires: refuse the cookie instead.
                         Err(StoreError::Corrupt(reason)) => {
                             tracing::warn!(target: TARGET, %reason, store_key = %pending.store_key, "session record corrupt");
+                            let fingerprint = Fingerprint::of(&pending.store_key);
+                            tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
                             Opening::Rejected
                         }
                         Err(err) => {
@@ -479,11 +517,13 @@ fn open_record(
     record: Option<Record>,
 ) -> Opening {
     let Some(record) = record else {
-        tracing::debug!(target: TARGET, "no record for session cookie (ended, expired or moved)");
+        // Ended, expired (Redis drops records itself), or moved by a login.
+        audit_expired(&store_key, "missing");
         return Opening::Gone;
     };
     if record.deadlines.is_expired(now) {
-        tracing::debug!(target: TARGET, "session record expired");
+        let ended = now >= record.deadlines.lifespan;
+        audit_expired(&store_key, if ended { "lifespan" } else { "idle" });
         return Opening::Gone;
     }
     let key_set = &shared.keys.ring[opened.key_index];
@@ -494,9 +534,12 @@ fn open_record(
             // The AEAD already vouched for the cookie, so this is the store's side:
             // tampering, a record moved between keys, or corruption.
             tracing::warn!(target: TARGET, %reason, %store_key, "session record rejected");
+            let fingerprint = Fingerprint::of(&store_key);
+            tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
             return Opening::Rejected;
         }
     };
+    let user = user_of(&data).map(str::to_owned);
     let loaded = Loaded {
         cookie: opened.data,
         key_index: opened.key_index,
@@ -504,6 +547,7 @@ fn open_record(
         version: record.version,
         deadlines: record.deadlines,
         cipher,
+        user,
     };
     Opening::Live(Session::opened(shared.clone(), now, loaded, data))
 }
@@ -530,22 +574,22 @@ async fn persist<St: SessionStore>(
             }
             Ok(Carry::Keep)
         }
-        Plan::Create { data, meta } => {
-            let created = create(store, shared, now, &data, meta).await?;
-            Ok(set_cookie(shared, now, &created.identity))
-        }
+        Plan::Create { data, meta } => create_new(store, shared, now, &data, meta).await,
         Plan::Destroy {
             store_key,
+            user,
             then_create,
         } => {
             // Delete first: if the response never arrives, the old cookie is dead
-            // anyway.
+            // anyway. The index entry goes after the record, so that a revocation
+            // never misses a live session.
             store.delete(&store_key).await?;
+            if let Some(tag) = user {
+                store.index_remove(&tag, &[store_key]).await?;
+            }
+            audit(&store_key, "destroyed");
             match then_create {
-                Some((data, meta)) => {
-                    let created = create(store, shared, now, &data, meta).await?;
-                    Ok(set_cookie(shared, now, &created.identity))
-                }
+                Some((data, meta)) => create_new(store, shared, now, &data, meta).await,
                 None => Ok(Carry::Clear),
             }
         }
@@ -588,6 +632,56 @@ fn gone(what: &str) -> Result<Carry, StoreError> {
     Ok(Carry::Keep)
 }
 
+/// A brand-new session: stored, announced, and counted against its user's limit.
+async fn create_new<St: SessionStore>(
+    store: &St,
+    shared: &Shared,
+    now: Timestamp,
+    data: &Data,
+    meta: Meta,
+) -> Result<Carry, StoreError> {
+    let deadlines = shared.deadlines(now, meta);
+    let created = create_with(store, shared, now, data, meta, deadlines).await?;
+    audit(&created.store_key, "created");
+    if let Some(user) = user_of(data) {
+        limit(store, shared, user, &created.store_key, now).await?;
+    }
+    Ok(set_cookie(shared, now, &created.identity))
+}
+
+/// Applies the per-user limit after `user` logged in to the session under `keep`.
+async fn limit<St: SessionStore>(
+    store: &St,
+    shared: &Shared,
+    user: &str,
+    keep: &StoreKey,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let Some(max) = shared.max_sessions_per_user else {
+        return Ok(());
+    };
+    let tags: Vec<UserTag> = (shared.keys.ring.iter())
+        .map(|keys| UserTag::derive(keys, user))
+        .collect();
+    users::enforce_limit(store, &tags, keep, max, now).await
+}
+
+/// The index entry of a session stored under `store_key`.
+fn index_entry(
+    store_key: StoreKey,
+    meta: Meta,
+    deadlines: Deadlines,
+    now: Timestamp,
+) -> IndexEntry {
+    IndexEntry::new(
+        store_key,
+        meta.created_at,
+        deadlines.lifespan,
+        now,
+        meta.remember_me,
+    )
+}
+
 /// A record just created under a fresh id.
 struct Created {
     identity: CookieData,
@@ -596,31 +690,27 @@ struct Created {
     version: u64,
 }
 
-/// Stores `data` as a new session under a fresh id.
-async fn create<St: SessionStore>(
+/// Stores `data` as a new session under a fresh id; a session tied to a user
+/// enters the user's index first.
+async fn create_with<St: SessionStore>(
     store: &St,
     shared: &Shared,
     now: Timestamp,
     data: &Data,
     meta: Meta,
-) -> Result<Created, StoreError> {
-    let deadlines = shared.deadlines(now, meta);
-    create_with(store, shared, data, meta, deadlines).await
-}
-
-async fn create_with<St: SessionStore>(
-    store: &St,
-    shared: &Shared,
-    data: &Data,
-    meta: Meta,
     deadlines: Deadlines,
 ) -> Result<Created, StoreError> {
     let key_set = shared.keys.primary();
+    let user = user_of(data).map(|user| UserTag::derive(key_set, user));
     let mut identity = CookieData::generate(meta.created_at, deadlines.lifespan, meta.remember_me);
     for _ in 0..MAX_CREATE_ATTEMPTS {
         let store_key = StoreKey::derive(key_set, &identity.sid);
         let cipher = DataCipher::new(key_set, &identity.record_secret);
         let record = Record::new(1, deadlines, cipher.seal(&store_key, data));
+        if let Some(tag) = &user {
+            let entry = index_entry(store_key, meta, deadlines, now);
+            store.index_add(tag, &entry).await?;
+        }
         if store.create(&store_key, &record).await? {
             return Ok(Created {
                 identity,
@@ -628,6 +718,9 @@ async fn create_with<St: SessionStore>(
                 cipher,
                 version: 1,
             });
+        }
+        if let Some(tag) = &user {
+            store.index_remove(tag, &[store_key]).await?;
         }
         identity.regenerate_identity();
     }
@@ -682,17 +775,46 @@ async fn update<St: SessionStore>(
     let ours = shared.deadlines(now, meta);
     let mut version = loaded.version;
     let mut deadlines = deadlines_to_write(ours, loaded.deadlines, lifespan_changed);
+    // A new user's index gets the session before the record names the user; a new
+    // lifespan reaches the index before the record, so the entry never ends first.
+    let user_change = changes.user();
+    let indexed = match user_change {
+        Some(user) => user,
+        None if lifespan_changed => user_of(&data),
+        None => None,
+    };
+    let keys = &shared.keys.ring[loaded.key_index];
+    if let Some(user) = indexed {
+        let entry = index_entry(key, meta, deadlines, now);
+        store
+            .index_add(&UserTag::derive(keys, user), &entry)
+            .await?;
+    }
     for _ in 0..MAX_UPDATE_ATTEMPTS {
         let sealed = loaded.cipher.seal(&key, &data);
         let record = Record::new(next_version(version)?, deadlines, sealed);
         match store.update(&key, &record, version).await? {
-            Cas::Done if lifespan_changed => {
+            Cas::Done => {
+                if let Some(user) = user_change {
+                    // The previous user's index lets go only once the record no
+                    // longer names that user.
+                    if let Some(before) = loaded.user_tag(shared) {
+                        if user.is_none_or(|u| UserTag::derive(keys, u) != before) {
+                            store.index_remove(&before, &[key]).await?;
+                        }
+                    }
+                    if let Some(user) = user {
+                        limit(store, shared, user, &key, now).await?;
+                    }
+                }
+                if !lifespan_changed {
+                    return Ok(Carry::Keep);
+                }
                 let mut identity = loaded.cookie;
                 identity.lifespan_deadline = deadlines.lifespan;
                 identity.remember_me = meta.remember_me;
                 return Ok(set_cookie(shared, now, &identity));
             }
-            Cas::Done => return Ok(Carry::Keep),
             Cas::Missing => return gone("update"),
             Cas::Conflict(current) => {
                 data = reapply(&loaded, &current, &changes)?;
@@ -729,12 +851,30 @@ async fn move_session<St: SessionStore>(
     let mut deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
     let mut data = reapply(&loaded, &current, &changes)?;
     let mut old_version = current.version;
-    let mut new = create_with(store, shared, &data, meta, deadlines).await?;
+    let mut new = create_with(store, shared, now, &data, meta, deadlines).await?;
+    let new_user = user_of(&data).map(|user| UserTag::derive(shared.keys.primary(), user));
     for _ in 0..MAX_UPDATE_ATTEMPTS {
         match store.delete_version(&old, old_version).await? {
-            Cas::Done => return Ok(set_cookie(shared, now, &new.identity)),
+            Cas::Done => {
+                if let Some(before) = loaded.user_tag(shared) {
+                    store.index_remove(&before, &[old]).await?;
+                }
+                tracing::info!(
+                    target: AUDIT_TARGET,
+                    event = "cycled",
+                    fingerprint = %Fingerprint::of(&new.store_key),
+                    previous = %Fingerprint::of(&old),
+                );
+                if let Some(Some(user)) = changes.user() {
+                    limit(store, shared, user, &new.store_key, now).await?;
+                }
+                return Ok(set_cookie(shared, now, &new.identity));
+            }
             Cas::Missing => {
                 store.delete(&new.store_key).await?;
+                if let Some(tag) = new_user {
+                    store.index_remove(&tag, &[new.store_key]).await?;
+                }
                 return gone("move to a new id");
             }
             Cas::Conflict(current) => {

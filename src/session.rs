@@ -48,6 +48,7 @@ use crate::clock::Timestamp;
 use crate::cookie::CookieData;
 use crate::layer::Shared;
 use crate::record::{Data, DataCipher, Deadlines, StoreKey};
+use crate::users::{self, Fingerprint, USER_KEY, UserTag, is_reserved};
 
 /// The session of the current request.
 ///
@@ -92,6 +93,17 @@ pub(crate) struct Loaded {
     pub(crate) version: u64,
     pub(crate) deadlines: Deadlines,
     pub(crate) cipher: DataCipher,
+    /// The user the session was tied to when it was loaded.
+    pub(crate) user: Option<String>,
+}
+
+impl Loaded {
+    /// The tag of the session's user, under the key that sealed the session (the
+    /// key its index entry was written with).
+    pub(crate) fn user_tag(&self, shared: &Shared) -> Option<UserTag> {
+        let keys = &shared.keys.ring[self.key_index];
+        self.user.as_deref().map(|u| UserTag::derive(keys, u))
+    }
 }
 
 /// This request's own edits, replayable on top of a fresher copy of the data.
@@ -106,10 +118,18 @@ impl Changes {
         !self.cleared && self.entries.is_empty()
     }
 
+    /// How this request changed the session's user: `Some(None)` when it cleared
+    /// it, `None` when it left it alone.
+    pub(crate) fn user(&self) -> Option<Option<&str>> {
+        self.entries
+            .get(USER_KEY)
+            .map(|value| value.as_ref().and_then(Value::as_str))
+    }
+
     /// Applies these edits to `data` as another request left it.
     pub(crate) fn apply(&self, data: &mut Data) {
         if self.cleared {
-            data.clear();
+            data.retain(|key, _| is_reserved(key));
         }
         for (key, value) in &self.entries {
             match value {
@@ -152,6 +172,8 @@ pub(crate) enum Plan {
     /// written after the destroy, start a brand-new session with it.
     Destroy {
         store_key: StoreKey,
+        /// The index the session leaves.
+        user: Option<UserTag>,
         then_create: Option<(Data, Meta)>,
     },
     /// A new session with data in it.
@@ -218,6 +240,7 @@ impl Session {
         let state = self.lock();
         match state.data.get(key) {
             None => Ok(None),
+            Some(_) if is_reserved(key) => Ok(None),
             Some(value) => {
                 T::deserialize(value)
                     .map(Some)
@@ -234,12 +257,23 @@ impl Session {
     /// # Errors
     ///
     /// [`SessionError::Serialize`] when `value` cannot be represented as JSON (for
-    /// example a map with non-string keys); the session is left as it was.
+    /// example a map with non-string keys), and [`SessionError::ReservedKey`] for a
+    /// key starting with NUL; the session is left as it was.
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        if is_reserved(key) {
+            return Err(SessionError::ReservedKey {
+                key: key.to_owned(),
+            });
+        }
         let value = serde_json::to_value(value).map_err(|source| SessionError::Serialize {
             key: key.to_owned(),
             source,
         })?;
+        self.put(key, value);
+        Ok(())
+    }
+
+    fn put(&self, key: &str, value: Value) {
         let mut state = self.lock();
         if state.data.get(key) != Some(&value) {
             state
@@ -248,11 +282,14 @@ impl Session {
                 .insert(key.to_owned(), Some(value.clone()));
             state.data.insert(key.to_owned(), value);
         }
-        Ok(())
     }
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&self, key: &str) -> bool {
+        !is_reserved(key) && self.take(key)
+    }
+
+    fn take(&self, key: &str) -> bool {
         let mut state = self.lock();
         let existed = state.data.remove(key).is_some();
         if existed {
@@ -261,21 +298,48 @@ impl Session {
         existed
     }
 
-    /// Removes every key; the session itself, its id and its deadlines stay.
+    /// Removes every key; the session itself, its id, its deadlines and its user
+    /// stay.
     pub fn clear(&self) {
         let mut state = self.lock();
-        if !state.data.is_empty() {
-            state.data.clear();
-            state.changes = Changes {
-                cleared: true,
-                entries: HashMap::new(),
-            };
+        if state.data.keys().any(|k| !is_reserved(k)) {
+            state.data.retain(|key, _| is_reserved(key));
+            state.changes.cleared = true;
+            state.changes.entries.retain(|key, _| is_reserved(key));
         }
     }
 
-    /// Whether the session holds no data.
+    /// Whether the session holds no data (its user does not count).
     pub fn is_empty(&self) -> bool {
-        self.lock().data.is_empty()
+        self.lock().data.keys().all(|k| is_reserved(k))
+    }
+
+    /// Ties the session to a user, for [`UserSessions`](crate::UserSessions) (list
+    /// and revoke a user's sessions) and
+    /// [`with_max_sessions_per_user`](crate::SessionLayer::with_max_sessions_per_user).
+    /// Call it at login, with [`cycle_id`](Session::cycle_id). The store keeps only a
+    /// keyed HMAC tag of `user_id`; the id itself stays in the sealed session data.
+    pub fn set_user_id(&self, user_id: &str) {
+        self.put(USER_KEY, Value::String(user_id.to_owned()));
+    }
+
+    /// Unties the session from its user; it leaves the user's index when saved.
+    pub fn clear_user_id(&self) {
+        self.take(USER_KEY);
+    }
+
+    /// The user the session is tied to.
+    pub fn user_id(&self) -> Option<String> {
+        users::user_of(&self.lock().data).map(str::to_owned)
+    }
+
+    /// The session's [`Fingerprint`], as [`UserSessions::list`](crate::UserSessions::list)
+    /// shows it; `None` for a session this request creates (or destroyed). A login
+    /// that cycles the id gives the session a new fingerprint.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        let state = self.lock();
+        let loaded = state.loaded.as_ref().filter(|_| !state.destroyed)?;
+        Some(Fingerprint::of(&loaded.store_key))
     }
 
     /// Whether the session was created by this request (no valid cookie came in).
@@ -381,6 +445,7 @@ impl Session {
             None => Plan::Create { data, meta },
             Some(loaded) if state.destroyed => Plan::Destroy {
                 store_key: loaded.store_key,
+                user: loaded.user_tag(shared),
                 then_create: (!data.is_empty()).then_some((data, meta)),
             },
             Some(loaded) if state.cycle || loaded.key_index != 0 => Plan::Cycle {
@@ -398,8 +463,12 @@ impl Session {
             },
             Some(loaded) => {
                 let deadlines = shared.deadlines(now, meta).slide(loaded.deadlines);
+                let interval = shared.effective_touch_interval();
                 let lag = deadlines.idle.saturating_since(loaded.deadlines.idle);
-                if lag > shared.effective_touch_interval() {
+                // A user's session list shows the last activity: keep it current
+                // to the touch interval, remember-me sessions (never idle) included.
+                let quiet = now.saturating_since(loaded.deadlines.active);
+                if lag > interval || (loaded.user.is_some() && quiet > interval) {
                     Plan::Touch {
                         store_key: loaded.store_key,
                         deadlines,
@@ -417,12 +486,13 @@ impl fmt::Debug for Session {
     /// Shows the keys, never the values or the id.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
-        let mut keys: Vec<&String> = state.data.keys().collect();
+        let mut keys: Vec<&String> = state.data.keys().filter(|k| !is_reserved(k)).collect();
         keys.sort();
         f.debug_struct("Session")
             .field("keys", &keys)
             .field("new", &state.loaded.is_none())
             .field("remember_me", &state.meta.remember_me)
+            .field("user", &users::user_of(&state.data).is_some())
             .finish_non_exhaustive()
     }
 }
@@ -445,6 +515,11 @@ pub enum SessionError {
         /// Why serde refused it.
         source: serde_json::Error,
     },
+    /// Keys starting with NUL belong to the layer (the user id lives under one).
+    ReservedKey {
+        /// The key refused.
+        key: String,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -457,6 +532,10 @@ impl fmt::Display for SessionError {
                 f,
                 "session value `{key}` is not of the requested type: {source}"
             ),
+            SessionError::ReservedKey { key } => write!(
+                f,
+                "session key {key:?} is reserved: keys starting with NUL belong to the layer"
+            ),
         }
     }
 }
@@ -467,6 +546,7 @@ impl std::error::Error for SessionError {
             SessionError::Serialize { source, .. } | SessionError::Deserialize { source, .. } => {
                 Some(source)
             }
+            SessionError::ReservedKey { .. } => None,
         }
     }
 }

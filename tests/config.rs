@@ -40,6 +40,7 @@ lifespan: 24h
 remember_me: 30d          # -1 disables
 touch_interval: 1m
 cleanup_interval: 1h
+max_sessions_per_user: 5
 secret: "generate:{}"
 previous_secrets: ["file:{}"]
 store: {{ type: memory }}
@@ -59,6 +60,7 @@ store: {{ type: memory }}
         "same_site: Lax",
         "remember_me: Some(2592000s)",
         "touch_interval: 60s",
+        "max_sessions_per_user: Some(5)",
     ] {
         assert!(shown.contains(part), "{shown} lacks {part}");
     }
@@ -107,6 +109,12 @@ max_sessions = 5000
 #[test]
 fn every_validation_error_names_its_field_and_says_what_to_do() {
     let cases = [
+        (
+            "max_sessions_per_user: 0",
+            "max_sessions_per_user",
+            "invalid session setting `max_sessions_per_user`: 0 would end every session at \
+             login; leave it out for no limit",
+        ),
         (
             "cookie: { same_site: none, secure: false }",
             "cookie.same_site",

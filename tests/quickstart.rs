@@ -148,3 +148,87 @@ async fn bad_logins_are_refused_and_names_are_escaped() {
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!page.contains("<script>alert(1)"));
 }
+
+async fn login_as(base: &str, username: &str, remember: bool) -> reqwest::Client {
+    let client = jar_client();
+    let res = client
+        .post(format!("{base}/api/login"))
+        .json(&json!({"username": username, "remember": remember}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    client
+}
+
+#[tokio::test]
+async fn users_see_their_own_sessions_and_can_log_out_everywhere() {
+    let base = start().await;
+    let anonymous = jar_client();
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/sessions"),
+        (reqwest::Method::POST, "/api/logout-everywhere"),
+    ] {
+        let res = anonymous
+            .request(method, format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+    }
+
+    let laptop = login_as(&base, "ada", false).await;
+    let phone = login_as(&base, "ada", true).await;
+    let other = login_as(&base, "grace", false).await;
+    let sessions: Vec<Value> = laptop
+        .get(format!("{base}/api/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+    assert_eq!(
+        sessions.iter().filter(|s| s["remember_me"] == true).count(),
+        1
+    );
+    for s in &sessions {
+        assert_eq!(s["fingerprint"].as_str().unwrap().len(), 16);
+        assert!(s["last_active"].as_u64().unwrap() >= s["created_at"].as_u64().unwrap());
+    }
+
+    let res = phone
+        .post(format!("{base}/api/logout-everywhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        set_cookies(&res).iter().any(|c| c.contains("Max-Age=0")),
+        "the caller's cookie is cleared"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"revoked": 2}));
+    for client in [&laptop, &phone] {
+        let me: Value = client
+            .get(format!("{base}/api/me"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me, Value::Null);
+    }
+    let me: Value = other
+        .get(format!("{base}/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me, json!("grace"), "another user is untouched");
+}

@@ -292,7 +292,7 @@ async fn cluster_passes_the_conformance_suite_and_serves_sessions() {
     let store = RedisStore::from_settings(&settings).await.unwrap();
     common::conformance::run(Arc::new(store.clone())).await;
 
-    let base = serve(app(store, |l| l)).await;
+    let base = serve(app(store.clone(), |l| l)).await;
     let mut cookies = Vec::new();
     for i in 0..12 {
         let res = send(reqwest::Method::POST, &base, &format!("/set/n/{i}"), None).await;
@@ -309,6 +309,71 @@ async fn cluster_passes_the_conformance_suite_and_serves_sessions() {
         per_node.iter().filter(|&&n| n > 0).count() >= 2,
         "spread over the cluster: {per_node:?}"
     );
+
+    // Per-user sessions: the user index lives in its own slot, and nothing on the
+    // request path crosses slots (a CROSSSLOT error would fail the suite).
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap())
+        .with_secure(false)
+        .with_max_sessions_per_user(Some(2));
+    common::users::run(layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_passes_the_user_sessions_suite() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap())
+        .with_secure(false)
+        .with_max_sessions_per_user(Some(2));
+    common::users::run(layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_index_holds_only_tags_and_expires_with_its_last_session() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let layer = SessionLayer::new(store.clone(), Keys::from_secret(SECRET).unwrap())
+        .with_secure(false)
+        .with_idle_timeout(Some(Duration::from_secs(1)))
+        .with_lifespan(Some(Duration::from_secs(2)));
+    let users = layer.users();
+    let base = serve(common::users::routes().layer(layer)).await;
+    let client = common::users::login(&base, "alice.example").await;
+    let (_, fingerprint) = common::users::me(&client, &base).await;
+
+    let keys = server.cli(&["KEYS", "*"]);
+    let index_key = keys
+        .lines()
+        .find(|k| k.starts_with("session:user:"))
+        .unwrap_or_else(|| panic!("no user index among {keys}"))
+        .to_owned();
+    assert!(!keys.contains("alice"), "{keys}");
+    let raw = server.cli(&["--no-raw", "HGETALL", &index_key]);
+    assert!(!raw.contains("alice"), "{raw}");
+    assert_eq!(
+        raw.lines().count(),
+        2,
+        "one session: field and value\n{raw}"
+    );
+    let ttl: i64 = server.cli(&["PTTL", &index_key]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 2_000, "expires with the lifespan: {ttl}");
+    let listed = users.list("alice.example").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(Some(listed[0].fingerprint), fingerprint);
+
+    // Past the lifespan Redis has dropped the session and the index by itself.
+    let gone = wait_until(Duration::from_secs(5), || {
+        (server.cli(&["EXISTS", &index_key]) == "0").then_some(())
+    });
+    assert!(gone.is_some(), "the index key expired");
+    assert_eq!(server.cli(&["DBSIZE"]), "0");
+    assert!(users.list("alice.example").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,10 @@
 //! assert_eq!(store.max_sessions(), 10_000);
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, ready};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -24,6 +26,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::{self, ConfigError};
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{Cas, SessionStore, StoreError};
+use crate::users::{IndexEntry, UserTag};
 
 /// An in-process [`SessionStore`], bounded in size.
 ///
@@ -35,6 +38,9 @@ use crate::store::{Cas, SessionStore, StoreError};
 /// - **Expiry**: each record carries its own time to live, its deadline, and moka
 ///   drops it then. A record found past its deadline on access is removed on the
 ///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule.
+/// - **User indexes**: kept beside the records, under one lock (they change only at
+///   login, logout and revocation). The cleanup task drops the entries of sessions
+///   that are gone, evicted ones included.
 /// - **Scope**: one process. Sessions are lost on restart and not shared between
 ///   replicas: use the Redis store for that.
 ///
@@ -42,6 +48,7 @@ use crate::store::{Cas, SessionStore, StoreError};
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<StoreKey, Record>,
+    users: Arc<Mutex<HashMap<UserTag, Vec<IndexEntry>>>>,
     clock: Clock,
     max_sessions: u64,
 }
@@ -149,6 +156,16 @@ impl MemoryStore {
         outcome
     }
 
+    fn users(&self) -> MutexGuard<'_, HashMap<UserTag, Vec<IndexEntry>>> {
+        // No critical section below can panic half-way.
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The number of entries in every user index: an inspection hook for tests.
+    pub fn index_len(&self) -> usize {
+        self.users().values().map(Vec::len).sum()
+    }
+
     fn expired(&self, record: &Record) -> bool {
         record.deadlines.is_expired(self.clock.now())
     }
@@ -171,6 +188,17 @@ impl MemoryStore {
                 removed += 1;
             }
         }
+        // Entries of sessions that are gone (expired, deleted or evicted) go too;
+        // one just written for a session being created is spared for a moment.
+        let grace = crate::users::GRACE;
+        self.users().retain(|_, entries| {
+            entries.retain(|e| {
+                now < e.expires_at
+                    && (now.saturating_since(e.indexed_at) < grace
+                        || self.cache.contains_key(&e.store_key))
+            });
+            !entries.is_empty()
+        });
         removed
     }
 }
@@ -215,6 +243,7 @@ impl MemoryStoreBuilder {
             .build();
         MemoryStore {
             cache,
+            users: Arc::default(),
             clock: self.clock,
             max_sessions: self.max_sessions,
         }
@@ -339,6 +368,58 @@ impl SessionStore for MemoryStore {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         ready(Ok(self.remove_expired(now)))
     }
+
+    fn index_add(
+        &self,
+        user: &UserTag,
+        entry: &IndexEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let mut users = self.users();
+        let entries = users.entry(*user).or_default();
+        // As in Redis: an upsert drops the entries past their expiry, so an index
+        // holds at most one lifespan of sessions even without a sweep.
+        entries.retain(|e| entry.indexed_at < e.expires_at);
+        match entries.iter_mut().find(|e| e.store_key == entry.store_key) {
+            Some(existing) => *existing = existing.merged(*entry),
+            None => entries.push(*entry),
+        }
+        ready(Ok(()))
+    }
+
+    fn index_remove(
+        &self,
+        user: &UserTag,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let mut users = self.users();
+        if let Some(entries) = users.get_mut(user) {
+            entries.retain(|e| !keys.contains(&e.store_key));
+            if entries.is_empty() {
+                users.remove(user);
+            }
+        }
+        ready(Ok(()))
+    }
+
+    fn index_list(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
+        let mut users = self.users();
+        let listed = match users.get_mut(user) {
+            Some(entries) => {
+                entries.retain(|e| now < e.expires_at);
+                let listed = entries.clone();
+                if entries.is_empty() {
+                    users.remove(user);
+                }
+                listed
+            }
+            None => Vec::new(),
+        };
+        ready(Ok(listed))
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +432,7 @@ mod tests {
         let deadlines = Deadlines {
             idle: expires_at,
             lifespan: Timestamp::NEVER,
+            active: Timestamp::from_unix_millis(0),
         };
         Record::new(version, deadlines, Bytes::from_static(b"sealed"))
     }

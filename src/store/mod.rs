@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::record::{Deadlines, Record, StoreKey};
+use crate::users::{IndexEntry, UserTag};
 
 #[cfg(feature = "memory-store")]
 pub(crate) mod memory;
@@ -94,11 +95,40 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
 
     /// Removes every record that has expired at `now` and returns how many it
-    /// removed. Stores with native expiry may do nothing and return 0.
+    /// removed. Stores with native expiry may do nothing and return 0. Stores that
+    /// keep user indexes in memory should also drop the entries
+    /// [`index_list`](SessionStore::index_list) would no longer return.
     fn delete_expired(
         &self,
         now: Timestamp,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Adds `entry` to the session index of `user`, atomically; an entry with the
+    /// same store key is replaced by [`IndexEntry::merged`] (so it never expires
+    /// earlier than it did). The index is apart from the records: in a sharded
+    /// store it may live on another shard, and no operation spans both.
+    fn index_add(
+        &self,
+        user: &UserTag,
+        entry: &IndexEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the entries for `keys` from the index of `user`; absent ones are not
+    /// an error, and an index left empty is removed.
+    fn index_remove(
+        &self,
+        user: &UserTag,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The index of `user`: every entry whose `expires_at` is after `now`, in any
+    /// order. The store may drop the others meanwhile. Entries whose record is gone
+    /// are returned all the same: the caller checks the records.
+    fn index_list(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
 }
 
 /// A store operation failed.

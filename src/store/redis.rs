@@ -3,9 +3,15 @@
 //!
 //! Layout: one Redis string per session, under `prefix` + the store key in hex (a
 //! single key, so in a Cluster every session lives in one slot). The value is the
-//! record's version and lifespan deadline (8 bytes each, big-endian) followed by the
-//! sealed data; the idle deadline is the key's own expiry (`PXAT`), so Redis drops
-//! expired sessions itself and a touch is one `PEXPIREAT`.
+//! record's version, lifespan deadline and last activity (8 bytes each, big-endian)
+//! followed by the sealed data; the idle deadline is the key's own expiry (`PXAT`),
+//! so Redis drops expired sessions itself and a touch is one `PEXPIREAT` (and an
+//! 8-byte `SETRANGE`).
+//!
+//! A user's session index is one hash under `prefix` + `user:` + the user tag in
+//! hex: a field per session (the store key) holding `created,expires,indexed,
+//! remember` in decimal. Each index command touches that one key, so in a Cluster
+//! it never crosses slots; the key expires with the last of its sessions.
 //!
 //! Round trips: a load, an update, a create, a touch or a delete is one command
 //! each (`EVALSHA`, `EVALSHA`, `SET NX PXAT`, `EVALSHA`, `DEL`). A request that
@@ -30,15 +36,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::clients::Client;
 use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use fred::types::config::{Config, ReconnectPolicy, Server, ServerConfig};
 use fred::types::scripts::Script;
-use fred::types::{Expiration, SetOptions, Value};
+use fred::types::{Expiration, Key, SetOptions, Value};
 
 use crate::clock::Timestamp;
 use crate::config::{self, RedisSettings, RedisTopology};
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{Cas, SessionStore, StoreError};
+use crate::users::{IndexEntry, UserTag};
 
 /// Returns the value and its expiry time in one atomic step, or nil.
 const LOAD: &str = r"
@@ -67,9 +74,11 @@ return 1
 ";
 
 /// Moves the expiry if the version is still ARGV[1]. ARGV[2]: new expiry in Unix
-/// ms (0: none). Returns 1 when moved, 0 when the record changed or is gone.
+/// ms (0: none); ARGV[3]: the last activity (8 bytes). Returns 1 when moved, 0 when
+/// the record changed or is gone.
 const TOUCH: &str = r"
 if redis.call('GETRANGE', KEYS[1], 0, 7) ~= ARGV[1] then return 0 end
+redis.call('SETRANGE', KEYS[1], 16, ARGV[3])
 if ARGV[2] == '0' then
   redis.call('PERSIST', KEYS[1])
 else
@@ -78,10 +87,50 @@ end
 return 1
 ";
 
+/// Upserts one entry of a user index (when ARGV[2] is given), drops the entries that
+/// expired by ARGV[1] (Unix ms), sets the key to expire with its last entry, and
+/// returns the remaining fields and values. Entries are `created,expires,indexed,
+/// remember` in decimal; an upsert keeps the later `expires`.
+const INDEX: &str = r"
+local now = tonumber(ARGV[1])
+if ARGV[2] then
+  local v = ARGV[3]
+  local old = redis.call('HGET', KEYS[1], ARGV[2])
+  if old then
+    local oe = tonumber(string.match(old, '^%d+,(%d+),') or '0')
+    local c, e, rest = string.match(v, '^(%d+),(%d+),(.*)$')
+    if oe > tonumber(e) then v = c .. ',' .. string.match(old, '^%d+,(%d+),') .. ',' .. rest end
+  end
+  redis.call('HSET', KEYS[1], ARGV[2], v)
+end
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+local last, lastn = nil, -1
+for i = 1, #all, 2 do
+  local e = string.match(all[i + 1], '^%d+,(%d+),')
+  local n = tonumber(e or '0')
+  if n <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+    if n > lastn then last, lastn = e, n end
+  end
+end
+if last then
+  if lastn >= 9.2e18 then
+    redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('PEXPIREAT', KEYS[1], last)
+  end
+end
+return out
+";
+
 /// Fails on a server without PEXPIRETIME (Redis before 7.0).
 const PROBE: &str = r"return redis.call('PEXPIRETIME', KEYS[1])";
 
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = 24;
 
 /// A [`SessionStore`] in Redis.
 ///
@@ -97,6 +146,7 @@ pub struct RedisStore {
     load: Script,
     swap: Script,
     touch: Script,
+    index: Script,
 }
 
 impl RedisStore {
@@ -199,6 +249,7 @@ impl RedisStore {
             load: Script::from_lua(LOAD),
             swap: Script::from_lua(SWAP),
             touch: Script::from_lua(TOUCH),
+            index: Script::from_lua(INDEX),
         };
         if let Err(err) = store.prepare().await {
             let _ = store.client.quit().await;
@@ -221,7 +272,7 @@ impl RedisStore {
                 "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
             )));
         }
-        for script in [&self.load, &self.swap, &self.touch] {
+        for script in [&self.load, &self.swap, &self.touch, &self.index] {
             script.load(&self.client).await.map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -230,6 +281,34 @@ impl RedisStore {
     /// The Redis key a session's record is stored under.
     pub fn redis_key(&self, key: &StoreKey) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// The Redis key a user's session index is stored under.
+    pub fn redis_index_key(&self, user: &UserTag) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+
+    /// Runs the index script: upserts `entry` when given, prunes, and returns
+    /// what remains.
+    async fn index(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        entry: Option<&IndexEntry>,
+    ) -> Result<Vec<IndexEntry>, StoreError> {
+        let mut args: Vec<Value> = vec![Value::String(now.unix_millis().to_string().into())];
+        if let Some(entry) = entry {
+            args.push(Value::Bytes(Bytes::copy_from_slice(
+                entry.store_key.as_bytes(),
+            )));
+            args.push(Value::String(encode_entry(entry).into()));
+        }
+        let reply: Value = self
+            .index
+            .evalsha_with_reload(&self.client, self.redis_index_key(user), args)
+            .await
+            .map_err(|e| self.err(e))?;
+        decode_index(reply)
     }
 
     fn err(&self, e: FredError) -> StoreError {
@@ -320,6 +399,7 @@ fn encode(record: &Record) -> Bytes {
     let mut out = Vec::with_capacity(HEADER_LEN + record.data.len());
     out.extend_from_slice(&record.version.to_be_bytes());
     out.extend_from_slice(&record.deadlines.lifespan.unix_millis().to_be_bytes());
+    out.extend_from_slice(&record.deadlines.active.unix_millis().to_be_bytes());
     out.extend_from_slice(&record.data);
     Bytes::from(out)
 }
@@ -337,6 +417,7 @@ fn decode(value: Value, expire_time: Value) -> Result<Record, StoreError> {
     };
     let version = u64_at(0);
     let lifespan = Timestamp::from_unix_millis(u64_at(8));
+    let active = Timestamp::from_unix_millis(u64_at(16));
     let idle = match expire_time.as_i64() {
         Some(ms) if ms >= 0 => Timestamp::from_unix_millis(ms as u64),
         Some(-1) => Timestamp::NEVER,
@@ -351,9 +432,54 @@ fn decode(value: Value, expire_time: Value) -> Result<Record, StoreError> {
         Deadlines {
             idle: idle.min(lifespan),
             lifespan,
+            active,
         },
         bytes.slice(HEADER_LEN..),
     ))
+}
+
+fn encode_entry(entry: &IndexEntry) -> String {
+    format!(
+        "{},{},{},{}",
+        entry.created_at.unix_millis(),
+        entry.expires_at.unix_millis(),
+        entry.indexed_at.unix_millis(),
+        u8::from(entry.remember_me)
+    )
+}
+
+/// Decodes the index script's reply: store keys and their entries, alternating.
+fn decode_index(reply: Value) -> Result<Vec<IndexEntry>, StoreError> {
+    let corrupt = || StoreError::Corrupt("a user index entry is malformed".into());
+    let parts = match reply {
+        Value::Array(parts) => parts,
+        Value::Null => Vec::new(),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unexpected reply from the index script: {other:?}"
+            )));
+        }
+    };
+    let mut entries = Vec::with_capacity(parts.len() / 2);
+    let mut parts = parts.into_iter();
+    while let (Some(field), Some(value)) = (parts.next(), parts.next()) {
+        let key: [u8; 32] = field
+            .into_bytes()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
+            .ok_or_else(corrupt)?;
+        let text = value.into_string().ok_or_else(corrupt)?;
+        let mut fields = text.split(',').map(str::parse::<u64>);
+        let mut next = || fields.next().and_then(Result::ok).ok_or_else(corrupt);
+        let (created, expires, indexed, remember) = (next()?, next()?, next()?, next()?);
+        entries.push(IndexEntry::new(
+            StoreKey::from_bytes(key),
+            Timestamp::from_unix_millis(created),
+            Timestamp::from_unix_millis(expires),
+            Timestamp::from_unix_millis(indexed),
+            remember == 1,
+        ));
+    }
+    Ok(entries)
 }
 
 /// A script's reply: nil (no record) or `{value, expiry}`.
@@ -439,6 +565,9 @@ impl SessionStore for RedisStore {
         let args: Vec<Value> = vec![
             Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
             Value::String(expire_at(&deadlines).unwrap_or(0).to_string().into()),
+            Value::Bytes(Bytes::copy_from_slice(
+                &deadlines.active.unix_millis().to_be_bytes(),
+            )),
         ];
         async move {
             let touched: i64 = self
@@ -465,6 +594,52 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         std::future::ready(Ok(0))
     }
+
+    fn index_add(
+        &self,
+        user: &UserTag,
+        entry: &IndexEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        // Entries expire by the clock of the writer; pruning with the entry's own
+        // index time keeps a fresh entry even when clocks disagree.
+        let (user, entry) = (*user, *entry);
+        async move {
+            self.index(&user, entry.indexed_at, Some(&entry)).await?;
+            Ok(())
+        }
+    }
+
+    fn index_remove(
+        &self,
+        user: &UserTag,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let redis_key = self.redis_index_key(user);
+        let fields: Vec<Key> = keys
+            .iter()
+            .map(|k| Key::from(Bytes::copy_from_slice(k.as_bytes())))
+            .collect();
+        async move {
+            if fields.is_empty() {
+                return Ok(());
+            }
+            let _: i64 = self
+                .client
+                .hdel(redis_key, fields)
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        }
+    }
+
+    fn index_list(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
+        let user = *user;
+        async move { self.index(&user, now, None).await }
+    }
 }
 
 #[cfg(test)]
@@ -475,6 +650,7 @@ mod tests {
         let deadlines = Deadlines {
             idle: Timestamp::from_unix_millis(1_000),
             lifespan: Timestamp::from_unix_millis(5_000),
+            active: Timestamp::from_unix_millis(400),
         };
         Record::new(7, deadlines, Bytes::from_static(b"sealed"))
     }
@@ -514,6 +690,7 @@ mod tests {
         let never = Deadlines {
             idle: Timestamp::NEVER,
             lifespan: Timestamp::NEVER,
+            active: Timestamp::from_unix_millis(0),
         };
         assert_eq!(expire_at(&never), None);
     }

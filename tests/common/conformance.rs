@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tower_sealed_sessions::{Cas, Deadlines, Record, SessionStore, StoreKey, Timestamp};
+use tower_sealed_sessions::{
+    Cas, Deadlines, IndexEntry, Record, SessionStore, StoreKey, Timestamp, UserTag,
+};
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -18,6 +20,7 @@ fn live() -> Deadlines {
     Deadlines {
         idle: now().saturating_add(Duration::from_secs(3600)),
         lifespan: now().saturating_add(Duration::from_secs(7200)),
+        active: now(),
     }
 }
 
@@ -26,6 +29,7 @@ fn expired() -> Deadlines {
     Deadlines {
         idle: past,
         lifespan: now().saturating_add(Duration::from_secs(7200)),
+        active: now(),
     }
 }
 
@@ -47,7 +51,112 @@ pub async fn run<St: SessionStore>(store: Arc<St>) {
     expired_records_are_not_live(&*store).await;
     delete_version_is_a_compare_and_delete(&*store).await;
     concurrent_compare_and_set_loses_nothing(store.clone()).await;
+    index_add_list_and_remove(&*store).await;
+    index_entries_expire_and_never_shrink_on_refresh(&*store).await;
+    concurrent_index_adds_lose_nothing(store.clone()).await;
     delete_is_never_undone_by_racing_writes(store).await;
+}
+
+fn fresh_user() -> UserTag {
+    UserTag::from_bytes(rand::random())
+}
+
+fn entry(key: StoreKey, expires_in: Duration, remember_me: bool) -> IndexEntry {
+    let t = now();
+    IndexEntry::new(
+        key,
+        Timestamp::from_unix_millis(t.unix_millis() - 5_000),
+        t.saturating_add(expires_in),
+        t,
+        remember_me,
+    )
+}
+
+fn sorted(mut entries: Vec<IndexEntry>) -> Vec<IndexEntry> {
+    entries.sort_by_key(|e| *e.store_key.as_bytes());
+    entries
+}
+
+async fn index_add_list_and_remove<St: SessionStore>(store: &St) {
+    let (alice, bob) = (fresh_user(), fresh_user());
+    assert!(store.index_list(&alice, now()).await.unwrap().is_empty());
+    let a1 = entry(fresh_key(), Duration::from_secs(3600), false);
+    let a2 = entry(fresh_key(), Duration::from_secs(7200), true);
+    let b1 = entry(fresh_key(), Duration::from_secs(3600), false);
+    store.index_add(&alice, &a1).await.unwrap();
+    store.index_add(&alice, &a2).await.unwrap();
+    store.index_add(&bob, &b1).await.unwrap();
+    assert_eq!(
+        sorted(store.index_list(&alice, now()).await.unwrap()),
+        sorted(vec![a1, a2]),
+        "entries round-trip exactly, per user"
+    );
+    assert_eq!(store.index_list(&bob, now()).await.unwrap(), vec![b1]);
+
+    store
+        .index_remove(&alice, &[a1.store_key, fresh_key()])
+        .await
+        .unwrap();
+    assert_eq!(store.index_list(&alice, now()).await.unwrap(), vec![a2]);
+    store.index_remove(&alice, &[]).await.unwrap();
+    store.index_remove(&alice, &[a2.store_key]).await.unwrap();
+    assert!(store.index_list(&alice, now()).await.unwrap().is_empty());
+    store.index_remove(&alice, &[a2.store_key]).await.unwrap();
+    assert_eq!(
+        store.index_list(&bob, now()).await.unwrap(),
+        vec![b1],
+        "other users untouched"
+    );
+}
+
+async fn index_entries_expire_and_never_shrink_on_refresh<St: SessionStore>(store: &St) {
+    let user = fresh_user();
+    let key = fresh_key();
+    let long = entry(key, Duration::from_secs(7200), false);
+    store.index_add(&user, &long).await.unwrap();
+    let shorter = entry(key, Duration::from_secs(600), true);
+    store.index_add(&user, &shorter).await.unwrap();
+    let listed = store.index_list(&user, now()).await.unwrap();
+    assert_eq!(listed.len(), 1, "one entry per session");
+    assert_eq!(
+        listed[0].expires_at, long.expires_at,
+        "the later expiry stands"
+    );
+    assert!(listed[0].remember_me, "the other fields are refreshed");
+
+    let soon = entry(fresh_key(), Duration::from_secs(30), false);
+    store.index_add(&user, &soon).await.unwrap();
+    let later = now().saturating_add(Duration::from_secs(60));
+    let listed = store.index_list(&user, later).await.unwrap();
+    assert_eq!(listed.len(), 1, "an entry past its expiry is not listed");
+    assert_eq!(listed[0].store_key, key);
+    assert_eq!(
+        store.index_list(&user, now()).await.unwrap().len(),
+        1,
+        "and it was dropped"
+    );
+}
+
+async fn concurrent_index_adds_lose_nothing<St: SessionStore>(store: Arc<St>) {
+    let user = fresh_user();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let e = entry(fresh_key(), Duration::from_secs(3600), false);
+                store.index_add(&user, &e).await.unwrap();
+                e
+            })
+        })
+        .collect();
+    let mut added = Vec::new();
+    for task in tasks {
+        added.push(task.await.unwrap());
+    }
+    assert_eq!(
+        sorted(store.index_list(&user, now()).await.unwrap()),
+        sorted(added)
+    );
 }
 
 async fn create_load_and_refuse_existing<St: SessionStore>(store: &St) {
@@ -122,6 +231,7 @@ async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
     let later = Deadlines {
         idle: now().saturating_add(Duration::from_secs(5400)),
         lifespan: now().saturating_add(Duration::from_secs(7200)),
+        active: now(),
     };
     assert!(
         !store.touch(&key, later, 3).await.unwrap(),

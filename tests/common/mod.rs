@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod model;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use tower_sealed_sessions::{
-    Cas, Deadlines, MemoryStore, Record, SessionStore, StoreError, StoreKey, Timestamp,
+    Cas, Deadlines, IndexEntry, MemoryStore, Record, SessionStore, StoreError, StoreKey, Timestamp,
+    UserTag,
 };
 
 /// A memory store that records every operation and fails while told to.
@@ -87,7 +89,7 @@ impl TestStore {
 
     fn enter(&self, op: &'static str) -> Result<(), StoreError> {
         self.ops.lock().unwrap().push(op);
-        let write = op != "load";
+        let write = !matches!(op, "load" | "index_list");
         if self.failing.load(Ordering::SeqCst)
             || (write && self.failing_writes.load(Ordering::SeqCst))
         {
@@ -194,6 +196,48 @@ impl SessionStore for TestStore {
             checkpoint.await;
             entered?;
             self.inner.delete_expired(now).await
+        }
+    }
+
+    fn index_add(
+        &self,
+        user: &UserTag,
+        entry: &IndexEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let entered = self.enter("index_add");
+        let checkpoint = self.checkpoint("index_add");
+        async move {
+            checkpoint.await;
+            entered?;
+            self.inner.index_add(user, entry).await
+        }
+    }
+
+    fn index_remove(
+        &self,
+        user: &UserTag,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let entered = self.enter("index_remove");
+        let checkpoint = self.checkpoint("index_remove");
+        async move {
+            checkpoint.await;
+            entered?;
+            self.inner.index_remove(user, keys).await
+        }
+    }
+
+    fn index_list(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
+        let entered = self.enter("index_list");
+        let checkpoint = self.checkpoint("index_list");
+        async move {
+            checkpoint.await;
+            entered?;
+            self.inner.index_list(user, now).await
         }
     }
 }

@@ -40,6 +40,7 @@ fn deadlines() -> Deadlines {
     Deadlines {
         idle: now.saturating_add(Duration::from_secs(3600)),
         lifespan: now.saturating_add(Duration::from_secs(7200)),
+        active: now,
     }
 }
 

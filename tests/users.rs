@@ -1,0 +1,201 @@
+//! Per-user sessions on the memory store: the shared suite, expiry and the index,
+//! last activity, key rotation, and the reserved user key. The audit trail has its
+//! own test binary (tests/audit.rs).
+
+mod common;
+
+use std::time::Duration;
+
+use tower::{Layer, ServiceExt, service_fn};
+use tower_sealed_sessions::{
+    Keys, ManualClock, MemoryStore, Secret, Session, SessionError, SessionLayer, SessionStore,
+};
+
+use common::users::{login, me, routes};
+use common::{jar_client, serve};
+
+const SECRET: &[u8; 32] = b"user-sessions test secret 012345";
+
+fn clocked() -> (ManualClock, MemoryStore, SessionLayer) {
+    let hand = ManualClock::new();
+    let store = MemoryStore::builder().clock(hand.clone().into()).build();
+    let layer = SessionLayer::new(store.clone(), Keys::from_secret(SECRET).unwrap())
+        .with_secure(false)
+        .with_clock(hand.clone());
+    (hand, store, layer)
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_user_sessions_suite() {
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_secure(false)
+        .with_max_sessions_per_user(Some(2));
+    common::users::run(layer).await;
+}
+
+#[tokio::test]
+async fn expired_sessions_leave_the_index_when_listed_or_swept() {
+    let (hand, store, layer) = clocked();
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+    for _ in 0..3 {
+        login(&base, "alice").await;
+    }
+    login(&base, "bob").await;
+    assert_eq!(store.index_len(), 4);
+    assert_eq!(users.list("alice").await.unwrap().len(), 3);
+
+    // Past the idle timeout (30 minutes): listing drops the dead entries.
+    hand.advance(Duration::from_secs(31 * 60));
+    assert!(users.list("alice").await.unwrap().is_empty());
+    assert_eq!(store.index_len(), 1, "only bob's entry is left");
+
+    // The cleanup task's sweep drops the rest without anyone listing.
+    assert_eq!(
+        store.delete_expired(hand.now()).await.unwrap(),
+        1,
+        "bob's record; alice's went when listing found them expired"
+    );
+    assert_eq!(store.index_len(), 0);
+    assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn an_index_holds_at_most_the_sessions_of_one_lifespan() {
+    let (hand, store, layer) = clocked();
+    let layer = layer
+        .with_idle_timeout(None)
+        .with_lifespan(Some(Duration::from_secs(3600)));
+    let base = serve(routes().layer(layer)).await;
+    // Logins every ten minutes for five hours, with no limit, never listed and
+    // never swept: each new entry drops those past their lifespan, so the index
+    // holds at most an hour of logins.
+    for _ in 0..30 {
+        login(&base, "alice").await;
+        hand.advance(Duration::from_secs(600));
+    }
+    assert_eq!(store.index_len(), 6);
+}
+
+#[tokio::test]
+async fn the_list_shows_creation_last_activity_and_remember_me() {
+    let (hand, _store, layer) = clocked();
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+    let started = hand.now().to_system_time().unwrap();
+    let plain = login(&base, "alice").await;
+    let remembered = jar_client();
+    let res = remembered
+        .post(format!("{base}/login-remembered/alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    hand.advance(Duration::from_secs(5 * 60));
+    let later = hand.now().to_system_time().unwrap();
+    // A read-only request each: due for a touch, which records the activity, for
+    // the remember-me session (which idleness never ends) too.
+    let (_, plain_fp) = me(&plain, &base).await;
+    let (_, remembered_fp) = me(&remembered, &base).await;
+
+    let listed = users.list("alice").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for info in &listed {
+        assert_eq!(info.created_at, started);
+        assert_eq!(info.last_active, later, "{info:?}");
+        if Some(info.fingerprint) == remembered_fp {
+            assert!(info.remember_me);
+            let lifespan = started + Duration::from_secs(30 * 24 * 3600);
+            assert_eq!(info.expires_at, Some(lifespan));
+        } else {
+            assert_eq!(Some(info.fingerprint), plain_fp);
+            assert!(!info.remember_me);
+            assert_eq!(info.expires_at, Some(later + Duration::from_secs(30 * 60)));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sessions_indexed_under_a_previous_key_are_found_and_follow_their_move() {
+    let store = MemoryStore::default();
+    let old = Keys::from_secret(SECRET).unwrap();
+    let layer = SessionLayer::new(store.clone(), old).with_secure(false);
+    let base = serve(routes().layer(layer)).await;
+    let client = login(&base, "alice").await;
+    let cookie_before = me(&client, &base).await.1;
+
+    let new_secret = b"user-sessions rotated secret 678";
+    let rotated = Keys::from_secret(new_secret)
+        .unwrap()
+        .with_previous(&Secret::from_bytes(SECRET.to_vec()).unwrap());
+    let layer = SessionLayer::new(store.clone(), rotated).with_secure(false);
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+    assert_eq!(
+        users.list("alice").await.unwrap().len(),
+        1,
+        "found under the old key's tag"
+    );
+
+    // The next request moves the session to the new key, and its index entry with it.
+    let (user, moved) = {
+        me(&client, &base).await; // re-sealed under the new key
+        me(&client, &base).await
+    };
+    assert_eq!(user.as_deref(), Some("alice"));
+    assert_ne!(moved, cookie_before, "a new id, so a new fingerprint");
+    let listed = users.list("alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(Some(listed[0].fingerprint), moved);
+    assert_eq!(store.index_len(), 1, "the old entry left");
+    assert_eq!(users.revoke_all("alice").await.unwrap(), 1);
+    assert_eq!(me(&client, &base).await, (None, None));
+}
+
+#[tokio::test]
+async fn the_user_id_is_kept_out_of_handlers_keys() {
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate());
+    let svc = layer.layer(service_fn(|req: http::Request<String>| async move {
+        let s = req.extensions().get::<Session>().unwrap().clone();
+        s.insert("visible", 1).unwrap();
+        s.set_user_id("alice");
+        let refused = s.insert("\u{0}user", "mallory").unwrap_err();
+        assert!(matches!(refused, SessionError::ReservedKey { .. }));
+        assert!(refused.to_string().contains("reserved"), "{refused}");
+        assert_eq!(s.get::<String>("\u{0}user").unwrap(), None);
+        assert!(!s.remove("\u{0}user"));
+        s.clear();
+        assert!(s.is_empty(), "the user does not count as data");
+        assert_eq!(
+            s.user_id().as_deref(),
+            Some("alice"),
+            "clear keeps the user"
+        );
+        assert!(!format!("{s:?}").contains("alice"));
+        s.clear_user_id();
+        assert_eq!(s.user_id(), None);
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    let res = svc
+        .oneshot(http::Request::new(String::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn logout_and_revocation_take_entries_out_of_the_index_at_once() {
+    let (_hand, store, layer) = clocked();
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+    let first = login(&base, "alice").await;
+    login(&base, "alice").await;
+    assert_eq!(store.index_len(), 2);
+    let res = first.post(format!("{base}/logout")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(store.index_len(), 1, "not left for a later sweep");
+    assert_eq!(users.revoke_all("alice").await.unwrap(), 1);
+    assert_eq!(store.index_len(), 0);
+    assert!(store.is_empty());
+}
