@@ -206,9 +206,18 @@ where
     }
 }
 
-/// The first token that opens and is within its lifespan, and whether any token
-/// was refused. Every `Cookie` header, or every value of the session header, is
-/// read.
+/// The one session the request's tokens name, and whether any token was refused.
+/// Every `Cookie` header, or every value of the session header, is read.
+///
+/// Cookie tossing: a page on a sibling subdomain, or on another path of the same
+/// host, can plant a second cookie of the same name (with its own Domain or Path)
+/// holding the attacker's own, perfectly authentic, session; the browser then
+/// sends both, the planted one first when its Path is longer. Whichever we picked,
+/// one of them could be the attacker's, and the victim would act inside it (login
+/// CSRF, session swapping). So a request whose tokens open to two different
+/// sessions has no session at all: neither is read or written, and neither is
+/// cleared (clearing ours would leave the planted one alone, and winning). Invalid
+/// tokens beside one valid token are ignored (and cleared only if none is valid).
 fn open_request_token(
     shared: &Shared,
     headers: &http::HeaderMap,
@@ -238,6 +247,7 @@ fn open_first<'a>(
 ) -> (Option<Opened>, bool) {
     let name = shared.token_name();
     let mut rejected = false;
+    let mut found: Option<Opened> = None;
     for value in values {
         match cookie::open(&shared.keys, name, value) {
             Ok(opened) if now >= opened.data.lifespan_deadline => {
@@ -245,7 +255,18 @@ fn open_first<'a>(
                 audit_expired(&StoreKey::derive(keys, &opened.data.sid), "lifespan");
                 rejected = true;
             }
-            Ok(opened) => return (Some(opened), rejected),
+            Ok(opened) => match &found {
+                None => found = Some(opened),
+                Some(first) if first.data.sid == opened.data.sid => {}
+                Some(first) => {
+                    let keys = |o: &Opened| &shared.keys.ring[o.key_index];
+                    let a = Fingerprint::of(&StoreKey::derive(keys(first), &first.data.sid));
+                    let b = Fingerprint::of(&StoreKey::derive(keys(&opened), &opened.data.sid));
+                    tracing::warn!(target: TARGET, "two session cookies name different sessions (cookie tossing, or a changed cookie Domain or Path): no session for this request");
+                    tracing::info!(target: AUDIT_TARGET, event = "rejected", reason = "two sessions in one request", fingerprint = %a, other = %b);
+                    return (None, false);
+                }
+            },
             Err(reason) => {
                 // Not authentic, so there is no session to name.
                 tracing::info!(target: AUDIT_TARGET, event = "rejected", %reason);
@@ -253,7 +274,8 @@ fn open_first<'a>(
             }
         }
     }
-    (None, rejected)
+    let rejected = rejected && found.is_none();
+    (found, rejected)
 }
 
 /// A trailers-only gRPC response whose status is not OK: the gRPC form of a

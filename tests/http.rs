@@ -910,3 +910,48 @@ async fn a_stored_version_at_its_maximum_is_refused_not_wrapped() {
     let res = h.post_with_cookie("/set/a/2", &cookie).await;
     assert_eq!(res.status(), 503);
 }
+
+#[tokio::test]
+async fn a_tossed_cookie_never_wins_over_nor_replaces_the_real_session() {
+    let h = Harness::new().await;
+    let victim = cookie_pair(&h.post("/set/who/victim").await);
+    // The attacker's own, authentic session, planted in the victim's browser from a
+    // sibling subdomain or a longer path: the browser sends both cookies.
+    let attacker = cookie_pair(&h.post_with_cookie("/set/who/attacker", "").await);
+    assert_ne!(victim, attacker);
+    h.store.take_ops();
+
+    for both in [
+        format!("{attacker}; {victim}"),
+        format!("{victim}; {attacker}"),
+    ] {
+        let res = h.get_with_cookie("/get/who", &both).await;
+        assert_eq!(res.status(), 200);
+        assert!(
+            set_cookies(&res).is_empty(),
+            "ours is not cleared: the planted one would be left alone"
+        );
+        assert_eq!(res.json::<Value>().await.unwrap(), Value::Null, "{both}");
+        assert!(h.store.take_ops().is_empty(), "neither session is loaded");
+
+        // A write under two cookies lands in neither session.
+        let res = h.post_with_cookie("/set/who/mallory", &both).await;
+        assert_eq!(res.status(), 204);
+        assert_eq!(h.store.take_ops(), ["create"], "a fresh session at most");
+    }
+    let h = &h;
+    let read = |cookie: String| async move {
+        let res = h.get_with_cookie("/get/who", &cookie).await;
+        res.json::<Value>().await.unwrap()
+    };
+    assert_eq!(read(victim.clone()).await, json!("victim"));
+    assert_eq!(read(attacker.clone()).await, json!("attacker"));
+
+    // The same cookie twice, or a garbage one beside it, is no ambiguity.
+    assert_eq!(read(format!("{victim}; {victim}")).await, json!("victim"));
+    let res = h
+        .get_with_cookie("/get/who", &format!("id=garbage; {victim}"))
+        .await;
+    assert!(set_cookies(&res).is_empty(), "the real cookie is kept");
+    assert_eq!(res.json::<Value>().await.unwrap(), json!("victim"));
+}
