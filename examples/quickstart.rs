@@ -147,9 +147,10 @@ async fn page(session: Session) -> Result<Html<String>, AppError> {
         Some(user) => format!("Logged in as <b>{}</b>.", escape_html(user)),
         None => "Not logged in.".to_owned(),
     };
+    // `{who}` last: a user name may itself contain `{visits}`.
     Ok(Html(
-        PAGE.replace("{who}", &who)
-            .replace("{visits}", &view.visits.to_string()),
+        PAGE.replace("{visits}", &view.visits.to_string())
+            .replace("{who}", &who),
     ))
 }
 
@@ -174,6 +175,7 @@ const PAGE: &str = r#"<!doctype html>
 <h1>Sealed sessions</h1>
 <p id="who">{who}</p>
 <p>Visits in this session: <span id="visits">{visits}</span></p>
+<p id="error" role="alert"></p>
 <form id="login">
   <label>Username <input name="username" id="username" required maxlength="64"></label>
   <label><input type="checkbox" name="remember" id="remember"> Remember me</label>
@@ -202,7 +204,12 @@ document.getElementById('login').addEventListener('submit', async (e) => {
     username: document.getElementById('username').value,
     remember: document.getElementById('remember').checked,
   });
-  await fetch('/api/login', {method: 'POST', headers: {'content-type': 'application/json'}, body});
+  const res = await fetch('/api/login', {method: 'POST', headers: {'content-type': 'application/json'}, body});
+  if (!res.ok) {
+    const failure = await res.json().catch(() => ({}));
+    document.getElementById('error').textContent = failure.error || res.statusText;
+    return;
+  }
   location.reload();
 });
 document.getElementById('logout').addEventListener('submit', async (e) => {

@@ -232,3 +232,11 @@ async fn users_see_their_own_sessions_and_can_log_out_everywhere() {
         .unwrap();
     assert_eq!(me, json!("grace"), "another user is untouched");
 }
+
+#[tokio::test]
+async fn a_user_name_that_looks_like_a_placeholder_is_shown_as_is() {
+    let base = start().await;
+    let client = login_as(&base, "{visits}", false).await;
+    let page = page(&client, &base).await;
+    assert!(page.contains("Logged in as <b>{visits}</b>."), "{page}");
+}
