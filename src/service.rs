@@ -25,6 +25,7 @@ use tower_service::Service;
 
 use crate::clock::Timestamp;
 use crate::cookie::{self, CookieData, Opened};
+use crate::keys::KeySet;
 use crate::layer::Shared;
 use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey};
 use crate::session::{Changes, Loaded, Meta, Plan, Session};
@@ -165,20 +166,31 @@ where
         let shared = &self.shared;
         let now = shared.clock.now();
         let grpc = grpc_content_type(&req);
-        let (opened, rejected) = open_request_token(shared, req.headers(), now);
-        let Some(opened) = opened else {
-            let session = Session::fresh(shared.clone(), now);
-            req.extensions_mut().insert(session.clone());
-            return ResponseFuture::calling(
-                self.inner.call(req),
-                session,
-                rejected,
-                shared,
-                now,
-                grpc,
-            );
+        let (session, rejected) = match open_request_token(shared, req.headers(), now) {
+            Tokens::One(opened) => return self.load_then_call(req, opened, now, grpc),
+            Tokens::None { rejected } => (Session::fresh(shared.clone(), now), rejected),
+            Tokens::Several(keys) => (Session::tossed(shared.clone(), now, keys), false),
         };
+        req.extensions_mut().insert(session.clone());
+        ResponseFuture::calling(self.inner.call(req), session, rejected, shared, now, grpc)
+    }
+}
 
+impl<S> SessionService<S> {
+    /// The request flow for a request with one authentic token: load its record,
+    /// then call the inner service.
+    fn load_then_call<ReqBody, ResBody>(
+        &mut self,
+        mut req: Request<ReqBody>,
+        opened: Opened,
+        now: Timestamp,
+        grpc: Option<HeaderValue>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        ReqBody: Send + 'static,
+    {
+        let shared = &self.shared;
         let key_set = &shared.keys.ring[opened.key_index];
         let store_key = StoreKey::derive(key_set, &opened.data.sid);
         let load = shared.store.load(store_key);
@@ -206,32 +218,38 @@ where
     }
 }
 
-/// The one session the request's tokens name, and whether any token was refused.
-/// Every `Cookie` header, or every value of the session header, is read.
+/// What a request's session tokens come to.
+enum Tokens {
+    /// No usable token; `rejected` when some token was refused and must be cleared.
+    None { rejected: bool },
+    /// One session (possibly sent more than once).
+    One(Opened),
+    /// Authentic tokens naming different sessions: the store keys of all of them.
+    Several(Vec<StoreKey>),
+}
+
+/// Opens every `Cookie` header's session cookie, or every value of the session
+/// header.
 ///
 /// Cookie tossing: a page on a sibling subdomain, or on another path of the same
 /// host, can plant a second cookie of the same name (with its own Domain or Path)
 /// holding the attacker's own, perfectly authentic, session; the browser then
 /// sends both, the planted one first when its Path is longer. Whichever we picked,
 /// one of them could be the attacker's, and the victim would act inside it (login
-/// CSRF, session swapping). So a request whose tokens open to two different
-/// sessions has no session at all: neither is read or written, and neither is
-/// cleared (clearing ours would leave the planted one alone, and winning). Invalid
-/// tokens beside one valid token are ignored (and cleared only if none is valid).
-fn open_request_token(
-    shared: &Shared,
-    headers: &http::HeaderMap,
-    now: Timestamp,
-) -> (Option<Opened>, bool) {
+/// CSRF, session swapping). So tokens that open to two different sessions, even
+/// one past its lifespan, give [`Tokens::Several`]: the request gets a session
+/// that is never saved (see [`Session::tossed`]). Invalid tokens beside one valid
+/// token are ignored, and cleared only when no token is valid.
+fn open_request_token(shared: &Shared, headers: &http::HeaderMap, now: Timestamp) -> Tokens {
     match &shared.header {
-        None => open_first(
+        None => open_all(
             shared,
             cookie::request_values(headers, &shared.cookie.name),
             now,
         ),
         Some(name) => {
             let values = headers.get_all(name).iter();
-            open_first(
+            open_all(
                 shared,
                 values.filter_map(|v| v.to_str().ok()).map(str::trim),
                 now,
@@ -240,42 +258,56 @@ fn open_request_token(
     }
 }
 
-fn open_first<'a>(
-    shared: &Shared,
-    values: impl Iterator<Item = &'a str>,
-    now: Timestamp,
-) -> (Option<Opened>, bool) {
+fn open_all<'a>(shared: &Shared, values: impl Iterator<Item = &'a str>, now: Timestamp) -> Tokens {
     let name = shared.token_name();
-    let mut rejected = false;
+    let store_key = |o: &Opened| StoreKey::derive(&shared.keys.ring[o.key_index], &o.data.sid);
+    let mut invalid = 0u32;
+    let mut first_reason = None;
     let mut found: Option<Opened> = None;
+    let mut others: Vec<StoreKey> = Vec::new();
     for value in values {
         match cookie::open(&shared.keys, name, value) {
-            Ok(opened) if now >= opened.data.lifespan_deadline => {
-                let keys = &shared.keys.ring[opened.key_index];
-                audit_expired(&StoreKey::derive(keys, &opened.data.sid), "lifespan");
-                rejected = true;
-            }
             Ok(opened) => match &found {
                 None => found = Some(opened),
                 Some(first) if first.data.sid == opened.data.sid => {}
-                Some(first) => {
-                    let keys = |o: &Opened| &shared.keys.ring[o.key_index];
-                    let a = Fingerprint::of(&StoreKey::derive(keys(first), &first.data.sid));
-                    let b = Fingerprint::of(&StoreKey::derive(keys(&opened), &opened.data.sid));
-                    tracing::warn!(target: TARGET, "two session cookies name different sessions (cookie tossing, or a changed cookie Domain or Path): no session for this request");
-                    tracing::info!(target: AUDIT_TARGET, event = "rejected", reason = "two sessions in one request", fingerprint = %a, other = %b);
-                    return (None, false);
+                Some(_) => {
+                    let key = store_key(&opened);
+                    if !others.contains(&key) {
+                        others.push(key);
+                    }
                 }
             },
             Err(reason) => {
-                // Not authentic, so there is no session to name.
-                tracing::info!(target: AUDIT_TARGET, event = "rejected", %reason);
-                rejected = true;
+                invalid += 1;
+                first_reason.get_or_insert(reason);
             }
         }
     }
-    let rejected = rejected && found.is_none();
-    (found, rejected)
+    if let Some(reason) = first_reason {
+        // One event per request, however many tokens it carries. Not authentic, so
+        // there is no session to name.
+        tracing::info!(target: AUDIT_TARGET, event = "rejected", %reason, count = invalid);
+    }
+    let Some(opened) = found else {
+        return Tokens::None {
+            rejected: invalid > 0,
+        };
+    };
+    if !others.is_empty() {
+        others.insert(0, store_key(&opened));
+        let fingerprints: Vec<String> = others
+            .iter()
+            .map(|k| Fingerprint::of(k).to_string())
+            .collect();
+        tracing::warn!(target: TARGET, "session cookies name different sessions (cookie tossing, or a changed cookie Domain or Path): the request's session is not saved");
+        tracing::info!(target: AUDIT_TARGET, event = "rejected", reason = "several sessions in one request", fingerprints = ?fingerprints);
+        return Tokens::Several(others);
+    }
+    if now >= opened.data.lifespan_deadline {
+        audit_expired(&store_key(&opened), "lifespan");
+        return Tokens::None { rejected: true };
+    }
+    Tokens::One(opened)
 }
 
 /// A trailers-only gRPC response whose status is not OK: the gRPC form of a
@@ -597,6 +629,14 @@ async fn persist<St: SessionStore>(
             Ok(Carry::Keep)
         }
         Plan::Create { data, meta } => create_new(store, shared, now, &data, meta).await,
+        Plan::DestroyAll { store_keys } => {
+            // Their index entries, if any, go once a read finds the records gone.
+            for store_key in store_keys {
+                store.delete(&store_key).await?;
+                audit(&store_key, "destroyed");
+            }
+            Ok(Carry::Clear)
+        }
         Plan::Destroy {
             store_key,
             user,
@@ -666,26 +706,55 @@ async fn create_new<St: SessionStore>(
     let created = create_with(store, shared, now, data, meta, deadlines).await?;
     audit(&created.store_key, "created");
     if let Some(user) = user_of(data) {
-        limit(store, shared, user, &created.store_key, now).await?;
+        after_login(store, shared, user, now).await?;
     }
     Ok(set_cookie(shared, now, &created.identity))
 }
 
-/// Applies the per-user limit after `user` logged in to the session under `keep`.
-async fn limit<St: SessionStore>(
+/// After `user` logged in: prunes the user's index and applies the per-user limit.
+async fn after_login<St: SessionStore>(
     store: &St,
     shared: &Shared,
     user: &str,
-    keep: &StoreKey,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let Some(max) = shared.max_sessions_per_user else {
-        return Ok(());
-    };
     let tags: Vec<UserTag> = (shared.keys.ring.iter())
         .map(|keys| UserTag::derive(keys, user))
         .collect();
-    users::enforce_limit(store, &tags, keep, max, now).await
+    users::after_login(store, &tags, shared.max_sessions_per_user, now).await
+}
+
+/// What a user index is known to hold for one session: the user's tag and the
+/// expiry of the entry.
+struct Indexed {
+    store_key: StoreKey,
+    held: Option<(UserTag, Timestamp)>,
+}
+
+impl Indexed {
+    /// Before a record of `data` with `deadlines` is written: makes sure the index
+    /// of `data`'s user has the session, with an entry lasting at least as long.
+    async fn ensure<St: SessionStore>(
+        &mut self,
+        store: &St,
+        keys: &KeySet,
+        data: &Data,
+        meta: Meta,
+        deadlines: Deadlines,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(user) = user_of(data) else {
+            return Ok(());
+        };
+        let tag = UserTag::derive(keys, user);
+        if self.held == Some((tag, deadlines.lifespan)) {
+            return Ok(());
+        }
+        let entry = index_entry(self.store_key, meta, deadlines, now);
+        store.index_add(&tag, &entry).await?;
+        self.held = Some((tag, deadlines.lifespan));
+        Ok(())
+    }
 }
 
 /// The index entry of a session stored under `store_key`.
@@ -797,37 +866,30 @@ async fn update<St: SessionStore>(
     let ours = shared.deadlines(now, meta);
     let mut version = loaded.version;
     let mut deadlines = deadlines_to_write(ours, loaded.deadlines, lifespan_changed);
-    // A new user's index gets the session before the record names the user; a new
-    // lifespan reaches the index before the record, so the entry never ends first.
-    let user_change = changes.user();
-    let indexed = match user_change {
-        Some(user) => user,
-        None if lifespan_changed => user_of(&data),
-        None => None,
-    };
     let keys = &shared.keys.ring[loaded.key_index];
-    if let Some(user) = indexed {
-        let entry = index_entry(key, meta, deadlines, now);
-        store
-            .index_add(&UserTag::derive(keys, user), &entry)
-            .await?;
-    }
+    let before = loaded.user_tag(shared);
+    let mut index = Indexed {
+        store_key: key,
+        held: before.map(|tag| (tag, loaded.deadlines.lifespan)),
+    };
     for _ in 0..MAX_UPDATE_ATTEMPTS {
+        // Whatever user and lifespan this attempt writes (a concurrent request
+        // may have changed either), the index has them first.
+        index
+            .ensure(store, keys, &data, meta, deadlines, now)
+            .await?;
         let sealed = loaded.cipher.seal(&key, &data);
         let record = Record::new(next_version(version)?, deadlines, sealed);
         match store.update(&key, &record, version).await? {
             Cas::Done => {
-                if let Some(user) = user_change {
-                    // The previous user's index lets go only once the record no
-                    // longer names that user.
-                    if let Some(before) = loaded.user_tag(shared) {
-                        if user.is_none_or(|u| UserTag::derive(keys, u) != before) {
-                            store.index_remove(&before, &[key]).await?;
-                        }
-                    }
-                    if let Some(user) = user {
-                        limit(store, shared, user, &key, now).await?;
-                    }
+                // The previous user's index lets go only once the record no
+                // longer names that user.
+                let after = user_of(&data).map(|user| UserTag::derive(keys, user));
+                if let Some(before) = before.filter(|&b| Some(b) != after) {
+                    store.index_remove(&before, &[key]).await?;
+                }
+                if let Some(Some(user)) = changes.user() {
+                    after_login(store, shared, user, now).await?;
                 }
                 if !lifespan_changed {
                     return Ok(Carry::Keep);
@@ -874,7 +936,11 @@ async fn move_session<St: SessionStore>(
     let mut data = reapply(&loaded, &current, &changes)?;
     let mut old_version = current.version;
     let mut new = create_with(store, shared, now, &data, meta, deadlines).await?;
-    let new_user = user_of(&data).map(|user| UserTag::derive(shared.keys.primary(), user));
+    let primary = shared.keys.primary();
+    let mut index = Indexed {
+        store_key: new.store_key,
+        held: user_of(&data).map(|user| (UserTag::derive(primary, user), deadlines.lifespan)),
+    };
     for _ in 0..MAX_UPDATE_ATTEMPTS {
         match store.delete_version(&old, old_version).await? {
             Cas::Done => {
@@ -888,13 +954,13 @@ async fn move_session<St: SessionStore>(
                     previous = %Fingerprint::of(&old),
                 );
                 if let Some(Some(user)) = changes.user() {
-                    limit(store, shared, user, &new.store_key, now).await?;
+                    after_login(store, shared, user, now).await?;
                 }
                 return Ok(set_cookie(shared, now, &new.identity));
             }
             Cas::Missing => {
                 store.delete(&new.store_key).await?;
-                if let Some(tag) = new_user {
+                if let Some((tag, _)) = index.held {
                     store.index_remove(&tag, &[new.store_key]).await?;
                 }
                 return gone("move to a new id");
@@ -903,6 +969,9 @@ async fn move_session<St: SessionStore>(
                 data = reapply(&loaded, &current, &changes)?;
                 old_version = current.version;
                 deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
+                index
+                    .ensure(store, primary, &data, meta, deadlines, now)
+                    .await?;
                 let sealed = new.cipher.seal(&new.store_key, &data);
                 let record = Record::new(next_version(new.version)?, deadlines, sealed);
                 // Nobody holds the new id's cookie yet, so this cannot conflict.

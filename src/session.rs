@@ -74,6 +74,9 @@ struct State {
     destroyed: bool,
     cycle: bool,
     lifespan_changed: bool,
+    /// The request named several sessions (cookie tossing): these are their store
+    /// keys, and nothing of this request is saved.
+    tossed: Vec<StoreKey>,
 }
 
 /// The lifetime facts that travel in the cookie.
@@ -178,6 +181,8 @@ pub(crate) enum Plan {
     },
     /// A new session with data in it.
     Create { data: Data, meta: Meta },
+    /// Destroyed while the request named several sessions: all of them end.
+    DestroyAll { store_keys: Vec<StoreKey> },
 }
 
 impl Session {
@@ -185,6 +190,16 @@ impl Session {
     pub(crate) fn fresh(shared: Arc<Shared>, now: Timestamp) -> Self {
         let meta = shared.new_meta(now);
         Self::build(shared, now, Data::new(), meta, None)
+    }
+
+    /// A session for a request whose tokens name several sessions (cookie
+    /// tossing). It starts empty and is never saved, so neither the real session
+    /// nor a planted one is read, written or replaced by a new cookie; only
+    /// [`destroy`](Session::destroy) acts, and ends all of them.
+    pub(crate) fn tossed(shared: Arc<Shared>, now: Timestamp, store_keys: Vec<StoreKey>) -> Self {
+        let session = Self::fresh(shared, now);
+        session.lock().tossed = store_keys;
+        session
     }
 
     /// A session opened from its cookie and record.
@@ -212,6 +227,7 @@ impl Session {
             destroyed: false,
             cycle: false,
             lifespan_changed: false,
+            tossed: Vec::new(),
         };
         Session {
             inner: Arc::new(Inner {
@@ -434,6 +450,13 @@ impl Session {
         let data = mem::take(&mut state.data);
         let changes = mem::take(&mut state.changes);
         let meta = state.meta;
+        if !state.tossed.is_empty() {
+            if !state.destroyed {
+                return Plan::Nothing;
+            }
+            let store_keys = mem::take(&mut state.tossed);
+            return Plan::DestroyAll { store_keys };
+        }
         match state.loaded.take() {
             None if data.is_empty() => {
                 if cookie_rejected {

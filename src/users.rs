@@ -26,13 +26,20 @@
 //!   written, and leaves it after its record is deleted, so revoking every session
 //!   of a user reaches every session that existed when the revocation started.
 //! - **Limit.** After a request that sets the user id, the user's live sessions are
-//!   counted and, beyond the limit, the oldest (by creation) other than the
-//!   current one are invalidated. With simultaneous logins the count can exceed the
-//!   limit only between a login's index write and its own count; once every login
-//!   has finished, at most the limit remain (each login counts after writing).
+//!   counted and, beyond the limit, all but the most recently logged in (by the
+//!   time their index entry was written, then by store key) are invalidated. Every
+//!   login uses that one order, so simultaneous logins evict the same sessions and
+//!   never each other: with logins in flight the count can exceed the limit only
+//!   between a login's index write and its own count, and once every login has
+//!   finished, at most the limit remain, and at least one.
 //! - **Cleanup.** An index entry is dropped once its session's lifespan has passed,
-//!   and, when it is read, once its record is gone (idle expiry, logout). So an
-//!   index holds at most the sessions started within one lifespan.
+//!   and whenever the index is read (every login, list, revocation) once its
+//!   record is gone (idle expiry, logout) for more than a minute. So an index holds
+//!   the user's live sessions plus at most those that ended since the user's last
+//!   login, and never more than one lifespan of sessions.
+//! - **Revocation.** [`UserSessions::revoke_all`] repeats its pass while it finds
+//!   sessions (up to three passes), so a session being moved to a new id while it
+//!   runs (a login, or a key rotation) is caught under its new id too.
 //! - **Stores.** In Redis a user's index is one hash, so in a Cluster it sits in one
 //!   slot, apart from the sessions: the request path updates it with separate
 //!   single-key commands, never a cross-slot one.
@@ -325,7 +332,8 @@ impl UserSessions {
     }
 
     /// Ends every session of the user ("log out everywhere"); returns how many were
-    /// live. A session created while this runs may survive it.
+    /// live. A session moved to a new id meanwhile is caught under its new id; a
+    /// login that starts after this returns is not affected.
     ///
     /// # Errors
     ///
@@ -383,6 +391,28 @@ pub(crate) async fn revoke<St: SessionStore>(
     only: Option<Fingerprint>,
     now: Timestamp,
 ) -> Result<usize, StoreError> {
+    if only.is_some() {
+        return revoke_pass(store, tags, only, now).await;
+    }
+    // A move indexes the new id before it deletes the old one: a pass that found
+    // the old one may have missed the new one, which the next pass sees.
+    let mut revoked = 0;
+    for _ in 0..3 {
+        let found = revoke_pass(store, tags, None, now).await?;
+        revoked += found;
+        if found == 0 {
+            break;
+        }
+    }
+    Ok(revoked)
+}
+
+async fn revoke_pass<St: SessionStore>(
+    store: &St,
+    tags: &[UserTag],
+    only: Option<Fingerprint>,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
     let mut revoked = 0;
     for (tag, entry, _) in live(store, tags, now).await? {
         let fingerprint = Fingerprint::of(&entry.store_key);
@@ -399,28 +429,23 @@ pub(crate) async fn revoke<St: SessionStore>(
     Ok(revoked)
 }
 
-/// Invalidates the oldest of the user's sessions beyond `max`, sparing `keep` (the
-/// session that just logged in).
-pub(crate) async fn enforce_limit<St: SessionStore>(
+/// After a login: prunes the user's index of sessions that are gone (so it holds
+/// only live ones plus those of the last minute, whatever the lifespan), and
+/// invalidates the sessions beyond `max`, keeping the most recently indexed.
+///
+/// One total order (index time, then store key) for every login: two logins
+/// counting at once evict the same sessions, so they cannot evict each other.
+pub(crate) async fn after_login<St: SessionStore>(
     store: &St,
     tags: &[UserTag],
-    keep: &StoreKey,
-    max: usize,
+    max: Option<usize>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let mut live = live(store, tags, now).await?;
-    if live.len() <= max {
+    let Some(max) = max.filter(|&max| live.len() > max) else {
         return Ok(());
-    }
-    // The current session first, then the newest; the store key breaks ties, so
-    // two logins counting at once agree on whom to evict.
-    live.sort_by_key(|(_, entry, _)| {
-        (
-            entry.store_key != *keep,
-            Reverse(entry.created_at),
-            *entry.store_key.as_bytes(),
-        )
-    });
+    };
+    live.sort_by_key(|(_, entry, _)| (Reverse(entry.indexed_at), *entry.store_key.as_bytes()));
     for (tag, entry, _) in live.drain(max..) {
         store.delete(&entry.store_key).await?;
         store.index_remove(&tag, &[entry.store_key]).await?;

@@ -63,7 +63,9 @@ async fn the_audit_trail_names_sessions_by_fingerprint_only() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let fp_cycled = me(&anonymous, &base).await.1.unwrap();
-    let second = login(&base, "alice.example").await; // evicts the first by the limit of one
+    // A later login evicts the first by the limit of one.
+    hand.advance(Duration::from_secs(1));
+    let second = login(&base, "alice.example").await;
     let fp_second = me(&second, &base).await.1.unwrap();
     let third = login(&base, "bob.example").await;
     let fp_third = me(&third, &base).await.1.unwrap();

@@ -934,10 +934,12 @@ async fn a_tossed_cookie_never_wins_over_nor_replaces_the_real_session() {
         assert_eq!(res.json::<Value>().await.unwrap(), Value::Null, "{both}");
         assert!(h.store.take_ops().is_empty(), "neither session is loaded");
 
-        // A write under two cookies lands in neither session.
+        // A write under two cookies lands in no session, and no new cookie
+        // replaces the real one.
         let res = h.post_with_cookie("/set/who/mallory", &both).await;
         assert_eq!(res.status(), 204);
-        assert_eq!(h.store.take_ops(), ["create"], "a fresh session at most");
+        assert!(set_cookies(&res).is_empty(), "{:?}", set_cookies(&res));
+        assert!(h.store.take_ops().is_empty(), "nothing written");
     }
     let h = &h;
     let read = |cookie: String| async move {
@@ -947,9 +949,36 @@ async fn a_tossed_cookie_never_wins_over_nor_replaces_the_real_session() {
     assert_eq!(read(victim.clone()).await, json!("victim"));
     assert_eq!(read(attacker.clone()).await, json!("attacker"));
 
+    // A planted cookie past its own lifespan still makes two sessions.
+    h.clock.advance(Duration::from_secs(23 * 3600));
+    let late = cookie_pair(&h.post_with_cookie("/set/who/late", "").await);
+    h.clock.advance(Duration::from_secs(3600 + 1));
+    assert_eq!(read(format!("{victim}; {late}")).await, Value::Null);
+    assert_eq!(read(victim.clone()).await, Value::Null, "idle meanwhile");
+    let h2 = Harness::new().await;
+    let (victim, attacker) = (
+        cookie_pair(&h2.post_with_cookie("/set/who/victim", "").await),
+        cookie_pair(&h2.post_with_cookie("/set/who/attacker", "").await),
+    );
+    // Logging out under two cookies ends both sessions and clears ours.
+    let res = h2
+        .post_with_cookie("/logout", &format!("{attacker}; {victim}"))
+        .await;
+    assert_eq!(res.status(), 204);
+    assert!(set_cookies(&res)[0].contains("Max-Age=0"));
+    for cookie in [&victim, &attacker] {
+        let res = h2.get_with_cookie("/get/who", cookie).await;
+        assert_eq!(res.json::<Value>().await.unwrap(), Value::Null);
+    }
+    assert!(h2.store.inner.is_empty());
+
     // The same cookie twice, or a garbage one beside it, is no ambiguity.
-    assert_eq!(read(format!("{victim}; {victim}")).await, json!("victim"));
-    let res = h
+    let victim = cookie_pair(&h2.post_with_cookie("/set/who/victim", "").await);
+    let res = h2
+        .get_with_cookie("/get/who", &format!("{victim}; {victim}"))
+        .await;
+    assert_eq!(res.json::<Value>().await.unwrap(), json!("victim"));
+    let res = h2
         .get_with_cookie("/get/who", &format!("id=garbage; {victim}"))
         .await;
     assert!(set_cookies(&res).is_empty(), "the real cookie is kept");

@@ -485,3 +485,37 @@ fn redis_store_matches_the_model_under_random_operations() {
     let store = rt.block_on(RedisStore::connect(&server.url())).unwrap();
     common::model::check(Arc::new(store), &rt, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_lifespan_every_login_prunes_the_users_index() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let hand = ManualClock::at(SystemTime::now().into());
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap())
+        .with_secure(false)
+        .with_clock(hand.clone())
+        .with_idle_timeout(Some(Duration::from_secs(1)))
+        .with_lifespan(None);
+    let base = serve(common::users::routes().layer(layer)).await;
+    for _ in 0..5 {
+        // Abandoned logins: a client without a cookie jar each time.
+        common::users::login(&base, "alice.example").await;
+    }
+    let keys = server.cli(&["KEYS", "session:user:*"]);
+    assert_eq!(server.cli(&["HLEN", keys.trim()]), "5");
+    assert_eq!(
+        server.cli(&["PTTL", keys.trim()]),
+        "-1",
+        "no lifespan: no expiry"
+    );
+
+    // Redis drops the idle sessions; a minute later by the layer's clock, the next
+    // login finds their records gone and drops their entries.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    hand.advance(Duration::from_secs(120));
+    common::users::login(&base, "alice.example").await;
+    assert_eq!(server.cli(&["HLEN", keys.trim()]), "1");
+}

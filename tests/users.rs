@@ -12,7 +12,7 @@ use tower_sealed_sessions::{
 };
 
 use common::users::{login, me, routes};
-use common::{jar_client, serve};
+use common::{TestStore, jar_client, serve};
 
 const SECRET: &[u8; 32] = b"user-sessions test secret 012345";
 
@@ -198,4 +198,88 @@ async fn logout_and_revocation_take_entries_out_of_the_index_at_once() {
     assert_eq!(users.revoke_all("alice").await.unwrap(), 1);
     assert_eq!(store.index_len(), 0);
     assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn two_logins_counting_at_once_never_evict_each_other() {
+    let store = TestStore::new(MemoryStore::default());
+    let layer = SessionLayer::new(store.clone(), Keys::generate())
+        .with_secure(false)
+        .with_max_sessions_per_user(Some(1));
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+
+    // B stops before it counts; A counts (seeing both) and stops before it evicts;
+    // then B counts and evicts, and A evicts what it chose.
+    let counting = store.pause_before("index_list");
+    let b = tokio::spawn({
+        let base = base.clone();
+        async move { login(&base, "alice").await }
+    });
+    counting.reached.notified().await;
+    let evicting = store.pause_before("delete");
+    let a = tokio::spawn({
+        let base = base.clone();
+        async move { login(&base, "alice").await }
+    });
+    evicting.reached.notified().await;
+    counting.release.notify_one();
+    let b = b.await.unwrap();
+    evicting.release.notify_one();
+    let a = a.await.unwrap();
+
+    let mut live = 0;
+    for client in [&a, &b] {
+        if me(client, &base).await.0.is_some() {
+            live += 1;
+        }
+    }
+    let deletes = store
+        .take_ops()
+        .iter()
+        .filter(|op| **op == "delete")
+        .count();
+    assert_eq!(deletes, 2, "both logins evicted, after both had counted");
+    assert_eq!(live, 1, "exactly the limit survives");
+    assert_eq!(users.list("alice").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_index_entry_lasts_as_long_as_a_lifespan_set_concurrently() {
+    let hand = ManualClock::new();
+    let store = TestStore::new(MemoryStore::builder().clock(hand.clone().into()).build());
+    let layer = SessionLayer::new(store.clone(), Keys::generate())
+        .with_secure(false)
+        .with_clock(hand.clone());
+    let users = layer.users();
+    let base = serve(routes().merge(common::kv_routes()).layer(layer)).await;
+    let client = jar_client();
+    let res = client.post(format!("{base}/set/a/1")).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+
+    // Tying the session to a user waits at its write while another request makes
+    // it remember-me (30 days); the user's write then conflicts and carries the
+    // longer lifespan, which its index entry must carry too.
+    let paused = store.pause_before("update");
+    let tie = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move { client.post(format!("{base}/switch/alice")).send().await }
+    });
+    paused.reached.notified().await;
+    let res = client
+        .post(format!("{base}/remember"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    paused.release.notify_one();
+    assert_eq!(tie.await.unwrap().unwrap().status(), 200);
+
+    hand.advance(Duration::from_secs(25 * 3600));
+    assert_eq!(me(&client, &base).await.0.as_deref(), Some("alice"));
+    assert_eq!(
+        users.list("alice").await.unwrap().len(),
+        1,
+        "still listed (and revocable) past the first lifespan"
+    );
 }

@@ -89,7 +89,7 @@ return 1
 
 /// Upserts one entry of a user index (when ARGV[2] is given), drops the entries that
 /// expired by ARGV[1] (Unix ms), sets the key to expire with its last entry, and
-/// returns the remaining fields and values. Entries are `created,expires,indexed,
+/// returns the remaining fields and values (nothing after an upsert). Entries are `created,expires,indexed,
 /// remember` in decimal; an upsert keeps the later `expires`.
 const INDEX: &str = r"
 local now = tonumber(ARGV[1])
@@ -124,6 +124,7 @@ if last then
     redis.call('PEXPIREAT', KEYS[1], last)
   end
 end
+if ARGV[2] then return {} end
 return out
 ";
 

@@ -32,6 +32,10 @@ pub fn routes() -> Router {
             }),
         )
         .route(
+            "/remember",
+            post(|s: Session| async move { s.set_remember_me(true) }),
+        )
+        .route(
             "/switch/{user}",
             post(|s: Session, Path(user): Path<String>| async move { s.set_user_id(&user) }),
         )
