@@ -26,9 +26,11 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let bare = routes();
+    let bare = routes().with_state(());
     let store = MemoryStore::builder().max_sessions(100_000).build();
-    let layered = routes().layer(SessionLayer::new(store, Keys::generate()));
+    let layered = routes()
+        .layer(SessionLayer::new(store, Keys::generate()))
+        .with_state(());
 
     // An existing session to read and write.
     let cookie = rt.block_on(async {
@@ -85,7 +87,9 @@ fn bench_store_size(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_size");
     for sessions in [1_000u64, 1_000_000] {
         let store = MemoryStore::builder().max_sessions(sessions + 10).build();
-        let app = routes().layer(SessionLayer::new(store, Keys::generate()));
+        let app = routes()
+            .layer(SessionLayer::new(store, Keys::generate()))
+            .with_state(());
         let cookie = session_cookie(&rt, &app);
         rt.block_on(async {
             for _ in 1..sessions {
@@ -124,7 +128,9 @@ fn bench_redis(c: &mut Criterion) {
     let store = rt
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
         .expect("connect to REDIS_URL");
-    let layered = routes().layer(SessionLayer::new(store, Keys::generate()));
+    let layered = routes()
+        .layer(SessionLayer::new(store, Keys::generate()))
+        .with_state(());
     let cookie = session_cookie(&rt, &layered);
     let mut group = c.benchmark_group("redis");
     group.bench_function("read_only", |b| {

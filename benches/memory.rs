@@ -74,7 +74,9 @@ async fn allocations(app: &Router, path: &str, cookie: Option<&HeaderValue>, n: 
 /// Live heap bytes per session after creating `n` sessions through the layer.
 async fn bytes_per_session(n: usize) -> (f64, usize) {
     let store = MemoryStore::builder().max_sessions(n as u64 + 10).build();
-    let app = routes().layer(SessionLayer::new(store.clone(), Keys::generate()));
+    let app = routes()
+        .layer(SessionLayer::new(store.clone(), Keys::generate()))
+        .with_state(());
     let data_len = {
         call(&app, "/write", None).await;
         let len = store.dump()[0].1.data.len();
@@ -96,8 +98,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let bare = routes();
-        let layered = routes().layer(SessionLayer::new(MemoryStore::default(), Keys::generate()));
+        let bare = routes().with_state(());
+        let layered = routes().layer(SessionLayer::new(MemoryStore::default(), Keys::generate())).with_state(());
         let cookie = call(&layered, "/write", None).await.unwrap();
         let n = 10_000;
         println!("heap allocations per request (mean of {n}):");

@@ -24,7 +24,9 @@ use std::fmt;
 use std::time::Duration;
 
 use aes_gcm::aead::{Aead, AeadInPlace, Payload};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::{Nonce, Tag};
+
+use crate::keys::Aes256Gcm;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};

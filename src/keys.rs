@@ -42,7 +42,15 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aes_gcm::{Aes256Gcm, KeyInit};
+use aes_gcm::aead::consts::U12;
+use aes_gcm::aes::Aes256Enc;
+use aes_gcm::{AesGcm, KeyInit};
+
+/// AES-256-GCM over the encryption half of the AES key schedule only: GCM never
+/// decrypts a block, so the decryption round keys `aes_gcm::Aes256Gcm` also
+/// expands would be set up, and moved around, for nothing. Same algorithm, same
+/// bytes on the wire.
+pub(crate) type Aes256Gcm = AesGcm<Aes256Enc, U12>;
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};

@@ -12,11 +12,13 @@
 //! Sealed data, format v1: version byte `1`, 12-byte random nonce, ciphertext and
 //! tag of the JSON object that maps keys to values.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use aes_gcm::aead::{Aead, AeadInPlace, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use aes_gcm::{KeyInit, Nonce};
+
+use crate::keys::Aes256Gcm;
 use bytes::Bytes;
 use hmac::Mac;
 use rand::RngCore;
@@ -32,7 +34,7 @@ const TAG_LEN: usize = 16;
 const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v1";
 
 /// Session data in the clear: what handlers read and write.
-pub(crate) type Data = HashMap<String, Value>;
+pub(crate) type Data = BTreeMap<String, Value>;
 
 /// The key a record is stored under: an HMAC of the session id, 32 bytes.
 ///

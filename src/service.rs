@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -35,6 +35,8 @@ use crate::users::{
 };
 
 const TARGET: &str = "tower_sealed_sessions";
+/// Looked up on every response: a constant name costs no parsing.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Compare-and-set attempts before a write is refused with 503. A conflict means
 /// another write to the same session succeeded, so a write loses at most once per
 /// concurrent writer: this many attempts always succeed with up to 127 writers at
@@ -314,7 +316,7 @@ fn open_all<'a>(shared: &Shared, values: impl Iterator<Item = &'a str>, now: Tim
 /// server error, after which nothing is saved either.
 fn is_grpc_error<B>(res: &Response<B>) -> bool {
     res.headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
@@ -335,7 +337,7 @@ fn unavailable<B: Default>(grpc: &Option<HeaderValue>) -> Response<B> {
         // (gRPC over HTTP/2 protocol, "Responses"). 14 is UNAVAILABLE, which clients
         // may retry.
         headers.insert(header::CONTENT_TYPE, content_type.clone());
-        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("14"));
         headers.insert(
             "grpc-message",
             HeaderValue::from_static("session store unavailable"),

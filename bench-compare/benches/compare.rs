@@ -105,6 +105,9 @@ fn bench(c: &mut Criterion) {
         ("tower_sessions_private", theirs_private),
     ];
 
+    // As `axum::serve` runs a router: handlers and layers turned into services once,
+    // not on every request (which `Router<()>` called directly would do).
+    let apps = apps.map(|(name, app)| (name, app.with_state(())));
     let mut group = c.benchmark_group("compare");
     for (name, app) in &apps {
         let session = (*name != "bare").then(|| cookie(&rt, app));

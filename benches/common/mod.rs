@@ -18,6 +18,10 @@ async fn write(session: Session) -> String {
 }
 
 /// `/plain` never touches the session, `/read` reads it, `/write` writes one key.
+///
+/// Callers finish the router with `.with_state(())`, as `axum::serve` does: it turns
+/// handlers and layers into services once, where a `Router<()>` called directly
+/// would apply every layer again on each request.
 pub fn routes() -> Router {
     Router::new()
         .route("/plain", get(|| async { "ok" }))
