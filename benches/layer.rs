@@ -12,15 +12,13 @@
 
 use std::hint::black_box;
 
-use axum::Router;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, header};
 use tower::ServiceExt;
 use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
 
 mod common;
 
-use common::{request, routes};
+use common::{request, routes, session_cookie};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -33,15 +31,7 @@ fn bench(c: &mut Criterion) {
         .with_state(());
 
     // An existing session to read and write.
-    let cookie = rt.block_on(async {
-        let res = layered
-            .clone()
-            .oneshot(request("/write", None))
-            .await
-            .unwrap();
-        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
-        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
-    });
+    let cookie = session_cookie(&rt, &layered);
 
     let mut group = c.benchmark_group("request");
     group.bench_function("bare", |b| {
@@ -103,15 +93,6 @@ fn bench_store_size(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// An existing session's cookie on `app`.
-fn session_cookie(rt: &tokio::runtime::Runtime, app: &Router) -> HeaderValue {
-    rt.block_on(async {
-        let res = app.clone().oneshot(request("/write", None)).await.unwrap();
-        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
-        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
-    })
 }
 
 #[cfg(feature = "redis")]

@@ -13,13 +13,12 @@
 //! subtracting a run with 0 requests, which counts the set-up).
 
 use axum::Router;
-use http::{HeaderValue, header};
 use tower::ServiceExt;
 use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
 
 mod common;
 
-use common::{request, routes};
+use common::{request, routes, session_cookie};
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -33,15 +32,7 @@ fn main() {
         .layer(SessionLayer::new(store, Keys::generate()))
         .with_state(());
     let bare = routes().with_state(());
-    let cookie = rt.block_on(async {
-        let res = layered
-            .clone()
-            .oneshot(request("/write", None))
-            .await
-            .unwrap();
-        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
-        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
-    });
+    let cookie = session_cookie(&rt, &layered);
     let (app, path, cookie) = match kind.as_str() {
         "bare" => (bare, "/plain", None),
         "no_cookie" => (layered, "/plain", None),

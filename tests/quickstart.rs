@@ -211,26 +211,17 @@ async fn users_see_their_own_sessions_and_can_log_out_everywhere() {
     );
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"revoked": 2}));
-    for client in [&laptop, &phone] {
-        let me: Value = client
-            .get(format!("{base}/api/me"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(me, Value::Null);
-    }
-    let me: Value = other
-        .get(format!("{base}/api/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me, json!("grace"), "another user is untouched");
+    let me = |client: &reqwest::Client| {
+        let request = client.get(format!("{base}/api/me"));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(me(&laptop).await, Value::Null);
+    assert_eq!(me(&phone).await, Value::Null);
+    assert_eq!(
+        me(&other).await,
+        json!("grace"),
+        "another user is untouched"
+    );
 }
 
 #[tokio::test]

@@ -36,3 +36,13 @@ pub fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
     }
     req
 }
+
+/// The `name=value` of a new session's cookie on `app`, made by one write.
+pub fn session_cookie(rt: &tokio::runtime::Runtime, app: &Router) -> HeaderValue {
+    use tower::ServiceExt;
+    rt.block_on(async {
+        let res = app.clone().oneshot(request("/write", None)).await.unwrap();
+        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
+    })
+}
