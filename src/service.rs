@@ -31,7 +31,7 @@ use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey};
 use crate::session::{Changes, Loaded, Meta, Plan, Session};
 use crate::store::{Cas, SessionStore, StoreError};
 use crate::users::{
-    self, AUDIT_TARGET, Fingerprint, IndexEntry, UserTag, audit, audit_expired, user_of,
+    self, AUDIT_TARGET, Fingerprint, IndexEntry, Scan, UserTag, audit, audit_expired, user_of,
 };
 
 const TARGET: &str = "tower_sealed_sessions";
@@ -59,12 +59,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         plan: Plan,
         now: Timestamp,
     ) -> BoxFuture<Result<Carry, StoreError>>;
-    #[allow(clippy::type_complexity)]
-    fn live(
-        &self,
-        tags: Vec<UserTag>,
-        now: Timestamp,
-    ) -> BoxFuture<Result<Vec<(UserTag, IndexEntry, Record)>, StoreError>>;
+    fn scan(&self, tags: Vec<UserTag>, now: Timestamp) -> BoxFuture<Result<Scan, StoreError>>;
     fn revoke(
         &self,
         tags: Vec<UserTag>,
@@ -92,13 +87,9 @@ impl<St: SessionStore> DynStore for Erased<St> {
         Box::pin(async move { persist(&*store, &shared, plan, now).await })
     }
 
-    fn live(
-        &self,
-        tags: Vec<UserTag>,
-        now: Timestamp,
-    ) -> BoxFuture<Result<Vec<(UserTag, IndexEntry, Record)>, StoreError>> {
+    fn scan(&self, tags: Vec<UserTag>, now: Timestamp) -> BoxFuture<Result<Scan, StoreError>> {
         let store = self.0.clone();
-        Box::pin(async move { users::live(&*store, &tags, now).await })
+        Box::pin(async move { users::scan(&*store, &tags, now).await })
     }
 
     fn revoke(
@@ -274,7 +265,8 @@ fn open_all<'a>(shared: &Shared, values: impl Iterator<Item = &'a str>, now: Tim
                 Some(first) if first.data.sid == opened.data.sid => {}
                 Some(_) => {
                     let key = store_key(&opened);
-                    if !others.contains(&key) {
+                    // A few are enough to name in the audit trail and end on logout.
+                    if !others.contains(&key) && others.len() < 8 {
                         others.push(key);
                     }
                 }
@@ -731,9 +723,44 @@ async fn after_login<St: SessionStore>(
 struct Indexed {
     store_key: StoreKey,
     held: Option<(UserTag, Timestamp)>,
+    /// Every index that may list the session: the ones this request wrote, and
+    /// those of the users the records it saw named.
+    tags: Vec<UserTag>,
 }
 
 impl Indexed {
+    fn new(store_key: StoreKey, held: Option<(UserTag, Timestamp)>) -> Self {
+        let mut this = Indexed {
+            store_key,
+            held,
+            tags: Vec::new(),
+        };
+        if let Some((tag, _)) = held {
+            this.note(Some(tag));
+        }
+        this
+    }
+
+    /// `tag`'s index may list the session.
+    fn note(&mut self, tag: Option<UserTag>) {
+        if let Some(tag) = tag.filter(|t| !self.tags.contains(t)) {
+            self.tags.push(tag);
+        }
+    }
+
+    /// Once the record is written (or gone, with `None`): the session leaves every
+    /// index but its final user's.
+    async fn settle<St: SessionStore>(
+        &self,
+        store: &St,
+        last: Option<UserTag>,
+    ) -> Result<(), StoreError> {
+        for tag in self.tags.iter().filter(|&&t| Some(t) != last) {
+            store.index_remove(tag, &[self.store_key]).await?;
+        }
+        Ok(())
+    }
+
     /// Before a record of `data` with `deadlines` is written: makes sure the index
     /// of `data`'s user has the session, with an entry lasting at least as long.
     async fn ensure<St: SessionStore>(
@@ -753,6 +780,7 @@ impl Indexed {
             return Ok(());
         }
         let entry = index_entry(self.store_key, meta, deadlines, now);
+        self.note(Some(tag));
         store.index_add(&tag, &entry).await?;
         self.held = Some((tag, deadlines.lifespan));
         Ok(())
@@ -840,7 +868,13 @@ fn deadlines_to_write(ours: Deadlines, stored: Deadlines, lifespan_changed: bool
 }
 
 /// Opens a record another request wrote and replays this request's changes on it.
-fn reapply(loaded: &Loaded, current: &Record, changes: &Changes) -> Result<Data, StoreError> {
+/// Also returns the user the record named before the changes.
+fn reapply(
+    loaded: &Loaded,
+    keys: &KeySet,
+    current: &Record,
+    changes: &Changes,
+) -> Result<(Data, Option<UserTag>), StoreError> {
     let mut data = loaded
         .cipher
         .open(&loaded.store_key, &current.data)
@@ -848,8 +882,9 @@ fn reapply(loaded: &Loaded, current: &Record, changes: &Changes) -> Result<Data,
             tracing::warn!(target: TARGET, %reason, store_key = %loaded.store_key, "concurrently written record rejected");
             StoreError::Corrupt(reason.to_string())
         })?;
+    let user = user_of(&data).map(|user| UserTag::derive(keys, user));
     changes.apply(&mut data);
-    Ok(data)
+    Ok((data, user))
 }
 
 /// Compare-and-set with re-read and re-apply of this request's changes.
@@ -870,10 +905,7 @@ async fn update<St: SessionStore>(
     let mut deadlines = deadlines_to_write(ours, loaded.deadlines, lifespan_changed);
     let keys = &shared.keys.ring[loaded.key_index];
     let before = loaded.user_tag(shared);
-    let mut index = Indexed {
-        store_key: key,
-        held: before.map(|tag| (tag, loaded.deadlines.lifespan)),
-    };
+    let mut index = Indexed::new(key, before.map(|tag| (tag, loaded.deadlines.lifespan)));
     for _ in 0..MAX_UPDATE_ATTEMPTS {
         // Whatever user and lifespan this attempt writes (a concurrent request
         // may have changed either), the index has them first.
@@ -884,12 +916,10 @@ async fn update<St: SessionStore>(
         let record = Record::new(next_version(version)?, deadlines, sealed);
         match store.update(&key, &record, version).await? {
             Cas::Done => {
-                // The previous user's index lets go only once the record no
-                // longer names that user.
+                // Other users' indexes let go only once the record no longer
+                // names them.
                 let after = user_of(&data).map(|user| UserTag::derive(keys, user));
-                if let Some(before) = before.filter(|&b| Some(b) != after) {
-                    store.index_remove(&before, &[key]).await?;
-                }
+                index.settle(store, after).await?;
                 if let Some(Some(user)) = changes.user() {
                     after_login(store, shared, user, now).await?;
                 }
@@ -901,9 +931,14 @@ async fn update<St: SessionStore>(
                 identity.remember_me = meta.remember_me;
                 return Ok(set_cookie(shared, now, &identity));
             }
-            Cas::Missing => return gone("update"),
+            Cas::Missing => {
+                index.settle(store, None).await?;
+                return gone("update");
+            }
             Cas::Conflict(current) => {
-                data = reapply(&loaded, &current, &changes)?;
+                let (fresher, named) = reapply(&loaded, keys, &current, &changes)?;
+                data = fresher;
+                index.note(named);
                 version = current.version;
                 deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
             }
@@ -935,20 +970,24 @@ async fn move_session<St: SessionStore>(
     };
     let ours = shared.deadlines(now, meta);
     let mut deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
-    let mut data = reapply(&loaded, &current, &changes)?;
+    let old_keys = &shared.keys.ring[loaded.key_index];
+    let (mut data, named) = reapply(&loaded, old_keys, &current, &changes)?;
+    // The indexes that may list the old id: its user's when loaded, and those of
+    // the users the records seen since named.
+    let mut old_index = Indexed::new(old, None);
+    old_index.note(loaded.user_tag(shared));
+    old_index.note(named);
     let mut old_version = current.version;
     let mut new = create_with(store, shared, now, &data, meta, deadlines).await?;
     let primary = shared.keys.primary();
-    let mut index = Indexed {
-        store_key: new.store_key,
-        held: user_of(&data).map(|user| (UserTag::derive(primary, user), deadlines.lifespan)),
-    };
+    let held = user_of(&data).map(|user| (UserTag::derive(primary, user), deadlines.lifespan));
+    let mut index = Indexed::new(new.store_key, held);
     for _ in 0..MAX_UPDATE_ATTEMPTS {
         match store.delete_version(&old, old_version).await? {
             Cas::Done => {
-                if let Some(before) = loaded.user_tag(shared) {
-                    store.index_remove(&before, &[old]).await?;
-                }
+                old_index.settle(store, None).await?;
+                let last = user_of(&data).map(|user| UserTag::derive(primary, user));
+                index.settle(store, last).await?;
                 tracing::info!(
                     target: AUDIT_TARGET,
                     event = "cycled",
@@ -962,13 +1001,13 @@ async fn move_session<St: SessionStore>(
             }
             Cas::Missing => {
                 store.delete(&new.store_key).await?;
-                if let Some((tag, _)) = index.held {
-                    store.index_remove(&tag, &[new.store_key]).await?;
-                }
+                index.settle(store, None).await?;
                 return gone("move to a new id");
             }
             Cas::Conflict(current) => {
-                data = reapply(&loaded, &current, &changes)?;
+                let (fresher, named) = reapply(&loaded, old_keys, &current, &changes)?;
+                data = fresher;
+                old_index.note(named);
                 old_version = current.version;
                 deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
                 index

@@ -358,6 +358,15 @@ impl Session {
         Some(Fingerprint::of(&loaded.store_key))
     }
 
+    /// Whether the request carried cookies (or tokens) of two different sessions:
+    /// a sign of cookie tossing, or of a cookie whose Domain or Path changed. Such
+    /// a request gets an empty session that is never saved (a login in it does not
+    /// take), except that [`destroy`](Session::destroy) ends every session named;
+    /// tell the user to log out, or to clear the site's cookies.
+    pub fn is_ambiguous(&self) -> bool {
+        !self.lock().tossed.is_empty()
+    }
+
     /// Whether the session was created by this request (no valid cookie came in).
     pub fn is_new(&self) -> bool {
         let state = self.lock();
@@ -452,6 +461,9 @@ impl Session {
         let meta = state.meta;
         if !state.tossed.is_empty() {
             if !state.destroyed {
+                if !changes.is_empty() || state.cycle || state.lifespan_changed {
+                    tracing::warn!(target: "tower_sealed_sessions", "changes to a session of an ambiguous request (several session cookies) are not saved");
+                }
                 return Plan::Nothing;
             }
             let store_keys = mem::take(&mut state.tossed);

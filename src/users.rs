@@ -27,19 +27,20 @@
 //!   of a user reaches every session that existed when the revocation started.
 //! - **Limit.** After a request that sets the user id, the user's live sessions are
 //!   counted and, beyond the limit, all but the most recently logged in (by the
-//!   time their index entry was written, then by store key) are invalidated. Every
+//!   time they entered the index, then by store key) are invalidated. Every
 //!   login uses that one order, so simultaneous logins evict the same sessions and
 //!   never each other: with logins in flight the count can exceed the limit only
 //!   between a login's index write and its own count, and once every login has
 //!   finished, at most the limit remain, and at least one.
 //! - **Cleanup.** An index entry is dropped once its session's lifespan has passed,
-//!   and whenever the index is read (every login, list, revocation) once its
-//!   record is gone (idle expiry, logout) for more than a minute. So an index holds
-//!   the user's live sessions plus at most those that ended since the user's last
-//!   login, and never more than one lifespan of sessions.
-//! - **Revocation.** [`UserSessions::revoke_all`] repeats its pass while it finds
-//!   sessions (up to three passes), so a session being moved to a new id while it
-//!   runs (a login, or a key rotation) is caught under its new id too.
+//!   and, once its record has been gone for more than a minute, whenever the
+//!   index is checked: by a list, a revocation, and a login (with a limit, every
+//!   login; without one, a login that finds more than 16 entries). So an index
+//!   holds the user's live sessions plus a bounded number of ended ones, and
+//!   never more than one lifespan of sessions.
+//! - **Revocation.** [`UserSessions::revoke_all`] repeats its pass (up to three)
+//!   while a pass found sessions, live or just gone, so a session being moved to a
+//!   new id while it runs (a login, or a key rotation) is caught under its new id.
 //! - **Stores.** In Redis a user's index is one hash, so in a Cluster it sits in one
 //!   slot, apart from the sessions: the request path updates it with separate
 //!   single-key commands, never a cross-slot one.
@@ -208,7 +209,8 @@ pub struct IndexEntry {
     pub created_at: Timestamp,
     /// When the entry may be dropped: never before the session's lifespan ends.
     pub expires_at: Timestamp,
-    /// When the entry was written: a missing record is expected for a moment
+    /// When the session entered this index (its login, or its move to a new id):
+    /// evictions keep the latest; and a missing record is expected for a moment
     /// after it, while the session is being created.
     pub indexed_at: Timestamp,
     /// Whether the session is remember-me.
@@ -234,10 +236,12 @@ impl IndexEntry {
     }
 
     /// This entry refreshed by `newer` for the same session: its fields win, but
-    /// the entry never expires earlier than it did.
+    /// the entry never expires earlier than it did, and keeps the time the session
+    /// first entered the index (its login, which orders evictions).
     pub fn merged(self, newer: IndexEntry) -> IndexEntry {
         IndexEntry {
             expires_at: self.expires_at.max(newer.expires_at),
+            indexed_at: self.indexed_at.min(newer.indexed_at),
             ..newer
         }
     }
@@ -302,8 +306,9 @@ impl UserSessions {
     /// [`StoreError`] when the store fails.
     pub async fn list(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let now = self.shared.clock.now();
-        let live = self.shared.store.live(self.tags(user_id), now).await?;
-        let mut infos: Vec<SessionInfo> = live
+        let found = self.shared.store.scan(self.tags(user_id), now).await?;
+        let mut infos: Vec<SessionInfo> = found
+            .live
             .iter()
             .map(|(_, entry, record)| SessionInfo::new(entry, &record.deadlines))
             .collect();
@@ -353,34 +358,58 @@ impl fmt::Debug for UserSessions {
     }
 }
 
-/// The live sessions in the indexes under `tags`, each with its tag, entry and
-/// record. Entries whose record is gone (past the grace period) are dropped from
-/// the index on the way.
-pub(crate) async fn live<St: SessionStore>(
+/// What a read of some user indexes found.
+#[derive(Default)]
+pub(crate) struct Scan {
+    /// The live sessions, each with its tag, entry and record.
+    pub(crate) live: Vec<(UserTag, IndexEntry, Record)>,
+    /// Entries whose record was missing or expired (dropped from the index once
+    /// past the grace period).
+    pub(crate) missing: usize,
+}
+
+/// Reads the indexes under `tags` and loads every entry's record. Entries whose
+/// record is gone (past the grace period) are dropped from the index on the way.
+pub(crate) async fn scan<St: SessionStore>(
     store: &St,
     tags: &[UserTag],
     now: Timestamp,
-) -> Result<Vec<(UserTag, IndexEntry, Record)>, StoreError> {
-    let mut live = Vec::new();
+) -> Result<Scan, StoreError> {
+    let mut found = Scan::default();
     for tag in tags {
-        let mut dead = Vec::new();
-        for entry in store.index_list(tag, now).await? {
-            match store.load(&entry.store_key).await? {
-                Some(record) if !record.deadlines.is_expired(now) => {
-                    live.push((*tag, entry, record));
-                }
-                _ if now.saturating_since(entry.indexed_at) < GRACE => {}
-                _ => dead.push(entry.store_key),
+        let entries = store.index_list(tag, now).await?;
+        check(store, tag, entries, now, &mut found).await?;
+    }
+    Ok(found)
+}
+
+async fn check<St: SessionStore>(
+    store: &St,
+    tag: &UserTag,
+    entries: Vec<IndexEntry>,
+    now: Timestamp,
+    found: &mut Scan,
+) -> Result<(), StoreError> {
+    let mut dead = Vec::new();
+    for entry in entries {
+        match store.load(&entry.store_key).await? {
+            Some(record) if !record.deadlines.is_expired(now) => {
+                found.live.push((*tag, entry, record));
             }
-        }
-        if !dead.is_empty() {
-            for key in &dead {
-                audit_expired(key, "missing");
+            _ if now.saturating_since(entry.indexed_at) < GRACE => found.missing += 1,
+            _ => {
+                found.missing += 1;
+                dead.push(entry.store_key);
             }
-            store.index_remove(tag, &dead).await?;
         }
     }
-    Ok(live)
+    if !dead.is_empty() {
+        for key in &dead {
+            audit_expired(key, "missing");
+        }
+        store.index_remove(tag, &dead).await?;
+    }
+    Ok(())
 }
 
 /// Deletes the live sessions under `tags` (only the one with `only`'s fingerprint,
@@ -391,49 +420,45 @@ pub(crate) async fn revoke<St: SessionStore>(
     only: Option<Fingerprint>,
     now: Timestamp,
 ) -> Result<usize, StoreError> {
-    if only.is_some() {
-        return revoke_pass(store, tags, only, now).await;
-    }
     // A move indexes the new id before it deletes the old one: a pass that found
-    // the old one may have missed the new one, which the next pass sees.
+    // the old one, live or already gone, may have missed the new one, which the
+    // next pass sees.
+    let passes = if only.is_some() { 1 } else { 3 };
     let mut revoked = 0;
-    for _ in 0..3 {
-        let found = revoke_pass(store, tags, None, now).await?;
-        revoked += found;
-        if found == 0 {
+    for _ in 0..passes {
+        let found = scan(store, tags, now).await?;
+        let missing = found.missing;
+        let mut deleted = 0;
+        for (tag, entry, _) in found.live {
+            let fingerprint = Fingerprint::of(&entry.store_key);
+            if only.is_some_and(|only| only != fingerprint) {
+                continue;
+            }
+            // Record first, then the entry: a failure in between leaves an entry
+            // that a later revocation still finds.
+            store.delete(&entry.store_key).await?;
+            store.index_remove(&tag, &[entry.store_key]).await?;
+            audit(&entry.store_key, "revoked");
+            deleted += 1;
+        }
+        revoked += deleted;
+        if deleted == 0 && missing == 0 {
             break;
         }
     }
     Ok(revoked)
 }
 
-async fn revoke_pass<St: SessionStore>(
-    store: &St,
-    tags: &[UserTag],
-    only: Option<Fingerprint>,
-    now: Timestamp,
-) -> Result<usize, StoreError> {
-    let mut revoked = 0;
-    for (tag, entry, _) in live(store, tags, now).await? {
-        let fingerprint = Fingerprint::of(&entry.store_key);
-        if only.is_some_and(|only| only != fingerprint) {
-            continue;
-        }
-        // Record first, then the entry: a failure in between leaves an entry that a
-        // later revocation still finds.
-        store.delete(&entry.store_key).await?;
-        store.index_remove(&tag, &[entry.store_key]).await?;
-        audit(&entry.store_key, "revoked");
-        revoked += 1;
-    }
-    Ok(revoked)
-}
+/// Above this many entries, a login checks its user's index even without a limit,
+/// dropping the entries of sessions that are gone; below it a login costs one read
+/// of the index and no record loads.
+const PRUNE_ABOVE: usize = 16;
 
-/// After a login: prunes the user's index of sessions that are gone (so it holds
-/// only live ones plus those of the last minute, whatever the lifespan), and
-/// invalidates the sessions beyond `max`, keeping the most recently indexed.
+/// After a login: invalidates the sessions beyond `max`, keeping the most recently
+/// logged in, and prunes the index of sessions that are gone (always with a limit;
+/// without one, once it holds more than [`PRUNE_ABOVE`] entries).
 ///
-/// One total order (index time, then store key) for every login: two logins
+/// One total order (first index time, then store key) for every login: two logins
 /// counting at once evict the same sessions, so they cannot evict each other.
 pub(crate) async fn after_login<St: SessionStore>(
     store: &St,
@@ -441,7 +466,14 @@ pub(crate) async fn after_login<St: SessionStore>(
     max: Option<usize>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let mut live = live(store, tags, now).await?;
+    let mut found = Scan::default();
+    for tag in tags {
+        let entries = store.index_list(tag, now).await?;
+        if max.is_some() || entries.len() > PRUNE_ABOVE {
+            check(store, tag, entries, now, &mut found).await?;
+        }
+    }
+    let mut live = found.live;
     let Some(max) = max.filter(|&max| live.len() > max) else {
         return Ok(());
     };
@@ -501,6 +533,6 @@ mod tests {
         let merged = old.merged(new);
         assert_eq!(merged.expires_at, t(100));
         assert!(merged.remember_me);
-        assert_eq!(merged.indexed_at, t(2));
+        assert_eq!(merged.indexed_at, t(1), "the first index time stays");
     }
 }

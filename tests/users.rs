@@ -283,3 +283,39 @@ async fn an_index_entry_lasts_as_long_as_a_lifespan_set_concurrently() {
         "still listed (and revocable) past the first lifespan"
     );
 }
+
+#[tokio::test]
+async fn a_session_switched_to_another_user_concurrently_leaves_the_first_index() {
+    let store = TestStore::new(MemoryStore::default());
+    let layer = SessionLayer::new(store.clone(), Keys::generate()).with_secure(false);
+    let users = layer.users();
+    let base = serve(routes().merge(common::kv_routes()).layer(layer)).await;
+    let client = jar_client();
+    let res = client.post(format!("{base}/set/a/1")).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+
+    // Alice's write waits (indexed, not yet written) while Bob's lands; Alice's
+    // then conflicts, re-applies and wins: the session is hers alone.
+    let paused = store.pause_before("update");
+    let alice = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move { client.post(format!("{base}/switch/alice")).send().await }
+    });
+    paused.reached.notified().await;
+    let res = client
+        .post(format!("{base}/switch/bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    paused.release.notify_one();
+    assert_eq!(alice.await.unwrap().unwrap().status(), 200);
+
+    assert_eq!(me(&client, &base).await.0.as_deref(), Some("alice"));
+    assert_eq!(users.list("alice").await.unwrap().len(), 1);
+    assert!(
+        users.list("bob").await.unwrap().is_empty(),
+        "bob's index let go"
+    );
+    assert_eq!(store.inner.index_len(), 1);
+}

@@ -90,16 +90,21 @@ return 1
 /// Upserts one entry of a user index (when ARGV[2] is given), drops the entries that
 /// expired by ARGV[1] (Unix ms), sets the key to expire with its last entry, and
 /// returns the remaining fields and values (nothing after an upsert). Entries are `created,expires,indexed,
-/// remember` in decimal; an upsert keeps the later `expires`.
+/// remember` in decimal; an upsert keeps the later `expires` and the earlier
+/// `indexed` (see `IndexEntry::merged`).
 const INDEX: &str = r"
 local now = tonumber(ARGV[1])
 if ARGV[2] then
   local v = ARGV[3]
   local old = redis.call('HGET', KEYS[1], ARGV[2])
   if old then
-    local oe = tonumber(string.match(old, '^%d+,(%d+),') or '0')
-    local c, e, rest = string.match(v, '^(%d+),(%d+),(.*)$')
-    if oe > tonumber(e) then v = c .. ',' .. string.match(old, '^%d+,(%d+),') .. ',' .. rest end
+    local _, oe, oi = string.match(old, '^(%d+),(%d+),(%d+),')
+    local c, e, i, r = string.match(v, '^(%d+),(%d+),(%d+),(%d+)$')
+    if oe and c then
+      if tonumber(oe) > tonumber(e) then e = oe end
+      if tonumber(oi) < tonumber(i) then i = oi end
+      v = c .. ',' .. e .. ',' .. i .. ',' .. r
+    end
   end
   redis.call('HSET', KEYS[1], ARGV[2], v)
 end

@@ -114,7 +114,14 @@ async fn index_entries_expire_and_never_shrink_on_refresh<St: SessionStore>(stor
     let key = fresh_key();
     let long = entry(key, Duration::from_secs(7200), false);
     store.index_add(&user, &long).await.unwrap();
-    let shorter = entry(key, Duration::from_secs(600), true);
+    let refresh = entry(key, Duration::from_secs(600), true);
+    let shorter = IndexEntry::new(
+        key,
+        refresh.created_at,
+        refresh.expires_at,
+        refresh.indexed_at.saturating_add(Duration::from_secs(5)),
+        true,
+    );
     store.index_add(&user, &shorter).await.unwrap();
     let listed = store.index_list(&user, now()).await.unwrap();
     assert_eq!(listed.len(), 1, "one entry per session");
@@ -123,6 +130,10 @@ async fn index_entries_expire_and_never_shrink_on_refresh<St: SessionStore>(stor
         "the later expiry stands"
     );
     assert!(listed[0].remember_me, "the other fields are refreshed");
+    assert_eq!(
+        listed[0].indexed_at, long.indexed_at,
+        "the first index time stands"
+    );
 
     let soon = entry(fresh_key(), Duration::from_secs(30), false);
     store.index_add(&user, &soon).await.unwrap();
