@@ -260,20 +260,7 @@ async fn an_index_entry_lasts_as_long_as_a_lifespan_set_concurrently() {
     // Tying the session to a user waits at its write while another request makes
     // it remember-me (30 days); the user's write then conflicts and carries the
     // longer lifespan, which its index entry must carry too.
-    let paused = store.pause_before("update");
-    let tie = tokio::spawn({
-        let (client, base) = (client.clone(), base.clone());
-        async move { client.post(format!("{base}/switch/alice")).send().await }
-    });
-    paused.reached.notified().await;
-    let res = client
-        .post(format!("{base}/remember"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    paused.release.notify_one();
-    assert_eq!(tie.await.unwrap().unwrap().status(), 200);
+    race_writes(&store, &client, &base, "/switch/alice", "/remember").await;
 
     hand.advance(Duration::from_secs(25 * 3600));
     assert_eq!(me(&client, &base).await.0.as_deref(), Some("alice"));
@@ -296,20 +283,7 @@ async fn a_session_switched_to_another_user_concurrently_leaves_the_first_index(
 
     // Alice's write waits (indexed, not yet written) while Bob's lands; Alice's
     // then conflicts, re-applies and wins: the session is hers alone.
-    let paused = store.pause_before("update");
-    let alice = tokio::spawn({
-        let (client, base) = (client.clone(), base.clone());
-        async move { client.post(format!("{base}/switch/alice")).send().await }
-    });
-    paused.reached.notified().await;
-    let res = client
-        .post(format!("{base}/switch/bob"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    paused.release.notify_one();
-    assert_eq!(alice.await.unwrap().unwrap().status(), 200);
+    race_writes(&store, &client, &base, "/switch/alice", "/switch/bob").await;
 
     assert_eq!(me(&client, &base).await.0.as_deref(), Some("alice"));
     assert_eq!(users.list("alice").await.unwrap().len(), 1);
@@ -318,4 +292,22 @@ async fn a_session_switched_to_another_user_concurrently_leaves_the_first_index(
         "bob's index let go"
     );
     assert_eq!(store.inner.index_len(), 1);
+}
+
+/// Sends the POST `first`, holds it just before its compare-and-set while the POST
+/// `second` runs to completion, then lets it finish; both must succeed.
+async fn race_writes(
+    store: &TestStore,
+    client: &reqwest::Client,
+    base: &str,
+    first: &str,
+    second: &str,
+) {
+    let paused = store.pause_before("update");
+    let held = tokio::spawn(client.post(format!("{base}{first}")).send());
+    paused.reached.notified().await;
+    let res = client.post(format!("{base}{second}")).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{second}");
+    paused.release.notify_one();
+    assert_eq!(held.await.unwrap().unwrap().status(), 200, "{first}");
 }
