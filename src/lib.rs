@@ -64,7 +64,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `memory-store` | yes | [`MemoryStore`], the embedded store (moka, tokio timer) |
+//! | `memory-store` | yes | [`MemoryStore`], the embedded store (hashlink, tokio timer) |
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
 //! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster (fred) |
 //!

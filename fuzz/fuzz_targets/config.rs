@@ -59,8 +59,9 @@ fn check(config: &SessionConfig) {
     let cookie = HeaderValue::try_from(format!("{name}={token}")).expect("name=base64");
     headers.insert(COOKIE, cookie);
 
-    // It reads back; unless a deadline is so close that the memory store's real-time
-    // expiry (moka's) may already have dropped it.
+    // It reads back; unless a deadline is very close. (The memory store once
+    // counted time to live in real time, on moka; it now expires by its clock
+    // alone, and this guard is merely conservative.)
     let far = |limit: Option<Duration>| limit.is_none_or(|d| d >= Duration::from_secs(1));
     let read = run(&layer, headers.clone(), Action::Read);
     if far(layer.idle_timeout()) && far(layer.lifespan()) {

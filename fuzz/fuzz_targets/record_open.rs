@@ -40,9 +40,9 @@ fuzz_target!(|data: &[u8]| {
     let expired = deadlines.is_expired(now);
     let genuine = sealed == issued.data().as_slice();
     let live = genuine && !expired;
-    // The memory store gives a record the time to live its deadlines leave, by the
-    // manual clock, but moka counts it in real time: a record due within moments
-    // may vanish between two requests. Check only what is not racing that.
+    // Records due within moments are skipped. (The memory store once counted time
+    // to live in real time, on moka, so they could vanish between two requests; it
+    // now expires by its clock alone, and the skip is merely conservative.)
     let expires_at = deadlines.expires_at();
     if !expired && !expires_at.is_never() && expires_at.saturating_since(now) < Duration::from_secs(10) {
         return;

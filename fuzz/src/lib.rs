@@ -330,7 +330,8 @@ pub fn put(store: &MemoryStore, key: [u8; 32], record: &Record) {
 
 /// A fresh store holding the record of every fixture token, as issued. (Reusing
 /// one store across inputs and resetting the fixtures was measured ten times
-/// slower: moka's maintenance grows with what earlier inputs left.)
+/// slower, when the store was built on moka, whose maintenance grew with what
+/// earlier inputs left.)
 pub fn fixture_store() -> MemoryStore {
     let store = store();
     for issued in ISSUED {

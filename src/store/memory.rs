@@ -1,8 +1,9 @@
 //! [`MemoryStore`]: the embedded, in-process store.
 //!
-//! Built on [moka](https://docs.rs/moka)'s concurrent cache: lookups are lock-free
-//! reads of a sharded map, and every write is an atomic per-key compute, so
-//! compare-and-set needs no global lock.
+//! Records live in 64 shards (one for small stores), each a map kept in
+//! least-recently-used order ([hashlink](https://docs.rs/hashlink)'s
+//! `LinkedHashMap`) behind its own mutex. Every operation is one short critical
+//! section on one shard, so compare-and-set is atomic without a global lock.
 //!
 //! ```
 //! use tower_sealed_sessions::MemoryStore;
@@ -15,13 +16,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, ready};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
-use moka::ops::compute::{CompResult, Op};
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
+use hashlink::LinkedHashMap;
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::{self, ConfigError};
@@ -33,12 +32,15 @@ use crate::users::{IndexEntry, UserTag};
 ///
 /// - **Bounded**: it holds at most [`max_sessions`](MemoryStoreBuilder::max_sessions)
 ///   records (default 1,000,000). When full, storing one more evicts the least
-///   recently used session, whose user then starts a new, empty session. Eviction
-///   runs in moka's maintenance step, so the count can exceed the bound briefly
-///   under a burst of writes.
-/// - **Expiry**: each record carries its own time to live, its deadline, and moka
-///   drops it then. A record found past its deadline on access is removed on the
-///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule.
+///   recently used session, whose user then starts a new, empty session. Up to
+///   4,096 sessions the order is exact; above, the store is split into 64 shards
+///   and the session evicted is the least recently used of the shard being
+///   written, which approximates the order. (The bound can be passed by at most
+///   one session per shard, when the shard being written holds no other.)
+/// - **Expiry**: a record found past its deadline on access is removed on the
+///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule (until
+///   then they count against the bound, and go first when it is reached, being
+///   the least recently used).
 /// - **User indexes**: kept beside the records, under one lock (they change only at
 ///   login, logout and revocation). The cleanup task drops the entries of sessions
 ///   that are gone, evicted ones included.
@@ -48,7 +50,9 @@ use crate::users::{IndexEntry, UserTag};
 /// Cheap to clone; clones share the same sessions.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<StoreKey, Record, BuildHasherDefault<KeyHasher>>,
+    shards: Arc<[Mutex<Shard>]>,
+    /// Records in all shards.
+    total: Arc<AtomicU64>,
     users: Arc<Mutex<HashMap<UserTag, Vec<IndexEntry>>>>,
     clock: Clock,
     max_sessions: u64,
@@ -89,8 +93,8 @@ impl MemoryStore {
 
     /// How many records the store holds, expired ones not yet dropped included.
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        let shards = self.shards.iter();
+        shards.map(|shard| lock(shard).records.len() as u64).sum()
     }
 
     /// Whether the store holds no record.
@@ -100,7 +104,34 @@ impl MemoryStore {
 
     /// Every record with its key: an inspection hook for tests and diagnostics.
     pub fn dump(&self) -> Vec<(StoreKey, Record)> {
-        self.cache.iter().map(|(k, v)| (*k, v)).collect()
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            all.extend(shard.records.iter().map(|(k, v)| (*k, v.clone())));
+        }
+        all
+    }
+
+    /// Runs `f` on the shard that holds `key`, under its lock, and keeps the
+    /// count and the bound: beyond it, the shard's least recently used records go.
+    fn with_shard<R>(&self, key: &StoreKey, f: impl FnOnce(&mut Shard) -> R) -> R {
+        // Store keys are uniformly random: their first byte picks a shard.
+        let index = usize::from(key.as_bytes()[0]) % self.shards.len();
+        let mut shard = lock(&self.shards[index]);
+        let before = shard.records.len() as u64;
+        let result = f(&mut shard);
+        let after = shard.records.len() as u64;
+        let mut total = if after >= before {
+            self.total.fetch_add(after - before, Ordering::Relaxed) + (after - before)
+        } else {
+            self.total.fetch_sub(before - after, Ordering::Relaxed) - (before - after)
+        };
+        // The record just written is the most recently used: it never goes.
+        while total > self.max_sessions && shard.records.len() > 1 {
+            shard.records.pop_front();
+            total = self.total.fetch_sub(1, Ordering::Relaxed) - 1;
+        }
+        result
     }
 
     /// A future that deletes expired records every `interval`, forever; spawn it on
@@ -135,26 +166,24 @@ impl MemoryStore {
         })
     }
 
-    /// Compare-and-set under the key's lock: replaces the record with
+    /// Compare-and-set under the shard's lock: replaces the record with
     /// `replacement`, or removes it when `None`, if its version is
     /// `expected_version`.
     fn swap(&self, key: &StoreKey, expected_version: u64, replacement: Option<&Record>) -> Cas {
-        let mut outcome = Cas::Missing;
-        self.cache
-            .entry(*key)
-            .and_compute_with(|entry| match entry {
-                Some(e) if !self.expired(e.value()) => {
-                    if e.value().version == expected_version {
-                        outcome = Cas::Done;
-                        replacement.map_or(Op::Remove, |r| Op::Put(r.clone()))
-                    } else {
-                        outcome = Cas::Conflict(e.into_value());
-                        Op::Nop
+        let now = self.clock.now();
+        self.with_shard(key, |shard| match shard.live(key, now) {
+            None => Cas::Missing,
+            Some(current) if current.version != expected_version => Cas::Conflict(current.clone()),
+            Some(current) => {
+                match replacement {
+                    Some(record) => *current = record.clone(),
+                    None => {
+                        shard.records.remove(key);
                     }
                 }
-                _ => Op::Nop,
-            });
-        outcome
+                Cas::Done
+            }
+        })
     }
 
     fn users(&self) -> MutexGuard<'_, HashMap<UserTag, Vec<IndexEntry>>> {
@@ -167,27 +196,17 @@ impl MemoryStore {
         self.users().values().map(Vec::len).sum()
     }
 
-    fn expired(&self, record: &Record) -> bool {
-        record.deadlines.is_expired(self.clock.now())
-    }
-
     fn remove_expired(&self, now: Timestamp) -> u64 {
-        let candidates: Vec<StoreKey> = self
-            .cache
-            .iter()
-            .filter(|(_, record)| record.deadlines.is_expired(now))
-            .map(|(key, _)| *key)
-            .collect();
         let mut removed = 0;
-        for key in candidates {
-            // Re-checked under the key's lock: it may have been touched meanwhile.
-            let result = self.cache.entry(key).and_compute_with(|entry| match entry {
-                Some(e) if e.value().deadlines.is_expired(now) => Op::Remove,
-                _ => Op::Nop,
-            });
-            if matches!(result, CompResult::Removed(_)) {
-                removed += 1;
-            }
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let before = shard.records.len();
+            shard
+                .records
+                .retain(|_, record| !record.deadlines.is_expired(now));
+            let gone = (before - shard.records.len()) as u64;
+            self.total.fetch_sub(gone, Ordering::Relaxed);
+            removed += gone;
         }
         // Entries of sessions that are gone (expired, deleted or evicted) go too;
         // one just written for a session being created is spared for a moment.
@@ -196,7 +215,9 @@ impl MemoryStore {
             entries.retain(|e| {
                 now < e.expires_at
                     && (now.saturating_since(e.indexed_at) < grace
-                        || self.cache.contains_key(&e.store_key))
+                        || self.with_shard(&e.store_key, |shard| {
+                            shard.records.contains_key(&e.store_key)
+                        }))
             });
             !entries.is_empty()
         });
@@ -213,7 +234,7 @@ impl Default for MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("sessions", &self.cache.entry_count())
+            .field("sessions", &self.len())
             .field("max_sessions", &self.max_sessions)
             .finish()
     }
@@ -235,19 +256,40 @@ impl MemoryStoreBuilder {
 
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
-        let cache = Cache::builder()
-            .max_capacity(self.max_sessions)
-            .eviction_policy(EvictionPolicy::lru())
-            .expire_after(DeadlineExpiry {
-                clock: self.clock.clone(),
+        // Exact LRU order for small stores; 64 independent shards for large ones.
+        let count = if self.max_sessions <= 4096 { 1 } else { 64 };
+        let shards: Vec<Mutex<Shard>> = (0..count)
+            .map(|_| {
+                Mutex::new(Shard {
+                    records: LinkedHashMap::with_hasher(BuildHasherDefault::default()),
+                })
             })
-            .build_with_hasher(BuildHasherDefault::default());
+            .collect();
         MemoryStore {
-            cache,
+            shards: shards.into(),
+            total: Arc::default(),
             users: Arc::default(),
             clock: self.clock,
             max_sessions: self.max_sessions,
         }
+    }
+}
+
+/// One shard: records in least-recently-used order, oldest first.
+struct Shard {
+    records: LinkedHashMap<StoreKey, Record, BuildHasherDefault<KeyHasher>>,
+}
+
+impl Shard {
+    /// The live record under `key`, now the most recently used; an expired one is
+    /// removed on the spot.
+    fn live(&mut self, key: &StoreKey, now: Timestamp) -> Option<&mut Record> {
+        let expired = self.records.get_mut(key)?.deadlines.is_expired(now);
+        if expired {
+            self.records.remove(key);
+            return None;
+        }
+        self.records.to_back(key)
     }
 }
 
@@ -272,32 +314,10 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// Gives each record the time to live its deadlines leave, by the store's clock.
-struct DeadlineExpiry {
-    clock: Clock,
-}
-
-impl DeadlineExpiry {
-    fn ttl(&self, record: &Record) -> Option<Duration> {
-        let expires_at = record.deadlines.expires_at();
-        (!expires_at.is_never()).then(|| expires_at.saturating_since(self.clock.now()))
-    }
-}
-
-impl Expiry<StoreKey, Record> for DeadlineExpiry {
-    fn expire_after_create(&self, _: &StoreKey, record: &Record, _: Instant) -> Option<Duration> {
-        self.ttl(record)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &StoreKey,
-        record: &Record,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.ttl(record)
-    }
+/// Our critical sections never panic half-way, so a poisoned lock still guards
+/// consistent state.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl SessionStore for MemoryStore {
@@ -305,18 +325,8 @@ impl SessionStore for MemoryStore {
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
-        let found = match self.cache.get(key) {
-            Some(record) if self.expired(&record) => {
-                self.cache
-                    .entry(*key)
-                    .and_compute_with(|entry| match entry {
-                        Some(e) if self.expired(e.value()) => Op::Remove,
-                        _ => Op::Nop,
-                    });
-                None
-            }
-            found => found,
-        };
+        let now = self.clock.now();
+        let found = self.with_shard(key, |shard| shard.live(key, now).map(|r| r.clone()));
         ready(Ok(found))
     }
 
@@ -325,14 +335,15 @@ impl SessionStore for MemoryStore {
         key: &StoreKey,
         record: &Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let result = self
-            .cache
-            .entry(*key)
-            .and_compute_with(|entry| match entry {
-                Some(e) if !self.expired(e.value()) => Op::Nop,
-                _ => Op::Put(record.clone()),
-            });
-        ready(Ok(!matches!(result, CompResult::Unchanged(_))))
+        let now = self.clock.now();
+        let created = self.with_shard(key, |shard| {
+            let taken = shard.live(key, now).is_some();
+            if !taken {
+                shard.records.insert(*key, record.clone());
+            }
+            !taken
+        });
+        ready(Ok(created))
     }
 
     fn update(
@@ -350,29 +361,19 @@ impl SessionStore for MemoryStore {
         deadlines: Deadlines,
         expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let result = self
-            .cache
-            .entry(*key)
-            .and_compute_with(|entry| match entry {
-                Some(e) if !self.expired(e.value()) && e.value().version == expected_version => {
-                    let mut record = e.into_value();
-                    record.deadlines = deadlines;
-                    Op::Put(record)
-                }
-                _ => Op::Nop,
-            });
-        ready(Ok(matches!(result, CompResult::ReplacedWith(_))))
+        let now = self.clock.now();
+        let touched = self.with_shard(key, |shard| match shard.live(key, now) {
+            Some(record) if record.version == expected_version => {
+                record.deadlines = deadlines;
+                true
+            }
+            _ => false,
+        });
+        ready(Ok(touched))
     }
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
-        // Through the key's compute lock: `Cache::invalidate` does not wait for a
-        // running compute, whose `Put` could then bring the record back.
-        self.cache
-            .entry(*key)
-            .and_compute_with(|entry| match entry {
-                Some(_) => Op::Remove,
-                None => Op::Nop,
-            });
+        self.with_shard(key, |shard| shard.records.remove(key));
         ready(Ok(()))
     }
 
@@ -470,15 +471,42 @@ mod tests {
         for n in 0..3 {
             assert!(store.create(&key(n), &record(1, far)).await.unwrap());
         }
-        store.cache.run_pending_tasks();
         // Reading session 0 makes session 1 the least recently used.
         assert!(store.load(&key(0)).await.unwrap().is_some());
-        store.cache.run_pending_tasks();
         assert!(store.create(&key(3), &record(1, far)).await.unwrap());
         assert_eq!(store.len(), 3);
         assert!(store.load(&key(1)).await.unwrap().is_none(), "LRU evicted");
         for n in [0, 2, 3] {
             assert!(store.load(&key(n)).await.unwrap().is_some(), "{n} kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sharded_store_keeps_its_bound_and_the_recently_used() {
+        let max = 5_000;
+        let store = MemoryStore::builder().max_sessions(max).build();
+        assert_eq!(store.shards.len(), 64);
+        let far = Timestamp::NEVER;
+        let keys: Vec<StoreKey> = (0..max)
+            .map(|_| StoreKey::from_bytes(rand::random()))
+            .collect();
+        for k in &keys {
+            assert!(store.create(k, &record(1, far)).await.unwrap());
+        }
+        assert_eq!(store.len(), max, "nothing evicted below the bound");
+        for k in &keys[..100] {
+            assert!(store.load(k).await.unwrap().is_some());
+        }
+        for _ in 0..1_000 {
+            let k = StoreKey::from_bytes(rand::random());
+            assert!(store.create(&k, &record(1, far)).await.unwrap());
+        }
+        assert_eq!(store.len(), max, "the bound holds");
+        for k in &keys[..100] {
+            assert!(
+                store.load(k).await.unwrap().is_some(),
+                "recently read, kept"
+            );
         }
     }
 
@@ -553,13 +581,9 @@ mod tests {
         hand.advance(Duration::from_secs(6));
         let task = tokio::spawn(store.cleanup_task(Duration::from_secs(3600)).unwrap());
         tokio::time::sleep(Duration::from_secs(3599)).await;
-        assert_eq!(
-            store.cache.iter().count(),
-            1,
-            "not swept before the interval"
-        );
+        assert_eq!(store.len(), 1, "not swept before the interval");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(store.cache.iter().count(), 0, "swept after one interval");
+        assert_eq!(store.len(), 0, "swept after one interval");
         task.abort();
     }
 }
