@@ -2,8 +2,9 @@
 //!
 //! Records live in 64 shards (one for small stores), each a map kept in
 //! least-recently-used order ([hashlink](https://docs.rs/hashlink)'s
-//! `LinkedHashMap`) behind its own mutex. Every operation is one short critical
-//! section on one shard, so compare-and-set is atomic without a global lock.
+//! `LinkedHashMap`) behind its own mutex. Every operation on a session is one short
+//! critical section on its shard, so compare-and-set is atomic without a global
+//! lock; only the cleanup sweep, `len` and `dump` visit every shard.
 //!
 //! ```
 //! use tower_sealed_sessions::MemoryStore;
@@ -39,8 +40,7 @@ use crate::users::{IndexEntry, UserTag};
 ///   one session per shard, when the shard being written holds no other.)
 /// - **Expiry**: a record found past its deadline on access is removed on the
 ///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule (until
-///   then they count against the bound, and go first when it is reached, being
-///   the least recently used).
+///   then they count against the bound; eviction goes by last use, not expiry).
 /// - **User indexes**: kept beside the records, under one lock (they change only at
 ///   login, logout and revocation). The cleanup task drops the entries of sessions
 ///   that are gone, evicted ones included.
@@ -115,23 +115,37 @@ impl MemoryStore {
     /// Runs `f` on the shard that holds `key`, under its lock, and keeps the
     /// count and the bound: beyond it, the shard's least recently used records go.
     fn with_shard<R>(&self, key: &StoreKey, f: impl FnOnce(&mut Shard) -> R) -> R {
-        // Store keys are uniformly random: their first byte picks a shard.
-        let index = usize::from(key.as_bytes()[0]) % self.shards.len();
-        let mut shard = lock(&self.shards[index]);
+        let mut shard = self.shard(key);
         let before = shard.records.len() as u64;
         let result = f(&mut shard);
         let after = shard.records.len() as u64;
-        let mut total = if after >= before {
-            self.total.fetch_add(after - before, Ordering::Relaxed) + (after - before)
+        if after >= before {
+            self.total.fetch_add(after - before, Ordering::Relaxed);
         } else {
-            self.total.fetch_sub(before - after, Ordering::Relaxed) - (before - after)
-        };
-        // The record just written is the most recently used: it never goes.
-        while total > self.max_sessions && shard.records.len() > 1 {
+            self.total.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        // One eviction per unit over the bound, claimed atomically, so writers on
+        // two shards never both evict for the same excess. The record just written
+        // is the most recently used: it never goes.
+        let max = self.max_sessions;
+        while shard.records.len() > 1
+            && self
+                .total
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    (t > max).then(|| t - 1)
+                })
+                .is_ok()
+        {
             shard.records.pop_front();
-            total = self.total.fetch_sub(1, Ordering::Relaxed) - 1;
         }
         result
+    }
+
+    /// The shard that holds `key`, locked.
+    fn shard(&self, key: &StoreKey) -> MutexGuard<'_, Shard> {
+        // Store keys are uniformly random: their first byte picks a shard.
+        let index = usize::from(key.as_bytes()[0]) % self.shards.len();
+        lock(&self.shards[index])
     }
 
     /// A future that deletes expired records every `interval`, forever; spawn it on
@@ -215,9 +229,7 @@ impl MemoryStore {
             entries.retain(|e| {
                 now < e.expires_at
                     && (now.saturating_since(e.indexed_at) < grace
-                        || self.with_shard(&e.store_key, |shard| {
-                            shard.records.contains_key(&e.store_key)
-                        }))
+                        || self.shard(&e.store_key).records.contains_key(&e.store_key))
             });
             !entries.is_empty()
         });
