@@ -712,9 +712,7 @@ async fn after_login<St: SessionStore>(
     user: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let tags: Vec<UserTag> = (shared.keys.ring.iter())
-        .map(|keys| UserTag::derive(keys, user))
-        .collect();
+    let tags = users::tags(&shared.keys, user);
     users::after_login(store, &tags, shared.max_sessions_per_user, now).await
 }
 

@@ -57,7 +57,7 @@ use hmac::Mac;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Timestamp;
-use crate::keys::KeySet;
+use crate::keys::{KeySet, Keys};
 use crate::layer::Shared;
 use crate::record::{Data, Deadlines, Record, StoreKey};
 use crate::store::{SessionStore, StoreError};
@@ -292,13 +292,6 @@ impl UserSessions {
         UserSessions { shared }
     }
 
-    /// The user's tag under every key of the ring: a session is indexed under the
-    /// key that sealed it, which may be a previous one until its next request.
-    fn tags(&self, user_id: &str) -> Vec<UserTag> {
-        let ring = &self.shared.keys.ring;
-        ring.iter().map(|k| UserTag::derive(k, user_id)).collect()
-    }
-
     /// The user's live sessions, newest first.
     ///
     /// # Errors
@@ -306,7 +299,11 @@ impl UserSessions {
     /// [`StoreError`] when the store fails.
     pub async fn list(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let now = self.shared.clock.now();
-        let found = self.shared.store.scan(self.tags(user_id), now).await?;
+        let found = self
+            .shared
+            .store
+            .scan(tags(&self.shared.keys, user_id), now)
+            .await?;
         let mut infos: Vec<SessionInfo> = found
             .live
             .iter()
@@ -331,7 +328,7 @@ impl UserSessions {
         let revoked = self
             .shared
             .store
-            .revoke(self.tags(user_id), Some(*fingerprint), now)
+            .revoke(tags(&self.shared.keys, user_id), Some(*fingerprint), now)
             .await?;
         Ok(revoked > 0)
     }
@@ -347,7 +344,7 @@ impl UserSessions {
         let now = self.shared.clock.now();
         self.shared
             .store
-            .revoke(self.tags(user_id), None, now)
+            .revoke(tags(&self.shared.keys, user_id), None, now)
             .await
     }
 }
@@ -356,6 +353,15 @@ impl fmt::Debug for UserSessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserSessions").finish_non_exhaustive()
     }
+}
+
+/// The user's tag under every key of the ring: a session is indexed under the key
+/// that sealed it, which may be a previous one until its next request.
+pub(crate) fn tags(keys: &Keys, user_id: &str) -> Vec<UserTag> {
+    keys.ring
+        .iter()
+        .map(|k| UserTag::derive(k, user_id))
+        .collect()
 }
 
 /// What a read of some user indexes found.
