@@ -12,7 +12,10 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use axum::Router;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use http::HeaderValue;
 use tower::ServiceExt;
 use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
 
@@ -34,38 +37,25 @@ fn bench(c: &mut Criterion) {
     let cookie = session_cookie(&rt, &layered);
 
     let mut group = c.benchmark_group("request");
-    group.bench_function("bare", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(bare.clone().oneshot(request("/plain", None)).await) })
-    });
-    group.bench_function("no_cookie", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(layered.clone().oneshot(request("/plain", None)).await) })
-    });
-    group.bench_function("new_session", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(layered.clone().oneshot(request("/write", None)).await) })
-    });
-    group.bench_function("read_only", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                layered
-                    .clone()
-                    .oneshot(request("/read", Some(&cookie)))
-                    .await,
-            )
-        })
-    });
-    group.bench_function("read_write", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                layered
-                    .clone()
-                    .oneshot(request("/write", Some(&cookie)))
-                    .await,
-            )
-        })
-    });
+    one_request(&mut group, &rt, "bare", &bare, "/plain", None);
+    one_request(&mut group, &rt, "no_cookie", &layered, "/plain", None);
+    one_request(&mut group, &rt, "new_session", &layered, "/write", None);
+    one_request(
+        &mut group,
+        &rt,
+        "read_only",
+        &layered,
+        "/read",
+        Some(&cookie),
+    );
+    one_request(
+        &mut group,
+        &rt,
+        "read_write",
+        &layered,
+        "/write",
+        Some(&cookie),
+    );
     group.finish();
 }
 
@@ -86,11 +76,14 @@ fn bench_store_size(c: &mut Criterion) {
                 app.clone().oneshot(request("/write", None)).await.unwrap();
             }
         });
-        group.bench_function(format!("read_only/{sessions}"), |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(app.clone().oneshot(request("/read", Some(&cookie))).await)
-            })
-        });
+        one_request(
+            &mut group,
+            &rt,
+            format!("read_only/{sessions}"),
+            &app,
+            "/read",
+            Some(&cookie),
+        );
     }
     group.finish();
 }
@@ -114,31 +107,42 @@ fn bench_redis(c: &mut Criterion) {
         .with_state(());
     let cookie = session_cookie(&rt, &layered);
     let mut group = c.benchmark_group("redis");
-    group.bench_function("read_only", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                layered
-                    .clone()
-                    .oneshot(request("/read", Some(&cookie)))
-                    .await,
-            )
-        })
-    });
-    group.bench_function("read_write", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                layered
-                    .clone()
-                    .oneshot(request("/write", Some(&cookie)))
-                    .await,
-            )
-        })
-    });
+    one_request(
+        &mut group,
+        &rt,
+        "read_only",
+        &layered,
+        "/read",
+        Some(&cookie),
+    );
+    one_request(
+        &mut group,
+        &rt,
+        "read_write",
+        &layered,
+        "/write",
+        Some(&cookie),
+    );
     group.finish();
 }
 
 #[cfg(not(feature = "redis"))]
 fn bench_redis(_: &mut Criterion) {}
+
+/// Measures one request of `app` to `path`, with `cookie` if given, as `name`.
+fn one_request(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: impl Into<String>,
+    app: &Router,
+    path: &str,
+    cookie: Option<&HeaderValue>,
+) {
+    group.bench_function(name.into(), |b| {
+        b.to_async(rt)
+            .iter(|| async { black_box(app.clone().oneshot(request(path, cookie)).await) })
+    });
+}
 
 criterion_group!(benches, bench, bench_store_size, bench_redis);
 criterion_main!(benches);

@@ -79,6 +79,10 @@ fn app(layer: SessionLayer, gate: Gate) -> Router {
         )
         .route("/noop", get(|| async { "untouched" }))
         .route(
+            "/ambiguous",
+            get(|s: Session| async move { s.is_ambiguous().to_string() }),
+        )
+        .route(
             "/public/{key}/{value}",
             post(
                 |s: Session, Path((k, v)): Path<(String, String)>| async move {
@@ -933,6 +937,8 @@ async fn a_tossed_cookie_never_wins_over_nor_replaces_the_real_session() {
         );
         assert_eq!(res.json::<Value>().await.unwrap(), Value::Null, "{both}");
         assert!(h.store.take_ops().is_empty(), "neither session is loaded");
+        let res = h.get_with_cookie("/ambiguous", &both).await;
+        assert_eq!(res.text().await.unwrap(), "true", "the handler can tell");
 
         // A write under two cookies lands in no session, and no new cookie
         // replaces the real one.
@@ -948,6 +954,8 @@ async fn a_tossed_cookie_never_wins_over_nor_replaces_the_real_session() {
     };
     assert_eq!(read(victim.clone()).await, json!("victim"));
     assert_eq!(read(attacker.clone()).await, json!("attacker"));
+    let res = h.get_with_cookie("/ambiguous", &victim).await;
+    assert_eq!(res.text().await.unwrap(), "false");
 
     // A planted cookie past its own lifespan still makes two sessions: its record
     // is not even loaded.
