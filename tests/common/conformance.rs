@@ -242,7 +242,7 @@ async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
     let later = Deadlines {
         idle: now().saturating_add(Duration::from_secs(5400)),
         lifespan: now().saturating_add(Duration::from_secs(7200)),
-        active: now(),
+        active: now().saturating_add(Duration::from_secs(60)),
     };
     assert!(
         !store.touch(&key, later, 3).await.unwrap(),
@@ -265,6 +265,10 @@ async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
     assert_eq!(
         loaded.deadlines.idle, later.idle,
         "touch moved the idle deadline"
+    );
+    assert_eq!(
+        loaded.deadlines.active, later.active,
+        "touch recorded the activity"
     );
     assert!(
         !store.touch(&fresh_key(), later, 4).await.unwrap(),
