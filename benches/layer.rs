@@ -40,22 +40,7 @@ fn bench(c: &mut Criterion) {
     one_request(&mut group, &rt, "bare", &bare, "/plain", None);
     one_request(&mut group, &rt, "no_cookie", &layered, "/plain", None);
     one_request(&mut group, &rt, "new_session", &layered, "/write", None);
-    one_request(
-        &mut group,
-        &rt,
-        "read_only",
-        &layered,
-        "/read",
-        Some(&cookie),
-    );
-    one_request(
-        &mut group,
-        &rt,
-        "read_write",
-        &layered,
-        "/write",
-        Some(&cookie),
-    );
+    existing_session(&mut group, &rt, &layered, &cookie);
     group.finish();
 }
 
@@ -107,27 +92,23 @@ fn bench_redis(c: &mut Criterion) {
         .with_state(());
     let cookie = session_cookie(&rt, &layered);
     let mut group = c.benchmark_group("redis");
-    one_request(
-        &mut group,
-        &rt,
-        "read_only",
-        &layered,
-        "/read",
-        Some(&cookie),
-    );
-    one_request(
-        &mut group,
-        &rt,
-        "read_write",
-        &layered,
-        "/write",
-        Some(&cookie),
-    );
+    existing_session(&mut group, &rt, &layered, &cookie);
     group.finish();
 }
 
 #[cfg(not(feature = "redis"))]
 fn bench_redis(_: &mut Criterion) {}
+
+/// Measures a read-only and a read+write request of the session `cookie` names.
+fn existing_session(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    app: &Router,
+    cookie: &HeaderValue,
+) {
+    one_request(group, rt, "read_only", app, "/read", Some(cookie));
+    one_request(group, rt, "read_write", app, "/write", Some(cookie));
+}
 
 /// Measures one request of `app` to `path`, with `cookie` if given, as `name`.
 fn one_request(
