@@ -187,7 +187,12 @@ fn encrypt(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], msg: &[u8]) 
 }
 
 /// Opens a cookie value, trying every key of the ring whose id matches.
-pub(crate) fn open(keys: &Keys, name: &str, value: &str) -> Result<Opened, CookieError> {
+pub(crate) fn open(
+    keys: &Keys,
+    name: &str,
+    value: impl AsRef<[u8]>,
+) -> Result<Opened, CookieError> {
+    let value = value.as_ref();
     if value.len() > MAX_ENCODED_LEN {
         return Err(CookieError::Oversized);
     }
@@ -249,20 +254,47 @@ pub(crate) fn open(keys: &Keys, name: &str, value: &str) -> Result<Opened, Cooki
 /// Every value of the cookie `name` across all `Cookie` headers, in order.
 ///
 /// HTTP/2 and gRPC clients may split cookies into several headers (RFC 9113, section
-/// 8.2.3), so all of them are read. Headers that are not valid text are skipped.
+/// 8.2.3), so all of them are read. Headers are read as bytes: a value that is not
+/// text, in this cookie or another one, hides nothing ([`open`] refuses it).
 pub(crate) fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|line| line.split(';'))
+        .flat_map(|line| pairs(line.as_bytes()))
         .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            let eq = memchr::memchr(b'=', pair)?;
+            let (key, value) = (&pair[..eq], &pair[eq + 1..]);
+            (key.trim_ascii() == name.as_bytes()).then(|| unquote(value.trim_ascii()))
         })
+}
+
+/// The `;`-separated pairs of a `Cookie` header.
+fn pairs(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let line = rest?;
+        Some(match memchr::memchr(b';', line) {
+            Some(end) => {
+                rest = Some(&line[end + 1..]);
+                &line[..end]
+            }
+            None => {
+                rest = None;
+                line
+            }
+        })
+    })
+}
+
+/// A cookie value without the double quotes RFC 6265 allows around it.
+fn unquote(value: &[u8]) -> &[u8] {
+    match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
+    }
 }
 
 /// The attributes the session cookie is set with.
@@ -460,7 +492,7 @@ mod tests {
             Some(CookieError::NotBase64)
         );
         assert_eq!(
-            open(&keys(), "id", &"A".repeat(4096)).err(),
+            open(&keys(), "id", "A".repeat(4096)).err(),
             Some(CookieError::Oversized)
         );
         assert_eq!(
@@ -529,8 +561,18 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("ids=no;;  id = third "),
         );
-        let found: Vec<&str> = request_values(&headers, "id").collect();
-        assert_eq!(found, ["first", "second", "third"]);
+        // Bytes that are not text in another cookie hide nothing.
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"pref=caf\xc3\xa9\xff; id=fourth").unwrap(),
+        );
+        let found: Vec<&[u8]> = request_values(&headers, "id").collect();
+        let expected: [&[u8]; 5] = [b"first", b"second", b"\xff", b"third", b"fourth"];
+        assert_eq!(found, expected);
+        assert_eq!(
+            open(&keys(), "id", b"\xff").err(),
+            Some(CookieError::NotBase64)
+        );
     }
 
     #[test]

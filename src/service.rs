@@ -242,16 +242,12 @@ fn open_request_token(shared: &Shared, headers: &http::HeaderMap, now: Timestamp
         ),
         Some(name) => {
             let values = headers.get_all(name).iter();
-            open_all(
-                shared,
-                values.filter_map(|v| v.to_str().ok()).map(str::trim),
-                now,
-            )
+            open_all(shared, values.map(|v| v.as_bytes().trim_ascii()), now)
         }
     }
 }
 
-fn open_all<'a>(shared: &Shared, values: impl Iterator<Item = &'a str>, now: Timestamp) -> Tokens {
+fn open_all<'a>(shared: &Shared, values: impl Iterator<Item = &'a [u8]>, now: Timestamp) -> Tokens {
     let name = shared.token_name();
     let store_key = |o: &Opened| StoreKey::derive(&shared.keys.ring[o.key_index], &o.data.sid);
     let mut invalid = 0u32;

@@ -3,8 +3,9 @@
 //! cookie-mode layer holding the fixture sessions.
 //!
 //! The values of the session cookie are predicted by a model written from the
-//! documented behaviour (every `id=` pair of every header that is text, trimmed of
-//! white space and of surrounding double quotes), and the layer must agree with it:
+//! documented behaviour (every `id=` pair of every header, read as bytes, trimmed
+//! of white space and of one pair of surrounding double quotes), and the layer must
+//! agree with it:
 //! one issued session among them opens, invalid values beside it ignored; none
 //! gives a fresh session, and the cookie is cleared if any value was sent; several
 //! (cookie tossing) give a session that is neither read, saved nor cleared, and
@@ -30,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     for value in &values {
         let issued = ISSUED
             .iter()
-            .find(|i| i.mode() == Mode::Cookie && i.token == value.as_str());
+            .find(|i| i.mode() == Mode::Cookie && i.token.as_bytes() == value.as_slice());
         if let Some(issued) = issued {
             if !sessions.iter().any(|s| std::ptr::eq(*s, issued)) {
                 sessions.push(issued);
@@ -73,24 +74,31 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// The values of the session cookie in these header lines, in order.
-fn session_cookie_values(lines: &[&[u8]]) -> Vec<String> {
-    let is_ws = |c: char| c == ' ' || c == '\t';
+fn session_cookie_values(lines: &[&[u8]]) -> Vec<Vec<u8>> {
+    // A header value holds no control bytes but tab, so white space is space and tab.
+    let trim = |mut s: &[u8]| {
+        while let [b' ' | b'\t', rest @ ..] = s {
+            s = rest;
+        }
+        while let [rest @ .., b' ' | b'\t'] = s {
+            s = rest;
+        }
+        s
+    };
     let mut values = Vec::new();
     for line in lines {
-        // Only headers that are text: tab and printable ASCII.
-        if !line.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-            continue;
-        }
-        let text = std::str::from_utf8(line).expect("ASCII");
-        for pair in text.split(';') {
-            let Some(eq) = pair.find('=') else {
+        for pair in line.split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            if pair[..eq].trim_matches(is_ws) != COOKIE_NAME {
+            if trim(&pair[..eq]) != COOKIE_NAME.as_bytes() {
                 continue;
             }
-            let value = pair[eq + 1..].trim_matches(is_ws).trim_matches('"');
-            values.push(value.to_owned());
+            let value = match trim(&pair[eq + 1..]) {
+                [b'"', inner @ .., b'"'] => inner,
+                value => value,
+            };
+            values.push(value.to_vec());
         }
     }
     values
