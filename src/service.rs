@@ -53,6 +53,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// store's type: one boxed future per store round trip, which the flow needs anyway.
 pub(crate) trait DynStore: Send + Sync + 'static {
     fn load(&self, key: StoreKey) -> BoxFuture<Result<Option<Record>, StoreError>>;
+    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>>;
     fn persist(
         &self,
         shared: Arc<Shared>,
@@ -75,6 +76,10 @@ impl<St: SessionStore> DynStore for Erased<St> {
     fn load(&self, key: StoreKey) -> BoxFuture<Result<Option<Record>, StoreError>> {
         let store = self.0.clone();
         Box::pin(async move { store.load(&key).await })
+    }
+
+    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>> {
+        self.0.load_now(key)
     }
 
     fn persist(
@@ -160,7 +165,19 @@ where
         let now = shared.clock.now();
         let grpc = grpc_content_type(&req);
         let (session, rejected) = match open_request_token(shared, req.headers(), now) {
-            Tokens::One(opened) => return self.load_then_call(req, opened, now, grpc),
+            Tokens::One(opened) => {
+                let key_set = &shared.keys.ring[opened.key_index];
+                let store_key = StoreKey::derive(key_set, &opened.data.sid);
+                // A store in process memory answers at once: the inner service is
+                // called right here, as for a request without a cookie.
+                let Some(loaded) = shared.store.load_now(&store_key) else {
+                    return self.load_then_call(req, opened, store_key, now, grpc);
+                };
+                match session_from_load(shared, now, opened, store_key, loaded) {
+                    Some(found) => found,
+                    None => return ResponseFuture::answered(unavailable(&grpc), shared, now, grpc),
+                }
+            }
             Tokens::None { rejected } => (Session::fresh(shared.clone(), now), rejected),
             Tokens::Several(keys) => (Session::tossed(shared.clone(), now, keys), false),
         };
@@ -170,12 +187,13 @@ where
 }
 
 impl<S> SessionService<S> {
-    /// The request flow for a request with one authentic token: load its record,
-    /// then call the inner service.
+    /// The request flow for a request with one authentic token whose store must be
+    /// awaited: load its record, then call the inner service.
     fn load_then_call<ReqBody, ResBody>(
         &mut self,
         mut req: Request<ReqBody>,
         opened: Opened,
+        store_key: StoreKey,
         now: Timestamp,
         grpc: Option<HeaderValue>,
     ) -> ResponseFuture<S::Future, ResBody>
@@ -184,8 +202,6 @@ impl<S> SessionService<S> {
         ReqBody: Send + 'static,
     {
         let shared = &self.shared;
-        let key_set = &shared.keys.ring[opened.key_index];
-        let store_key = StoreKey::derive(key_set, &opened.data.sid);
         let load = shared.store.load(store_key);
         // The inner service is called only after the load finishes, so take the one
         // that `poll_ready` readied and leave a clone in its place (tower's pattern).
@@ -372,11 +388,31 @@ pin_project! {
             save: BoxFuture<Result<Carry, StoreError>>,
             response: Option<Response<B>>,
         },
+        /// Answered without calling the inner service.
+        Answered {
+            response: Option<Response<B>>,
+        },
         Done,
     }
 }
 
 impl<F, B> ResponseFuture<F, B> {
+    fn answered(
+        response: Response<B>,
+        shared: &Arc<Shared>,
+        now: Timestamp,
+        grpc: Option<HeaderValue>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Answered {
+                response: Some(response),
+            },
+            shared: shared.clone(),
+            now,
+            grpc,
+        }
+    }
+
     fn calling(
         fut: F,
         session: Session,
@@ -414,29 +450,16 @@ where
                     let pending = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let now = *this.now;
-                    let opening = match loaded {
-                        Ok(record) => {
-                            open_record(this.shared, now, pending.opened, pending.store_key, record)
-                        }
-                        // A value the store cannot decode would fail every request
-                        // of this cookie until it expires: refuse the cookie instead.
-                        Err(StoreError::Corrupt(reason)) => {
-                            tracing::warn!(target: TARGET, %reason, store_key = %pending.store_key, "session record corrupt");
-                            let fingerprint = Fingerprint::of(&pending.store_key);
-                            tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
-                            Opening::Rejected
-                        }
-                        Err(err) => {
-                            tracing::error!(target: TARGET, error = %err, "session load failed");
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(unavailable(this.grpc)));
-                        }
-                    };
-                    let (session, cookie_rejected) = match opening {
-                        Opening::Live(session) => (session, false),
-                        Opening::Gone => (Session::fresh(this.shared.clone(), now), false),
-                        Opening::Rejected => (Session::fresh(this.shared.clone(), now), true),
+                    let found = session_from_load(
+                        this.shared,
+                        *this.now,
+                        pending.opened,
+                        pending.store_key,
+                        loaded,
+                    );
+                    let Some((session, cookie_rejected)) = found else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(unavailable(this.grpc)));
                     };
                     let fut = (pending.call)(session.clone());
                     this.state.set(State::Calling {
@@ -509,6 +532,13 @@ where
                         }
                     }));
                 }
+                StateProj::Answered { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
@@ -550,6 +580,38 @@ enum Opening {
     Gone,
     /// The record does not open with this cookie: the cookie is cleared.
     Rejected,
+}
+
+/// The session of a request whose one authentic token named `store_key`, once its
+/// record is loaded, and whether the cookie was refused; `None` when the store
+/// failed and the request must be answered with 503.
+fn session_from_load(
+    shared: &Arc<Shared>,
+    now: Timestamp,
+    opened: Opened,
+    store_key: StoreKey,
+    loaded: Result<Option<Record>, StoreError>,
+) -> Option<(Session, bool)> {
+    let opening = match loaded {
+        Ok(record) => open_record(shared, now, opened, store_key, record),
+        // A value the store cannot decode would fail every request of this cookie
+        // until it expires: refuse the cookie instead.
+        Err(StoreError::Corrupt(reason)) => {
+            tracing::warn!(target: TARGET, %reason, %store_key, "session record corrupt");
+            let fingerprint = Fingerprint::of(&store_key);
+            tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
+            Opening::Rejected
+        }
+        Err(err) => {
+            tracing::error!(target: TARGET, error = %err, "session load failed");
+            return None;
+        }
+    };
+    Some(match opening {
+        Opening::Live(session) => (session, false),
+        Opening::Gone => (Session::fresh(shared.clone(), now), false),
+        Opening::Rejected => (Session::fresh(shared.clone(), now), true),
+    })
 }
 
 /// Turns a loaded record into a session.

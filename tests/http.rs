@@ -507,7 +507,16 @@ async fn remember_me_disabled_is_ignored() {
 
 #[tokio::test]
 async fn store_failure_answers_503_and_grpc_unavailable_and_never_reports_success() {
+    // A store that must be awaited, and one that answers loads at once (the
+    // memory store's way), take different paths through the layer.
+    for answers_now in [false, true] {
+        store_failure_answers_503(answers_now).await;
+    }
+}
+
+async fn store_failure_answers_503(answers_now: bool) {
     let h = Harness::new().await;
+    h.store.set_answers_now(answers_now);
     let cookie = cookie_pair(&h.post("/set/a/1").await);
     h.store.set_failing(true);
 
@@ -541,6 +550,23 @@ async fn store_failure_answers_503_and_grpc_unavailable_and_never_reports_succes
             .unwrap(),
         json!("1")
     );
+}
+
+#[tokio::test]
+async fn a_record_the_store_cannot_decode_refuses_the_cookie() {
+    for answers_now in [false, true] {
+        let h = Harness::new().await;
+        h.store.set_answers_now(answers_now);
+        let cookie = cookie_pair(&h.post("/set/a/1").await);
+        h.store.set_corrupt_loads(true);
+        let res = h.get_with_cookie("/get/a", &cookie).await;
+        assert_eq!(res.status(), 200, "answers_now {answers_now}");
+        let cleared = set_cookies(&res);
+        assert_eq!(cleared.len(), 1, "answers_now {answers_now}: {cleared:?}");
+        assert!(cleared[0].contains("Max-Age=0"), "{cleared:?}");
+        assert_eq!(res.json::<Value>().await.unwrap(), Value::Null);
+        h.store.set_corrupt_loads(false);
+    }
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub struct TestStore {
     ops: Arc<Mutex<Vec<&'static str>>>,
     failing: Arc<AtomicBool>,
     failing_writes: Arc<AtomicBool>,
+    answers_now: Arc<AtomicBool>,
+    corrupt_loads: Arc<AtomicBool>,
     gate: Arc<Mutex<Option<Gate>>>,
 }
 
@@ -82,6 +84,17 @@ impl TestStore {
         }
     }
 
+    /// Loads are answered at once through `load_now`, as the memory store does
+    /// (gates do not hold them); by default they must be awaited.
+    pub fn set_answers_now(&self, now: bool) {
+        self.answers_now.store(now, Ordering::SeqCst);
+    }
+
+    /// Every load finds a value it cannot decode.
+    pub fn set_corrupt_loads(&self, corrupt: bool) {
+        self.corrupt_loads.store(corrupt, Ordering::SeqCst);
+    }
+
     /// Loads work, every write fails.
     pub fn set_failing_writes(&self, failing: bool) {
         self.failing_writes.store(failing, Ordering::SeqCst);
@@ -89,6 +102,9 @@ impl TestStore {
 
     fn enter(&self, op: &'static str) -> Result<(), StoreError> {
         self.ops.lock().unwrap().push(op);
+        if op == "load" && self.corrupt_loads.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("test store: undecodable value".into()));
+        }
         let write = !matches!(op, "load" | "index_list");
         if self.failing.load(Ordering::SeqCst)
             || (write && self.failing_writes.load(Ordering::SeqCst))
@@ -116,6 +132,16 @@ impl SessionStore for TestStore {
             entered?;
             self.inner.load(&key).await
         }
+    }
+
+    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>> {
+        if !self.answers_now.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.enter("load").and_then(|()| {
+            let answer = self.inner.load_now(key);
+            answer.expect("the memory store answers at once")
+        }))
     }
 
     fn create(
