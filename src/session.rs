@@ -34,7 +34,7 @@
 //! wins. [`destroy`](Session::destroy) always wins: a write racing with it finds no
 //! record and is dropped, and its cookie is cleared.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -113,7 +113,7 @@ impl Loaded {
 #[derive(Default)]
 pub(crate) struct Changes {
     cleared: bool,
-    entries: HashMap<String, Option<Value>>,
+    entries: BTreeMap<String, Option<Value>>,
 }
 
 impl Changes {
