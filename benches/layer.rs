@@ -7,21 +7,33 @@
 //! ```
 //!
 //! Subtract `bare` from each case for the layer's own cost per request. With
-//! `REDIS_URL` set (and the `redis` feature), the `redis` group measures the same
-//! requests on a Redis store, loopback round trips included.
+//! `REDIS_URL` set (and the `redis` feature), the `redis` group measures the
+//! existing-session cases on a Redis store, loopback round trips included.
+//!
+//! Cases: `bare` (no layer), `no_cookie` (the handler never touches the session),
+//! `new_session` (one key written, session created), and for an existing session
+//! `read_only`, `read_write` (one key), `touch_due` (a read whose idle deadline
+//! must be slid in the store: the clock moves past the touch interval before each)
+//! and `destroy` (each timed request ends a session made beforehand, untimed).
+//! `floor/read` and `floor/read_write` are the crypto floor of those requests
+//! (`benches/common/floor.rs`), measured in the same run.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use tower::ServiceExt;
-use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, SessionLayer};
 
 mod common;
 
-use common::{request, routes, session_cookie};
+use common::{new_session, request, routes, session_cookie};
+
+/// The touch interval of the `touch_due` case.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -29,18 +41,20 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let bare = routes().with_state(());
     let store = MemoryStore::builder().max_sessions(100_000).build();
-    let layered = routes()
-        .layer(SessionLayer::new(store, Keys::generate()))
-        .with_state(());
-
-    // An existing session to read and write.
-    let cookie = session_cookie(&rt, &layered);
+    let layer = SessionLayer::new(store, Keys::generate());
+    let layered = routes().layer(layer.clone()).with_state(());
 
     let mut group = c.benchmark_group("request");
     one_request(&mut group, &rt, "bare", &bare, "/plain", None);
     one_request(&mut group, &rt, "no_cookie", &layered, "/plain", None);
     one_request(&mut group, &rt, "new_session", &layered, "/write", None);
-    existing_session(&mut group, &rt, &layered, &cookie);
+    existing_session(&mut group, &rt, layer);
+    // The crypto floor of a read and of a read+write, in the same run.
+    let floor = common::floor::Floor::new();
+    group.bench_function("floor/read", |b| b.iter(|| floor.request(black_box(false))));
+    group.bench_function("floor/read_write", |b| {
+        b.iter(|| floor.request(black_box(true)))
+    });
     group.finish();
 }
 
@@ -87,27 +101,73 @@ fn bench_redis(c: &mut Criterion) {
     let store = rt
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
         .expect("connect to REDIS_URL");
-    let layered = routes()
-        .layer(SessionLayer::new(store, Keys::generate()))
-        .with_state(());
-    let cookie = session_cookie(&rt, &layered);
     let mut group = c.benchmark_group("redis");
-    existing_session(&mut group, &rt, &layered, &cookie);
+    existing_session(&mut group, &rt, SessionLayer::new(store, Keys::generate()));
     group.finish();
 }
 
 #[cfg(not(feature = "redis"))]
 fn bench_redis(_: &mut Criterion) {}
 
-/// Measures a read-only and a read+write request of the session `cookie` names.
+/// Measures the requests of an existing session under `layer`: read-only,
+/// read+write, a read due for a touch, and destroy.
 fn existing_session(
     group: &mut BenchmarkGroup<'_, WallTime>,
     rt: &tokio::runtime::Runtime,
-    app: &Router,
-    cookie: &HeaderValue,
+    layer: SessionLayer,
 ) {
-    one_request(group, rt, "read_only", app, "/read", Some(cookie));
-    one_request(group, rt, "read_write", app, "/write", Some(cookie));
+    let app = routes().layer(layer.clone()).with_state(());
+    let cookie = session_cookie(rt, &app);
+    one_request(group, rt, "read_only", &app, "/read", Some(&cookie));
+    one_request(group, rt, "read_write", &app, "/write", Some(&cookie));
+
+    // The same store on a clock that moves past the touch interval before every
+    // request, and no lifespan for all that time to end.
+    let clock = ManualClock::new();
+    let ticking = layer
+        .with_clock(clock.clone())
+        .with_touch_interval(TOUCH_INTERVAL)
+        .with_lifespan(None);
+    let ticking = routes().layer(ticking).with_state(());
+    let cookie = session_cookie(rt, &ticking);
+    group.bench_function("touch_due", |b| {
+        b.to_async(rt).iter(|| async {
+            clock.advance(TOUCH_INTERVAL + Duration::from_secs(1));
+            black_box(
+                ticking
+                    .clone()
+                    .oneshot(request("/read", Some(&cookie)))
+                    .await,
+            )
+        })
+    });
+
+    let cleared = rt.block_on(async {
+        let cookie = new_session(&app).await;
+        let res = app
+            .clone()
+            .oneshot(request("/destroy", Some(&cookie)))
+            .await;
+        res.unwrap().headers()[http::header::SET_COOKIE].clone()
+    });
+    assert!(
+        cleared.to_str().unwrap().contains("Max-Age=0"),
+        "{cleared:?}"
+    );
+    group.bench_function("destroy", |b| {
+        let app = &app;
+        b.to_async(rt).iter_custom(|iters| async move {
+            let mut cookies = Vec::with_capacity(iters as usize);
+            for _ in 0..iters {
+                cookies.push(new_session(app).await);
+            }
+            let start = Instant::now();
+            for cookie in &cookies {
+                black_box(app.clone().oneshot(request("/destroy", Some(cookie))).await).unwrap();
+            }
+            start.elapsed()
+        })
+    });
 }
 
 /// Measures one request of `app` to `path`, with `cookie` if given, as `name`.

@@ -8,13 +8,16 @@
 //! callgrind_annotate read.out | head -40
 //! ```
 //!
-//! Kinds: `bare`, `no_cookie`, `read_only`, `read_write`, `new_session`. It prints
+//! Kinds: `bare`, `no_cookie`, `read_only`, `read_write`, `new_session`,
+//! `touch_due` (a read after the clock moved past the touch interval). It prints
 //! nothing but the count of requests made; divide callgrind's total by it (after
 //! subtracting a run with 0 requests, which counts the set-up).
 
 use axum::Router;
+use std::time::Duration;
 use tower::ServiceExt;
-use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+
+use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, SessionLayer};
 
 mod common;
 
@@ -28,21 +31,36 @@ fn main() {
         .build()
         .unwrap();
     let store = MemoryStore::builder().max_sessions(100_000).build();
-    let layered: Router = routes()
-        .layer(SessionLayer::new(store, Keys::generate()))
-        .with_state(());
+    let layer = SessionLayer::new(store, Keys::generate());
+    let layered: Router = routes().layer(layer.clone()).with_state(());
+    // For `touch_due`: a clock that moves past the touch interval before each request.
+    let clock = ManualClock::new();
+    let interval = Duration::from_secs(60);
+    let ticking = layer
+        .with_clock(clock.clone())
+        .with_touch_interval(interval)
+        .with_lifespan(None);
+    let ticking: Router = routes().layer(ticking).with_state(());
     let bare = routes().with_state(());
     let cookie = session_cookie(&rt, &layered);
+    let ticking_cookie = session_cookie(&rt, &ticking);
+    let step = if kind == "touch_due" {
+        interval + Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
     let (app, path, cookie) = match kind.as_str() {
         "bare" => (bare, "/plain", None),
         "no_cookie" => (layered, "/plain", None),
         "read_only" => (layered, "/read", Some(&cookie)),
         "read_write" => (layered, "/write", Some(&cookie)),
         "new_session" => (layered, "/write", None),
+        "touch_due" => (ticking, "/read", Some(&ticking_cookie)),
         other => panic!("unknown kind {other}"),
     };
     rt.block_on(async {
         for _ in 0..count {
+            clock.advance(step);
             let res = app.clone().oneshot(request(path, cookie)).await.unwrap();
             assert!(res.status().is_success());
         }

@@ -8,6 +8,10 @@
 //!
 //! Cases: `no_cookie` (the handler never touches the session), `read` (an existing
 //! session read) and `read_write` (read, then one key written).
+//!
+//! `axum_noop_layer` is the bare router under a layer that does nothing: what axum
+//! itself charges for any layer added with `Router::layer` (it boxes the route's
+//! service and its future again), which every session layer here pays too.
 
 use std::hint::black_box;
 
@@ -93,12 +97,16 @@ fn bench(c: &mut Criterion) {
     let theirs_plain = theirs_routes().layer(theirs_layer());
     let theirs_private =
         theirs_routes().layer(theirs_layer().with_private(tower_sessions::cookie::Key::generate()));
+    let bare = || {
+        plain()
+            .route("/read", get(|| async { "0" }))
+            .route("/write", get(|| async { "1" }))
+    };
     let apps = [
+        ("bare", bare()),
         (
-            "bare",
-            plain()
-                .route("/read", get(|| async { "0" }))
-                .route("/write", get(|| async { "1" })),
+            "axum_noop_layer",
+            bare().layer(tower::layer::util::Identity::new()),
         ),
         ("ours", ours_app),
         ("tower_sessions", theirs_plain),
@@ -110,7 +118,8 @@ fn bench(c: &mut Criterion) {
     let apps = apps.map(|(name, app)| (name, app.with_state(())));
     let mut group = c.benchmark_group("compare");
     for (name, app) in &apps {
-        let session = (*name != "bare").then(|| cookie(&rt, app));
+        let has_sessions = !matches!(*name, "bare" | "axum_noop_layer");
+        let session = has_sessions.then(|| cookie(&rt, app));
         group.bench_function(format!("{name}/no_cookie"), |b| {
             b.to_async(&rt)
                 .iter(|| async { black_box(app.clone().oneshot(request("/plain", None)).await) })

@@ -1,6 +1,8 @@
 //! The router and requests the benchmarks share.
 #![allow(dead_code)]
 
+pub mod floor;
+
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
@@ -17,7 +19,13 @@ async fn write(session: Session) -> String {
     n.to_string()
 }
 
-/// `/plain` never touches the session, `/read` reads it, `/write` writes one key.
+async fn destroy(session: Session) -> &'static str {
+    session.destroy();
+    "bye"
+}
+
+/// `/plain` never touches the session, `/read` reads it, `/write` writes one key,
+/// `/destroy` ends it.
 ///
 /// Callers finish the router with `.with_state(())`, as `axum::serve` does: it turns
 /// handlers and layers into services once, where a `Router<()>` called directly
@@ -27,6 +35,7 @@ pub fn routes() -> Router {
         .route("/plain", get(|| async { "ok" }))
         .route("/read", get(read))
         .route("/write", get(write))
+        .route("/destroy", get(destroy))
 }
 
 pub fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
@@ -39,10 +48,13 @@ pub fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
 
 /// The `name=value` of a new session's cookie on `app`, made by one write.
 pub fn session_cookie(rt: &tokio::runtime::Runtime, app: &Router) -> HeaderValue {
+    rt.block_on(new_session(app))
+}
+
+/// A new session on `app`, made by one write: its cookie's `name=value`.
+pub async fn new_session(app: &Router) -> HeaderValue {
     use tower::ServiceExt;
-    rt.block_on(async {
-        let res = app.clone().oneshot(request("/write", None)).await.unwrap();
-        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
-        HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
-    })
+    let res = app.clone().oneshot(request("/write", None)).await.unwrap();
+    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
 }
