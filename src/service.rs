@@ -8,6 +8,11 @@
 //!    cookie. Changes made after that point (for example while a streaming body is
 //!    being sent) are not persisted.
 //!
+//! With an [`IMMEDIATE`](crate::SessionStore::IMMEDIATE) store (the memory store),
+//! steps 2 and 4 run on the spot: the load inside `call`, before the inner service
+//! is called there, and the write as soon as the response head is ready. Other
+//! stores' steps are boxed futures that the response future awaits.
+//!
 //! A store failure answers 503 Service Unavailable, or for gRPC requests a
 //! trailers-only response with `grpc-status: 14` (UNAVAILABLE); nothing is written
 //! for a response that is itself a server error.
@@ -17,7 +22,7 @@ use std::future::Future;
 use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
@@ -49,17 +54,21 @@ const MAX_CREATE_ATTEMPTS: u32 = 3;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Where a store's part of a request stands once started.
+pub(crate) enum Outcome<T> {
+    /// Done already: the store is [`IMMEDIATE`](SessionStore::IMMEDIATE).
+    Done(Result<T, StoreError>),
+    /// To be awaited.
+    Later(BoxFuture<Result<T, StoreError>>),
+}
+
 /// The store behind a `dyn`, so that neither the layer nor the service carries the
-/// store's type: one boxed future per store round trip, which the flow needs anyway.
+/// store's type. The request's store work is done on the spot for an immediate
+/// store, and otherwise as one boxed future per step (load, then persist), which
+/// awaiting through a `dyn` needs anyway.
 pub(crate) trait DynStore: Send + Sync + 'static {
-    fn load(&self, key: StoreKey) -> BoxFuture<Result<Option<Record>, StoreError>>;
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>>;
-    fn persist(
-        &self,
-        shared: Arc<Shared>,
-        plan: Plan,
-        now: Timestamp,
-    ) -> BoxFuture<Result<Carry, StoreError>>;
+    fn load(&self, key: StoreKey) -> Outcome<Option<Record>>;
+    fn persist(&self, shared: &Arc<Shared>, plan: Plan, now: Timestamp) -> Outcome<Carry>;
     fn scan(&self, tags: Vec<UserTag>, now: Timestamp) -> BoxFuture<Result<Scan, StoreError>>;
     fn revoke(
         &self,
@@ -72,24 +81,53 @@ pub(crate) trait DynStore: Send + Sync + 'static {
 /// A store shared by the layer and every in-flight future.
 pub(crate) struct Erased<St>(pub(crate) Arc<St>);
 
-impl<St: SessionStore> DynStore for Erased<St> {
-    fn load(&self, key: StoreKey) -> BoxFuture<Result<Option<Record>, StoreError>> {
-        let store = self.0.clone();
-        Box::pin(async move { store.load(&key).await })
-    }
-
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>> {
-        self.0.load_now(key)
-    }
-
-    fn persist(
+impl<St: SessionStore> Erased<St> {
+    /// Starts one step of a request's store work, made by `step` from the store
+    /// and the layer's settings: done on the spot for an immediate store, boxed to
+    /// be awaited otherwise.
+    fn start<T, F>(
         &self,
-        shared: Arc<Shared>,
-        plan: Plan,
-        now: Timestamp,
-    ) -> BoxFuture<Result<Carry, StoreError>> {
+        shared: &Arc<Shared>,
+        step: impl FnOnce(Arc<St>, Arc<Shared>) -> F,
+    ) -> Outcome<T>
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let step = step(self.0.clone(), shared.clone());
+        if St::IMMEDIATE {
+            Outcome::Done(run_now(step))
+        } else {
+            Outcome::Later(Box::pin(step))
+        }
+    }
+}
+
+/// Runs the future of an [`IMMEDIATE`](SessionStore::IMMEDIATE) store to its end,
+/// here and now: on the stack, with no waker to wake.
+fn run_now<T>(future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => Err(StoreError::backend(
+            "a store declared IMMEDIATE returned a future that was not ready; the operation was dropped",
+        )),
+    }
+}
+
+impl<St: SessionStore> DynStore for Erased<St> {
+    fn load(&self, key: StoreKey) -> Outcome<Option<Record>> {
+        if St::IMMEDIATE {
+            return Outcome::Done(run_now(self.0.load(&key)));
+        }
         let store = self.0.clone();
-        Box::pin(async move { persist(&*store, &shared, plan, now).await })
+        Outcome::Later(Box::pin(async move { store.load(&key).await }))
+    }
+
+    fn persist(&self, shared: &Arc<Shared>, plan: Plan, now: Timestamp) -> Outcome<Carry> {
+        persist(self, shared, plan, now)
     }
 
     fn scan(&self, tags: Vec<UserTag>, now: Timestamp) -> BoxFuture<Result<Scan, StoreError>> {
@@ -170,8 +208,11 @@ where
                 let store_key = StoreKey::derive(key_set, &opened.data.sid);
                 // A store in process memory answers at once: the inner service is
                 // called right here, as for a request without a cookie.
-                let Some(loaded) = shared.store.load_now(&store_key) else {
-                    return self.load_then_call(req, opened, store_key, now, grpc);
+                let loaded = match shared.store.load(store_key) {
+                    Outcome::Done(loaded) => loaded,
+                    Outcome::Later(load) => {
+                        return self.load_then_call(req, opened, store_key, load, now, grpc);
+                    }
                 };
                 match session_from_load(shared, now, opened, store_key, loaded) {
                     Some(found) => found,
@@ -194,6 +235,7 @@ impl<S> SessionService<S> {
         mut req: Request<ReqBody>,
         opened: Opened,
         store_key: StoreKey,
+        load: BoxFuture<Result<Option<Record>, StoreError>>,
         now: Timestamp,
         grpc: Option<HeaderValue>,
     ) -> ResponseFuture<S::Future, ResBody>
@@ -202,7 +244,6 @@ impl<S> SessionService<S> {
         ReqBody: Send + 'static,
     {
         let shared = &self.shared;
-        let load = shared.store.load(store_key);
         // The inner service is called only after the load finishes, so take the one
         // that `poll_ready` readied and leave a clone in its place (tower's pattern).
         let clone = self.inner.clone();
@@ -506,16 +547,22 @@ where
                                 this.shared,
                             )));
                         }
-                        plan => {
-                            let save =
-                                this.shared
-                                    .store
-                                    .persist(this.shared.clone(), plan, *this.now);
-                            this.state.set(State::Saving {
+                        plan => match this.shared.store.persist(this.shared, plan, *this.now) {
+                            Outcome::Done(saved) => {
+                                this.state.set(State::Done);
+                                let grpc = this.grpc;
+                                return Poll::Ready(Ok(after_save(
+                                    response,
+                                    saved,
+                                    this.shared,
+                                    grpc,
+                                )));
+                            }
+                            Outcome::Later(save) => this.state.set(State::Saving {
                                 save,
                                 response: Some(response),
-                            });
-                        }
+                            }),
+                        },
                     }
                 }
                 StateProj::Saving { save, response } => {
@@ -524,13 +571,7 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     this.state.set(State::Done);
-                    return Poll::Ready(Ok(match saved {
-                        Ok(action) => with_cookie(response, action, this.shared),
-                        Err(err) => {
-                            tracing::error!(target: TARGET, error = %err, "session save failed");
-                            unavailable(this.grpc)
-                        }
-                    }));
+                    return Poll::Ready(Ok(after_save(response, saved, this.shared, this.grpc)));
                 }
                 StateProj::Answered { response } => {
                     let response = response
@@ -541,6 +582,23 @@ where
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
+        }
+    }
+}
+
+/// The response once the store has been written: with the token set or cleared,
+/// or 503 when the write failed.
+fn after_save<B: Default>(
+    response: Response<B>,
+    saved: Result<Carry, StoreError>,
+    shared: &Shared,
+    grpc: &Option<HeaderValue>,
+) -> Response<B> {
+    match saved {
+        Ok(action) => with_cookie(response, action, shared),
+        Err(err) => {
+            tracing::error!(target: TARGET, error = %err, "session save failed");
+            unavailable(grpc)
         }
     }
 }
@@ -658,42 +716,48 @@ fn open_record(
     Opening::Live(Session::opened(shared.clone(), now, loaded, data))
 }
 
-/// Carries out a plan against the store.
-async fn persist<St: SessionStore>(
-    store: &St,
-    shared: &Shared,
+/// Carries out a plan against the store: each plan is its own future, the size its
+/// own steps need. One future for every plan would be as large as the largest (a
+/// move to a new id, about 3 KB), and every touch and write would pay for
+/// allocating or copying that; for the same reason, a write's steps borrow the
+/// plan rather than take it, and its rare steps (a login's limit check) are boxed.
+fn persist<St: SessionStore>(
+    store: &Erased<St>,
+    shared: &Arc<Shared>,
     plan: Plan,
     now: Timestamp,
-) -> Result<Carry, StoreError> {
+) -> Outcome<Carry> {
     match plan {
-        Plan::Nothing => Ok(Carry::Keep),
-        Plan::Clear => Ok(Carry::Clear),
+        Plan::Nothing => Outcome::Done(Ok(Carry::Keep)),
+        Plan::Clear => Outcome::Done(Ok(Carry::Clear)),
         Plan::Touch {
             store_key,
             deadlines,
             version,
-        } => {
+        } => store.start(shared, |store, _| async move {
             // A record written meanwhile carries its writer's deadlines, at least as
             // late as these: a skipped touch loses nothing.
             if !store.touch(&store_key, deadlines, version).await? {
                 tracing::debug!(target: TARGET, "session changed or gone before its touch");
             }
             Ok(Carry::Keep)
-        }
-        Plan::Create { data, meta } => create_new(store, shared, now, &data, meta).await,
-        Plan::DestroyAll { store_keys } => {
+        }),
+        Plan::Create { data, meta } => store.start(shared, |store, shared| async move {
+            create_new(&*store, &shared, now, &data, meta).await
+        }),
+        Plan::DestroyAll { store_keys } => store.start(shared, |store, _| async move {
             // Their index entries, if any, go once a read finds the records gone.
             for store_key in store_keys {
                 store.delete(&store_key).await?;
                 audit(&store_key, "destroyed");
             }
             Ok(Carry::Clear)
-        }
+        }),
         Plan::Destroy {
             store_key,
             user,
             then_create,
-        } => {
+        } => store.start(shared, |store, shared| async move {
             // Delete first: if the response never arrives, the old cookie is dead
             // anyway. The index entry goes after the record, so that a revocation
             // never misses a live session.
@@ -703,35 +767,47 @@ async fn persist<St: SessionStore>(
             }
             audit(&store_key, "destroyed");
             match then_create {
-                Some((data, meta)) => create_new(store, shared, now, &data, meta).await,
+                Some((data, meta)) => create_new(&*store, &shared, now, &data, meta).await,
                 None => Ok(Carry::Clear),
             }
-        }
+        }),
         Plan::Update {
             loaded,
             changes,
             data,
             meta,
             lifespan_changed,
-        } => {
+        } => store.start(shared, |store, shared| async move {
+            let shared = &*shared;
             update(
-                store,
+                &*store,
                 shared,
                 now,
-                loaded,
-                changes,
+                &loaded,
+                &changes,
                 data,
                 meta,
                 lifespan_changed,
             )
             .await
-        }
+        }),
         Plan::Cycle {
             loaded,
             changes,
             meta,
             lifespan_changed,
-        } => move_session(store, shared, now, loaded, changes, meta, lifespan_changed).await,
+        } => store.start(shared, |store, shared| async move {
+            move_session(
+                &*store,
+                &shared,
+                now,
+                &loaded,
+                &changes,
+                meta,
+                lifespan_changed,
+            )
+            .await
+        }),
     }
 }
 
@@ -771,7 +847,14 @@ async fn after_login<St: SessionStore>(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let tags = users::tags(&shared.keys, user);
-    users::after_login(store, &tags, shared.max_sessions_per_user, now).await
+    // Boxed: a rare step, whose future would otherwise enlarge every write's.
+    Box::pin(users::after_login(
+        store,
+        &tags,
+        shared.max_sessions_per_user,
+        now,
+    ))
+    .await
 }
 
 /// What a user index is known to hold for one session: the user's tag and the
@@ -819,27 +902,32 @@ impl Indexed {
 
     /// Before a record of `data` with `deadlines` is written: makes sure the index
     /// of `data`'s user has the session, with an entry lasting at least as long.
-    async fn ensure<St: SessionStore>(
+    /// What to add is decided at once; the future only writes it, which keeps it
+    /// small inside every write's future. Should the write fail, the whole plan
+    /// fails with it, so noting the entry as held beforehand loses nothing.
+    fn ensure<'s, St: SessionStore>(
         &mut self,
-        store: &St,
+        store: &'s St,
         keys: &KeySet,
         data: &Data,
         meta: Meta,
         deadlines: Deadlines,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let Some(user) = user_of(data) else {
-            return Ok(());
-        };
-        let tag = UserTag::derive(keys, user);
-        if self.held == Some((tag, deadlines.lifespan)) {
-            return Ok(());
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 's {
+        let add = user_of(data)
+            .map(|user| UserTag::derive(keys, user))
+            .filter(|&tag| self.held != Some((tag, deadlines.lifespan)))
+            .map(|tag| {
+                self.note(Some(tag));
+                self.held = Some((tag, deadlines.lifespan));
+                (tag, index_entry(self.store_key, meta, deadlines, now))
+            });
+        async move {
+            match &add {
+                Some((tag, entry)) => store.index_add(tag, entry).await,
+                None => Ok(()),
+            }
         }
-        let entry = index_entry(self.store_key, meta, deadlines, now);
-        self.note(Some(tag));
-        store.index_add(&tag, &entry).await?;
-        self.held = Some((tag, deadlines.lifespan));
-        Ok(())
     }
 }
 
@@ -949,8 +1037,8 @@ async fn update<St: SessionStore>(
     store: &St,
     shared: &Shared,
     now: Timestamp,
-    loaded: Loaded,
-    changes: Changes,
+    loaded: &Loaded,
+    changes: &Changes,
     mut data: Data,
     meta: Meta,
     lifespan_changed: bool,
@@ -982,7 +1070,7 @@ async fn update<St: SessionStore>(
                 if !lifespan_changed {
                     return Ok(Carry::Keep);
                 }
-                let mut identity = loaded.cookie;
+                let mut identity = loaded.cookie.clone();
                 identity.lifespan_deadline = deadlines.lifespan;
                 identity.remember_me = meta.remember_me;
                 return Ok(set_cookie(shared, now, &identity));
@@ -992,7 +1080,7 @@ async fn update<St: SessionStore>(
                 return gone("update");
             }
             Cas::Conflict(current) => {
-                let (fresher, named) = reapply(&loaded, keys, &current, &changes)?;
+                let (fresher, named) = reapply(loaded, keys, &current, changes)?;
                 data = fresher;
                 index.note(named);
                 version = current.version;
@@ -1015,8 +1103,8 @@ async fn move_session<St: SessionStore>(
     store: &St,
     shared: &Shared,
     now: Timestamp,
-    loaded: Loaded,
-    changes: Changes,
+    loaded: &Loaded,
+    changes: &Changes,
     meta: Meta,
     lifespan_changed: bool,
 ) -> Result<Carry, StoreError> {
@@ -1027,7 +1115,7 @@ async fn move_session<St: SessionStore>(
     let ours = shared.deadlines(now, meta);
     let mut deadlines = deadlines_to_write(ours, current.deadlines, lifespan_changed);
     let old_keys = &shared.keys.ring[loaded.key_index];
-    let (mut data, named) = reapply(&loaded, old_keys, &current, &changes)?;
+    let (mut data, named) = reapply(loaded, old_keys, &current, changes)?;
     // The indexes that may list the old id: its user's when loaded, and those of
     // the users the records seen since named.
     let mut old_index = Indexed::new(old, None);
@@ -1061,7 +1149,7 @@ async fn move_session<St: SessionStore>(
                 return gone("move to a new id");
             }
             Cas::Conflict(current) => {
-                let (fresher, named) = reapply(&loaded, old_keys, &current, &changes)?;
+                let (fresher, named) = reapply(loaded, old_keys, &current, changes)?;
                 data = fresher;
                 old_index.note(named);
                 old_version = current.version;

@@ -135,12 +135,26 @@ impl Harness {
     }
 
     async fn with(configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Self {
+        Self::build(configure, false).await
+    }
+
+    /// The layer's store is [`IMMEDIATE`](SessionStore::IMMEDIATE), as the memory
+    /// store is: another path through the layer than an awaited store's.
+    async fn immediate() -> Self {
+        Self::build(|layer| layer, true).await
+    }
+
+    async fn build(configure: impl FnOnce(SessionLayer) -> SessionLayer, immediate: bool) -> Self {
         let clock = ManualClock::new();
         let store = TestStore::new(MemoryStore::builder().clock(clock.clone().into()).build());
+        let keys = Keys::from_secret(SECRET).unwrap();
+        let layer = if immediate {
+            SessionLayer::new(store.immediate(), keys)
+        } else {
+            SessionLayer::new(store.clone(), keys)
+        };
         // Plain HTTP on loopback: the client's jar would not send a Secure cookie.
-        let layer = SessionLayer::new(store.clone(), Keys::from_secret(SECRET).unwrap())
-            .with_secure(false)
-            .with_clock(clock.clone());
+        let layer = layer.with_secure(false).with_clock(clock.clone());
         let gate = Gate::default();
         let base = serve(app(configure(layer), gate.clone())).await;
         Harness {
@@ -509,14 +523,11 @@ async fn remember_me_disabled_is_ignored() {
 async fn store_failure_answers_503_and_grpc_unavailable_and_never_reports_success() {
     // A store that must be awaited, and one that answers loads at once (the
     // memory store's way), take different paths through the layer.
-    for answers_now in [false, true] {
-        store_failure_answers_503(answers_now).await;
-    }
+    store_failure_answers_503(Harness::new().await).await;
+    store_failure_answers_503(Harness::immediate().await).await;
 }
 
-async fn store_failure_answers_503(answers_now: bool) {
-    let h = Harness::new().await;
-    h.store.set_answers_now(answers_now);
+async fn store_failure_answers_503(h: Harness) {
     let cookie = cookie_pair(&h.post("/set/a/1").await);
     h.store.set_failing(true);
 
@@ -553,16 +564,33 @@ async fn store_failure_answers_503(answers_now: bool) {
 }
 
 #[tokio::test]
+async fn an_immediate_store_that_keeps_a_request_waiting_fails_it_with_503() {
+    let h = Harness::immediate().await;
+    h.post("/set/a/1").await;
+    // A gate makes the store's next load, then its next update, pending.
+    let _gate = h.store.pause_before("load");
+    assert_eq!(h.get("/get/a").await.status(), 503, "a pending load");
+    let _gate = h.store.pause_before("update");
+    assert_eq!(h.post("/set/a/2").await.status(), 503, "a pending save");
+    assert_eq!(
+        h.value("a").await,
+        json!("1"),
+        "the dropped save wrote nothing"
+    );
+    h.post("/set/a/3").await;
+    assert_eq!(h.value("a").await, json!("3"));
+}
+
+#[tokio::test]
 async fn a_record_the_store_cannot_decode_refuses_the_cookie() {
-    for answers_now in [false, true] {
-        let h = Harness::new().await;
-        h.store.set_answers_now(answers_now);
+    for immediate in [false, true] {
+        let h = Harness::build(|layer| layer, immediate).await;
         let cookie = cookie_pair(&h.post("/set/a/1").await);
         h.store.set_corrupt_loads(true);
         let res = h.get_with_cookie("/get/a", &cookie).await;
-        assert_eq!(res.status(), 200, "answers_now {answers_now}");
+        assert_eq!(res.status(), 200, "immediate {immediate}");
         let cleared = set_cookies(&res);
-        assert_eq!(cleared.len(), 1, "answers_now {answers_now}: {cleared:?}");
+        assert_eq!(cleared.len(), 1, "immediate {immediate}: {cleared:?}");
         assert!(cleared[0].contains("Max-Age=0"), "{cleared:?}");
         assert_eq!(res.json::<Value>().await.unwrap(), Value::Null);
         h.store.set_corrupt_loads(false);

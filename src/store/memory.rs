@@ -112,13 +112,6 @@ impl MemoryStore {
         all
     }
 
-    /// The live record under `key`: what [`load`](SessionStore::load) and
-    /// [`load_now`](SessionStore::load_now) answer.
-    fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let now = self.clock.now();
-        Ok(self.with_shard(key, |shard| shard.live(key, now).cloned()))
-    }
-
     /// Runs `f` on the shard that holds `key`, under its lock, and keeps the
     /// count and the bound: beyond it, the shard's least recently used records go.
     fn with_shard<R>(&self, key: &StoreKey, f: impl FnOnce(&mut Shard) -> R) -> R {
@@ -340,15 +333,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SessionStore for MemoryStore {
+    /// Every operation is done under a lock before its future is returned.
+    const IMMEDIATE: bool = true;
+
     fn load(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
-        ready(self.get(key))
-    }
-
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>> {
-        Some(self.get(key))
+        let now = self.clock.now();
+        let found = self.with_shard(key, |shard| shard.live(key, now).cloned());
+        ready(Ok(found))
     }
 
     fn create(

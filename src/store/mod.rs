@@ -50,15 +50,13 @@ pub trait SessionStore: Send + Sync + 'static {
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
-    /// The record under `key` without waiting, for stores that answer from
-    /// process memory; `None`, the default, means "await
-    /// [`load`](SessionStore::load) instead". An answer must be what `load` would
-    /// give. The layer asks it first: a store that answers here spares each request
-    /// with a cookie a boxed future and the deferred call of the inner service.
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>> {
-        let _ = key;
-        None
-    }
+    /// Whether every future this store returns is ready the first time it is
+    /// polled: a store in process memory, which never waits. The layer then runs
+    /// the store's work on the spot, with no boxed future and no deferred call of
+    /// the inner service. A store that says so and then returns a pending future
+    /// fails that request with 503; the future is dropped, as when a client goes
+    /// away in the middle of a request.
+    const IMMEDIATE: bool = false;
 
     /// Stores `record` under `key` unless the key is taken. Returns `false`, writing
     /// nothing, when a record already exists there.

@@ -20,13 +20,15 @@ use tower_sealed_sessions::{
 };
 
 /// A memory store that records every operation and fails while told to.
+///
+/// Its futures must be awaited (not [`SessionStore::IMMEDIATE`]), unless it is a
+/// `TestStore<true>` from [`TestStore::immediate`].
 #[derive(Clone, Default)]
-pub struct TestStore {
+pub struct TestStore<const IMMEDIATE: bool = false> {
     pub inner: MemoryStore,
     ops: Arc<Mutex<Vec<&'static str>>>,
     failing: Arc<AtomicBool>,
     failing_writes: Arc<AtomicBool>,
-    answers_now: Arc<AtomicBool>,
     corrupt_loads: Arc<AtomicBool>,
     gate: Arc<Mutex<Option<Gate>>>,
 }
@@ -46,6 +48,20 @@ impl TestStore {
         TestStore {
             inner,
             ..TestStore::default()
+        }
+    }
+
+    /// The same store, declared [`IMMEDIATE`](SessionStore::IMMEDIATE) as the
+    /// memory store is: the layer runs its futures on the spot (a gate then makes
+    /// one pending). It shares this one's records, switches and gate.
+    pub fn immediate(&self) -> TestStore<true> {
+        TestStore {
+            inner: self.inner.clone(),
+            ops: self.ops.clone(),
+            failing: self.failing.clone(),
+            failing_writes: self.failing_writes.clone(),
+            corrupt_loads: self.corrupt_loads.clone(),
+            gate: self.gate.clone(),
         }
     }
 
@@ -70,6 +86,18 @@ impl TestStore {
         gate
     }
 
+    /// Every load finds a value it cannot decode.
+    pub fn set_corrupt_loads(&self, corrupt: bool) {
+        self.corrupt_loads.store(corrupt, Ordering::SeqCst);
+    }
+
+    /// Loads work, every write fails.
+    pub fn set_failing_writes(&self, failing: bool) {
+        self.failing_writes.store(failing, Ordering::SeqCst);
+    }
+}
+
+impl<const IMMEDIATE: bool> TestStore<IMMEDIATE> {
     async fn checkpoint(&self, op: &'static str) {
         let gate = {
             let mut slot = self.gate.lock().unwrap();
@@ -82,22 +110,6 @@ impl TestStore {
             gate.reached.notify_one();
             gate.release.notified().await;
         }
-    }
-
-    /// Loads are answered at once through `load_now`, as the memory store does
-    /// (gates do not hold them); by default they must be awaited.
-    pub fn set_answers_now(&self, now: bool) {
-        self.answers_now.store(now, Ordering::SeqCst);
-    }
-
-    /// Every load finds a value it cannot decode.
-    pub fn set_corrupt_loads(&self, corrupt: bool) {
-        self.corrupt_loads.store(corrupt, Ordering::SeqCst);
-    }
-
-    /// Loads work, every write fails.
-    pub fn set_failing_writes(&self, failing: bool) {
-        self.failing_writes.store(failing, Ordering::SeqCst);
     }
 
     fn enter(&self, op: &'static str) -> Result<(), StoreError> {
@@ -119,7 +131,9 @@ impl TestStore {
     }
 }
 
-impl SessionStore for TestStore {
+impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
+    const IMMEDIATE: bool = IMMEDIATE;
+
     fn load(
         &self,
         key: &StoreKey,
@@ -132,16 +146,6 @@ impl SessionStore for TestStore {
             entered?;
             self.inner.load(&key).await
         }
-    }
-
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Record>, StoreError>> {
-        if !self.answers_now.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(self.enter("load").and_then(|()| {
-            let answer = self.inner.load_now(key);
-            answer.expect("the memory store answers at once")
-        }))
     }
 
     fn create(
