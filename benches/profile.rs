@@ -8,8 +8,10 @@
 //! callgrind_annotate read.out | head -40
 //! ```
 //!
-//! Kinds: `bare`, `no_cookie`, `read_only`, `read_write`, `new_session`,
-//! `touch_due` (a read after the clock moved past the touch interval). It prints
+//! Kinds: `bare`, `noop_layer` (the bare router under a layer that does nothing:
+//! axum's own cost of a layer), `no_cookie`, `read_only`, `read_write`,
+//! `new_session`, `touch_due` (a read after the clock moved past the touch
+//! interval). It prints
 //! nothing but the count of requests made; divide callgrind's total by it (after
 //! subtracting a run with 0 requests, which counts the set-up).
 
@@ -42,6 +44,9 @@ fn main() {
         .with_lifespan(None);
     let ticking: Router = routes().layer(ticking).with_state(());
     let bare = routes().with_state(());
+    let noop = routes()
+        .layer(tower::layer::util::Identity::new())
+        .with_state(());
     let cookie = session_cookie(&rt, &layered);
     let ticking_cookie = session_cookie(&rt, &ticking);
     let step = if kind == "touch_due" {
@@ -51,6 +56,7 @@ fn main() {
     };
     let (app, path, cookie) = match kind.as_str() {
         "bare" => (bare, "/plain", None),
+        "noop_layer" => (noop, "/plain", None),
         "no_cookie" => (layered, "/plain", None),
         "read_only" => (layered, "/read", Some(&cookie)),
         "read_write" => (layered, "/write", Some(&cookie)),
