@@ -456,6 +456,15 @@ impl Session {
         let shared = &self.inner.shared;
         let now = self.inner.now;
         let mut state = self.lock();
+        if state.loaded.is_none() && state.tossed.is_empty() && state.data.is_empty() {
+            // Nothing was opened and nothing is to be kept: the common request
+            // without a cookie, decided without taking anything apart.
+            return if cookie_rejected {
+                Plan::Clear
+            } else {
+                Plan::Nothing
+            };
+        }
         let data = mem::take(&mut state.data);
         let changes = mem::take(&mut state.changes);
         let meta = state.meta;

@@ -104,6 +104,17 @@ fn app(layer: SessionLayer, gate: Gate) -> Router {
             }),
         )
         .route(
+            "/grpc/{status}",
+            post(|s: Session, Path(status): Path<String>| async move {
+                s.insert("grpc", status.clone()).unwrap();
+                // A trailers-only gRPC answer: the status in the headers.
+                [
+                    ("content-type", "application/grpc".to_owned()),
+                    ("grpc-status", status),
+                ]
+            }),
+        )
+        .route(
             "/expiry",
             get(|s: Session| async move {
                 let secs = |t: Option<std::time::SystemTime>| {
@@ -607,6 +618,27 @@ async fn nothing_is_saved_when_the_handler_answers_5xx() {
     h.post("/set/a/1").await;
     h.post("/boom").await;
     assert_eq!(h.value("lost").await, Value::Null);
+}
+
+#[tokio::test]
+async fn nothing_is_saved_when_a_grpc_request_fails() {
+    let h = Harness::new().await;
+    let grpc = |status: &str| {
+        h.client
+            .post(h.url(&format!("/grpc/{status}")))
+            .header(CONTENT_TYPE, "application/grpc")
+            .send()
+    };
+    let res = grpc("13").await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "13");
+    assert!(
+        set_cookies(&res).is_empty(),
+        "an INTERNAL error saves nothing"
+    );
+    assert!(h.store.take_ops().is_empty());
+    let res = grpc("0").await.unwrap();
+    assert_eq!(set_cookies(&res).len(), 1, "an OK answer is saved");
+    assert_eq!(h.value("grpc").await, json!("0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
