@@ -23,10 +23,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use aes_gcm::aead::{Aead, AeadInPlace, Payload};
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::consts::U12;
 use aes_gcm::{Nonce, Tag};
 
-use crate::keys::Aes256Gcm;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
@@ -166,24 +166,22 @@ pub(crate) fn seal(keys: &Keys, name: &str, data: &CookieData) -> String {
 
 fn seal_with_nonce(keys: &Keys, name: &str, data: &CookieData, nonce: [u8; NONCE_LEN]) -> String {
     let key = keys.primary();
-    let mut sealed = Vec::with_capacity(SEALED_LEN + name.len());
-    sealed.push(VERSION);
-    sealed.extend_from_slice(&key.id.0);
-    sealed.extend_from_slice(&nonce);
-    // The associated data is the header followed by the cookie name; build it in the
-    // tail of the output buffer to save an allocation.
-    sealed.extend_from_slice(name.as_bytes());
-    let plaintext = data.encode_plaintext();
-    let ciphertext = encrypt(&key.cookie, &nonce, &sealed, plaintext.as_ref());
-    sealed.truncate(HEADER_LEN);
-    sealed.extend_from_slice(&ciphertext);
-    URL_SAFE_NO_PAD.encode(&sealed)
-}
-
-fn encrypt(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], msg: &[u8]) -> Vec<u8> {
-    cipher
-        .encrypt(Nonce::from_slice(nonce), Payload { msg, aad })
-        .expect("AES-GCM encrypts any message shorter than 64 GiB")
+    // Sealed in place, on the stack: the header, then the plaintext encrypted where
+    // it lies, then the tag. The associated data is the header and the cookie name.
+    let mut sealed = Zeroizing::new([0u8; SEALED_LEN]);
+    sealed[0] = VERSION;
+    sealed[1..5].copy_from_slice(&key.id.0);
+    sealed[5..HEADER_LEN].copy_from_slice(&nonce);
+    let (header, body) = sealed.split_at_mut(HEADER_LEN);
+    let (message, tag_out) = body.split_at_mut(PLAINTEXT_LEN);
+    message.copy_from_slice(data.encode_plaintext().as_ref());
+    let tag = with_aad(header, name, |aad| {
+        key.cookie
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, message)
+            .expect("AES-GCM encrypts any message shorter than 64 GiB")
+    });
+    tag_out.copy_from_slice(&tag);
+    URL_SAFE_NO_PAD.encode(sealed.as_ref())
 }
 
 /// Opens a cookie value, trying every key of the ring whose id matches.
@@ -216,18 +214,35 @@ pub(crate) fn open(
     let nonce = Nonce::from_slice(&sealed[5..HEADER_LEN]);
     let (ciphertext, tag) = sealed[HEADER_LEN..].split_at(PLAINTEXT_LEN);
     let tag = Tag::from_slice(tag);
-    // The associated data on the stack for names of usual length.
-    let mut aad_buf = [0u8; HEADER_LEN + 64];
-    let aad_vec;
-    let aad: &[u8] = if name.len() <= 64 {
-        aad_buf[..HEADER_LEN].copy_from_slice(&sealed[..HEADER_LEN]);
-        aad_buf[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name.as_bytes());
-        &aad_buf[..HEADER_LEN + name.len()]
-    } else {
-        aad_vec = [&sealed[..HEADER_LEN], name.as_bytes()].concat();
-        &aad_vec
-    };
+    with_aad(&sealed[..HEADER_LEN], name, |aad| {
+        open_sealed(keys, id, nonce, aad, ciphertext, tag)
+    })
+}
 
+/// Calls `f` with a cookie's associated data: its header, then the cookie name.
+/// On the stack for names of usual length.
+fn with_aad<R>(header: &[u8], name: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; HEADER_LEN + 64];
+    match buf.get_mut(..header.len() + name.len()) {
+        Some(aad) => {
+            let (head, tail) = aad.split_at_mut(header.len());
+            head.copy_from_slice(header);
+            tail.copy_from_slice(name.as_bytes());
+            f(aad)
+        }
+        None => f(&[header, name.as_bytes()].concat()),
+    }
+}
+
+/// Decrypts with every key of the ring whose id is `id`.
+fn open_sealed(
+    keys: &Keys,
+    id: KeyId,
+    nonce: &Nonce<U12>,
+    aad: &[u8],
+    ciphertext: &[u8],
+    tag: &Tag,
+) -> Result<Opened, CookieError> {
     let mut result = Err(CookieError::UnknownKey(id));
     for (key_index, key) in keys.ring.iter().enumerate() {
         if key.id != id {
@@ -395,10 +410,13 @@ impl CookieConfig {
 }
 
 fn to_header(cookie: &Cookie<'_>) -> HeaderValue {
+    use std::fmt::Write;
+    // Room for a sealed value and the usual attributes, rendered without regrowing.
+    let mut rendered = String::with_capacity(256);
+    write!(rendered, "{cookie}").expect("writing to a String cannot fail");
     // The value is base64 and the attributes passed `CookieConfig::validate`, so the
     // rendering is always a valid header value.
-    HeaderValue::try_from(cookie.to_string())
-        .expect("a session cookie renders as a valid header value")
+    HeaderValue::try_from(rendered).expect("a session cookie renders as a valid header value")
 }
 
 #[cfg(test)]
