@@ -291,12 +291,19 @@ impl Session {
 
     fn put(&self, key: &str, value: Value) {
         let mut state = self.lock();
-        if state.data.get(key) != Some(&value) {
-            state
-                .changes
-                .entries
-                .insert(key.to_owned(), Some(value.clone()));
-            state.data.insert(key.to_owned(), value);
+        // A key already there keeps its allocation, in the data and in the changes.
+        match state.data.get_mut(key) {
+            Some(current) if *current == value => return,
+            Some(current) => *current = value.clone(),
+            None => {
+                state.data.insert(key.to_owned(), value.clone());
+            }
+        }
+        match state.changes.entries.get_mut(key) {
+            Some(change) => *change = Some(value),
+            None => {
+                state.changes.entries.insert(key.to_owned(), Some(value));
+            }
         }
     }
 
