@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
 /// The values of the session cookie in these header lines, in order.
 fn session_cookie_values(lines: &[&[u8]]) -> Vec<Vec<u8>> {
     // A header value holds no control bytes but tab, so white space is space and tab.
-    let trim = |mut s: &[u8]| {
+    fn trim(mut s: &[u8]) -> &[u8] {
         while let [b' ' | b'\t', rest @ ..] = s {
             s = rest;
         }
@@ -84,7 +84,7 @@ fn session_cookie_values(lines: &[&[u8]]) -> Vec<Vec<u8>> {
             s = rest;
         }
         s
-    };
+    }
     let mut values = Vec::new();
     for line in lines {
         for pair in line.split(|&b| b == b';') {
