@@ -34,7 +34,8 @@ const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v1";
-/// Session data up to this size is decrypted on the stack, larger data on the heap.
+/// Session data up to this size is decrypted, and serialized for sealing, on the
+/// stack; larger data on the heap.
 const STACK_PLAINTEXT: usize = 512;
 
 /// Session data in the clear: what handlers read and write.
@@ -195,10 +196,25 @@ impl DataCipher {
     pub(crate) fn seal(&self, store_key: &StoreKey, data: &Data) -> Bytes {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + 64 + TAG_LEN);
+        // The JSON goes to the stack first when it fits, so that the record is
+        // allocated once, at its exact size; the stack copy is wiped.
+        let mut scratch = [0u8; STACK_PLAINTEXT];
+        let fits = {
+            let mut free = &mut scratch[..];
+            serde_json::to_writer(&mut free, data)
+                .is_ok()
+                .then(|| STACK_PLAINTEXT - free.len())
+        };
+        let json_len = fits.unwrap_or(64);
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + json_len + TAG_LEN);
         out.push(VERSION);
         out.extend_from_slice(&nonce);
-        serde_json::to_writer(&mut out, data).expect("a map of JSON values always serializes");
+        match fits {
+            Some(len) => out.extend_from_slice(&scratch[..len]),
+            None => serde_json::to_writer(&mut out, data)
+                .expect("a map of JSON values always serializes"),
+        }
+        scratch[..fits.unwrap_or(STACK_PLAINTEXT)].zeroize();
         self.seal_tail(store_key, out, nonce)
     }
 
@@ -211,7 +227,8 @@ impl DataCipher {
             .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[1 + NONCE_LEN..])
             .expect("AES-GCM encrypts any message shorter than 64 GiB");
         out.extend_from_slice(&tag);
-        // The record may be stored for hours: keep no spare capacity with it.
+        // The record may be stored for hours: keep no spare capacity with it (only
+        // data too large for the stack has any).
         out.shrink_to_fit();
         Bytes::from(out)
     }
@@ -354,6 +371,30 @@ mod tests {
         // Guards the boxing above; the unboxed key schedule is far larger.
         assert!(std::mem::size_of::<DataCipher>() <= 64);
         assert!(std::mem::size_of::<Aes256Enc>() > 256);
+    }
+
+    #[test]
+    fn data_on_either_side_of_the_stack_buffer_round_trips() {
+        let keys = keys();
+        let key = StoreKey::derive(keys.primary(), &[1; 16]);
+        let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+        // `{"k":"…"}` is 8 bytes of JSON around the string.
+        for json_len in [
+            STACK_PLAINTEXT - 1,
+            STACK_PLAINTEXT,
+            STACK_PLAINTEXT + 1,
+            5_000,
+        ] {
+            let data = Data::from([("k".to_owned(), Value::from("x".repeat(json_len - 8)))]);
+            assert_eq!(serde_json::to_vec(&data).unwrap().len(), json_len);
+            let sealed = cipher.seal(&key, &data);
+            assert_eq!(sealed.len(), 1 + NONCE_LEN + json_len + TAG_LEN);
+            assert_eq!(
+                cipher.open(&key, &sealed).unwrap(),
+                data,
+                "{json_len} bytes"
+            );
+        }
     }
 
     proptest::proptest! {
