@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Subtract `bare` from each case for the layer's own cost per request. With
-//! `REDIS_URL` set (and the `redis` feature), the `redis` group measures the
-//! existing-session cases on a Redis store, loopback round trips included.
+//! `REDIS_URL` set (and the `redis` feature), the `redis` group measures the cases
+//! that use the store (a new session, and the existing-session cases) on a Redis
+//! store, loopback round trips included.
 //!
 //! Cases: `bare` (no layer), `no_cookie` (the handler never touches the session),
 //! `new_session` (one key written, session created), and for an existing session
@@ -101,8 +102,11 @@ fn bench_redis(c: &mut Criterion) {
     let store = rt
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
         .expect("connect to REDIS_URL");
+    let layer = SessionLayer::new(store, Keys::generate());
+    let app = routes().layer(layer.clone()).with_state(());
     let mut group = c.benchmark_group("redis");
-    existing_session(&mut group, &rt, SessionLayer::new(store, Keys::generate()));
+    one_request(&mut group, &rt, "new_session", &app, "/write", None);
+    existing_session(&mut group, &rt, layer);
     group.finish();
 }
 
