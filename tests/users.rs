@@ -252,10 +252,7 @@ async fn an_index_entry_lasts_as_long_as_a_lifespan_set_concurrently() {
         .with_secure(false)
         .with_clock(hand.clone());
     let users = layer.users();
-    let base = serve(routes().merge(common::kv_routes()).layer(layer)).await;
-    let client = jar_client();
-    let res = client.post(format!("{base}/set/a/1")).send().await.unwrap();
-    assert_eq!(res.status(), 204);
+    let (base, client) = serve_with_a_session(layer).await;
 
     // Tying the session to a user waits at its write while another request makes
     // it remember-me (30 days); the user's write then conflicts and carries the
@@ -276,10 +273,7 @@ async fn a_session_switched_to_another_user_concurrently_leaves_the_first_index(
     let store = TestStore::new(MemoryStore::default());
     let layer = SessionLayer::new(store.clone(), Keys::generate()).with_secure(false);
     let users = layer.users();
-    let base = serve(routes().merge(common::kv_routes()).layer(layer)).await;
-    let client = jar_client();
-    let res = client.post(format!("{base}/set/a/1")).send().await.unwrap();
-    assert_eq!(res.status(), 204);
+    let (base, client) = serve_with_a_session(layer).await;
 
     // Alice's write waits (indexed, not yet written) while Bob's lands; Alice's
     // then conflicts, re-applies and wins: the session is hers alone.
@@ -292,6 +286,15 @@ async fn a_session_switched_to_another_user_concurrently_leaves_the_first_index(
         "bob's index let go"
     );
     assert_eq!(store.inner.index_len(), 1);
+}
+
+/// Serves the key-value routes under `layer`, and a client holding a new session.
+async fn serve_with_a_session(layer: SessionLayer) -> (String, reqwest::Client) {
+    let base = serve(routes().merge(common::kv_routes()).layer(layer)).await;
+    let client = jar_client();
+    let res = client.post(format!("{base}/set/a/1")).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    (base, client)
 }
 
 /// Sends the POST `first`, holds it just before its compare-and-set while the POST
