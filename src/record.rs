@@ -34,8 +34,7 @@ const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v1";
-/// Session data up to this size is decrypted, and serialized for sealing, on the
-/// stack; larger data on the heap.
+/// Session data up to this size is decrypted on the stack, larger data on the heap.
 const STACK_PLAINTEXT: usize = 512;
 
 /// Session data in the clear: what handlers read and write.
@@ -196,25 +195,15 @@ impl DataCipher {
     pub(crate) fn seal(&self, store_key: &StoreKey, data: &Data) -> Bytes {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        // The JSON goes to the stack first when it fits, so that the record is
-        // allocated once, at its exact size; the stack copy is wiped.
-        let mut scratch = [0u8; STACK_PLAINTEXT];
-        let fits = {
-            let mut free = &mut scratch[..];
-            serde_json::to_writer(&mut free, data)
-                .is_ok()
-                .then(|| STACK_PLAINTEXT - free.len())
-        };
-        let json_len = fits.unwrap_or(64);
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + json_len + TAG_LEN);
+        // Measured first, so that the record is allocated once at its exact size
+        // and the JSON is written straight into it: no regrowth leaves a freed copy
+        // of the plaintext behind, and no spare capacity stays with the record.
+        let mut counter = Counter(0);
+        serde_json::to_writer(&mut counter, data).expect("a map of JSON values always serializes");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + counter.0 + TAG_LEN);
         out.push(VERSION);
         out.extend_from_slice(&nonce);
-        match fits {
-            Some(len) => out.extend_from_slice(&scratch[..len]),
-            None => serde_json::to_writer(&mut out, data)
-                .expect("a map of JSON values always serializes"),
-        }
-        scratch[..fits.unwrap_or(STACK_PLAINTEXT)].zeroize();
+        serde_json::to_writer(&mut out, data).expect("a map of JSON values always serializes");
         self.seal_tail(store_key, out, nonce)
     }
 
@@ -227,15 +216,18 @@ impl DataCipher {
             .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[1 + NONCE_LEN..])
             .expect("AES-GCM encrypts any message shorter than 64 GiB");
         out.extend_from_slice(&tag);
-        // The record may be stored for hours: keep no spare capacity with it (only
-        // data too large for the stack has any).
-        out.shrink_to_fit();
+        debug_assert_eq!(
+            out.len(),
+            out.capacity(),
+            "a record is allocated at its size"
+        );
         Bytes::from(out)
     }
 
     #[cfg(test)]
     fn seal_with_nonce(&self, store_key: &StoreKey, msg: &[u8], nonce: [u8; NONCE_LEN]) -> Bytes {
-        let mut out = vec![VERSION];
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + msg.len() + TAG_LEN);
+        out.push(VERSION);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(msg);
         self.seal_tail(store_key, out, nonce)
@@ -277,6 +269,20 @@ impl DataCipher {
             .and_then(|()| serde_json::from_slice(plaintext).map_err(|_| RecordError::Malformed));
         plaintext.zeroize();
         opened
+    }
+}
+
+/// An `io::Write` that only counts the bytes written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
