@@ -654,12 +654,7 @@ fn session_from_load(
         Ok(record) => open_record(shared, now, opened, store_key, record),
         // A value the store cannot decode would fail every request of this cookie
         // until it expires: refuse the cookie instead.
-        Err(StoreError::Corrupt(reason)) => {
-            tracing::warn!(target: TARGET, %reason, %store_key, "session record corrupt");
-            let fingerprint = Fingerprint::of(&store_key);
-            tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
-            Opening::Rejected
-        }
+        Err(StoreError::Corrupt(reason)) => reject_record(&store_key, "corrupt", &reason),
         Err(err) => {
             tracing::error!(target: TARGET, error = %err, "session load failed");
             return None;
@@ -670,6 +665,15 @@ fn session_from_load(
         Opening::Gone => (Session::fresh(shared.clone(), now), false),
         Opening::Rejected => (Session::fresh(shared.clone(), now), true),
     })
+}
+
+/// A record that the store cannot decode, or that does not open with its cookie:
+/// traced, audited, and its cookie refused.
+fn reject_record(store_key: &StoreKey, what: &str, reason: &dyn fmt::Display) -> Opening {
+    tracing::warn!(target: TARGET, %reason, %store_key, "session record {what}");
+    let fingerprint = Fingerprint::of(store_key);
+    tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
+    Opening::Rejected
 }
 
 /// Turns a loaded record into a session.
@@ -697,10 +701,7 @@ fn open_record(
         Err(reason) => {
             // The AEAD already vouched for the cookie, so this is the store's side:
             // tampering, a record moved between keys, or corruption.
-            tracing::warn!(target: TARGET, %reason, %store_key, "session record rejected");
-            let fingerprint = Fingerprint::of(&store_key);
-            tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
-            return Opening::Rejected;
+            return reject_record(&store_key, "rejected", &reason);
         }
     };
     let user = user_of(&data).map(str::to_owned);

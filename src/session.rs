@@ -486,13 +486,7 @@ impl Session {
             return Plan::DestroyAll { store_keys };
         }
         match state.loaded.take() {
-            None if data.is_empty() => {
-                if cookie_rejected {
-                    Plan::Clear
-                } else {
-                    Plan::Nothing
-                }
-            }
+            // Empty data without a loaded record was decided above.
             None => Plan::Create { data, meta },
             Some(loaded) if state.destroyed => Plan::Destroy {
                 store_key: loaded.store_key,
