@@ -863,6 +863,9 @@ async fn after_login<St: SessionStore>(
 struct Indexed {
     store_key: StoreKey,
     held: Option<(UserTag, Timestamp)>,
+    /// The tag of the user of the data last ensured (at first, of the held entry):
+    /// the index the session keeps once that data is written.
+    last: Option<UserTag>,
     /// Every index that may list the session: the ones this request wrote, and
     /// those of the users the records it saw named.
     tags: Vec<UserTag>,
@@ -873,6 +876,7 @@ impl Indexed {
         let mut this = Indexed {
             store_key,
             held,
+            last: held.map(|(tag, _)| tag),
             tags: Vec::new(),
         };
         if let Some((tag, _)) = held {
@@ -915,8 +919,9 @@ impl Indexed {
         deadlines: Deadlines,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 's {
-        let add = user_of(data)
-            .map(|user| UserTag::derive(keys, user))
+        self.last = user_of(data).map(|user| UserTag::derive(keys, user));
+        let add = self
+            .last
             .filter(|&tag| self.held != Some((tag, deadlines.lifespan)))
             .map(|tag| {
                 self.note(Some(tag));
@@ -1063,8 +1068,7 @@ async fn update<St: SessionStore>(
             Cas::Done => {
                 // Other users' indexes let go only once the record no longer
                 // names them.
-                let after = user_of(&data).map(|user| UserTag::derive(keys, user));
-                index.settle(store, after).await?;
+                index.settle(store, index.last).await?;
                 if let Some(Some(user)) = changes.user() {
                     after_login(store, shared, user, now).await?;
                 }
@@ -1131,8 +1135,7 @@ async fn move_session<St: SessionStore>(
         match store.delete_version(&old, old_version).await? {
             Cas::Done => {
                 old_index.settle(store, None).await?;
-                let last = user_of(&data).map(|user| UserTag::derive(primary, user));
-                index.settle(store, last).await?;
+                index.settle(store, index.last).await?;
                 tracing::info!(
                     target: AUDIT_TARGET,
                     event = "cycled",
