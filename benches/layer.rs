@@ -98,7 +98,7 @@ fn bench_redis(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let settings = tower_sealed_sessions::RedisSettings::url(url).with_prefix("bench:");
+    let settings = tower_sealed_sessions::config::RedisSettings::url(url).with_prefix("bench:");
     let store = rt
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
         .expect("connect to REDIS_URL");

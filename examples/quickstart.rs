@@ -26,8 +26,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tower_sealed_sessions::config::StoreConfig;
 use tower_sealed_sessions::{
-    Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreConfig, StoreError, UserSessions,
+    Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreError, UserSessions,
 };
 
 const VISITS: &str = "visits";

@@ -1,4 +1,5 @@
-//! The duration notation of configuration files: `<count>[ms|s|m|h|d|w|M|Y]`.
+//! The duration notation of configuration files, `<count>[ms|s|m|h|d|w|M|Y]`, and
+//! its serde forms.
 //!
 //! The same notation as Kibana's and Authelia's settings: `20m`, `24h`, `7d`, `1w`.
 //! `M` is a month of 30 days and `Y` a year of 365 days; units are case-sensitive
@@ -6,7 +7,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_sealed_sessions::parse_duration;
+//! use tower_sealed_sessions::config::parse_duration;
 //!
 //! assert_eq!(parse_duration("20m").unwrap(), Duration::from_secs(20 * 60));
 //! assert_eq!(parse_duration("1M").unwrap(), Duration::from_secs(30 * 24 * 3600));
@@ -16,6 +17,9 @@
 
 use std::fmt;
 use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 const UNITS: &[(&str, u64)] = &[
     ("ms", 1),
@@ -93,6 +97,90 @@ impl fmt::Display for DurationError {
 }
 
 impl std::error::Error for DurationError {}
+
+/// A duration that `-1` disables.
+#[derive(Clone, Copy)]
+pub(crate) enum Limit {
+    Off,
+    After(Duration),
+}
+
+impl Limit {
+    pub(crate) fn get(self) -> Option<Duration> {
+        match self {
+            Limit::Off => None,
+            Limit::After(d) => Some(d),
+        }
+    }
+}
+
+/// A duration in the `<count>[ms|s|m|h|d|w|M|Y]` notation.
+#[derive(Clone, Copy)]
+pub(crate) struct Span(pub(crate) Duration);
+
+struct DurationVisitor {
+    allow_off: bool,
+}
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Limit;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as \"30m\", \"24h\" or \"7d\"")?;
+        if self.allow_off {
+            f.write_str(", or -1 to disable")?;
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Limit, E> {
+        match text.trim().parse::<i64>() {
+            Ok(n) if n < 0 => self.visit_i64(n),
+            _ => parse_duration(text).map(Limit::After).map_err(E::custom),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Limit, E> {
+        match u64::try_from(n) {
+            _ if n == -1 && self.allow_off => Ok(Limit::Off),
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(E::custom(format!(
+                "invalid duration {n}: {}",
+                if self.allow_off {
+                    "a duration cannot be negative; -1 disables it"
+                } else {
+                    "a duration cannot be negative, and this one cannot be disabled"
+                }
+            ))),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Limit, E> {
+        Err(E::custom(format!(
+            "invalid duration {n}: a number needs a unit, for example \"{n}m\""
+        )))
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor { allow_off: true })
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(DurationVisitor { allow_off: false })? {
+            Limit::After(d) => Ok(Span(d)),
+            Limit::Off => Err(de::Error::custom("this duration cannot be disabled")),
+        }
+    }
+}
+
+/// Deserializes an optional field holding a [`Span`].
+pub(crate) fn span_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Span::deserialize(d).map(|Span(d)| Some(d))
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,18 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use tower_layer::Layer;
 
-use crate::clock::{Clock, Timestamp};
-use crate::config::{self, ConfigError, SessionConfig};
+use crate::clock::Clock;
+use crate::config::SessionConfig;
 use crate::cookie::CookieConfig;
+use crate::error::ConfigError;
 use crate::keys::Keys;
-use crate::record::Deadlines;
-use crate::service::{DynStore, Erased, SessionService};
-use crate::session::Meta;
+use crate::service::{DynStore, Erased, Layered, SessionService};
+use crate::settings::Settings;
 use crate::store::SessionStore;
 use crate::users::UserSessions;
+use crate::users::index::UserIndex;
 
 /// Adds sealed sessions to a service. Cheap to clone: the configuration sits behind
 /// an `Arc` and is shared by every service it builds.
@@ -38,113 +39,21 @@ use crate::users::UserSessions;
 /// 1 minute.
 #[derive(Clone)]
 pub struct SessionLayer {
-    shared: Arc<Shared>,
-}
-
-/// Everything a request needs, shared by the layer, its services and sessions.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn DynStore>,
-    pub(crate) keys: Keys,
-    pub(crate) cookie: CookieConfig,
-    /// Header mode: the token travels in this header instead of the cookie.
-    pub(crate) header: Option<HeaderName>,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) lifespan: Option<Duration>,
-    pub(crate) remember_me: Option<Duration>,
-    pub(crate) touch_interval: Duration,
-    pub(crate) allow_unbounded: bool,
-    pub(crate) max_sessions_per_user: Option<usize>,
-    pub(crate) clock: Clock,
-}
-
-impl Shared {
-    /// The name the token is sealed for (its associated data): the cookie's name,
-    /// or the header's.
-    pub(crate) fn token_name(&self) -> &str {
-        match &self.header {
-            Some(header) => header.as_str(),
-            None => &self.cookie.name,
-        }
-    }
-
-    /// A token rendered for its carrier: a `Set-Cookie` value, or the bare token.
-    pub(crate) fn carried(&self, token: &str, max_age: Option<Duration>) -> HeaderValue {
-        match &self.header {
-            None => self.cookie.set(token, max_age),
-            // URL-safe base64 is always a valid header value.
-            Some(_) => HeaderValue::try_from(token).expect("base64 is a valid header value"),
-        }
-    }
-
-    /// What tells the client to drop its token: a removal cookie, or an empty
-    /// session header.
-    pub(crate) fn cleared(&self) -> HeaderValue {
-        match &self.header {
-            None => self.cookie.clear(),
-            Some(_) => HeaderValue::from_static(""),
-        }
-    }
-
-    pub(crate) fn lifespan_deadline(&self, now: Timestamp, remember_me: bool) -> Timestamp {
-        let duration = if remember_me {
-            self.remember_me
-        } else {
-            self.lifespan
-        };
-        duration.map_or(Timestamp::NEVER, |d| now.saturating_add(d))
-    }
-
-    pub(crate) fn new_meta(&self, now: Timestamp) -> Meta {
-        Meta {
-            created_at: now,
-            lifespan_deadline: self.lifespan_deadline(now, false),
-            remember_me: false,
-        }
-    }
-
-    /// The touch interval in force: never more than half the idle timeout, or a
-    /// session in steady use could expire between two touches.
-    pub(crate) fn effective_touch_interval(&self) -> Duration {
-        match self.idle_timeout {
-            Some(idle) => self.touch_interval.min(idle / 2),
-            None => self.touch_interval,
-        }
-    }
-
-    /// The deadlines a request at `now` gives a session.
-    pub(crate) fn deadlines(&self, now: Timestamp, meta: Meta) -> Deadlines {
-        // Remember-me sessions outlive idleness by design (Authelia does the same):
-        // only their lifespan ends them.
-        let idle = match (meta.remember_me, self.idle_timeout) {
-            (false, Some(timeout)) => now.saturating_add(timeout),
-            _ => Timestamp::NEVER,
-        };
-        Deadlines {
-            idle: idle.min(meta.lifespan_deadline),
-            lifespan: meta.lifespan_deadline,
-            active: now,
-        }
-    }
+    settings: Arc<Settings>,
+    /// The store, as the request flow uses it...
+    store: Arc<dyn DynStore>,
+    /// ...and as [`UserSessions`] does.
+    users: Arc<dyn UserIndex>,
 }
 
 impl SessionLayer {
     /// Sessions kept in `store`, sealed with `keys`.
     pub fn new<St: SessionStore>(store: St, keys: Keys) -> Self {
+        let store = Arc::new(store);
         SessionLayer {
-            shared: Arc::new(Shared {
-                store: Arc::new(Erased(Arc::new(store))),
-                keys,
-                cookie: CookieConfig::default(),
-                header: None,
-                idle_timeout: Some(Duration::from_secs(30 * 60)),
-                lifespan: Some(Duration::from_secs(24 * 3600)),
-                remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
-                touch_interval: Duration::from_secs(60),
-                allow_unbounded: false,
-                max_sessions_per_user: None,
-                clock: Clock::system(),
-            }),
+            settings: Arc::new(Settings::new(keys)),
+            users: Arc::new(store.clone()),
+            store: Arc::new(Erased(store)),
         }
     }
 
@@ -159,23 +68,24 @@ impl SessionLayer {
         store: St,
     ) -> Result<Self, ConfigError> {
         let mut layer = SessionLayer::new(store, config.load_keys()?);
-        config.apply(Arc::make_mut(&mut layer.shared))?;
+        config.apply(Arc::make_mut(&mut layer.settings))?;
         layer.validate()?;
         Ok(layer)
     }
 
-    /// Checks that the settings work together (see the `config` module for the
-    /// rules); [`Layer::layer`] refuses to build a service from settings that do not.
+    /// Checks that the settings work together (the rules are listed in the
+    /// [`config`](crate::config) module); [`Layer::layer`] refuses to build a
+    /// service from settings that do not.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first field at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        config::validate(&self.shared)
+        self.settings.validate()
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
+    fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(Arc::make_mut(&mut self.settings));
         self
     }
 
@@ -184,7 +94,7 @@ impl SessionLayer {
     /// on them later.
     fn edit_cookie(self, f: impl FnOnce(&mut CookieConfig)) -> Self {
         let this = self.edit(|s| f(&mut s.cookie));
-        if let Err(err) = this.shared.cookie.validate() {
+        if let Err(err) = this.settings.cookie.validate() {
             panic!("{err}");
         }
         this
@@ -343,7 +253,7 @@ impl SessionLayer {
     /// A handle to list and revoke the sessions of a user, usable outside any
     /// request.
     pub fn users(&self) -> UserSessions {
-        UserSessions::new(self.shared.clone())
+        UserSessions::new(self.settings.clone(), self.users.clone())
     }
 
     /// The clock expiry is decided by (default: the system clock). Tests plug in a
@@ -355,17 +265,17 @@ impl SessionLayer {
 
     /// The keyring sessions are sealed with.
     pub fn keys(&self) -> &Keys {
-        &self.shared.keys
+        &self.settings.keys
     }
 
     /// The configured idle timeout.
     pub fn idle_timeout(&self) -> Option<Duration> {
-        self.shared.idle_timeout
+        self.settings.idle_timeout
     }
 
     /// The configured lifespan.
     pub fn lifespan(&self) -> Option<Duration> {
-        self.shared.lifespan
+        self.settings.lifespan
     }
 }
 
@@ -380,13 +290,17 @@ impl<S> Layer<S> for SessionLayer {
         if let Err(err) = self.validate() {
             panic!("{err}");
         }
-        SessionService::new(inner, self.shared.clone())
+        let layered = Layered {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+        };
+        SessionService::new(inner, Arc::new(layered))
     }
 }
 
 impl fmt::Debug for SessionLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = &self.shared;
+        let s = &self.settings;
         f.debug_struct("SessionLayer")
             .field("keys", &s.keys)
             .field("cookie", &s.cookie)
@@ -405,68 +319,6 @@ impl fmt::Debug for SessionLayer {
 mod tests {
     use super::*;
     use crate::MemoryStore;
-
-    fn shared() -> Shared {
-        let layer = SessionLayer::new(MemoryStore::default(), Keys::generate());
-        (*layer.shared).clone()
-    }
-
-    #[test]
-    fn idle_deadline_never_passes_the_lifespan() {
-        let s = shared();
-        let now = Timestamp::from_unix_millis(1_000_000);
-        let meta = Meta {
-            created_at: now,
-            lifespan_deadline: now.saturating_add(Duration::from_secs(60)),
-            remember_me: false,
-        };
-        let d = s.deadlines(now, meta);
-        assert_eq!(
-            d.idle, meta.lifespan_deadline,
-            "30 min idle capped at 60 s lifespan"
-        );
-    }
-
-    #[test]
-    fn remember_me_sessions_are_not_ended_by_idleness() {
-        let s = shared();
-        let now = Timestamp::from_unix_millis(1_000_000);
-        let lifespan = s.lifespan_deadline(now, true);
-        assert_eq!(
-            lifespan,
-            now.saturating_add(Duration::from_secs(30 * 24 * 3600))
-        );
-        let meta = Meta {
-            created_at: now,
-            lifespan_deadline: lifespan,
-            remember_me: true,
-        };
-        assert_eq!(s.deadlines(now, meta).idle, lifespan);
-    }
-
-    #[test]
-    fn touch_interval_is_cut_to_half_the_idle_timeout() {
-        let mut s = shared();
-        s.idle_timeout = Some(Duration::from_secs(60));
-        s.touch_interval = Duration::from_secs(300);
-        assert_eq!(s.effective_touch_interval(), Duration::from_secs(30));
-        s.touch_interval = Duration::from_secs(10);
-        assert_eq!(s.effective_touch_interval(), Duration::from_secs(10));
-        s.idle_timeout = None;
-        s.touch_interval = Duration::from_secs(300);
-        assert_eq!(s.effective_touch_interval(), Duration::from_secs(300));
-    }
-
-    #[test]
-    fn no_timeouts_means_no_deadline() {
-        let mut s = shared();
-        s.allow_unbounded = true;
-        s.idle_timeout = None;
-        s.lifespan = None;
-        let now = Timestamp::from_unix_millis(5);
-        let d = s.deadlines(now, s.new_meta(now));
-        assert!(d.expires_at().is_never());
-    }
 
     #[test]
     #[should_panic(expected = "invalid session setting `cookie.name`")]

@@ -6,7 +6,7 @@
 //!
 //! - the **cookie**, sealed with AES-256-GCM, carries a random 128-bit session id and
 //!   a random 256-bit record secret;
-//! - the **record**, in a [`SessionStore`], holds the deadlines and the session data,
+//! - the **record**, in a [store](store::SessionStore), holds the deadlines and the session data,
 //!   sealed under a key derived from the server's key *and* the cookie's record
 //!   secret, and stored under an HMAC of the session id.
 //!
@@ -67,6 +67,45 @@
 //! | `memory-store` | yes | [`MemoryStore`], the embedded store (hashlink, tokio timer) |
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
 //! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster (fred) |
+//! | `test-util` | no | the store conformance suite ([`store_conformance_tests!`]) and inspection hooks for tests |
+//!
+//! # Where things are
+//!
+//! What an application uses is at the root: [`SessionLayer`], [`Session`],
+//! [`Keys`] and [`Secret`], the stores, [`SessionConfig`], [`UserSessions`] and the
+//! errors. The modules hold the rest, each with its own documentation:
+//! [`config`] (the configuration file and its rules), [`keys`] (key derivation and
+//! rotation), [`users`] (per-user sessions and their guarantees), [`audit`] (the
+//! audit trail), [`store`] (the store trait and an implementor's guide),
+//! [`service`] (the request flow) and [`clock`] (time, and a manual clock for
+//! tests).
+//!
+//! # Wire formats
+//!
+//! The **cookie** (format v1) is 131 characters of URL-safe base64 without
+//! padding, of:
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 1 | format version, `1` |
+//! | 4 | key id of the key that sealed it |
+//! | 12 | random nonce |
+//! | 65 + 16 | ciphertext and GCM tag of the plaintext below |
+//!
+//! Its plaintext (65 bytes) is the session id (16 random bytes), the record secret
+//! (32 random bytes), the creation time and the lifespan deadline (big-endian Unix
+//! milliseconds; all ones means no lifespan) and flags (bit 0: remember-me; other
+//! bits must be zero). Its associated data is the version byte, the key id and the
+//! cookie name, so a cookie cannot be replayed under another name or read as
+//! another format. In header mode the token has the same format, bound to the
+//! header's name.
+//!
+//! The **record's data** (format v1) is the version byte `1`, a 12-byte random
+//! nonce, then the ciphertext and tag of the session's JSON object, sealed with
+//! AES-256-GCM under `HMAC-SHA256(record key, record secret)` with
+//! `"tower-sealed-sessions record v1"` and the store key as associated data.
+//! Fixed test vectors in the crate's tests make sure later versions still open
+//! what earlier ones sealed.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -74,36 +113,36 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod clock;
-mod config;
+pub mod audit;
+pub mod clock;
+pub mod config;
 mod cookie;
 mod duration;
+mod error;
 #[cfg(feature = "axum")]
 mod extract;
-mod keys;
+pub mod keys;
 mod layer;
+mod plan;
 mod record;
-mod service;
+pub mod service;
 mod session;
+mod settings;
 pub mod store;
 pub mod users;
 
 pub use ::cookie::SameSite;
-pub use clock::{Clock, ManualClock, Timestamp};
-pub use config::{
-    ClusterSettings, ConfigError, RedisSettings, SentinelSettings, SessionConfig, StoreConfig,
-};
-pub use duration::{DurationError, parse_duration};
+pub use audit::Fingerprint;
+pub use clock::{Clock, ManualClock};
+pub use config::SessionConfig;
+pub use error::{ConfigError, KeyError, SessionError, StoreError};
 #[cfg(feature = "axum")]
 pub use extract::MissingSessionLayer;
-pub use keys::{KeyError, KeyId, Keys, Secret};
+pub use keys::{Keys, Secret};
 pub use layer::SessionLayer;
-pub use record::{Deadlines, Record, StoreKey};
-pub use service::{ResponseFuture, SessionService};
-pub use session::{Session, SessionError};
+pub use session::Session;
 #[cfg(feature = "memory-store")]
-pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+pub use store::MemoryStore;
 #[cfg(feature = "redis")]
-pub use store::redis::RedisStore;
-pub use store::{Cas, SessionStore, StoreError};
-pub use users::{Fingerprint, IndexEntry, SessionInfo, UserSessions, UserTag};
+pub use store::RedisStore;
+pub use users::UserSessions;

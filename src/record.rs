@@ -40,6 +40,22 @@ const STACK_PLAINTEXT: usize = 512;
 /// Session data in the clear: what handlers read and write.
 pub(crate) type Data = BTreeMap<String, Value>;
 
+/// Where the user id is kept in the session data: a key no handler can write, since
+/// [`Session::insert`](crate::Session::insert) refuses keys starting with NUL.
+pub(crate) const USER_KEY: &str = "\u{0}user";
+
+/// Whether `key` belongs to the layer rather than to handlers.
+#[inline]
+pub(crate) fn is_reserved(key: &str) -> bool {
+    key.starts_with('\u{0}')
+}
+
+/// The user id a session's data ties it to.
+#[inline]
+pub(crate) fn user_of(data: &Data) -> Option<&str> {
+    data.get(USER_KEY).and_then(|v| v.as_str())
+}
+
 /// The key a record is stored under: an HMAC of the session id, 32 bytes.
 ///
 /// Not secret and not replayable: it cannot be turned back into a session id.
@@ -58,6 +74,7 @@ impl StoreKey {
         StoreKey(bytes)
     }
 
+    #[inline]
     pub(crate) fn derive(keys: &KeySet, sid: &[u8; 16]) -> Self {
         let tag = keys.store_id.clone().chain_update(sid).finalize();
         StoreKey(tag.into_bytes().into())
@@ -94,11 +111,13 @@ pub struct Deadlines {
 
 impl Deadlines {
     /// The earlier of the two deadlines: when the store may drop the record.
+    #[inline]
     pub fn expires_at(&self) -> Timestamp {
         self.idle.min(self.lifespan)
     }
 
     /// Whether the record is expired at `now`.
+    #[inline]
     pub fn is_expired(&self, now: Timestamp) -> bool {
         now >= self.expires_at()
     }
@@ -107,6 +126,7 @@ impl Deadlines {
     /// merged with the `stored` ones: the stored lifespan stands (another request
     /// may have extended it or set remember-me, with a cookie this request does not
     /// carry yet), and activity never pulls the idle deadline in.
+    #[inline]
     pub(crate) fn slide(self, stored: Deadlines) -> Deadlines {
         Deadlines {
             idle: self.idle.max(stored.idle).min(stored.lifespan),
@@ -116,7 +136,7 @@ impl Deadlines {
     }
 }
 
-/// What a [`SessionStore`](crate::SessionStore) keeps for one session.
+/// What a [`SessionStore`](crate::store::SessionStore) keeps for one session.
 ///
 /// The store treats `data` as opaque bytes; it uses `deadlines` for expiry and
 /// `version` for compare-and-set.
@@ -296,7 +316,7 @@ fn aad(store_key: &StoreKey) -> [u8; AAD_PREFIX.len() + 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Keys;
+    use crate::keys::Keys;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
 

@@ -1,42 +1,7 @@
-//! [`Session`]: the handle a request's handlers read and write.
-//!
-//! A session is a map from string keys to JSON values, typed through serde at the
-//! edges. The handle is cheap to clone (an `Arc`), `Send + Sync`, and its methods
-//! are synchronous: they only touch memory. The layer writes what changed once the
-//! inner service has answered, before the response head leaves.
-//!
-//! ```
-//! # use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
-//! # use tower::{Layer, Service, ServiceExt, service_fn};
-//! # use http::{Request, Response, header};
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
-//! let mut app = layer.layer(service_fn(|req: Request<String>| async move {
-//!     let session = req.extensions().get::<Session>().unwrap();
-//!     let visits: u64 = session.get("visits").unwrap().unwrap_or(0);
-//!     session.insert("visits", visits + 1).unwrap();
-//!     Ok::<_, std::convert::Infallible>(Response::new(visits.to_string()))
-//! }));
-//! let res = app.ready().await.unwrap().call(Request::new(String::new())).await.unwrap();
-//! assert_eq!(res.body(), "0");
-//! assert!(res.headers().contains_key(header::SET_COOKIE));
-//! # }
-//! ```
-//!
-//! # Concurrent requests
-//!
-//! Two requests on one session each see the data as it was when they started. When
-//! both write, neither loses its keys: the second writer's compare-and-set fails, it
-//! re-reads the record and re-applies its own per-key changes (inserts, removals and
-//! [`clear`](Session::clear)) on top. Since it can only lose to a write that
-//! succeeded, it gives up (with 503) only after losing to 127 writes of the same
-//! session made while it was trying. For one key written by both, the later write
-//! wins. [`destroy`](Session::destroy) always wins: a write racing with it finds no
-//! record and is dropped, and its cookie is cleared.
+//! [`Session`]: the handle a request's handlers read and write, and its change log.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -44,47 +9,91 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::audit::Fingerprint;
 use crate::clock::Timestamp;
-use crate::cookie::CookieData;
-use crate::layer::Shared;
-use crate::record::{Data, DataCipher, Deadlines, StoreKey};
-use crate::users::{self, Fingerprint, USER_KEY, UserTag, is_reserved};
+use crate::cookie::{CookieData, Meta};
+use crate::error::SessionError;
+use crate::record::{Data, DataCipher, Deadlines, StoreKey, USER_KEY, is_reserved, user_of};
+use crate::settings::Settings;
+use crate::store::UserTag;
 
-/// The session of the current request.
+/// The session of the current request: a map from string keys to JSON values,
+/// typed through serde at the edges.
 ///
 /// Put into the request extensions by [`SessionLayer`](crate::SessionLayer); with the
-/// `axum` feature it is also an extractor.
+/// `axum` feature it is also an extractor. The handle is cheap to clone (an `Arc`),
+/// `Send + Sync`, and its methods are synchronous: they only touch memory. The
+/// layer writes what changed once the inner service has answered, before the
+/// response head leaves.
+///
+/// ```
+/// # use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+/// # use tower::{Layer, Service, ServiceExt, service_fn};
+/// # use http::{Request, Response, header};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
+/// let mut app = layer.layer(service_fn(|req: Request<String>| async move {
+///     let session = req.extensions().get::<Session>().unwrap();
+///     let visits: u64 = session.get("visits").unwrap().unwrap_or(0);
+///     session.insert("visits", visits + 1).unwrap();
+///     Ok::<_, std::convert::Infallible>(Response::new(visits.to_string()))
+/// }));
+/// let res = app.ready().await.unwrap().call(Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.body(), "0");
+/// assert!(res.headers().contains_key(header::SET_COOKIE));
+/// # }
+/// ```
+///
+/// # Concurrent requests
+///
+/// Two requests on one session each see the data as it was when they started. When
+/// both write, neither loses its keys: the second writer's compare-and-set fails, it
+/// re-reads the record and re-applies its own per-key changes (inserts, removals and
+/// [`clear`](Session::clear)) on top. Since it can only lose to a write that
+/// succeeded, it gives up (with 503) only after losing to 127 writes of the same
+/// session made while it was trying. For one key written by both, the later write
+/// wins. [`destroy`](Session::destroy) always wins: a write racing with it finds no
+/// record and is dropped, and its cookie is cleared.
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
     now: Timestamp,
     state: Mutex<State>,
 }
 
-struct State {
-    data: Data,
-    changes: Changes,
-    meta: Meta,
+/// A request's session as handlers left it: what [`decide`](crate::plan) reads.
+pub(crate) struct State {
+    pub(crate) data: Data,
+    pub(crate) changes: Changes,
+    pub(crate) meta: Meta,
     /// The record this request opened; kept after `destroy` so it can be deleted.
-    loaded: Option<Loaded>,
-    destroyed: bool,
-    cycle: bool,
-    lifespan_changed: bool,
-    /// The request named several sessions (cookie tossing): these are their store
-    /// keys, and nothing of this request is saved.
-    tossed: Vec<StoreKey>,
+    pub(crate) loaded: Option<Loaded>,
+    pub(crate) destroyed: bool,
+    pub(crate) cycle: bool,
+    pub(crate) lifespan_changed: bool,
+    /// The request named several sessions: these are their store keys, and nothing
+    /// of this request is saved (see [`Session::is_ambiguous`]).
+    pub(crate) ambiguous: Vec<StoreKey>,
+    /// The request's token was refused, and the response clears it.
+    pub(crate) refused: bool,
 }
 
-/// The lifetime facts that travel in the cookie.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Meta {
-    pub(crate) created_at: Timestamp,
-    pub(crate) lifespan_deadline: Timestamp,
-    pub(crate) remember_me: bool,
+/// What a request brought when it brings no live session.
+pub(crate) enum Brought {
+    /// No token, or an authentic one whose session has ended (logged out, expired,
+    /// or moved to a new id by a concurrent login): a fresh session. The token is
+    /// left alone, since clearing it could race with the response that sets its
+    /// successor; its own sealed lifespan still ends it without store I/O.
+    Nothing,
+    /// A token to clear: forged, altered, past its lifespan, or its record refused.
+    Refused,
+    /// Authentic tokens naming different sessions (cookie tossing, or a cookie
+    /// whose Domain or Path changed): their store keys.
+    Ambiguous(Vec<StoreKey>),
 }
 
 /// A session record as this request found it.
@@ -103,8 +112,8 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// The tag of the session's user, under the key that sealed the session (the
     /// key its index entry was written with).
-    pub(crate) fn user_tag(&self, shared: &Shared) -> Option<UserTag> {
-        let keys = &shared.keys.ring[self.key_index];
+    pub(crate) fn user_tag(&self, settings: &Settings) -> Option<UserTag> {
+        let keys = &settings.keys.ring[self.key_index];
         self.user.as_deref().map(|u| UserTag::derive(keys, u))
     }
 }
@@ -117,7 +126,8 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    fn is_empty(&self) -> bool {
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
         !self.cleared && self.entries.is_empty()
     }
 
@@ -143,81 +153,41 @@ impl Changes {
     }
 }
 
-/// What the layer must do with the store once the inner service has answered.
-pub(crate) enum Plan {
-    /// Nothing changed and no touch is due.
-    Nothing,
-    /// No session, but the request carried a cookie that must go.
-    Clear,
-    /// Unchanged, but the idle deadline lags by more than the touch interval.
-    Touch {
-        store_key: StoreKey,
-        deadlines: Deadlines,
-        version: u64,
-    },
-    /// Changed data or lifespan: compare-and-set on the loaded record.
-    Update {
-        loaded: Loaded,
-        changes: Changes,
-        data: Data,
-        meta: Meta,
-        lifespan_changed: bool,
-    },
-    /// A new id for the same session (privilege change, or key rotation); the data
-    /// is re-read from the store when it moves.
-    Cycle {
-        loaded: Loaded,
-        changes: Changes,
-        meta: Meta,
-        lifespan_changed: bool,
-    },
-    /// Destroyed: delete the record, then either clear the cookie or, when data was
-    /// written after the destroy, start a brand-new session with it.
-    Destroy {
-        store_key: StoreKey,
-        /// The index the session leaves.
-        user: Option<UserTag>,
-        then_create: Option<(Data, Meta)>,
-    },
-    /// A new session with data in it.
-    Create { data: Data, meta: Meta },
-    /// Destroyed while the request named several sessions: all of them end.
-    DestroyAll { store_keys: Vec<StoreKey> },
-}
-
 impl Session {
-    /// A session for a request that brought none.
-    pub(crate) fn fresh(shared: Arc<Shared>, now: Timestamp) -> Self {
-        let meta = shared.new_meta(now);
-        Self::build(shared, now, Data::new(), meta, None)
-    }
-
-    /// A session for a request whose tokens name several sessions (cookie
-    /// tossing). It starts empty and is never saved, so neither the real session
-    /// nor a planted one is read, written or replaced by a new cookie; only
-    /// [`destroy`](Session::destroy) acts, and ends all of them.
-    pub(crate) fn tossed(shared: Arc<Shared>, now: Timestamp, store_keys: Vec<StoreKey>) -> Self {
-        let session = Self::fresh(shared, now);
-        session.lock().tossed = store_keys;
-        session
-    }
-
-    /// A session opened from its cookie and record.
-    pub(crate) fn opened(shared: Arc<Shared>, now: Timestamp, loaded: Loaded, data: Data) -> Self {
-        let meta = Meta {
-            created_at: loaded.cookie.created_at,
-            lifespan_deadline: loaded.cookie.lifespan_deadline,
-            remember_me: loaded.cookie.remember_me,
+    /// A fresh session, for a request that brought no live one.
+    pub(crate) fn new(settings: Arc<Settings>, now: Timestamp, brought: Brought) -> Self {
+        let (ambiguous, refused) = match brought {
+            Brought::Nothing => (Vec::new(), false),
+            Brought::Refused => (Vec::new(), true),
+            // It starts empty and is never saved, so neither the real session nor a
+            // planted one is read, written or replaced by a new cookie; only
+            // `destroy` acts, and ends all of them.
+            Brought::Ambiguous(keys) => (keys, false),
         };
-        Self::build(shared, now, data, meta, Some(loaded))
+        let meta = settings.new_meta(now);
+        Self::with_state(settings, now, Data::new(), meta, None, ambiguous, refused)
     }
 
-    fn build(
-        shared: Arc<Shared>,
+    /// The session of a request whose token opened a live record.
+    pub(crate) fn opened(
+        settings: Arc<Settings>,
+        now: Timestamp,
+        loaded: Loaded,
+        data: Data,
+    ) -> Self {
+        let meta = loaded.cookie.meta();
+        Self::with_state(settings, now, data, meta, Some(loaded), Vec::new(), false)
+    }
+
+    #[inline]
+    fn with_state(
+        settings: Arc<Settings>,
         now: Timestamp,
         data: Data,
         meta: Meta,
         loaded: Option<Loaded>,
+        ambiguous: Vec<StoreKey>,
+        refused: bool,
     ) -> Self {
         let state = State {
             data,
@@ -227,11 +197,12 @@ impl Session {
             destroyed: false,
             cycle: false,
             lifespan_changed: false,
-            tossed: Vec::new(),
+            ambiguous,
+            refused,
         };
         Session {
             inner: Arc::new(Inner {
-                shared,
+                settings,
                 now,
                 state: Mutex::new(state),
             }),
@@ -353,7 +324,7 @@ impl Session {
 
     /// The user the session is tied to.
     pub fn user_id(&self) -> Option<String> {
-        users::user_of(&self.lock().data).map(str::to_owned)
+        user_of(&self.lock().data).map(str::to_owned)
     }
 
     /// The session's [`Fingerprint`], as [`UserSessions::list`](crate::UserSessions::list)
@@ -371,7 +342,7 @@ impl Session {
     /// take), except that [`destroy`](Session::destroy) ends every session named;
     /// tell the user to log out, or to clear the site's cookies.
     pub fn is_ambiguous(&self) -> bool {
-        !self.lock().tossed.is_empty()
+        !self.lock().ambiguous.is_empty()
     }
 
     /// Whether the session was created by this request (no valid cookie came in).
@@ -396,7 +367,7 @@ impl Session {
         state.lifespan_changed = false;
         state.data.clear();
         state.changes = Changes::default();
-        state.meta = self.inner.shared.new_meta(self.inner.now);
+        state.meta = self.inner.settings.new_meta(self.inner.now);
     }
 
     /// Marks the session remember-me (or not). This starts a new lifespan from now:
@@ -404,15 +375,15 @@ impl Session {
     /// with a browser-session cookie. A remember-me session is not ended by idleness,
     /// only by its lifespan. Ignored when remember-me is disabled on the layer.
     pub fn set_remember_me(&self, remember: bool) {
-        let shared = &self.inner.shared;
-        if remember && shared.remember_me.is_none() {
+        let settings = &self.inner.settings;
+        if remember && settings.remember_me.is_none() {
             tracing::debug!(target: "tower_sealed_sessions", "remember-me is disabled; ignored");
             return;
         }
         let mut state = self.lock();
         if state.meta.remember_me != remember {
             state.meta.remember_me = remember;
-            state.meta.lifespan_deadline = shared.lifespan_deadline(self.inner.now, remember);
+            state.meta.lifespan_deadline = settings.lifespan_deadline(self.inner.now, remember);
             state.lifespan_changed = true;
         }
     }
@@ -422,7 +393,7 @@ impl Session {
         let mut state = self.lock();
         let deadline = self
             .inner
-            .shared
+            .settings
             .lifespan_deadline(self.inner.now, state.meta.remember_me);
         if deadline != state.meta.lifespan_deadline {
             state.meta.lifespan_deadline = deadline;
@@ -452,78 +423,28 @@ impl Session {
     pub fn idle_expires_at(&self) -> Option<SystemTime> {
         let meta = self.lock().meta;
         self.inner
-            .shared
+            .settings
             .deadlines(self.inner.now, meta)
             .expires_at()
             .to_system_time()
     }
+}
 
-    /// Takes this request's state and decides what the store must do.
-    pub(crate) fn take_plan(&self, cookie_rejected: bool) -> Plan {
-        let shared = &self.inner.shared;
-        let now = self.inner.now;
-        let mut state = self.lock();
-        if state.loaded.is_none() && state.tossed.is_empty() && state.data.is_empty() {
-            // Nothing was opened and nothing is to be kept: the common request
-            // without a cookie, decided without taking anything apart.
-            return if cookie_rejected {
-                Plan::Clear
-            } else {
-                Plan::Nothing
-            };
-        }
-        let data = mem::take(&mut state.data);
-        let changes = mem::take(&mut state.changes);
-        let meta = state.meta;
-        if !state.tossed.is_empty() {
-            if !state.destroyed {
-                if !changes.is_empty() || state.cycle || state.lifespan_changed {
-                    tracing::warn!(target: "tower_sealed_sessions", "changes to a session of an ambiguous request (several session cookies) are not saved");
-                }
-                return Plan::Nothing;
-            }
-            let store_keys = mem::take(&mut state.tossed);
-            return Plan::DestroyAll { store_keys };
-        }
-        match state.loaded.take() {
-            // Empty data without a loaded record was decided above.
-            None => Plan::Create { data, meta },
-            Some(loaded) if state.destroyed => Plan::Destroy {
-                store_key: loaded.store_key,
-                user: loaded.user_tag(shared),
-                then_create: (!data.is_empty()).then_some((data, meta)),
-            },
-            Some(loaded) if state.cycle || loaded.key_index != 0 => Plan::Cycle {
-                loaded,
-                changes,
-                meta,
-                lifespan_changed: state.lifespan_changed,
-            },
-            Some(loaded) if !changes.is_empty() || state.lifespan_changed => Plan::Update {
-                loaded,
-                changes,
-                data,
-                meta,
-                lifespan_changed: state.lifespan_changed,
-            },
-            Some(loaded) => {
-                let deadlines = shared.deadlines(now, meta).slide(loaded.deadlines);
-                let interval = shared.effective_touch_interval();
-                let lag = deadlines.idle.saturating_since(loaded.deadlines.idle);
-                // A user's session list shows the last activity: keep it current
-                // to the touch interval, remember-me sessions (never idle) included.
-                let quiet = now.saturating_since(loaded.deadlines.active);
-                if lag > interval || (loaded.user.is_some() && quiet > interval) {
-                    Plan::Touch {
-                        store_key: loaded.store_key,
-                        deadlines,
-                        version: loaded.version,
-                    }
-                } else {
-                    Plan::Nothing
-                }
-            }
-        }
+impl Session {
+    /// The settings of the layer that made this session.
+    #[inline]
+    pub(crate) fn settings(&self) -> &Arc<Settings> {
+        &self.inner.settings
+    }
+
+    /// Hands the request's state to `decide`, with the settings and the time of
+    /// the request, once the inner service has answered.
+    #[inline]
+    pub(crate) fn finish<R>(
+        &self,
+        decide: impl FnOnce(&mut State, &Settings, Timestamp) -> R,
+    ) -> R {
+        decide(&mut self.lock(), &self.inner.settings, self.inner.now)
     }
 }
 
@@ -537,61 +458,7 @@ impl fmt::Debug for Session {
             .field("keys", &keys)
             .field("new", &state.loaded.is_none())
             .field("remember_me", &state.meta.remember_me)
-            .field("user", &users::user_of(&state.data).is_some())
+            .field("user", &user_of(&state.data).is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// A session value could not be converted.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// The value given to [`Session::insert`] cannot be represented as JSON.
-    Serialize {
-        /// The key being written.
-        key: String,
-        /// Why serde refused it.
-        source: serde_json::Error,
-    },
-    /// The value stored under a key is not of the type asked for.
-    Deserialize {
-        /// The key being read.
-        key: String,
-        /// Why serde refused it.
-        source: serde_json::Error,
-    },
-    /// Keys starting with NUL belong to the layer (the user id lives under one).
-    ReservedKey {
-        /// The key refused.
-        key: String,
-    },
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionError::Serialize { key, source } => {
-                write!(f, "cannot store session value `{key}`: {source}")
-            }
-            SessionError::Deserialize { key, source } => write!(
-                f,
-                "session value `{key}` is not of the requested type: {source}"
-            ),
-            SessionError::ReservedKey { key } => write!(
-                f,
-                "session key {key:?} is reserved: keys starting with NUL belong to the layer"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SessionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SessionError::Serialize { source, .. } | SessionError::Deserialize { source, .. } => {
-                Some(source)
-            }
-            SessionError::ReservedKey { .. } => None,
-        }
     }
 }

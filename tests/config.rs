@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tower_sealed_sessions::{
-    Keys, MemoryStore, SameSite, Secret, SessionConfig, SessionLayer, StoreConfig,
-};
+use tower_sealed_sessions::config::StoreConfig;
+use tower_sealed_sessions::{Keys, MemoryStore, SameSite, Secret, SessionConfig, SessionLayer};
 
 /// A fresh directory for key files.
 fn temp_dir() -> PathBuf {

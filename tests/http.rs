@@ -14,7 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::header::{CONTENT_TYPE, COOKIE};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionLayer, SessionStore};
+use tower_sealed_sessions::store::SessionStore;
+use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionLayer};
 
 use common::{TestStore, cookie_pair, decode_sid, jar_client, serve, set_cookies};
 
@@ -996,7 +997,7 @@ async fn a_stored_version_at_its_maximum_is_refused_not_wrapped() {
         .update(&key, &maxed, record.version)
         .await
         .unwrap();
-    assert_eq!(swapped, tower_sealed_sessions::Cas::Done);
+    assert_eq!(swapped, tower_sealed_sessions::store::CompareAndSet::Done);
     let res = h.post_with_cookie("/set/a/2", &cookie).await;
     assert_eq!(res.status(), 503);
 }

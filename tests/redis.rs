@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -13,11 +12,10 @@ use axum::Router;
 use axum::routing::post;
 use reqwest::header::{CONTENT_TYPE, COOKIE};
 use serde_json::{Value, json};
-use tower_sealed_sessions::{
-    Keys, ManualClock, RedisSettings, RedisStore, Session, SessionConfig, SessionLayer, StoreConfig,
-};
+use tower_sealed_sessions::config::{RedisSettings, StoreConfig};
+use tower_sealed_sessions::{Keys, ManualClock, RedisStore, Session, SessionConfig, SessionLayer};
 
-use common::redis::{Monitor, RedisServer, available, free_port, wait_until};
+use common::redis::{Cluster, Monitor, RedisServer, available, free_port, wait_until};
 use common::{cookie_pair, decode_sid, serve, set_cookies};
 
 const SECRET: &[u8; 32] = b"redis-test secret 0123456789abcd";
@@ -64,14 +62,26 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_passes_the_conformance_suite() {
-    if !available() {
-        return;
-    }
-    let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
-    common::conformance::run(Arc::new(store)).await;
+/// The conformance suite against a standalone server per test.
+mod standalone {
+    use super::*;
+
+    tower_sealed_sessions::store_conformance_tests!(async {
+        let server = available().then(RedisServer::start)?;
+        let store = RedisStore::connect(&server.url()).await.unwrap();
+        Some((store, server))
+    });
+}
+
+/// The conformance suite against a three-node Cluster per test: every
+/// operation's keys in one slot, and no command crossing slots.
+mod cluster {
+    use super::*;
+
+    tower_sealed_sessions::store_conformance_tests!(async {
+        let cluster = available().then(Cluster::start)?;
+        Some((cluster.store().await, cluster))
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,51 +256,13 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_passes_the_conformance_suite_and_serves_sessions() {
+async fn cluster_serves_sessions_spread_over_its_nodes() {
     if !available() {
         return;
     }
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            let port = free_port();
-            let conf = format!("nodes-{port}.conf");
-            // The bus port defaults to port + 10000, which may not exist (or be
-            // taken) for an ephemeral port: pick a free one explicitly.
-            let bus = free_port().to_string();
-            RedisServer::start_with(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-port",
-                    &bus,
-                ],
-            )
-        })
-        .collect();
-    let addresses: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let mut create = vec!["--cluster", "create"];
-    create.extend(addresses.iter().map(String::as_str));
-    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    let out = nodes[0].cli(&create);
-    assert!(out.contains("[OK] All 16384 slots covered"), "{out}");
-    for node in &nodes {
-        wait_until(Duration::from_secs(20), || {
-            node.cli(&["CLUSTER", "INFO"])
-                .contains("cluster_state:ok")
-                .then_some(())
-        })
-        .expect("the cluster becomes ready");
-    }
-
-    let settings = RedisSettings::cluster(vec![addresses[0].clone()]);
-    let store = RedisStore::from_settings(&settings).await.unwrap();
-    common::conformance::run(Arc::new(store.clone())).await;
+    let cluster = Cluster::start();
+    let nodes = &cluster.nodes;
+    let store = cluster.store().await;
 
     let base = serve(app(store.clone(), |l| l)).await;
     let mut cookies = Vec::new();
@@ -473,17 +445,6 @@ async fn tls_urls_and_a_zero_timeout_are_refused_not_downgraded() {
     let settings = RedisSettings::url("redis://127.0.0.1:1/0").with_timeout(Duration::ZERO);
     let err = RedisStore::from_settings(&settings).await.unwrap_err();
     assert!(err.to_string().contains("longer than 0"), "{err}");
-}
-
-#[test]
-fn redis_store_matches_the_model_under_random_operations() {
-    if !available() {
-        return;
-    }
-    let server = RedisServer::start();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt.block_on(RedisStore::connect(&server.url())).unwrap();
-    common::model::check(Arc::new(store), &rt, 64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer, SessionService};
+use tower_sealed_sessions::service::SessionService;
+use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
 
 fn layer() -> SessionLayer {
     SessionLayer::new(MemoryStore::default(), Keys::generate())

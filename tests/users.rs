@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use tower::{Layer, ServiceExt, service_fn};
+use tower_sealed_sessions::store::SessionStore;
 use tower_sealed_sessions::{
-    Keys, ManualClock, MemoryStore, Secret, Session, SessionError, SessionLayer, SessionStore,
+    Keys, ManualClock, MemoryStore, Secret, Session, SessionError, SessionLayer,
 };
 
 use common::users::{login, me, routes};

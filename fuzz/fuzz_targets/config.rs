@@ -15,7 +15,8 @@ use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use tower_layer::Layer;
-use tower_sealed_sessions::{SessionConfig, SessionLayer, StoreConfig};
+use tower_sealed_sessions::config::StoreConfig;
+use tower_sealed_sessions::{SessionConfig, SessionLayer};
 use tss_fuzz::{Action, Outcome, clock, run, store};
 
 fuzz_target!(|data: &[u8]| {

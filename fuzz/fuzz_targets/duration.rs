@@ -11,7 +11,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tower_sealed_sessions::{SessionConfig, SessionLayer, parse_duration};
+use tower_sealed_sessions::config::parse_duration;
+use tower_sealed_sessions::{SessionConfig, SessionLayer};
 
 const UNITS: [(&str, u64); 8] = [
     ("ms", 1),

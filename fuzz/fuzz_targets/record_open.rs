@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tower_sealed_sessions::{Record, Timestamp};
+use tower_sealed_sessions::store::{Record, Timestamp};
 use tss_fuzz::{
     Action, ISSUED, NOW_MS, deadlines, layer, put, run, store, token_headers,
 };

@@ -18,10 +18,8 @@ use std::task::{Context, Poll, Waker};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 use tower_layer::Layer;
-use tower_sealed_sessions::{
-    Clock, Deadlines, Keys, ManualClock, MemoryStore, Record, Secret, Session, SessionLayer,
-    SessionStore, StoreKey, Timestamp,
-};
+use tower_sealed_sessions::store::{Deadlines, Record, SessionStore, StoreKey, Timestamp};
+use tower_sealed_sessions::{Clock, Keys, ManualClock, MemoryStore, Secret, Session, SessionLayer};
 use tower_service::Service;
 
 pub use fixtures::{ISSUED, Issued};

@@ -24,10 +24,11 @@ use std::time::Duration;
 use hashlink::LinkedHashMap;
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::{self, ConfigError};
+use crate::error::{ConfigError, StoreError};
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{Cas, SessionStore, StoreError};
-use crate::users::{IndexEntry, UserTag};
+use crate::store::{
+    CompareAndSet, INDEX_GRACE, IndexEntry, SessionStore, UserTag, cleanup, cleanup_task,
+};
 
 /// An in-process [`SessionStore`], bounded in size.
 ///
@@ -69,9 +70,9 @@ impl MemoryStore {
     /// The default bound on the number of sessions.
     pub const DEFAULT_MAX_SESSIONS: u64 = 1_000_000;
     /// The shortest interval [`MemoryStore::cleanup_task`] accepts (Kibana's minimum).
-    pub const MIN_CLEANUP_INTERVAL: Duration = config::MIN_CLEANUP_INTERVAL;
+    pub const MIN_CLEANUP_INTERVAL: Duration = cleanup::MIN_CLEANUP_INTERVAL;
     /// The usual cleanup interval (Kibana's default).
-    pub const DEFAULT_CLEANUP_INTERVAL: Duration = config::DEFAULT_CLEANUP_INTERVAL;
+    pub const DEFAULT_CLEANUP_INTERVAL: Duration = cleanup::DEFAULT_CLEANUP_INTERVAL;
 
     /// A store with the default bound and the system clock.
     pub fn new() -> Self {
@@ -101,7 +102,8 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Every record with its key: an inspection hook for tests and diagnostics.
+    /// Every record with its key: an inspection hook for tests.
+    #[cfg(feature = "test-util")]
     pub fn dump(&self) -> Vec<(StoreKey, Record)> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
@@ -147,8 +149,10 @@ impl MemoryStore {
         lock(&self.shards[index])
     }
 
-    /// A future that deletes expired records every `interval`, forever; spawn it on
-    /// the runtime (`tokio::spawn`). The first sweep runs one interval after start.
+    /// A future that deletes expired records every `interval`, forever, on the
+    /// store's own clock: [`cleanup_task`](crate::store::cleanup_task) for this
+    /// store. Spawn it on the runtime (`tokio::spawn`); the first sweep runs one
+    /// interval after start.
     ///
     /// # Errors
     ///
@@ -157,36 +161,24 @@ impl MemoryStore {
         &self,
         interval: Duration,
     ) -> Result<impl Future<Output = ()> + Send + 'static, ConfigError> {
-        if interval < Self::MIN_CLEANUP_INTERVAL {
-            return Err(ConfigError::new(
-                "cleanup_interval",
-                format!(
-                    "{interval:?} is shorter than the minimum of {:?}",
-                    Self::MIN_CLEANUP_INTERVAL
-                ),
-            ));
-        }
-        let store = self.clone();
-        Ok(async move {
-            let mut ticker =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let removed = store.remove_expired(store.clock.now());
-                tracing::debug!(removed, "memory session store cleanup");
-            }
-        })
+        cleanup_task(self.clone(), interval, self.clock.clone())
     }
 
     /// Compare-and-set under the shard's lock: replaces the record with
     /// `replacement`, or removes it when `None`, if its version is
     /// `expected_version`.
-    fn swap(&self, key: &StoreKey, expected_version: u64, replacement: Option<&Record>) -> Cas {
+    fn swap(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+        replacement: Option<&Record>,
+    ) -> CompareAndSet {
         let now = self.clock.now();
         self.with_shard(key, |shard| match shard.live(key, now) {
-            None => Cas::Missing,
-            Some(current) if current.version != expected_version => Cas::Conflict(current.clone()),
+            None => CompareAndSet::Missing,
+            Some(current) if current.version != expected_version => {
+                CompareAndSet::Conflict(current.clone())
+            }
             Some(current) => {
                 match replacement {
                     Some(record) => *current = record.clone(),
@@ -194,7 +186,7 @@ impl MemoryStore {
                         shard.records.remove(key);
                     }
                 }
-                Cas::Done
+                CompareAndSet::Done
             }
         })
     }
@@ -205,6 +197,7 @@ impl MemoryStore {
     }
 
     /// The number of entries in every user index: an inspection hook for tests.
+    #[cfg(feature = "test-util")]
     pub fn index_len(&self) -> usize {
         self.users().values().map(Vec::len).sum()
     }
@@ -223,7 +216,7 @@ impl MemoryStore {
         }
         // Entries of sessions that are gone (expired, deleted or evicted) go too;
         // one just written for a session being created is spared for a moment.
-        let grace = crate::users::GRACE;
+        let grace = INDEX_GRACE;
         self.users().retain(|_, entries| {
             entries.retain(|e| {
                 now < e.expires_at
@@ -365,7 +358,7 @@ impl SessionStore for MemoryStore {
         key: &StoreKey,
         record: &Record,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         ready(Ok(self.swap(key, expected_version, Some(record))))
     }
 
@@ -395,7 +388,7 @@ impl SessionStore for MemoryStore {
         &self,
         key: &StoreKey,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         ready(Ok(self.swap(key, expected_version, None)))
     }
 
@@ -547,7 +540,7 @@ mod tests {
                 .update(&key(2), &record(2, Timestamp::NEVER), 1)
                 .await
                 .unwrap(),
-            Cas::Missing
+            CompareAndSet::Missing
         );
         assert!(
             store

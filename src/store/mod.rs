@@ -1,35 +1,107 @@
-//! The [`SessionStore`] trait: where records live.
+//! Where sessions live: the [`SessionStore`] trait, the types a store keeps, and a
+//! cleanup task for stores without native expiry.
 //!
-//! A store keeps [`Record`]s under [`StoreKey`]s. It never sees a session id, a cookie
-//! or plaintext data, only HMAC-derived keys and sealed bytes, so a store can be
-//! shared, dumped or replicated without handing out sessions.
+//! # Implementing a store
 //!
-//! Every operation is a single atomic step on the backend; the layer builds
-//! compare-and-set updates with retries on top of [`SessionStore::update`].
+//! A store keeps two things, and never sees a session id, a cookie or plaintext
+//! data: only HMAC-derived keys and sealed bytes. So a store can be shared, dumped
+//! or replicated without handing out sessions.
 //!
-//! Implementations must expire records whose [`Deadlines::expires_at`] has passed:
-//! natively (Redis TTL) or through [`SessionStore::delete_expired`], which a cleanup
-//! task calls. A record past its deadline must not be returned as live by a store
-//! that can tell; the layer checks the deadlines again after every load all the same.
+//! **Records.** One [`Record`] per session, under its [`StoreKey`] (32 bytes,
+//! uniformly random: hash it or hex it as the backend likes). A record is a
+//! version, three [`Deadlines`] and opaque sealed bytes, which the store keeps as
+//! they are.
+//!
+//! **Versions and compare-and-set.** The version is the record's compare-and-set
+//! token: the layer writes with [`update`](SessionStore::update) and
+//! [`delete_version`](SessionStore::delete_version), each of which must compare the
+//! stored version with the expected one and write, atomically, in one step of the
+//! backend (a Lua script, a `WHERE version = $n`, a lock). On a mismatch it
+//! returns [`CompareAndSet::Conflict`] with the record as it is now, and the layer
+//! re-reads, re-applies its request's changes and tries again; so a store must
+//! never report `Done` for a write it did not make, nor `Conflict` for one it
+//! did. A missing or expired record is [`CompareAndSet::Missing`]: nothing is
+//! written, and the layer drops the request's changes (logout won).
+//! [`touch`](SessionStore::touch) is a compare-and-set on the deadlines alone that
+//! leaves the version as it is, so a late touch never undoes a write; and
+//! [`delete`](SessionStore::delete) is never undone by a racing write: once it
+//! returns, the record stays gone.
+//!
+//! **Expiry.** A record is dead once [`Deadlines::expires_at`] has passed: the
+//! store must not return it from [`load`](SessionStore::load), nor let an
+//! `update` or `touch` bring it back. Stores with native expiry (Redis `PXAT`)
+//! drop records themselves; others remove them in
+//! [`delete_expired`](SessionStore::delete_expired), which [`cleanup_task`] calls
+//! on a schedule (or keep them and filter on read, at the cost of space). The
+//! layer checks the deadlines again after every load all the same.
+//!
+//! **The user index.** For each user (known only by a keyed [`UserTag`]) the
+//! store keeps a set of [`IndexEntry`]s, one per session, keyed by store key.
+//! [`index_add`](SessionStore::index_add) upserts with [`IndexEntry::merged`], so an
+//! entry never expires earlier than it did and keeps its first index time;
+//! [`index_list`](SessionStore::index_list) returns the entries not yet expired.
+//! The index is apart from the records and may live on another shard: no
+//! operation spans both, and the layer orders its writes so that a session enters
+//! the index before its record is written and leaves it after the record is
+//! deleted.
+//!
+//! **Checking a store.** With the `test-util` feature, the
+//! [`store_conformance_tests!`](crate::store_conformance_tests) macro writes one
+//! test per behaviour above against your store; every store in this crate runs it.
+//!
+//! ```
+//! # #[cfg(feature = "memory-store")] {
+//! use tower_sealed_sessions::MemoryStore;
+//! use tower_sealed_sessions::store::{CompareAndSet, Deadlines, Record, SessionStore, StoreKey, Timestamp};
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemoryStore::default();
+//! let key = StoreKey::from_bytes([7; 32]);
+//! let deadlines = Deadlines {
+//!     idle: Timestamp::NEVER,
+//!     lifespan: Timestamp::NEVER,
+//!     active: Timestamp::from_unix_millis(0),
+//! };
+//! let first = Record::new(1, deadlines, "sealed".into());
+//! assert!(store.create(&key, &first).await.unwrap());
+//! let second = Record::new(2, deadlines, "sealed again".into());
+//! assert_eq!(store.update(&key, &second, 1).await.unwrap(), CompareAndSet::Done);
+//! // A writer still holding version 1 loses, and learns what is there now.
+//! let stale = Record::new(2, deadlines, "stale".into());
+//! assert_eq!(store.update(&key, &stale, 1).await.unwrap(), CompareAndSet::Conflict(second));
+//! # });
+//! # }
+//! ```
 
-use std::error::Error as StdError;
-use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
 
-use crate::clock::Timestamp;
-use crate::record::{Deadlines, Record, StoreKey};
-use crate::users::{IndexEntry, UserTag};
-
+mod cleanup;
+#[cfg(feature = "test-util")]
+pub mod conformance;
+mod index;
 #[cfg(feature = "memory-store")]
-pub(crate) mod memory;
-#[cfg(feature = "redis")]
+mod memory;
 pub(crate) mod redis;
+
+pub use crate::clock::Timestamp;
+pub use crate::error::StoreError;
+pub use crate::record::{Deadlines, Record, StoreKey};
+pub(crate) use cleanup::check_interval;
+pub use cleanup::{DEFAULT_CLEANUP_INTERVAL, MIN_CLEANUP_INTERVAL, cleanup_task};
+pub(crate) use index::INDEX_GRACE;
+pub use index::{IndexEntry, UserTag};
+#[cfg(feature = "memory-store")]
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
+
+/// A boxed future, for store work awaited through a `dyn`.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The outcome of a compare-and-set: [`SessionStore::update`] or
 /// [`SessionStore::delete_version`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cas {
+pub enum CompareAndSet {
     /// The stored version matched; the record was replaced (or deleted).
     Done,
     /// Another writer got there first; this is the record as it is now.
@@ -38,11 +110,12 @@ pub enum Cas {
     Missing,
 }
 
-/// A session backend.
+/// A session backend: where records and user indexes live.
 ///
 /// Methods take `&self` and return `Send` futures, so one store serves all requests
 /// concurrently. None of them may panic on a backend failure: return
-/// [`StoreError`] and the layer answers the request with 503.
+/// [`StoreError`] and the layer answers the request with 503. The
+/// [module documentation](self) is the implementor's guide.
 pub trait SessionStore: Send + Sync + 'static {
     /// The record stored under `key`, if there is one and it has not expired.
     fn load(
@@ -51,11 +124,18 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
     /// Whether every future this store returns is ready the first time it is
-    /// polled: a store in process memory, which never waits. The layer then runs
-    /// the store's work on the spot, with no boxed future and no deferred call of
-    /// the inner service. A store that says so and then returns a pending future
-    /// fails that request with 503; the future is dropped, as when a client goes
-    /// away in the middle of a request.
+    /// polled, as for a store in process memory that never waits.
+    ///
+    /// The layer then runs the store's work on the spot: the load inside
+    /// `Service::call`, before the inner service is called there, and the write as
+    /// soon as the response head is ready, with no boxed future in between. An
+    /// implementor that sets it promises that every future returned by every method
+    /// completes on its first poll, with a no-op waker and without a runtime. A
+    /// future that is still pending then is dropped, and the request answers 503:
+    /// the store must survive that drop as it survives a client that goes away in
+    /// the middle of a request (no half-applied operation may remain).
+    ///
+    /// Leave it `false` for any store that does I/O.
     const IMMEDIATE: bool = false;
 
     /// Stores `record` under `key` unless the key is taken. Returns `false`, writing
@@ -73,7 +153,7 @@ pub trait SessionStore: Send + Sync + 'static {
         key: &StoreKey,
         record: &Record,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send;
 
     /// Moves the record's deadlines (and so its expiry) without rewriting its data
     /// or changing its version, if its version is still `expected_version`.
@@ -100,7 +180,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &StoreKey,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send;
 
     /// Removes every record that has expired at `now` and returns how many it
     /// removed. Stores with native expiry may do nothing and return 0. Stores that
@@ -137,71 +217,4 @@ pub trait SessionStore: Send + Sync + 'static {
         user: &UserTag,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
-}
-
-/// A store operation failed.
-///
-/// The layer turns it into 503 Service Unavailable (or gRPC `UNAVAILABLE`) and a
-/// traced error; the cause stays available through [`source`](StdError::source).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The backend failed or could not be reached.
-    Backend(Box<dyn StdError + Send + Sync>),
-    /// The backend did not answer in time.
-    Timeout(Duration),
-    /// A stored value could not be decoded by the store.
-    Corrupt(String),
-    /// A compare-and-set update lost to concurrent writers on every attempt.
-    Contended {
-        /// How many attempts were made.
-        attempts: u32,
-    },
-}
-
-impl StoreError {
-    /// Wraps a backend error.
-    pub fn backend(err: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        StoreError::Backend(err.into())
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Backend(err) => write!(f, "session store failed: {err}"),
-            StoreError::Timeout(after) => {
-                write!(f, "session store did not answer within {after:?}")
-            }
-            StoreError::Corrupt(what) => write!(f, "session store holds a corrupt value: {what}"),
-            StoreError::Contended { attempts } => write!(
-                f,
-                "session update lost to concurrent writers {attempts} times in a row"
-            ),
-        }
-    }
-}
-
-impl StdError for StoreError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            StoreError::Backend(err) => Some(err.as_ref()),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_error_keeps_its_source() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let err = StoreError::backend(io);
-        assert_eq!(err.to_string(), "session store failed: refused");
-        let source = err.source().expect("source kept");
-        assert_eq!(source.to_string(), "refused");
-        assert!(source.downcast_ref::<std::io::Error>().is_some());
-    }
 }

@@ -2,8 +2,6 @@
 //! and a real loopback server.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod conformance;
-pub mod model;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod users;
@@ -14,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use tower_sealed_sessions::{
-    Cas, Deadlines, IndexEntry, MemoryStore, Record, SessionStore, StoreError, StoreKey, Timestamp,
-    UserTag,
+use tower_sealed_sessions::store::{
+    CompareAndSet, Deadlines, IndexEntry, Record, SessionStore, StoreKey, Timestamp, UserTag,
 };
+use tower_sealed_sessions::{MemoryStore, StoreError};
 
 /// A memory store that records every operation and fails while told to.
 ///
@@ -167,7 +165,7 @@ impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
         key: &StoreKey,
         record: &Record,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let entered = self.enter("update");
         let checkpoint = self.checkpoint("update");
         async move {
@@ -206,7 +204,7 @@ impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
         &self,
         key: &StoreKey,
         expected_version: u64,
-    ) -> impl Future<Output = Result<Cas, StoreError>> + Send {
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let entered = self.enter("delete_version");
         let checkpoint = self.checkpoint("delete_version");
         async move {

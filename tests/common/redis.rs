@@ -248,3 +248,73 @@ impl Monitor {
             .collect()
     }
 }
+
+/// A Redis Cluster of three masters, each a [`RedisServer`], stopped when dropped.
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    /// Starts three cluster-enabled servers on free ports, joins them and waits
+    /// until every slot is served.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = format!("nodes-{port}.conf");
+                // The bus port defaults to port + 10000, which may not exist (or be
+                // taken) for an ephemeral port: pick a free one explicitly.
+                let bus = free_port().to_string();
+                RedisServer::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-port",
+                        &bus,
+                    ],
+                )
+            })
+            .collect();
+        let addresses = Self::addresses_of(&nodes);
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addresses.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = nodes[0].cli(&create);
+        assert!(out.contains("[OK] All 16384 slots covered"), "{out}");
+        for node in &nodes {
+            wait_until(Duration::from_secs(20), || {
+                node.cli(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            })
+            .expect("the cluster becomes ready");
+        }
+        Cluster { nodes }
+    }
+
+    fn addresses_of(nodes: &[RedisServer]) -> Vec<String> {
+        nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The nodes' `host:port` addresses.
+    pub fn addresses(&self) -> Vec<String> {
+        Self::addresses_of(&self.nodes)
+    }
+
+    /// A store connected through the first node.
+    #[cfg(feature = "redis")]
+    pub async fn store(&self) -> tower_sealed_sessions::RedisStore {
+        let settings = tower_sealed_sessions::config::RedisSettings::cluster(vec![
+            self.addresses()[0].clone(),
+        ]);
+        tower_sealed_sessions::RedisStore::from_settings(&settings)
+            .await
+            .unwrap()
+    }
+}

@@ -1,4 +1,5 @@
-//! Sealing and opening the session cookie (format v1), and its attributes.
+//! The session cookie: its sealed format (v1), reading it from requests, and its
+//! attributes.
 //!
 //! The cookie carries the half of a session the server does not keep: the session id
 //! and the record secret without which the stored data cannot be decrypted. It is
@@ -21,7 +22,6 @@
 //! cannot be replayed under another name or read as another format.
 
 use std::fmt;
-use std::time::Duration;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::aead::consts::U12;
@@ -29,14 +29,17 @@ use aes_gcm::{Nonce, Tag};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cookie::{Cookie, SameSite};
-use http::{HeaderMap, HeaderValue, header};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
-use crate::config::ConfigError;
 use crate::keys::{KeyId, Keys};
+
+mod attributes;
+mod header;
+
+pub(crate) use attributes::CookieConfig;
+pub(crate) use header::request_values;
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -47,6 +50,14 @@ const SEALED_LEN: usize = HEADER_LEN + PLAINTEXT_LEN + TAG_LEN;
 /// Longer values are refused before any decoding work.
 const MAX_ENCODED_LEN: usize = 256;
 const FLAG_REMEMBER_ME: u8 = 1;
+
+/// The lifetime facts of a session, as its cookie carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) created_at: Timestamp,
+    pub(crate) lifespan_deadline: Timestamp,
+    pub(crate) remember_me: bool,
+}
 
 /// What the cookie holds once opened.
 #[derive(Clone)]
@@ -74,6 +85,16 @@ impl CookieData {
         };
         data.regenerate_identity();
         data
+    }
+
+    /// The session's lifetime facts.
+    #[inline]
+    pub(crate) fn meta(&self) -> Meta {
+        Meta {
+            created_at: self.created_at,
+            lifespan_deadline: self.lifespan_deadline,
+            remember_me: self.remember_me,
+        }
     }
 
     /// Replaces the session id and the record secret with fresh random ones.
@@ -266,159 +287,6 @@ fn open_sealed(
     result
 }
 
-/// Every value of the cookie `name` across all `Cookie` headers, in order.
-///
-/// HTTP/2 and gRPC clients may split cookies into several headers (RFC 9113, section
-/// 8.2.3), so all of them are read. Headers are read as bytes: a value that is not
-/// text, in this cookie or another one, hides nothing ([`open`] refuses it).
-pub(crate) fn request_values<'a>(
-    headers: &'a HeaderMap,
-    name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|line| pairs(line.as_bytes()))
-        .filter_map(move |pair| {
-            let eq = memchr::memchr(b'=', pair)?;
-            let (key, value) = (&pair[..eq], &pair[eq + 1..]);
-            (key.trim_ascii() == name.as_bytes()).then(|| unquote(value.trim_ascii()))
-        })
-}
-
-/// The `;`-separated pairs of a `Cookie` header.
-fn pairs(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(line);
-    std::iter::from_fn(move || {
-        let line = rest?;
-        Some(match memchr::memchr(b';', line) {
-            Some(end) => {
-                rest = Some(&line[end + 1..]);
-                &line[..end]
-            }
-            None => {
-                rest = None;
-                line
-            }
-        })
-    })
-}
-
-/// A cookie value without the double quotes RFC 6265 allows around it.
-fn unquote(value: &[u8]) -> &[u8] {
-    match value {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => value,
-    }
-}
-
-/// The attributes the session cookie is set with.
-#[derive(Clone, Debug)]
-pub(crate) struct CookieConfig {
-    pub(crate) name: String,
-    pub(crate) domain: Option<String>,
-    pub(crate) path: String,
-    pub(crate) secure: bool,
-    pub(crate) http_only: bool,
-    pub(crate) same_site: SameSite,
-}
-
-impl Default for CookieConfig {
-    fn default() -> Self {
-        CookieConfig {
-            name: "id".to_owned(),
-            domain: None,
-            path: "/".to_owned(),
-            secure: true,
-            http_only: true,
-            same_site: SameSite::Lax,
-        }
-    }
-}
-
-impl CookieConfig {
-    /// Checks that every attribute renders into a valid `Set-Cookie` header, so no
-    /// request can ever fail on it.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        // RFC 6265, section 4.1.1: a cookie name is an RFC 7230 token.
-        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if self.name.is_empty() || !self.name.chars().all(is_tchar) {
-            return Err(ConfigError::new(
-                "cookie.name",
-                format!(
-                    "{:?} is not a valid cookie name: use letters, digits and !#$%&'*+-.^_`|~",
-                    self.name
-                ),
-            ));
-        }
-        if let Some(domain) = &self.domain {
-            let ok = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
-            if domain.is_empty() || !domain.chars().all(ok) {
-                return Err(ConfigError::new(
-                    "cookie.domain",
-                    format!("{domain:?} is not a host name like example.com"),
-                ));
-            }
-        }
-        // RFC 6265, section 4.1.1: path-value is any CHAR except CTLs or ";".
-        if !self.path.starts_with('/')
-            || self
-                .path
-                .chars()
-                .any(|c| c.is_control() || c == ';' || !c.is_ascii())
-        {
-            return Err(ConfigError::new(
-                "cookie.path",
-                format!(
-                    "{:?} is not a cookie path: it starts with / and has no ; or control characters",
-                    self.path
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn build<'c>(&'c self, value: &'c str) -> Cookie<'c> {
-        let mut cookie = Cookie::new(self.name.as_str(), value);
-        cookie.set_path(self.path.as_str());
-        if let Some(domain) = &self.domain {
-            cookie.set_domain(domain.as_str());
-        }
-        cookie.set_secure(self.secure);
-        cookie.set_http_only(self.http_only);
-        cookie.set_same_site(self.same_site);
-        cookie
-    }
-
-    /// `Set-Cookie` for a sealed value; `max_age` makes it persistent.
-    pub(crate) fn set(&self, value: &str, max_age: Option<Duration>) -> HeaderValue {
-        let mut cookie = self.build(value);
-        if let Some(max_age) = max_age {
-            let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
-            cookie.set_max_age(cookie::time::Duration::seconds(secs));
-        }
-        to_header(&cookie)
-    }
-
-    /// `Set-Cookie` that removes the cookie; it carries the same Domain and Path as
-    /// [`CookieConfig::set`], or the browser would keep the original.
-    pub(crate) fn clear(&self) -> HeaderValue {
-        let mut cookie = self.build("");
-        cookie.make_removal();
-        to_header(&cookie)
-    }
-}
-
-fn to_header(cookie: &Cookie<'_>) -> HeaderValue {
-    use std::fmt::Write;
-    // Room for a sealed value and the usual attributes, rendered without regrowing.
-    let mut rendered = String::with_capacity(256);
-    write!(rendered, "{cookie}").expect("writing to a String cannot fail");
-    // The value is base64 and the attributes passed `CookieConfig::validate`, so the
-    // rendering is always a valid header value.
-    HeaderValue::try_from(rendered).expect("a session cookie renders as a valid header value")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,21 +410,6 @@ mod tests {
         fn arbitrary_cookie_values_never_panic(value in ".{0,300}") {
             let _ = open(&keys(), "id", &value);
         }
-
-        #[test]
-        fn arbitrary_cookie_headers_never_panic(
-            lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..200), 0..4),
-        ) {
-            let mut headers = HeaderMap::new();
-            for line in lines {
-                if let Ok(value) = HeaderValue::from_bytes(&line) {
-                    headers.append(header::COOKIE, value);
-                }
-            }
-            for value in request_values(&headers, "id") {
-                let _ = open(&keys(), "id", value);
-            }
-        }
     }
 
     #[test]
@@ -567,90 +420,5 @@ mod tests {
             CookieData::decode_plaintext(data.as_ref()).err(),
             Some(CookieError::Malformed)
         );
-    }
-
-    #[test]
-    fn all_cookie_headers_are_read() {
-        let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; id=first"));
-        headers.append(header::COOKIE, HeaderValue::from_static("id=\"second\""));
-        headers.append(header::COOKIE, HeaderValue::from_bytes(b"id=\xff").unwrap());
-        headers.append(
-            header::COOKIE,
-            HeaderValue::from_static("ids=no;;  id = third "),
-        );
-        // Bytes that are not text in another cookie hide nothing.
-        headers.append(
-            header::COOKIE,
-            HeaderValue::from_bytes(b"pref=caf\xc3\xa9\xff; id=fourth").unwrap(),
-        );
-        let found: Vec<&[u8]> = request_values(&headers, "id").collect();
-        let expected: [&[u8]; 5] = [b"first", b"second", b"\xff", b"third", b"fourth"];
-        assert_eq!(found, expected);
-        assert_eq!(
-            open(&keys(), "id", b"\xff").err(),
-            Some(CookieError::NotBase64)
-        );
-    }
-
-    #[test]
-    fn attributes_that_cannot_render_are_refused() {
-        let bad = |edit: fn(&mut CookieConfig)| {
-            let mut config = CookieConfig::default();
-            edit(&mut config);
-            config.validate().unwrap_err().field().to_owned()
-        };
-        assert_eq!(bad(|c| c.name = "a b".into()), "cookie.name");
-        assert_eq!(bad(|c| c.name = "id;x".into()), "cookie.name");
-        assert_eq!(bad(|c| c.name = String::new()), "cookie.name");
-        assert_eq!(
-            bad(|c| c.domain = Some("evil.com; x".into())),
-            "cookie.domain"
-        );
-        assert_eq!(bad(|c| c.path = "/a;b".into()), "cookie.path");
-        assert_eq!(bad(|c| c.path = "/a\nb".into()), "cookie.path");
-        assert_eq!(bad(|c| c.path = "relative".into()), "cookie.path");
-        let fine = CookieConfig {
-            name: "__Host-id".into(),
-            domain: Some("sub.example.com".into()),
-            path: "/app/v1".into(),
-            ..CookieConfig::default()
-        };
-        assert!(fine.validate().is_ok());
-    }
-
-    #[test]
-    fn set_and_clear_carry_the_same_domain_and_path() {
-        let config = CookieConfig {
-            domain: Some("example.com".into()),
-            path: "/app".into(),
-            ..CookieConfig::default()
-        };
-        let set = config.set("v", Some(Duration::from_secs(60)));
-        let set = set.to_str().unwrap();
-        assert!(set.starts_with("id=v;"), "{set}");
-        for attr in [
-            "HttpOnly",
-            "Secure",
-            "SameSite=Lax",
-            "Path=/app",
-            "Domain=example.com",
-            "Max-Age=60",
-        ] {
-            assert!(set.contains(attr), "{set} lacks {attr}");
-        }
-        let session_cookie = config.set("v", None);
-        assert!(!session_cookie.to_str().unwrap().contains("Max-Age"));
-        let clear = config.clear();
-        let clear = clear.to_str().unwrap();
-        for attr in [
-            "id=;",
-            "Path=/app",
-            "Domain=example.com",
-            "Max-Age=0",
-            "Expires=",
-        ] {
-            assert!(clear.contains(attr), "{clear} lacks {attr}");
-        }
     }
 }

@@ -1,16 +1,20 @@
-//! The behaviour every [`SessionStore`] must show, as one generic suite.
-//!
-//! A store's test file calls [`run`] with a fresh, empty store that uses the system
-//! clock. Deadlines are either far in the future or already past, so the suite needs
-//! no clock control and runs the same against stores with native expiry.
+//! The checks of the conformance suite, one per behaviour a store must show.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tower_sealed_sessions::{
-    Cas, Deadlines, IndexEntry, Record, SessionStore, StoreKey, Timestamp, UserTag,
+
+use super::Fixture;
+use crate::store::{
+    CompareAndSet, Deadlines, IndexEntry, Record, SessionStore, StoreKey, Timestamp, UserTag,
 };
+
+fn store_of<F: Fixture>(fixture: &Arc<F>) -> &F::Store {
+    fixture
+        .store()
+        .expect("`run` skips fixtures without a store")
+}
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -42,21 +46,6 @@ fn fresh_key() -> StoreKey {
     StoreKey::from_bytes(rand::random())
 }
 
-/// Runs every check against `store`.
-pub async fn run<St: SessionStore>(store: Arc<St>) {
-    create_load_and_refuse_existing(&*store).await;
-    compare_and_set(&*store).await;
-    touch_moves_deadlines_only(&*store).await;
-    delete_is_idempotent(&*store).await;
-    expired_records_are_not_live(&*store).await;
-    delete_version_is_a_compare_and_delete(&*store).await;
-    concurrent_compare_and_set_loses_nothing(store.clone()).await;
-    index_add_list_and_remove(&*store).await;
-    index_entries_expire_and_never_shrink_on_refresh(&*store).await;
-    concurrent_index_adds_lose_nothing(store.clone()).await;
-    delete_is_never_undone_by_racing_writes(store).await;
-}
-
 fn fresh_user() -> UserTag {
     UserTag::from_bytes(rand::random())
 }
@@ -77,7 +66,9 @@ fn sorted(mut entries: Vec<IndexEntry>) -> Vec<IndexEntry> {
     entries
 }
 
-async fn index_add_list_and_remove<St: SessionStore>(store: &St) {
+/// Index entries round-trip exactly, per user; removing absent entries is not an error.
+pub async fn index_add_list_and_remove<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let (alice, bob) = (fresh_user(), fresh_user());
     assert!(store.index_list(&alice, now()).await.unwrap().is_empty());
     let a1 = entry(fresh_key(), Duration::from_secs(3600), false);
@@ -109,7 +100,9 @@ async fn index_add_list_and_remove<St: SessionStore>(store: &St) {
     );
 }
 
-async fn index_entries_expire_and_never_shrink_on_refresh<St: SessionStore>(store: &St) {
+/// An upserted entry keeps the later expiry and the first index time; entries past their expiry are not listed.
+pub async fn index_entries_expire_and_never_shrink_on_refresh<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let user = fresh_user();
     let key = fresh_key();
     let long = entry(key, Duration::from_secs(7200), false);
@@ -148,12 +141,15 @@ async fn index_entries_expire_and_never_shrink_on_refresh<St: SessionStore>(stor
     );
 }
 
-async fn concurrent_index_adds_lose_nothing<St: SessionStore>(store: Arc<St>) {
+/// Concurrent upserts into one user's index lose no entry.
+pub async fn concurrent_index_adds_lose_nothing<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let user = fresh_user();
     let tasks: Vec<_> = (0..16)
         .map(|_| {
-            let store = store.clone();
+            let fixture = fixture.clone();
             tokio::spawn(async move {
+                let store = store_of(&fixture);
                 let e = entry(fresh_key(), Duration::from_secs(3600), false);
                 store.index_add(&user, &e).await.unwrap();
                 e
@@ -170,7 +166,9 @@ async fn concurrent_index_adds_lose_nothing<St: SessionStore>(store: Arc<St>) {
     );
 }
 
-async fn create_load_and_refuse_existing<St: SessionStore>(store: &St) {
+/// A create stores a record on a free key and refuses a taken one, writing nothing.
+pub async fn create_load_and_refuse_existing<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let key = fresh_key();
     assert_eq!(
         store.load(&key).await.unwrap(),
@@ -203,7 +201,9 @@ async fn create_load_and_refuse_existing<St: SessionStore>(store: &St) {
     );
 }
 
-async fn compare_and_set<St: SessionStore>(store: &St) {
+/// An update writes only over the expected version, reports the current record on a conflict, and never creates.
+pub async fn compare_and_set<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let key = fresh_key();
     let v1 = record(1, live(), b"v1");
     store.create(&key, &v1).await.unwrap();
@@ -211,13 +211,16 @@ async fn compare_and_set<St: SessionStore>(store: &St) {
     let stale = record(3, live(), b"stale");
     assert_eq!(
         store.update(&key, &stale, 2).await.unwrap(),
-        Cas::Conflict(v1.clone()),
+        CompareAndSet::Conflict(v1.clone()),
         "a wrong expected version yields the current record"
     );
     assert_eq!(store.load(&key).await.unwrap(), Some(v1));
 
     let v2 = record(2, live(), b"v2");
-    assert_eq!(store.update(&key, &v2, 1).await.unwrap(), Cas::Done);
+    assert_eq!(
+        store.update(&key, &v2, 1).await.unwrap(),
+        CompareAndSet::Done
+    );
     assert_eq!(store.load(&key).await.unwrap(), Some(v2));
 
     let missing = fresh_key();
@@ -226,7 +229,7 @@ async fn compare_and_set<St: SessionStore>(store: &St) {
             .update(&missing, &record(2, live(), b"x"), 1)
             .await
             .unwrap(),
-        Cas::Missing
+        CompareAndSet::Missing
     );
     assert_eq!(
         store.load(&missing).await.unwrap(),
@@ -235,7 +238,9 @@ async fn compare_and_set<St: SessionStore>(store: &St) {
     );
 }
 
-async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
+/// A touch moves the deadlines and the last activity, keeps the version and the data, and a stale one writes nothing.
+pub async fn touch_moves_deadlines_only<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let key = fresh_key();
     let created = record(4, live(), b"data");
     store.create(&key, &created).await.unwrap();
@@ -276,7 +281,9 @@ async fn touch_moves_deadlines_only<St: SessionStore>(store: &St) {
     );
 }
 
-async fn delete_is_idempotent<St: SessionStore>(store: &St) {
+/// A delete removes the record, frees the key, and deleting a missing record is not an error.
+pub async fn delete_is_idempotent<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let key = fresh_key();
     store.create(&key, &record(1, live(), b"x")).await.unwrap();
     store.delete(&key).await.unwrap();
@@ -288,7 +295,9 @@ async fn delete_is_idempotent<St: SessionStore>(store: &St) {
     );
 }
 
-async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
+/// An expired record is not loaded, updated or touched back to life, its key is free, and `delete_expired` keeps live records.
+pub async fn expired_records_are_not_live<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let key = fresh_key();
     let keep = fresh_key();
     store
@@ -309,7 +318,7 @@ async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
             .update(&key, &record(2, live(), b"x"), 1)
             .await
             .unwrap(),
-        Cas::Missing
+        CompareAndSet::Missing
     );
     assert!(
         !store.touch(&key, live(), 1).await.unwrap(),
@@ -336,41 +345,50 @@ async fn expired_records_are_not_live<St: SessionStore>(store: &St) {
     );
 }
 
-async fn delete_version_is_a_compare_and_delete<St: SessionStore>(store: &St) {
+/// `delete_version` deletes only the expected version and reports the current record otherwise.
+pub async fn delete_version_is_a_compare_and_delete<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     let key = fresh_key();
     let v3 = record(3, live(), b"v3");
     store.create(&key, &v3).await.unwrap();
     assert_eq!(
         store.delete_version(&key, 2).await.unwrap(),
-        Cas::Conflict(v3.clone())
+        CompareAndSet::Conflict(v3.clone())
     );
     assert_eq!(
         store.load(&key).await.unwrap(),
         Some(v3),
         "a conflict deletes nothing"
     );
-    assert_eq!(store.delete_version(&key, 3).await.unwrap(), Cas::Done);
+    assert_eq!(
+        store.delete_version(&key, 3).await.unwrap(),
+        CompareAndSet::Done
+    );
     assert_eq!(store.load(&key).await.unwrap(), None);
-    assert_eq!(store.delete_version(&key, 3).await.unwrap(), Cas::Missing);
+    assert_eq!(
+        store.delete_version(&key, 3).await.unwrap(),
+        CompareAndSet::Missing
+    );
 }
 
-/// A delete that has returned is final: an update or touch that raced with it
-/// reports the record missing instead of writing it back.
-async fn delete_is_never_undone_by_racing_writes<St: SessionStore>(store: Arc<St>) {
+/// A delete that has returned is final: updates and touches racing with it never bring the record back.
+pub async fn delete_is_never_undone_by_racing_writes<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     for _ in 0..100 {
         let key = fresh_key();
         store.create(&key, &record(1, live(), b"x")).await.unwrap();
         let mut writers = Vec::new();
         for n in 0..4u64 {
-            let store = store.clone();
+            let fixture = fixture.clone();
             writers.push(tokio::spawn(async move {
+                let store = store_of(&fixture);
                 let mut version = 1;
                 for _ in 0..50 {
                     let next = Record::new(version + 1, live(), Bytes::from_static(b"y"));
                     match store.update(&key, &next, version).await.unwrap() {
-                        Cas::Done => version += 1,
-                        Cas::Conflict(current) => version = current.version,
-                        Cas::Missing => return,
+                        CompareAndSet::Done => version += 1,
+                        CompareAndSet::Conflict(current) => version = current.version,
+                        CompareAndSet::Missing => return,
                     }
                     if n % 2 == 0 {
                         store.touch(&key, live(), version).await.unwrap();
@@ -396,14 +414,17 @@ async fn delete_is_never_undone_by_racing_writes<St: SessionStore>(store: Arc<St
     }
 }
 
-async fn concurrent_compare_and_set_loses_nothing<St: SessionStore>(store: Arc<St>) {
+/// 32 writers incrementing one record through compare-and-set lose no increment.
+pub async fn concurrent_compare_and_set_loses_nothing<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
     const WRITERS: u64 = 32;
     let key = fresh_key();
     store.create(&key, &record(1, live(), b"0")).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..WRITERS {
-        let store = store.clone();
+        let fixture = fixture.clone();
         tasks.push(tokio::spawn(async move {
+            let store = store_of(&fixture);
             let mut current = store.load(&key).await.unwrap().unwrap();
             // Bounded: each failed attempt means another writer succeeded.
             for _ in 0..=WRITERS {
@@ -414,9 +435,9 @@ async fn concurrent_compare_and_set_loses_nothing<St: SessionStore>(store: Arc<S
                     Bytes::from((n + 1).to_string()),
                 );
                 match store.update(&key, &next, current.version).await.unwrap() {
-                    Cas::Done => return,
-                    Cas::Conflict(now) => current = now,
-                    Cas::Missing => panic!("record vanished"),
+                    CompareAndSet::Done => return,
+                    CompareAndSet::Conflict(now) => current = now,
+                    CompareAndSet::Missing => panic!("record vanished"),
                 }
             }
             panic!("compare-and-set never succeeded");

@@ -1,17 +1,17 @@
-//! A stateful property test: random sequences of store operations on a few keys,
-//! each result checked against a plain `HashMap` model of what a store must do.
+//! The model check: random sequences of store operations on a few keys, each
+//! result checked against a plain map of what a store must hold.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use tower_sealed_sessions::{Cas, Deadlines, Record, SessionStore, StoreKey, Timestamp};
+use proptest::test_runner::TestCaseError;
+
+use crate::store::{CompareAndSet, Deadlines, Record, SessionStore, StoreKey, Timestamp};
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Load(usize),
     Create(usize, u8),
     Update(usize, u64, u8),
@@ -22,7 +22,7 @@ enum Op {
 
 const KEYS: usize = 3;
 
-fn op() -> impl Strategy<Value = Op> {
+pub(super) fn op() -> impl Strategy<Value = Op> {
     let key = 0..KEYS;
     let version = 0u64..4;
     prop_oneof![
@@ -35,7 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn deadlines() -> Deadlines {
+fn model_deadlines() -> Deadlines {
     let now = Timestamp::from(SystemTime::now());
     Deadlines {
         idle: now.saturating_add(Duration::from_secs(3600)),
@@ -44,8 +44,8 @@ fn deadlines() -> Deadlines {
     }
 }
 
-fn record(version: u64, data: u8) -> Record {
-    Record::new(version, deadlines(), Bytes::from(vec![data; 3]))
+fn model_record(version: u64, data: u8) -> Record {
+    Record::new(version, model_deadlines(), Bytes::from(vec![data; 3]))
 }
 
 /// What the store holds for a key, as (version, data).
@@ -53,7 +53,7 @@ fn seen(record: &Record) -> (u64, Bytes) {
     (record.version, record.data.clone())
 }
 
-async fn run_ops<St: SessionStore>(store: &St, ops: Vec<Op>) -> Result<(), TestCaseError> {
+pub(super) async fn run_ops<St: SessionStore>(store: &St, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Fresh keys for every case, so a shared server needs no cleaning.
     let keys: Vec<StoreKey> = (0..KEYS)
         .map(|_| StoreKey::from_bytes(rand::random()))
@@ -66,26 +66,29 @@ async fn run_ops<St: SessionStore>(store: &St, ops: Vec<Op>) -> Result<(), TestC
                 prop_assert_eq!(got.as_ref().map(seen), model.get(&k).cloned(), "load {}", k);
             }
             Op::Create(k, d) => {
-                let created = store.create(&keys[k], &record(1, d)).await.unwrap();
+                let created = store.create(&keys[k], &model_record(1, d)).await.unwrap();
                 prop_assert_eq!(created, !model.contains_key(&k), "create {}", k);
                 model.entry(k).or_insert((1, Bytes::from(vec![d; 3])));
             }
             Op::Update(k, v, d) => {
-                let got = store.update(&keys[k], &record(v + 1, d), v).await.unwrap();
+                let got = store
+                    .update(&keys[k], &model_record(v + 1, d), v)
+                    .await
+                    .unwrap();
                 match model.get(&k).cloned() {
-                    None => prop_assert_eq!(got, Cas::Missing),
+                    None => prop_assert_eq!(got, CompareAndSet::Missing),
                     Some((version, _)) if version == v => {
-                        prop_assert_eq!(got, Cas::Done);
+                        prop_assert_eq!(got, CompareAndSet::Done);
                         model.insert(k, (v + 1, Bytes::from(vec![d; 3])));
                     }
                     Some(current) => match got {
-                        Cas::Conflict(r) => prop_assert_eq!(seen(&r), current),
+                        CompareAndSet::Conflict(r) => prop_assert_eq!(seen(&r), current),
                         other => prop_assert!(false, "update {k}: {other:?}"),
                     },
                 }
             }
             Op::Touch(k, v) => {
-                let touched = store.touch(&keys[k], deadlines(), v).await.unwrap();
+                let touched = store.touch(&keys[k], model_deadlines(), v).await.unwrap();
                 let expected = model.get(&k).is_some_and(|(version, _)| *version == v);
                 prop_assert_eq!(touched, expected, "touch {} at {}", k, v);
             }
@@ -96,13 +99,13 @@ async fn run_ops<St: SessionStore>(store: &St, ops: Vec<Op>) -> Result<(), TestC
             Op::DeleteVersion(k, v) => {
                 let got = store.delete_version(&keys[k], v).await.unwrap();
                 match model.get(&k).cloned() {
-                    None => prop_assert_eq!(got, Cas::Missing),
+                    None => prop_assert_eq!(got, CompareAndSet::Missing),
                     Some((version, _)) if version == v => {
-                        prop_assert_eq!(got, Cas::Done);
+                        prop_assert_eq!(got, CompareAndSet::Done);
                         model.remove(&k);
                     }
                     Some(current) => match got {
-                        Cas::Conflict(r) => prop_assert_eq!(seen(&r), current),
+                        CompareAndSet::Conflict(r) => prop_assert_eq!(seen(&r), current),
                         other => prop_assert!(false, "delete_version {k}: {other:?}"),
                     },
                 }
@@ -110,16 +113,4 @@ async fn run_ops<St: SessionStore>(store: &St, ops: Vec<Op>) -> Result<(), TestC
         }
     }
     Ok(())
-}
-
-/// Runs `cases` random sequences of up to 40 operations against `store`.
-pub fn check<St: SessionStore>(store: Arc<St>, rt: &tokio::runtime::Runtime, cases: u32) {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        ..Config::default()
-    });
-    let strategy = proptest::collection::vec(op(), 1..40);
-    runner
-        .run(&strategy, |ops| rt.block_on(run_ops(&*store, ops)))
-        .unwrap();
 }

@@ -1,0 +1,297 @@
+//! The crate's public errors: [`ConfigError`], [`KeyError`], [`StoreError`] and
+//! [`SessionError`].
+//!
+//! Each says what went wrong and how to mend it, and keeps its cause behind
+//! [`source`](StdError::source).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A setting was refused.
+///
+/// ```
+/// use tower_sealed_sessions::{Keys, MemoryStore, SameSite, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+///     .with_same_site(SameSite::None)
+///     .with_secure(false);
+/// let err = layer.validate().unwrap_err();
+/// assert_eq!(err.field(), "cookie.same_site");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    field: String,
+    reason: String,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn key(field: String, err: KeyError) -> Self {
+        ConfigError {
+            field,
+            reason: err.to_string(),
+            source: Some(Arc::new(err)),
+        }
+    }
+
+    /// The configuration field at fault, as it is spelt in a configuration file
+    /// (for example `cookie.same_site` or `previous_secrets[1]`).
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid session setting `{}`: {}",
+            self.field, self.reason
+        )
+    }
+}
+
+impl StdError for ConfigError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// Why a master secret was refused or could not be loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The secret is shorter than the minimum.
+    TooShort {
+        /// The length given, in bytes.
+        len: usize,
+        /// The minimum length, in bytes.
+        min: usize,
+    },
+    /// The secret is obviously not random (a repeated pattern, or very few
+    /// distinct bytes).
+    LowEntropy,
+    /// The value is not base64.
+    NotBase64(base64::DecodeError),
+    /// The environment variable is not set.
+    EnvNotSet(String),
+    /// A secret reference names an unknown scheme (for example `File:` for `file:`).
+    UnknownReference(String),
+    /// A key file could not be read or written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// A loaded secret was refused; `origin` says where it came from.
+    Context {
+        /// Where the secret came from, for example `file /run/secrets/session`.
+        origin: String,
+        /// Why it was refused.
+        source: Box<KeyError>,
+    },
+}
+
+impl KeyError {
+    pub(crate) fn context(self, origin: String) -> Self {
+        KeyError::Context {
+            origin,
+            source: Box::new(self),
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const FIX: &str =
+            "generate one with `cargo run --example keygen` or `openssl rand -base64 48`";
+        match self {
+            KeyError::TooShort { len, min } => write!(
+                f,
+                "session secret is {len} bytes long, at least {min} random bytes are needed; {FIX}"
+            ),
+            KeyError::LowEntropy => write!(
+                f,
+                "session secret is not random (it repeats a short pattern or uses fewer than \
+                 8 distinct bytes); {FIX}"
+            ),
+            KeyError::NotBase64(err) => write!(f, "session secret is not valid base64: {err}"),
+            KeyError::EnvNotSet(name) => write!(
+                f,
+                "environment variable {name} holding the session secret is not set"
+            ),
+            KeyError::UnknownReference(scheme) => write!(
+                f,
+                "`{scheme}:` is not a secret reference: use env:NAME, file:/path, \
+                 generate:/path or base64:VALUE (lower case)"
+            ),
+            KeyError::Io { path, source } => {
+                write!(f, "session key file {}: {source}", path.display())
+            }
+            KeyError::Context { origin, source } => write!(f, "{source} (from {origin})"),
+        }
+    }
+}
+
+impl StdError for KeyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            KeyError::NotBase64(err) => Some(err),
+            KeyError::Io { source, .. } => Some(source),
+            KeyError::Context { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// A store operation failed.
+///
+/// The layer turns it into 503 Service Unavailable (or gRPC `UNAVAILABLE`) and a
+/// traced error; the cause stays available through [`source`](StdError::source).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed or could not be reached.
+    Backend(Box<dyn StdError + Send + Sync>),
+    /// The backend did not answer in time.
+    Timeout(Duration),
+    /// A stored value could not be decoded by the store.
+    Corrupt(String),
+    /// A compare-and-set update lost to concurrent writers on every attempt.
+    Contended {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(err: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::Backend(err.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Backend(err) => write!(f, "session store failed: {err}"),
+            StoreError::Timeout(after) => {
+                write!(f, "session store did not answer within {after:?}")
+            }
+            StoreError::Corrupt(what) => write!(f, "session store holds a corrupt value: {what}"),
+            StoreError::Contended { attempts } => write!(
+                f,
+                "session update lost to concurrent writers {attempts} times in a row"
+            ),
+        }
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            StoreError::Backend(err) => Some(err.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// A session value could not be converted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The value given to [`Session::insert`](crate::Session::insert) cannot be
+    /// represented as JSON.
+    Serialize {
+        /// The key being written.
+        key: String,
+        /// Why serde refused it.
+        source: serde_json::Error,
+    },
+    /// The value stored under a key is not of the type asked for.
+    Deserialize {
+        /// The key being read.
+        key: String,
+        /// Why serde refused it.
+        source: serde_json::Error,
+    },
+    /// Keys starting with NUL belong to the layer (the user id lives under one).
+    ReservedKey {
+        /// The key refused.
+        key: String,
+    },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Serialize { key, source } => {
+                write!(f, "cannot store session value `{key}`: {source}")
+            }
+            SessionError::Deserialize { key, source } => write!(
+                f,
+                "session value `{key}` is not of the requested type: {source}"
+            ),
+            SessionError::ReservedKey { key } => write!(
+                f,
+                "session key {key:?} is reserved: keys starting with NUL belong to the layer"
+            ),
+        }
+    }
+}
+
+impl StdError for SessionError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SessionError::Serialize { source, .. } | SessionError::Deserialize { source, .. } => {
+                Some(source)
+            }
+            SessionError::ReservedKey { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_error_keeps_its_source() {
+        let io = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        let err = StoreError::backend(io);
+        assert_eq!(err.to_string(), "session store failed: refused");
+        let source = err.source().expect("source kept");
+        assert_eq!(source.to_string(), "refused");
+        assert!(source.downcast_ref::<io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_config_error_keeps_the_key_error_behind_it() {
+        let err = ConfigError::key("secret".into(), KeyError::LowEntropy);
+        assert_eq!(err.field(), "secret");
+        assert!(
+            err.to_string()
+                .starts_with("invalid session setting `secret`: ")
+        );
+        let source = err.source().expect("source kept");
+        assert!(matches!(
+            source.downcast_ref::<KeyError>(),
+            Some(KeyError::LowEntropy)
+        ));
+    }
+}

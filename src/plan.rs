@@ -1,0 +1,397 @@
+//! What a request must persist once its handler has answered: the [`Decision`]
+//! taken from its session's state, and the [`Plan`] of store work it may hold.
+
+use http::HeaderValue;
+use std::mem;
+
+use crate::clock::Timestamp;
+use crate::cookie::Meta;
+use crate::record::{Data, Deadlines, StoreKey};
+use crate::session::{Changes, Loaded, Session, State};
+use crate::settings::Settings;
+use crate::store::UserTag;
+
+/// What happens to the client's token (the cookie, or the header in header mode).
+pub(crate) enum TokenChange {
+    Keep,
+    /// A new token, rendered for its carrier.
+    Set(HeaderValue),
+    Clear,
+}
+
+/// What a request's session comes to.
+// Made and taken apart once per request, on the stack: boxing the plan would cost
+// an allocation on every write.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Decision {
+    /// No store work: the token is kept or cleared as it says.
+    Done(TokenChange),
+    /// Store work, after which the store work itself says what the token becomes.
+    Persist(Plan),
+}
+
+/// A request's edits to a session it loaded: what an update or a move writes.
+pub(crate) struct Edit {
+    pub(crate) loaded: Loaded,
+    pub(crate) changes: Changes,
+    pub(crate) meta: Meta,
+    pub(crate) lifespan_changed: bool,
+}
+
+/// Store work for one request.
+pub(crate) enum Plan {
+    /// Unchanged, but the idle deadline lags by more than the touch interval.
+    Touch {
+        store_key: StoreKey,
+        deadlines: Deadlines,
+        version: u64,
+    },
+    /// Changed data or lifespan: compare-and-set on the loaded record, writing
+    /// `data` (the loaded data with the edit applied).
+    Update { edit: Edit, data: Data },
+    /// A new id for the same session (a privilege change, or a cookie sealed under
+    /// a previous key): the data is re-read from the store when it moves.
+    Move(Edit),
+    /// Destroyed: delete the record, then either clear the token or, when data was
+    /// written after the destroy, start a brand-new session with it.
+    Destroy {
+        store_key: StoreKey,
+        /// The index the session leaves.
+        user: Option<UserTag>,
+        then_create: Option<(Data, Meta)>,
+    },
+    /// A new session with data in it.
+    Create { data: Data, meta: Meta },
+    /// Destroyed in an ambiguous request: every session it named ends.
+    DestroyAll { store_keys: Vec<StoreKey> },
+}
+
+impl Decision {
+    /// Takes the session's state, once the inner service has answered with a
+    /// response to save, and decides what the store must do.
+    pub(crate) fn take(session: &Session) -> Decision {
+        session.finish(decide)
+    }
+
+    /// For a response that is a server error, after which nothing is saved: only a
+    /// refused token is still cleared, which costs no store I/O and loses nothing.
+    pub(crate) fn after_error(session: &Session) -> Decision {
+        session.finish(|state, _, _| {
+            Decision::Done(if state.refused {
+                TokenChange::Clear
+            } else {
+                TokenChange::Keep
+            })
+        })
+    }
+}
+
+/// The decision table. Its rows, in order:
+///
+/// | the request | decision |
+/// | --- | --- |
+/// | opened nothing, holds no data | keep the token, or clear a refused one |
+/// | ambiguous, not destroyed | keep: nothing is saved |
+/// | ambiguous, destroyed | delete every session named, clear |
+/// | opened nothing, holds data | create |
+/// | destroyed | delete, then create when data was written after |
+/// | cycled, or its cookie sealed under a previous key | move to a new id |
+/// | changed data or lifespan | update |
+/// | unchanged, stored idle deadline or last activity lagging | touch |
+/// | unchanged | keep |
+fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
+    if state.loaded.is_none() && state.ambiguous.is_empty() && state.data.is_empty() {
+        // Nothing was opened and nothing is to be kept: the common request
+        // without a cookie, decided without taking anything apart.
+        return Decision::Done(if state.refused {
+            TokenChange::Clear
+        } else {
+            TokenChange::Keep
+        });
+    }
+    let data = mem::take(&mut state.data);
+    let changes = mem::take(&mut state.changes);
+    let meta = state.meta;
+    if !state.ambiguous.is_empty() {
+        if !state.destroyed {
+            if !changes.is_empty() || state.cycle || state.lifespan_changed {
+                tracing::warn!(target: "tower_sealed_sessions", "changes to a session of an ambiguous request (several session cookies) are not saved");
+            }
+            return Decision::Done(TokenChange::Keep);
+        }
+        let store_keys = mem::take(&mut state.ambiguous);
+        return Decision::Persist(Plan::DestroyAll { store_keys });
+    }
+    let Some(loaded) = state.loaded.take() else {
+        // Empty data without a loaded record was decided above.
+        return Decision::Persist(Plan::Create { data, meta });
+    };
+    let lifespan_changed = state.lifespan_changed;
+    let plan = if state.destroyed {
+        Plan::Destroy {
+            store_key: loaded.store_key,
+            user: loaded.user_tag(settings),
+            then_create: (!data.is_empty()).then_some((data, meta)),
+        }
+    } else if state.cycle || loaded.key_index != 0 {
+        Plan::Move(Edit {
+            loaded,
+            changes,
+            meta,
+            lifespan_changed,
+        })
+    } else if !changes.is_empty() || lifespan_changed {
+        let edit = Edit {
+            loaded,
+            changes,
+            meta,
+            lifespan_changed,
+        };
+        Plan::Update { edit, data }
+    } else {
+        let deadlines = settings.deadlines(now, meta).slide(loaded.deadlines);
+        let interval = settings.effective_touch_interval();
+        let lag = deadlines.idle.saturating_since(loaded.deadlines.idle);
+        // A user's session list shows the last activity: keep it current to the
+        // touch interval, remember-me sessions (never idle) included.
+        let quiet = now.saturating_since(loaded.deadlines.active);
+        if lag <= interval && (loaded.user.is_none() || quiet <= interval) {
+            return Decision::Done(TokenChange::Keep);
+        }
+        Plan::Touch {
+            store_key: loaded.store_key,
+            deadlines,
+            version: loaded.version,
+        }
+    };
+    Decision::Persist(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cookie::CookieData;
+    use crate::keys::Keys;
+    use crate::record::DataCipher;
+    use crate::session::Brought;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn settings() -> Arc<Settings> {
+        Arc::new(Settings::new(Keys::generate()))
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_unix_millis(1_700_000_000_000)
+    }
+
+    /// A session record loaded at `now`, its deadlines written `age` earlier.
+    fn loaded(settings: &Settings, age: Duration, user: Option<&str>) -> Loaded {
+        let written = Timestamp::from_unix_millis(now().unix_millis() - age.as_millis() as u64);
+        let meta = settings.new_meta(written);
+        let cookie = CookieData::generate(meta.created_at, meta.lifespan_deadline, false);
+        let keys = settings.keys.primary();
+        Loaded {
+            store_key: StoreKey::derive(keys, &cookie.sid),
+            cipher: DataCipher::new(keys, &cookie.record_secret),
+            cookie,
+            key_index: 0,
+            version: 3,
+            deadlines: settings.deadlines(written, meta),
+            user: user.map(str::to_owned),
+        }
+    }
+
+    /// The session of a request that brought `brought`.
+    fn session(settings: &Arc<Settings>, brought: Brought) -> Session {
+        Session::new(settings.clone(), now(), brought)
+    }
+
+    /// The session of a request that loaded a live record with `user`, `age` old.
+    fn live(settings: &Arc<Settings>, age: Duration, user: Option<&str>) -> Session {
+        let mut data = Data::new();
+        if let Some(user) = user {
+            data.insert(crate::record::USER_KEY.into(), user.into());
+        }
+        Session::opened(settings.clone(), now(), loaded(settings, age, user), data)
+    }
+
+    fn kind(decision: &Decision) -> &'static str {
+        match decision {
+            Decision::Done(TokenChange::Keep) => "keep",
+            Decision::Done(TokenChange::Clear) => "clear",
+            Decision::Done(TokenChange::Set(_)) => "set",
+            Decision::Persist(Plan::Touch { .. }) => "touch",
+            Decision::Persist(Plan::Update { .. }) => "update",
+            Decision::Persist(Plan::Move(_)) => "move",
+            Decision::Persist(Plan::Destroy { .. }) => "destroy",
+            Decision::Persist(Plan::Create { .. }) => "create",
+            Decision::Persist(Plan::DestroyAll { .. }) => "destroy all",
+        }
+    }
+
+    fn decided(session: &Session) -> &'static str {
+        kind(&Decision::take(session))
+    }
+
+    #[test]
+    fn a_request_that_opened_nothing_keeps_or_clears_its_token() {
+        let s = settings();
+        assert_eq!(decided(&session(&s, Brought::Nothing)), "keep");
+        assert_eq!(decided(&session(&s, Brought::Refused)), "clear");
+        let touched = session(&s, Brought::Nothing);
+        touched.insert("k", 1).unwrap();
+        touched.remove("k");
+        assert_eq!(decided(&touched), "keep", "nothing left to keep");
+    }
+
+    #[test]
+    fn a_new_session_is_created_only_with_data() {
+        let s = settings();
+        let new = session(&s, Brought::Refused);
+        new.insert("k", 1).unwrap();
+        match Decision::take(&new) {
+            Decision::Persist(Plan::Create { data, .. }) => assert_eq!(data.len(), 1),
+            other => panic!("expected create, got {}", kind(&other)),
+        }
+    }
+
+    #[test]
+    fn an_ambiguous_request_saves_nothing_unless_it_destroys() {
+        let s = settings();
+        let keys = vec![StoreKey::from_bytes([1; 32]), StoreKey::from_bytes([2; 32])];
+        let written = session(&s, Brought::Ambiguous(keys.clone()));
+        written.insert("k", 1).unwrap();
+        written.cycle_id();
+        written.set_remember_me(true);
+        assert_eq!(decided(&written), "keep");
+        let destroyed = session(&s, Brought::Ambiguous(keys.clone()));
+        destroyed.destroy();
+        match Decision::take(&destroyed) {
+            Decision::Persist(Plan::DestroyAll { store_keys }) => assert_eq!(store_keys, keys),
+            other => panic!("expected destroy all, got {}", kind(&other)),
+        }
+    }
+
+    #[test]
+    fn destroy_wins_over_every_other_change() {
+        let s = settings();
+        let ended = live(&s, Duration::ZERO, Some("ada"));
+        ended.insert("k", 1).unwrap();
+        ended.cycle_id();
+        ended.destroy();
+        match Decision::take(&ended) {
+            Decision::Persist(Plan::Destroy {
+                user, then_create, ..
+            }) => {
+                assert!(user.is_some(), "the session leaves its user's index");
+                assert!(
+                    then_create.is_none(),
+                    "data written before the destroy goes"
+                );
+            }
+            other => panic!("expected destroy, got {}", kind(&other)),
+        }
+        let restarted = live(&s, Duration::ZERO, None);
+        restarted.destroy();
+        restarted.insert("k", 1).unwrap();
+        match Decision::take(&restarted) {
+            Decision::Persist(Plan::Destroy { then_create, .. }) => {
+                assert!(
+                    then_create.is_some(),
+                    "data written after a destroy starts anew"
+                )
+            }
+            other => panic!("expected destroy, got {}", kind(&other)),
+        }
+    }
+
+    #[test]
+    fn a_cycle_or_an_old_key_moves_the_session() {
+        let s = settings();
+        let cycled = live(&s, Duration::ZERO, None);
+        cycled.cycle_id();
+        assert_eq!(decided(&cycled), "move");
+        let mut old_key = loaded(&s, Duration::ZERO, None);
+        old_key.key_index = 1;
+        let rotated = Session::opened(s.clone(), now(), old_key, Data::new());
+        assert_eq!(decided(&rotated), "move", "re-sealed under the primary key");
+    }
+
+    #[test]
+    fn changed_data_or_lifespan_updates_and_carries_the_edit() {
+        let s = settings();
+        let changed = live(&s, Duration::ZERO, None);
+        changed.insert("k", "v").unwrap();
+        match Decision::take(&changed) {
+            Decision::Persist(Plan::Update { edit, data }) => {
+                assert!(!edit.lifespan_changed);
+                assert!(!edit.changes.is_empty());
+                assert_eq!(data.get("k"), Some(&"v".into()));
+            }
+            other => panic!("expected update, got {}", kind(&other)),
+        }
+        let extended = live(&s, Duration::ZERO, None);
+        extended.set_remember_me(true);
+        match Decision::take(&extended) {
+            Decision::Persist(Plan::Update { edit, .. }) => {
+                assert!(edit.lifespan_changed && edit.meta.remember_me);
+            }
+            other => panic!("expected update, got {}", kind(&other)),
+        }
+        let rewritten = live(&s, Duration::ZERO, None);
+        rewritten.insert("k", "v").unwrap();
+        assert_eq!(decided(&rewritten), "update");
+    }
+
+    #[test]
+    fn an_unchanged_session_is_touched_only_when_its_deadline_lags() {
+        let s = settings();
+        let interval = s.effective_touch_interval();
+        assert_eq!(
+            decided(&live(&s, interval, None)),
+            "keep",
+            "lags by exactly the interval"
+        );
+        match Decision::take(&live(&s, interval + MINUTE, None)) {
+            Decision::Persist(Plan::Touch {
+                deadlines, version, ..
+            }) => {
+                assert_eq!(version, 3, "a touch keeps the version");
+                assert_eq!(deadlines.active, now());
+            }
+            other => panic!("expected touch, got {}", kind(&other)),
+        }
+    }
+
+    #[test]
+    fn a_logged_in_session_keeps_its_last_activity_current() {
+        let mut s = Settings::new(Keys::generate());
+        s.idle_timeout = None;
+        let s = Arc::new(s);
+        let quiet = s.effective_touch_interval() + MINUTE;
+        assert_eq!(
+            decided(&live(&s, quiet, None)),
+            "keep",
+            "no idle deadline to slide, no user list to show it"
+        );
+        assert_eq!(decided(&live(&s, quiet, Some("ada"))), "touch");
+    }
+
+    #[test]
+    fn after_an_error_only_a_refused_token_is_cleared() {
+        let s = settings();
+        let refused = session(&s, Brought::Refused);
+        refused.insert("k", 1).unwrap();
+        assert_eq!(kind(&Decision::after_error(&refused)), "clear");
+        let fresh = session(&s, Brought::Nothing);
+        fresh.insert("k", 1).unwrap();
+        assert_eq!(kind(&Decision::after_error(&fresh)), "keep");
+        let changed = live(&s, Duration::ZERO, None);
+        changed.insert("k", 1).unwrap();
+        assert_eq!(kind(&Decision::after_error(&changed)), "keep");
+    }
+}

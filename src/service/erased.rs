@@ -1,0 +1,129 @@
+//! The store behind a `dyn` ([`DynStore`]), so that neither the layer nor the
+//! service carries the store's type; and how each step of a request's store work
+//! is started: on the spot for an [`IMMEDIATE`](SessionStore::IMMEDIATE) store,
+//! boxed to be awaited for any other.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::persist;
+use crate::clock::Timestamp;
+use crate::error::StoreError;
+use crate::plan::{Plan, TokenChange};
+use crate::record::{Record, StoreKey};
+use crate::settings::Settings;
+use crate::store::{BoxFuture, SessionStore};
+
+/// Where a store's part of a request stands once started.
+pub(crate) enum Outcome<T> {
+    /// Done already: the store is [`IMMEDIATE`](SessionStore::IMMEDIATE).
+    Done(Result<T, StoreError>),
+    /// To be awaited.
+    Later(BoxFuture<Result<T, StoreError>>),
+}
+
+/// The store as the request flow uses it: one step to load a session's record,
+/// one to carry out the plan its request ends with.
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn load(&self, key: StoreKey) -> Outcome<Option<Record>>;
+    fn persist(&self, settings: &Arc<Settings>, plan: Plan, now: Timestamp)
+    -> Outcome<TokenChange>;
+}
+
+/// A store shared by the layer and every in-flight future.
+pub(crate) struct Erased<St>(pub(crate) Arc<St>);
+
+/// Starts one step of a request's store work: `$step`, a future made from the
+/// store (`$store`, a `&St`) and the settings (`$settings`, a `&Settings`). For an
+/// immediate store it runs on the spot, borrowing both: no `Arc` is cloned and the
+/// step's future is built where it runs. Otherwise it is boxed, with its own `Arc`s
+/// of both, to be awaited.
+macro_rules! start {
+    ($erased:expr, $shared:expr, |$store:ident, $settings:ident| $step:expr) => {
+        if St::IMMEDIATE {
+            let $store = &*$erased.0;
+            let $settings: &Settings = $shared;
+            Outcome::Done(run_now($step))
+        } else {
+            let store = $erased.0.clone();
+            let settings = $shared.clone();
+            Outcome::Later(Box::pin(async move {
+                let $store = &*store;
+                let $settings: &Settings = &settings;
+                $step.await
+            }))
+        }
+    };
+}
+
+/// Runs the future of an [`IMMEDIATE`](SessionStore::IMMEDIATE) store to its end,
+/// here and now: on the stack, with no waker to wake.
+fn run_now<T>(future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => Err(StoreError::backend(
+            "a store declared IMMEDIATE returned a future that was not ready; the operation was dropped",
+        )),
+    }
+}
+
+impl<St: SessionStore> DynStore for Erased<St> {
+    fn load(&self, key: StoreKey) -> Outcome<Option<Record>> {
+        if St::IMMEDIATE {
+            return Outcome::Done(run_now(self.0.load(&key)));
+        }
+        let store = self.0.clone();
+        Outcome::Later(Box::pin(async move { store.load(&key).await }))
+    }
+
+    /// Each plan is its own future, the size its own steps need. One future for
+    /// every plan would be as large as the largest (a move to a new id, about
+    /// 3 KB), and every touch and write would pay for allocating or copying that;
+    /// for the same reason, a write's steps borrow the plan rather than take it,
+    /// and their rare steps (a login's limit check) are boxed.
+    fn persist(
+        &self,
+        settings: &Arc<Settings>,
+        plan: Plan,
+        now: Timestamp,
+    ) -> Outcome<TokenChange> {
+        match plan {
+            Plan::Touch {
+                store_key,
+                deadlines,
+                version,
+            } => start!(self, settings, |store, _settings| persist::touch(
+                store, store_key, deadlines, version
+            )),
+            Plan::Create { data, meta } => start!(self, settings, |store, settings| {
+                persist::create(store, settings, now, &data, meta)
+            }),
+            Plan::DestroyAll { store_keys } => start!(self, settings, |store, _settings| {
+                persist::destroy_all(store, &store_keys)
+            }),
+            Plan::Destroy {
+                store_key,
+                user,
+                then_create,
+            } => start!(self, settings, |store, settings| persist::destroy(
+                store,
+                settings,
+                now,
+                store_key,
+                user,
+                then_create
+            )),
+            Plan::Update { edit, data } => start!(self, settings, |store, settings| {
+                persist::update(store, settings, now, &edit, data)
+            }),
+            Plan::Move(edit) => start!(self, settings, |store, settings| {
+                persist::move_session(store, settings, now, &edit)
+            }),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! [`Settings`]: what a layer is configured with, the deadlines they give a
+//! session, and the rules they must keep together.
+
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::{HeaderName, HeaderValue};
+
+use crate::clock::{Clock, Timestamp};
+use crate::cookie::{CookieConfig, Meta};
+use crate::error::ConfigError;
+use crate::keys::Keys;
+use crate::record::Deadlines;
+
+/// The settings a layer carries: the keys, the token's carrier and attributes, the
+/// expiry model and the clock. Shared behind an `Arc` by the layer, its services,
+/// its sessions and its [`UserSessions`](crate::UserSessions).
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) keys: Keys,
+    pub(crate) cookie: CookieConfig,
+    /// Header mode: the token travels in this header instead of the cookie.
+    pub(crate) header: Option<HeaderName>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) lifespan: Option<Duration>,
+    pub(crate) remember_me: Option<Duration>,
+    pub(crate) touch_interval: Duration,
+    pub(crate) allow_unbounded: bool,
+    pub(crate) max_sessions_per_user: Option<usize>,
+    pub(crate) clock: Clock,
+}
+
+impl Settings {
+    /// The defaults: cookie `id`, `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no
+    /// Domain; idle timeout 30 minutes, lifespan 24 hours, remember-me 30 days,
+    /// touch interval 1 minute; no per-user limit; the system clock.
+    pub(crate) fn new(keys: Keys) -> Self {
+        Settings {
+            keys,
+            cookie: CookieConfig::default(),
+            header: None,
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
+            lifespan: Some(Duration::from_secs(24 * 3600)),
+            remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
+            touch_interval: Duration::from_secs(60),
+            allow_unbounded: false,
+            max_sessions_per_user: None,
+            clock: Clock::system(),
+        }
+    }
+    /// The name the token is sealed for (its associated data): the cookie's name,
+    /// or the header's.
+    #[inline]
+    pub(crate) fn token_name(&self) -> &str {
+        match &self.header {
+            Some(header) => header.as_str(),
+            None => &self.cookie.name,
+        }
+    }
+
+    /// A token rendered for its carrier: a `Set-Cookie` value, or the bare token.
+    pub(crate) fn carried(&self, token: &str, max_age: Option<Duration>) -> HeaderValue {
+        match &self.header {
+            None => self.cookie.set(token, max_age),
+            // URL-safe base64 is always a valid header value.
+            Some(_) => HeaderValue::try_from(token).expect("base64 is a valid header value"),
+        }
+    }
+
+    /// What tells the client to drop its token: a removal cookie, or an empty
+    /// session header.
+    pub(crate) fn cleared(&self) -> HeaderValue {
+        match &self.header {
+            None => self.cookie.clear(),
+            Some(_) => HeaderValue::from_static(""),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lifespan_deadline(&self, now: Timestamp, remember_me: bool) -> Timestamp {
+        let duration = if remember_me {
+            self.remember_me
+        } else {
+            self.lifespan
+        };
+        duration.map_or(Timestamp::NEVER, |d| now.saturating_add(d))
+    }
+
+    #[inline]
+    pub(crate) fn new_meta(&self, now: Timestamp) -> Meta {
+        Meta {
+            created_at: now,
+            lifespan_deadline: self.lifespan_deadline(now, false),
+            remember_me: false,
+        }
+    }
+
+    /// The touch interval in force: never more than half the idle timeout, or a
+    /// session in steady use could expire between two touches.
+    #[inline]
+    pub(crate) fn effective_touch_interval(&self) -> Duration {
+        match self.idle_timeout {
+            Some(idle) => self.touch_interval.min(idle / 2),
+            None => self.touch_interval,
+        }
+    }
+
+    /// The deadlines a request at `now` gives a session.
+    #[inline]
+    pub(crate) fn deadlines(&self, now: Timestamp, meta: Meta) -> Deadlines {
+        // Remember-me sessions outlive idleness by design (Authelia does the same):
+        // only their lifespan ends them.
+        let idle = match (meta.remember_me, self.idle_timeout) {
+            (false, Some(timeout)) => now.saturating_add(timeout),
+            _ => Timestamp::NEVER,
+        };
+        Deadlines {
+            idle: idle.min(meta.lifespan_deadline),
+            lifespan: meta.lifespan_deadline,
+            active: now,
+        }
+    }
+
+    /// Checks that the settings work together; every rule in one place.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.cookie.validate()?;
+        let cookie = &self.cookie;
+        if cookie.same_site == SameSite::None && !cookie.secure {
+            return Err(ConfigError::new(
+                "cookie.same_site",
+                "`none` requires `secure: true`: browsers drop SameSite=None cookies that are not \
+                 Secure",
+            ));
+        }
+        // RFC 6265bis, section 4.1.3: browsers only accept prefixed cookies that keep
+        // these rules, so a misconfigured one would silently never be stored.
+        if cookie.name.starts_with("__Host-") {
+            if !cookie.secure {
+                return Err(ConfigError::new(
+                    "cookie.secure",
+                    "a `__Host-` cookie must be Secure",
+                ));
+            }
+            if cookie.domain.is_some() {
+                return Err(ConfigError::new(
+                    "cookie.domain",
+                    "a `__Host-` cookie must not have a Domain",
+                ));
+            }
+            if cookie.path != "/" {
+                return Err(ConfigError::new(
+                    "cookie.path",
+                    "a `__Host-` cookie must have the path /",
+                ));
+            }
+        }
+        if cookie.name.starts_with("__Secure-") && !cookie.secure {
+            return Err(ConfigError::new(
+                "cookie.secure",
+                "a `__Secure-` cookie must be Secure",
+            ));
+        }
+        for (field, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("lifespan", self.lifespan),
+            ("remember_me", self.remember_me),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(ConfigError::new(
+                    field,
+                    "0 would end every session at once; disable it with -1 instead",
+                ));
+            }
+        }
+        if let (Some(remember), Some(lifespan)) = (self.remember_me, self.lifespan) {
+            if remember < lifespan {
+                return Err(ConfigError::new(
+                    "remember_me",
+                    format!(
+                        "{remember:?} is shorter than the lifespan of {lifespan:?}, so ticking \
+                         remember-me would end sessions sooner; lengthen it or disable it with -1"
+                    ),
+                ));
+            }
+        }
+        if self.max_sessions_per_user == Some(0) {
+            return Err(ConfigError::new(
+                "max_sessions_per_user",
+                "0 would end every session at login; leave it out for no limit",
+            ));
+        }
+        match (self.idle_timeout, self.lifespan) {
+            (None, None) if !self.allow_unbounded => {
+                return Err(ConfigError::new(
+                    "idle_timeout",
+                    "neither an idle timeout nor a lifespan is set, so sessions never expire and \
+                     the store grows without bound; set one, or set allow_unbounded_sessions: true",
+                ));
+            }
+            (Some(idle), Some(lifespan)) if idle > lifespan => {
+                return Err(ConfigError::new(
+                    "idle_timeout",
+                    format!(
+                        "{idle:?} is longer than the lifespan of {lifespan:?}, so it never applies; \
+                         shorten it or disable it with -1"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::new(Keys::generate())
+    }
+
+    #[test]
+    fn idle_deadline_never_passes_the_lifespan() {
+        let s = settings();
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let meta = Meta {
+            created_at: now,
+            lifespan_deadline: now.saturating_add(Duration::from_secs(60)),
+            remember_me: false,
+        };
+        let d = s.deadlines(now, meta);
+        assert_eq!(
+            d.idle, meta.lifespan_deadline,
+            "30 min idle capped at 60 s lifespan"
+        );
+    }
+
+    #[test]
+    fn remember_me_sessions_are_not_ended_by_idleness() {
+        let s = settings();
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let lifespan = s.lifespan_deadline(now, true);
+        assert_eq!(
+            lifespan,
+            now.saturating_add(Duration::from_secs(30 * 24 * 3600))
+        );
+        let meta = Meta {
+            created_at: now,
+            lifespan_deadline: lifespan,
+            remember_me: true,
+        };
+        assert_eq!(s.deadlines(now, meta).idle, lifespan);
+    }
+
+    #[test]
+    fn touch_interval_is_cut_to_half_the_idle_timeout() {
+        let mut s = settings();
+        s.idle_timeout = Some(Duration::from_secs(60));
+        s.touch_interval = Duration::from_secs(300);
+        assert_eq!(s.effective_touch_interval(), Duration::from_secs(30));
+        s.touch_interval = Duration::from_secs(10);
+        assert_eq!(s.effective_touch_interval(), Duration::from_secs(10));
+        s.idle_timeout = None;
+        s.touch_interval = Duration::from_secs(300);
+        assert_eq!(s.effective_touch_interval(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn no_timeouts_means_no_deadline() {
+        let mut s = settings();
+        s.allow_unbounded = true;
+        s.idle_timeout = None;
+        s.lifespan = None;
+        let now = Timestamp::from_unix_millis(5);
+        let d = s.deadlines(now, s.new_meta(now));
+        assert!(d.expires_at().is_never());
+    }
+}

@@ -1,0 +1,133 @@
+//! The user index's types: [`UserTag`], the key a user's index is kept under, and
+//! [`IndexEntry`], one session in it.
+
+use std::fmt;
+use std::time::Duration;
+
+use hmac::Mac;
+
+use crate::clock::Timestamp;
+use crate::keys::KeySet;
+use crate::record::StoreKey;
+
+/// How long an index entry whose record is missing is kept: the record of a new
+/// session is written just after its entry, and a concurrent reader must not drop
+/// the entry in between (its session would then escape a later revocation).
+pub(crate) const INDEX_GRACE: Duration = Duration::from_secs(60);
+
+/// The key a user's session index is kept under: HMAC-SHA256 of the user id.
+///
+/// Not reversible by guessing user ids without the server secret.
+/// [`Display`](fmt::Display) gives 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserTag([u8; 32]);
+
+impl UserTag {
+    /// The tag's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A tag from its bytes, for stores that keep tags in binary.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        UserTag(bytes)
+    }
+
+    pub(crate) fn derive(keys: &KeySet, user_id: &str) -> Self {
+        let tag = keys
+            .user
+            .clone()
+            .chain_update(user_id.as_bytes())
+            .finalize();
+        UserTag(tag.into_bytes().into())
+    }
+}
+
+impl fmt::Display for UserTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for UserTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserTag({self})")
+    }
+}
+
+/// One session in a user's index, as a [`SessionStore`](super::SessionStore) keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IndexEntry {
+    /// Where the session's record is.
+    pub store_key: StoreKey,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When the entry may be dropped: never before the session's lifespan ends.
+    pub expires_at: Timestamp,
+    /// When the session entered this index (its login, or its move to a new id):
+    /// evictions keep the latest; and a missing record is expected for a moment
+    /// after it, while the session is being created.
+    pub indexed_at: Timestamp,
+    /// Whether the session is remember-me.
+    pub remember_me: bool,
+}
+
+impl IndexEntry {
+    /// An entry from its parts (for stores that decode entries they keep).
+    pub fn new(
+        store_key: StoreKey,
+        created_at: Timestamp,
+        expires_at: Timestamp,
+        indexed_at: Timestamp,
+        remember_me: bool,
+    ) -> Self {
+        IndexEntry {
+            store_key,
+            created_at,
+            expires_at,
+            indexed_at,
+            remember_me,
+        }
+    }
+
+    /// This entry refreshed by `newer` for the same session: its fields win, but
+    /// the entry never expires earlier than it did, and keeps the time the session
+    /// first entered the index (its login, which orders evictions).
+    pub fn merged(self, newer: IndexEntry) -> IndexEntry {
+        IndexEntry {
+            expires_at: self.expires_at.max(newer.expires_at),
+            indexed_at: self.indexed_at.min(newer.indexed_at),
+            ..newer
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    #[test]
+    fn user_tags_are_keyed() {
+        let a = Keys::generate();
+        let b = Keys::generate();
+        let tag = UserTag::derive(a.primary(), "alice");
+        assert_eq!(tag, UserTag::derive(a.primary(), "alice"));
+        assert_ne!(tag, UserTag::derive(b.primary(), "alice"));
+        assert_ne!(tag, UserTag::derive(a.primary(), "alicf"));
+        assert!(!tag.to_string().contains("alice"));
+    }
+
+    #[test]
+    fn a_merged_entry_never_expires_earlier() {
+        let key = StoreKey::from_bytes([1; 32]);
+        let t = Timestamp::from_unix_millis;
+        let old = IndexEntry::new(key, t(1), t(100), t(1), false);
+        let new = IndexEntry::new(key, t(1), t(50), t(2), true);
+        let merged = old.merged(new);
+        assert_eq!(merged.expires_at, t(100));
+        assert!(merged.remember_me);
+        assert_eq!(merged.indexed_at, t(1), "the first index time stays");
+    }
+}

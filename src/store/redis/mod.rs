@@ -1,0 +1,17 @@
+//! Redis: [`RedisStore`] (feature `redis`) and its settings, [`RedisSettings`].
+
+mod settings;
+
+pub use settings::{ClusterSettings, RedisSettings, SentinelSettings};
+
+#[cfg(feature = "redis")]
+mod codec;
+#[cfg(feature = "redis")]
+mod connect;
+#[cfg(feature = "redis")]
+mod scripts;
+#[cfg(feature = "redis")]
+mod store;
+
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
