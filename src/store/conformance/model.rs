@@ -53,7 +53,10 @@ fn seen(record: &Record) -> (u64, Bytes) {
     (record.version, record.data.clone())
 }
 
-pub(super) async fn run_ops<St: SessionStore>(store: &St, ops: Vec<Op>) -> Result<(), TestCaseError> {
+pub(super) async fn run_ops<St: SessionStore>(
+    store: &St,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     // Fresh keys for every case, so a shared server needs no cleaning.
     let keys: Vec<StoreKey> = (0..KEYS)
         .map(|_| StoreKey::from_bytes(rand::random()))

@@ -1,0 +1,169 @@
+//! Concurrent requests on one session: no lost key, destroy wins, a login's move carries concurrent writes, a rotation moves a session once.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_on_one_session_lose_no_key() {
+    let h = Harness::new().await;
+    let cookie = cookie_pair(&h.post("/set/start/1").await);
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let request = client
+            .post(h.url(&format!("/set/k{i}/v{i}")))
+            .header(COOKIE, &cookie);
+        tasks.push(tokio::spawn(async move {
+            request.send().await.unwrap().status()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 204);
+    }
+    let res = h.get_with_cookie("/keys", &cookie).await;
+    let keys: Vec<String> = res.json().await.unwrap();
+    assert_eq!(keys.len(), 100, "every concurrent write landed");
+    assert_eq!(keys[42], "v42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_wins_over_a_concurrent_write() {
+    let h = Harness::new().await;
+    let cookie = cookie_pair(&h.post("/set/a/1").await);
+    let slow = {
+        let request = reqwest::Client::new()
+            .post(h.url("/slow"))
+            .header(COOKIE, &cookie);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    h.gate.loaded.notified().await;
+    let res = h.post_with_cookie("/logout", &cookie).await;
+    assert_eq!(res.status(), 204);
+    h.gate.release.notify_one();
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status(), 204);
+    // The logout's response already cleared the cookie; the losing write leaves it
+    // alone, as it would a cookie a concurrent login had just set.
+    assert!(set_cookies(&slow).is_empty(), "{:?}", set_cookies(&slow));
+    assert!(
+        h.store.inner.is_empty(),
+        "the write did not resurrect the session"
+    );
+}
+
+/// Starts a login with `cookie` that stops once it has copied the session to its
+/// new id, just before it deletes the old record (released through the gate).
+fn login_paused_before_the_old_record_goes(
+    h: &Harness,
+    cookie: &str,
+) -> (common::Gate, tokio::task::JoinHandle<reqwest::Response>) {
+    let gate = h.store.pause_before("delete_version");
+    let request = reqwest::Client::new()
+        .post(h.url("/login/ada"))
+        .header(COOKIE, cookie);
+    (
+        gate,
+        tokio::spawn(async move { request.send().await.unwrap() }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_the_old_id_during_a_login_moves_with_the_session() {
+    let h = Harness::new().await;
+    let cookie = cookie_pair(&h.post("/set/cart/apple").await);
+    let (gate, login) = login_paused_before_the_old_record_goes(&h, &cookie);
+    // The login has copied the session to a new id and is about to delete the old
+    // record; another request writes to the old id just then.
+    gate.reached.notified().await;
+    let res = h
+        .post_with_cookie("/set/note/written-meanwhile", &cookie)
+        .await;
+    assert_eq!(res.status(), 204);
+    gate.release.notify_one();
+    let login = login.await.unwrap();
+    assert_eq!(login.status(), 204);
+    let new = cookie_pair(&login);
+    for (key, value) in [
+        ("user", "ada"),
+        ("cart", "apple"),
+        ("note", "written-meanwhile"),
+    ] {
+        let got: Value = h
+            .get_with_cookie(&format!("/get/{key}"), &new)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got, json!(value), "{key} moved to the new id");
+    }
+    let old: Value = h
+        .get_with_cookie("/get/cart", &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(old, Value::Null, "the old id is dead");
+    assert_eq!(h.store.inner.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_during_a_login_wins_and_nothing_comes_back() {
+    let h = Harness::new().await;
+    let cookie = cookie_pair(&h.post("/set/cart/apple").await);
+    let (gate, login) = login_paused_before_the_old_record_goes(&h, &cookie);
+    gate.reached.notified().await;
+    let res = h.post_with_cookie("/logout", &cookie).await;
+    assert_eq!(res.status(), 204);
+    gate.release.notify_one();
+    let login = login.await.unwrap();
+    assert!(
+        set_cookies(&login).is_empty(),
+        "no cookie for a session that was destroyed"
+    );
+    assert!(
+        h.store.inner.is_empty(),
+        "neither the old nor the new record survives"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_requests_with_an_old_key_cookie_move_the_session_once() {
+    let old = tower_sealed_sessions::Secret::generate();
+    let store = TestStore::new(MemoryStore::default());
+    let before = serve(app(
+        SessionLayer::new(store.clone(), Keys::new(&old)).with_secure(false),
+        Gate::default(),
+    ))
+    .await;
+    let res = reqwest::Client::new()
+        .post(format!("{before}/set/a/1"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_pair(&res);
+    let keys = Keys::generate().with_previous(&old);
+    let after = serve(app(
+        SessionLayer::new(store.clone(), keys).with_secure(false),
+        Gate::default(),
+    ))
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let request = reqwest::Client::new()
+            .get(format!("{after}/get/a"))
+            .header(COOKIE, &cookie);
+        tasks.push(tokio::spawn(async move { request.send().await.unwrap() }));
+    }
+    let mut moved = Vec::new();
+    for task in tasks {
+        let res = task.await.unwrap();
+        if let Some(set) = set_cookies(&res).first() {
+            moved.push(set.clone());
+        }
+    }
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one request re-sealed the session: {moved:?}"
+    );
+    assert_eq!(store.inner.len(), 1, "no orphaned copies");
+}
