@@ -181,3 +181,178 @@ pub(super) fn grpc_content_type<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter(|ct| ct.as_bytes().starts_with(b"application/grpc"))
         .cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderName;
+
+    use super::*;
+    use crate::cookie::CookieData;
+    use crate::keys::Keys;
+    use crate::record::{Data, Deadlines};
+
+    fn settings() -> Arc<Settings> {
+        Arc::new(Settings::new(Keys::generate()))
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_unix_millis(1_700_000_000_000)
+    }
+
+    /// A token for a new identity, sealed for `settings`' carrier.
+    fn token(settings: &Settings, lifespan: Duration) -> (String, CookieData) {
+        let data = CookieData::generate(now(), now().saturating_add(lifespan), false);
+        let sealed = cookie::seal(&settings.keys, settings.token_name(), &data);
+        (sealed, data)
+    }
+
+    fn cookies(lines: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(header::COOKIE, HeaderValue::from_str(line).unwrap());
+        }
+        headers
+    }
+
+    fn read(settings: &Settings, headers: &HeaderMap) -> &'static str {
+        match read_tokens(settings, headers, now()) {
+            Tokens::Read(Brought::Nothing) => "nothing",
+            Tokens::Read(Brought::Refused) => "refused",
+            Tokens::Read(Brought::Ambiguous(_)) => "ambiguous",
+            Tokens::One(_) => "one",
+        }
+    }
+
+    #[test]
+    fn tokens_come_to_nothing_one_refused_or_ambiguous() {
+        let s = settings();
+        let hour = Duration::from_secs(3600);
+        let (a, _) = token(&s, hour);
+        let (b, _) = token(&s, hour);
+        assert_eq!(read(&s, &cookies(&[])), "nothing");
+        assert_eq!(read(&s, &cookies(&["other=1"])), "nothing");
+        assert_eq!(read(&s, &cookies(&["id=forged"])), "refused");
+        assert_eq!(read(&s, &cookies(&[&format!("id={a}")])), "one");
+        assert_eq!(
+            read(&s, &cookies(&[&format!("id={a}; id={a}")])),
+            "one",
+            "the same session sent twice is one"
+        );
+        assert_eq!(
+            read(&s, &cookies(&["id=forged", &format!("id={a}")])),
+            "one",
+            "a forged token beside a valid one is ignored"
+        );
+        assert_eq!(
+            read(&s, &cookies(&[&format!("id={a}"), &format!("id={b}")])),
+            "ambiguous"
+        );
+        let (ended, _) = token(&s, Duration::ZERO);
+        assert_eq!(
+            read(&s, &cookies(&[&format!("id={ended}")])),
+            "refused",
+            "past its sealed lifespan: refused without store I/O"
+        );
+        assert_eq!(
+            read(&s, &cookies(&[&format!("id={a}"), &format!("id={ended}")])),
+            "ambiguous",
+            "an ended session still names a second session"
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_request_names_a_bounded_number_of_sessions() {
+        let s = settings();
+        let line: Vec<String> = (0..20)
+            .map(|_| format!("id={}", token(&s, Duration::from_secs(60)).0))
+            .collect();
+        match read_tokens(&s, &cookies(&[&line.join("; ")]), now()) {
+            Tokens::Read(Brought::Ambiguous(keys)) => {
+                assert_eq!(keys.len(), MAX_AMBIGUOUS + 1, "the first and 8 others")
+            }
+            _ => panic!("expected an ambiguous request"),
+        }
+    }
+
+    #[test]
+    fn in_header_mode_only_the_header_is_read_and_its_name_is_bound() {
+        let mut with_header = Settings::new(Keys::generate());
+        with_header.header = Some(HeaderName::from_static("x-session"));
+        let (sealed, _) = token(&with_header, Duration::from_secs(60));
+        let mut headers = cookies(&[&format!("id={sealed}")]);
+        assert_eq!(
+            read(&with_header, &headers),
+            "nothing",
+            "cookies are not read"
+        );
+        headers.insert(
+            "x-session",
+            HeaderValue::from_str(&format!(" {sealed} ")).unwrap(),
+        );
+        assert_eq!(read(&with_header, &headers), "one");
+        // A cookie's token does not open as a header's: the name is sealed in.
+        let mut cookie_settings = Settings::new(with_header.keys.clone());
+        cookie_settings.header = None;
+        let (as_cookie, _) = token(&cookie_settings, Duration::from_secs(60));
+        headers.insert("x-session", HeaderValue::from_str(&as_cookie).unwrap());
+        assert_eq!(read(&with_header, &headers), "refused");
+    }
+
+    /// A token and its record, sealed for `settings`, with `data` in it.
+    fn stored(settings: &Settings, data: &Data) -> (Opened, StoreKey, Record) {
+        let (sealed, _) = token(settings, Duration::from_secs(3600));
+        let opened = cookie::open(&settings.keys, settings.token_name(), &sealed).unwrap();
+        let key = store_key(settings, &opened);
+        let cipher = DataCipher::new(settings.keys.primary(), &opened.data.record_secret);
+        let deadlines = Deadlines {
+            idle: now().saturating_add(Duration::from_secs(60)),
+            lifespan: opened.data.lifespan_deadline,
+            active: now(),
+        };
+        let record = Record::new(7, deadlines, cipher.seal(&key, data));
+        (opened, key, record)
+    }
+
+    fn opened_kind(session: Option<Session>) -> &'static str {
+        match session {
+            None => "unavailable",
+            Some(s) if s.fingerprint().is_some() => "live",
+            Some(s) => match crate::plan::Decision::after_error(&s) {
+                crate::plan::Decision::Done(crate::plan::TokenChange::Clear) => "refused",
+                _ => "fresh",
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_opens_to_a_live_fresh_or_refused_session_or_none_when_the_store_fails() {
+        let s = settings();
+        let data = Data::from([("k".to_owned(), "v".into())]);
+        let (opened, key, record) = stored(&s, &data);
+        let live = open_record(&s, now(), opened, key, Ok(Some(record.clone()))).unwrap();
+        assert_eq!(live.get::<String>("k").unwrap().as_deref(), Some("v"));
+        assert_eq!(opened_kind(Some(live)), "live");
+
+        let open = |loaded| {
+            let (opened, key, _) = stored(&s, &data);
+            opened_kind(open_record(&s, now(), opened, key, loaded))
+        };
+        assert_eq!(open(Ok(None)), "fresh", "gone: the token is left alone");
+        let mut idle = record.clone();
+        idle.deadlines.idle = now();
+        assert_eq!(open(Ok(Some(idle))), "fresh", "expired: left alone too");
+        assert_eq!(
+            open(Ok(Some(record.clone()))),
+            "refused",
+            "another session's record does not open with this token"
+        );
+        assert_eq!(open(Err(StoreError::Corrupt("garbage".into()))), "refused");
+        assert_eq!(
+            open(Err(StoreError::backend("down"))),
+            "unavailable",
+            "a store failure is a 503, not a fresh session"
+        );
+    }
+}
