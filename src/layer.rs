@@ -1,16 +1,4 @@
-//! [`SessionLayer`]: the configuration of the session middleware.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_sealed_sessions::{Keys, MemoryStore, SameSite, SessionLayer};
-//!
-//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
-//!     .with_cookie_name("__Host-id")
-//!     .with_same_site(SameSite::Strict)
-//!     .with_idle_timeout(Some(Duration::from_secs(30 * 60)))
-//!     .with_lifespan(Some(Duration::from_secs(24 * 3600)));
-//! assert_eq!(layer.idle_timeout(), Some(Duration::from_secs(1800)));
-//! ```
+//! [`SessionLayer`]: the session middleware's builder, and its `tower::Layer`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,7 +24,27 @@ use crate::users::index::UserIndex;
 ///
 /// Defaults: cookie `id`, `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no Domain;
 /// idle timeout 30 minutes, lifespan 24 hours, remember-me 30 days, touch interval
-/// 1 minute.
+/// 1 minute. Every setting is checked when the layer wraps a service (or earlier
+/// with [`validate`](SessionLayer::validate)), so settings that cannot work stop the
+/// process at start-up.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use tower_sealed_sessions::{Keys, MemoryStore, SameSite, Session, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+///     .with_cookie_name("__Host-id")
+///     .with_same_site(SameSite::Strict)
+///     .with_idle_timeout(Some(Duration::from_secs(30 * 60)))
+///     .with_lifespan(Some(Duration::from_secs(24 * 3600)));
+/// assert_eq!(layer.idle_timeout(), Some(Duration::from_secs(1800)));
+/// assert!(layer.validate().is_ok());
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|session: Session| async move { session.is_new().to_string() }))
+///     .layer(layer);
+/// ```
 #[derive(Clone)]
 pub struct SessionLayer {
     settings: Arc<Settings>,

@@ -147,7 +147,8 @@ pub struct Record {
     pub version: u64,
     /// When the record expires.
     pub deadlines: Deadlines,
-    /// The sealed session data.
+    /// The sealed session data: opaque to the store, which keeps it as it is (the
+    /// format is in the crate documentation's "Wire formats").
     pub data: Bytes,
 }
 

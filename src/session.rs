@@ -44,6 +44,29 @@ use crate::store::UserTag;
 /// # }
 /// ```
 ///
+/// With the `axum` feature, `Session` is an extractor; `Option<Session>` yields
+/// `None` instead of a 500 when the layer is missing:
+///
+/// ```
+/// use axum::{Router, routing::{get, post}};
+/// use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+///
+/// async fn login(session: Session) {
+///     session.cycle_id(); // a new id on every privilege change
+///     session.set_user_id("ada");
+/// }
+///
+/// async fn whoami(session: Option<Session>) -> String {
+///     session.and_then(|s| s.user_id()).unwrap_or_else(|| "nobody".into())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/login", post(login))
+///     .route("/whoami", get(whoami))
+///     .route("/logout", post(|session: Session| async move { session.destroy() }))
+///     .layer(SessionLayer::new(MemoryStore::default(), Keys::generate()));
+/// ```
+///
 /// # Concurrent requests
 ///
 /// Two requests on one session each see the data as it was when they started. When

@@ -149,7 +149,20 @@ impl KeySet {
 /// The keyring: the primary key, which seals everything new, and the previous keys,
 /// which only open.
 ///
-/// Cheap to clone. `Debug` prints key ids only.
+/// Cheap to clone. `Debug` prints key ids only. To rotate, make a new secret the
+/// primary and keep the old one as a previous key until the sessions it sealed have
+/// expired: each of them moves to the primary key on its next request.
+///
+/// ```
+/// use tower_sealed_sessions::{Keys, Secret};
+///
+/// let old = Secret::generate();
+/// let new = Secret::generate();
+/// let keys = Keys::new(&new).with_previous(&old);
+/// assert_eq!(keys.primary_id(), Keys::new(&new).primary_id());
+/// assert_eq!(keys.previous_ids(), [Keys::new(&old).primary_id()]);
+/// assert!(!format!("{keys:?}").contains(&format!("{:?}", new.as_bytes())));
+/// ```
 #[derive(Clone)]
 pub struct Keys {
     /// Index 0 is the primary key; later entries only open (rotation).

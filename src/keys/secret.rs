@@ -16,6 +16,28 @@ use crate::error::KeyError;
 
 /// A master secret: at least [`Secret::MIN_LEN`] bytes that look random. Its bytes
 /// are wiped from memory when it is dropped, and `Debug` shows only its length.
+///
+/// Load it from where production keeps secrets: an environment variable, a file
+/// (a mounted Kubernetes secret), or a file created once on a persistent volume;
+/// [`from_reference`](Secret::from_reference) takes the configuration file's
+/// spelling of each.
+///
+/// ```
+/// use tower_sealed_sessions::{KeyError, Secret};
+///
+/// let secret = Secret::from_base64("c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz").unwrap();
+/// assert_eq!(format!("{secret:?}"), "Secret(36 bytes)");
+///
+/// let dir = std::env::temp_dir().join(format!("tss-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("session.key");
+/// let created = Secret::from_reference(&format!("generate:{}", path.display())).unwrap();
+/// let again = Secret::find_or_create(&path).unwrap();
+/// assert_eq!(created.as_bytes(), again.as_bytes(), "created once, then reused");
+/// # std::fs::remove_dir_all(&dir).unwrap();
+///
+/// assert!(matches!(Secret::from_bytes(*b"too short"), Err(KeyError::TooShort { len: 9, .. })));
+/// ```
 #[derive(Clone)]
 pub struct Secret(Zeroizing<Vec<u8>>);
 

@@ -1,17 +1,4 @@
 //! [`MemoryStore`]: the embedded, in-process store.
-//!
-//! Records live in 64 shards (one for small stores), each a map kept in
-//! least-recently-used order ([hashlink](https://docs.rs/hashlink)'s
-//! `LinkedHashMap`) behind its own mutex. Every operation on a session is one short
-//! critical section on its shard, so compare-and-set is atomic without a global
-//! lock; only the cleanup sweep, `len` and `dump` visit every shard.
-//!
-//! ```
-//! use tower_sealed_sessions::MemoryStore;
-//!
-//! let store = MemoryStore::builder().max_sessions(10_000).build();
-//! assert_eq!(store.max_sessions(), 10_000);
-//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +17,7 @@ use crate::store::{
     CompareAndSet, INDEX_GRACE, IndexEntry, SessionStore, UserTag, cleanup, cleanup_task,
 };
 
-/// An in-process [`SessionStore`], bounded in size.
+/// An in-process [`SessionStore`], bounded in size: the embedded default.
 ///
 /// - **Bounded**: it holds at most [`max_sessions`](MemoryStoreBuilder::max_sessions)
 ///   records (default 1,000,000). When full, storing one more evicts the least
@@ -47,6 +34,26 @@ use crate::store::{
 ///   that are gone, evicted ones included.
 /// - **Scope**: one process. Sessions are lost on restart and not shared between
 ///   replicas: use the Redis store for that.
+///
+/// Records live in 64 shards (one for small stores), each a map kept in
+/// least-recently-used order ([hashlink](https://docs.rs/hashlink)'s
+/// `LinkedHashMap`) behind its own mutex. Every operation on a session is one short
+/// critical section on its shard, so compare-and-set is atomic without a global
+/// lock; only the cleanup sweep and `len` visit every shard.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::builder().max_sessions(10_000).build();
+/// assert_eq!(store.max_sessions(), 10_000);
+/// // Expired records are dropped on access, and by a sweep on a schedule:
+/// tokio::spawn(store.cleanup_task(MemoryStore::DEFAULT_CLEANUP_INTERVAL).unwrap());
+/// let layer = SessionLayer::new(store.clone(), Keys::generate());
+/// assert!(store.is_empty());
+/// # }
+/// ```
 ///
 /// Cheap to clone; clones share the same sessions.
 #[derive(Clone)]

@@ -96,6 +96,30 @@ impl SessionInfo {
 ///
 /// Only sessions tied to the user with
 /// [`Session::set_user_id`](crate::Session::set_user_id) are known to it.
+///
+/// ```
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use http::{Request, Response, header};
+/// use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate());
+/// let users = layer.users();
+/// let login = layer.layer(service_fn(|req: Request<String>| async move {
+///     let session = req.extensions().get::<Session>().unwrap();
+///     session.cycle_id();
+///     session.set_user_id("ada");
+///     Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+/// }));
+/// let res = login.oneshot(Request::new(String::new())).await.unwrap();
+/// assert!(res.headers().contains_key(header::SET_COOKIE));
+///
+/// let sessions = users.list("ada").await.unwrap();
+/// assert_eq!(sessions.len(), 1);
+/// assert!(users.revoke("ada", &sessions[0].fingerprint).await.unwrap());
+/// assert!(users.list("ada").await.unwrap().is_empty());
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct UserSessions {
     settings: Arc<Settings>,
