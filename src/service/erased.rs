@@ -40,14 +40,14 @@ pub(crate) struct Erased<St>(pub(crate) Arc<St>);
 /// step's future is built where it runs. Otherwise it is boxed, with its own `Arc`s
 /// of both, to be awaited.
 macro_rules! start {
-    ($erased:expr, $shared:expr, |$store:ident, $settings:ident| $step:expr) => {
+    ($erased:expr, $arc:expr, |$store:ident, $settings:ident| $step:expr) => {
         if St::IMMEDIATE {
             let $store = &*$erased.0;
-            let $settings: &Settings = $shared;
+            let $settings: &Settings = $arc;
             Outcome::Done(run_now($step))
         } else {
             let store = $erased.0.clone();
-            let settings = $shared.clone();
+            let settings = $arc.clone();
             Outcome::Later(Box::pin(async move {
                 let $store = &*store;
                 let $settings: &Settings = &settings;
