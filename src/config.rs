@@ -45,7 +45,9 @@ use crate::settings::Settings;
 use crate::store::{DEFAULT_CLEANUP_INTERVAL, check_interval};
 
 pub use crate::duration::{DurationError, parse_duration};
-pub use crate::store::redis::{ClusterSettings, RedisSettings, SentinelSettings};
+pub use crate::store::redis::{
+    ClusterSettings, ReconnectSettings, RedisSettings, SentinelSettings, TlsSettings, WaitSettings,
+};
 
 /// Session settings as read from a configuration file: YAML, TOML or JSON, with
 /// serde.

@@ -271,6 +271,16 @@ impl SessionLayer {
         self.edit(|s| s.clock = clock)
     }
 
+    /// Checks that the store answers (for Redis, `PING` to the master, or to every
+    /// master of a Cluster): for a health endpoint.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`](crate::StoreError) of the failed check.
+    pub async fn ping(&self) -> Result<(), crate::StoreError> {
+        self.store.ping().await
+    }
+
     /// The keyring sessions are sealed with.
     pub fn keys(&self) -> &Keys {
         &self.settings.keys

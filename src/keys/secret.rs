@@ -88,14 +88,7 @@ impl Secret {
     ///
     /// [`KeyError::NotBase64`], or as [`Secret::from_bytes`] for what it decodes to.
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        let text = text.trim();
-        let engine = if text.contains(['-', '_']) {
-            &URL_SAFE_LENIENT
-        } else {
-            &STANDARD_LENIENT
-        };
-        let bytes = Zeroizing::new(engine.decode(text).map_err(KeyError::NotBase64)?);
-        Self::from_bytes(bytes.to_vec())
+        Self::from_bytes(base64_bytes(text)?.to_vec())
     }
 
     /// The bytes of the environment variable `name`, as they are.
@@ -104,8 +97,7 @@ impl Secret {
     ///
     /// [`KeyError::EnvNotSet`], or as [`Secret::from_bytes`].
     pub fn from_env(name: &str) -> Result<Self, KeyError> {
-        let value = std::env::var_os(name).ok_or_else(|| KeyError::EnvNotSet(name.to_owned()))?;
-        Self::from_bytes(value.into_encoded_bytes())
+        Self::from_bytes(env_bytes(name)?.to_vec())
             .map_err(|e| e.context(format!("environment variable {name}")))
     }
 
@@ -118,20 +110,7 @@ impl Secret {
     /// [`KeyError::Io`] when the file cannot be read, or as [`Secret::from_bytes`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
         let path = path.as_ref();
-        let io_err = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mut bytes = Zeroizing::new(Vec::new());
-        fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
-            .map_err(io_err)?;
-        if bytes.len() as u64 > MAX_FILE_LEN {
-            return Err(io_err(io::Error::other(format!(
-                "larger than {MAX_FILE_LEN} bytes, so not a key file"
-            ))));
-        }
-        Self::from_bytes(trim_newline(&bytes).to_vec())
+        Self::from_bytes(file_bytes(path)?.to_vec())
             .map_err(|e| e.context(format!("file {}", path.display())))
     }
 
@@ -223,6 +202,63 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({} bytes)", self.0.len())
     }
+}
+
+/// A credential that is not a key (a password): the bytes a reference names,
+/// `env:NAME`, `file:/path` (less one trailing newline) or `base64:VALUE`; any other
+/// text is the credential itself. Unlike [`Secret::from_reference`], no length or
+/// randomness is asked of it, and an unknown `word:` is taken as it is, since
+/// passwords may hold colons.
+pub(crate) fn credential(reference: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        env_bytes(name)
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        file_bytes(Path::new(path))
+    } else if let Some(text) = reference.strip_prefix("base64:") {
+        base64_bytes(text)
+    } else {
+        Ok(Zeroizing::new(reference.as_bytes().to_vec()))
+    }
+}
+
+/// The bytes of the environment variable `name`.
+fn env_bytes(name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let value = std::env::var_os(name).ok_or_else(|| KeyError::EnvNotSet(name.to_owned()))?;
+    Ok(Zeroizing::new(value.into_encoded_bytes()))
+}
+
+/// The bytes of the file at `path`, less one trailing newline.
+fn file_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(io_err(io::Error::other(format!(
+            "larger than {MAX_FILE_LEN} bytes, so not a key file"
+        ))));
+    }
+    let len = trim_newline(&bytes).len();
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// Base64, standard or URL-safe, with or without padding; surrounding white space
+/// is ignored.
+fn base64_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let text = text.trim();
+    let engine = if text.contains(['-', '_']) {
+        &URL_SAFE_LENIENT
+    } else {
+        &STANDARD_LENIENT
+    };
+    Ok(Zeroizing::new(
+        engine.decode(text).map_err(KeyError::NotBase64)?,
+    ))
 }
 
 /// The `word` of a value that starts with `word:`, as a mistyped reference would.

@@ -29,6 +29,8 @@ pub(crate) trait DynStore: Send + Sync + 'static {
     fn load(&self, key: StoreKey) -> Outcome<Option<Record>>;
     fn persist(&self, settings: &Arc<Settings>, plan: Plan, now: Timestamp)
     -> Outcome<TokenChange>;
+    /// Whether the store answers, for a health check.
+    fn ping(&self) -> BoxFuture<Result<(), StoreError>>;
 }
 
 /// A store shared by the layer and every in-flight future.
@@ -73,6 +75,11 @@ fn run_now<T>(future: impl Future<Output = Result<T, StoreError>>) -> Result<T, 
 }
 
 impl<St: SessionStore> DynStore for Erased<St> {
+    fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
+        let store = self.0.clone();
+        Box::pin(async move { store.ping().await })
+    }
+
     fn load(&self, key: StoreKey) -> Outcome<Option<Record>> {
         if St::IMMEDIATE {
             return Outcome::Done(run_now(self.0.load(&key)));

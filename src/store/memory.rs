@@ -61,7 +61,7 @@ pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
     /// Records in all shards.
     total: Arc<AtomicU64>,
-    users: Arc<Mutex<HashMap<UserTag, Vec<IndexEntry>>>>,
+    users: Arc<Mutex<HashMap<UserTag, UserIndex>>>,
     clock: Clock,
     max_sessions: u64,
 }
@@ -198,7 +198,7 @@ impl MemoryStore {
         })
     }
 
-    fn users(&self) -> MutexGuard<'_, HashMap<UserTag, Vec<IndexEntry>>> {
+    fn users(&self) -> MutexGuard<'_, HashMap<UserTag, UserIndex>> {
         // No critical section below can panic half-way.
         self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -206,7 +206,7 @@ impl MemoryStore {
     /// The number of entries in every user index: an inspection hook for tests.
     #[cfg(feature = "test-util")]
     pub fn index_len(&self) -> usize {
-        self.users().values().map(Vec::len).sum()
+        self.users().values().map(|index| index.entries.len()).sum()
     }
 
     fn remove_expired(&self, now: Timestamp) -> u64 {
@@ -224,13 +224,14 @@ impl MemoryStore {
         // Entries of sessions that are gone (expired, deleted or evicted) go too;
         // one just written for a session being created is spared for a moment.
         let grace = INDEX_GRACE;
-        self.users().retain(|_, entries| {
-            entries.retain(|e| {
+        self.users().retain(|_, index| {
+            index.entries.retain(|key, e| {
                 now < e.expires_at
                     && (now.saturating_since(e.indexed_at) < grace
-                        || self.shard(&e.store_key).records.contains_key(&e.store_key))
+                        || self.shard(key).records.contains_key(key))
             });
-            !entries.is_empty()
+            index.pruned = index.entries.len();
+            !index.entries.is_empty()
         });
         removed
     }
@@ -412,14 +413,20 @@ impl SessionStore for MemoryStore {
         entry: &IndexEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let mut users = self.users();
-        let entries = users.entry(*user).or_default();
-        // As in Redis: an upsert drops the entries past their expiry, so an index
-        // holds at most one lifespan of sessions even without a sweep.
-        entries.retain(|e| entry.indexed_at < e.expires_at);
-        match entries.iter_mut().find(|e| e.store_key == entry.store_key) {
-            Some(existing) => *existing = existing.merged(*entry),
-            None => entries.push(*entry),
+        let index = users.entry(*user).or_default();
+        // As in Redis, an index drops the entries past their expiry, so it holds at
+        // most one lifespan of sessions even without a sweep; but only once it
+        // has doubled since it was last pruned, so an upsert costs O(1) amortized
+        // however many sessions the user has.
+        if index.entries.len() >= 2 * index.pruned.max(8) {
+            index.entries.retain(|_, e| entry.indexed_at < e.expires_at);
+            index.pruned = index.entries.len();
         }
+        index
+            .entries
+            .entry(entry.store_key)
+            .and_modify(|existing| *existing = existing.merged(*entry))
+            .or_insert(*entry);
         ready(Ok(()))
     }
 
@@ -429,9 +436,11 @@ impl SessionStore for MemoryStore {
         keys: &[StoreKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let mut users = self.users();
-        if let Some(entries) = users.get_mut(user) {
-            entries.retain(|e| !keys.contains(&e.store_key));
-            if entries.is_empty() {
+        if let Some(index) = users.get_mut(user) {
+            for key in keys {
+                index.entries.remove(key);
+            }
+            if index.entries.is_empty() {
                 users.remove(user);
             }
         }
@@ -445,10 +454,11 @@ impl SessionStore for MemoryStore {
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
         let mut users = self.users();
         let listed = match users.get_mut(user) {
-            Some(entries) => {
-                entries.retain(|e| now < e.expires_at);
-                let listed = entries.clone();
-                if entries.is_empty() {
+            Some(index) => {
+                index.entries.retain(|_, e| now < e.expires_at);
+                index.pruned = index.entries.len();
+                let listed: Vec<IndexEntry> = index.entries.values().copied().collect();
+                if listed.is_empty() {
                     users.remove(user);
                 }
                 listed
@@ -457,6 +467,14 @@ impl SessionStore for MemoryStore {
         };
         ready(Ok(listed))
     }
+}
+
+/// One user's session index.
+#[derive(Default)]
+struct UserIndex {
+    entries: HashMap<StoreKey, IndexEntry, BuildHasherDefault<KeyHasher>>,
+    /// How many entries it held after it was last pruned of expired ones.
+    pruned: usize,
 }
 
 #[cfg(test)]

@@ -138,6 +138,23 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Leave it `false` for any store that does I/O.
     const IMMEDIATE: bool = false;
 
+    /// The records under `keys`, in their order (`None` where there is none): how
+    /// a user's index is checked. The default loads one after another; a store
+    /// with round trips should send the loads together, so that a user with a
+    /// thousand sessions costs one round trip, not a thousand.
+    fn load_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send {
+        async move {
+            let mut records = Vec::with_capacity(keys.len());
+            for key in keys {
+                records.push(self.load(key).await?);
+            }
+            Ok(records)
+        }
+    }
+
     /// Stores `record` under `key` unless the key is taken. Returns `false`, writing
     /// nothing, when a record already exists there.
     fn create(
@@ -171,6 +188,21 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`update`](SessionStore::update) or [`touch`](SessionStore::touch) never
     /// brings the record back.
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the records under `keys`, as [`delete`](SessionStore::delete) does
+    /// each (a revocation, or a limit, ending many sessions). The default deletes
+    /// one after another; a store with round trips should send them together.
+    fn delete_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for key in keys {
+                self.delete(key).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Removes the record under `key` if its version is `expected_version`,
     /// atomically; otherwise reports the record as it is now, or that it is gone.
@@ -217,4 +249,9 @@ pub trait SessionStore: Send + Sync + 'static {
         user: &UserTag,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
+
+    /// Whether the backend answers, for a health check (the default: always).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

@@ -8,7 +8,7 @@ use crate::audit::{Fingerprint, audit, audit_expired};
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::keys::Keys;
-use crate::record::Record;
+use crate::record::{Record, StoreKey};
 use crate::store::{BoxFuture, INDEX_GRACE, IndexEntry, SessionStore, UserTag};
 
 /// The user's tag under every key of the ring: a session is indexed under the key
@@ -78,6 +78,9 @@ pub(crate) async fn scan<St: SessionStore>(
     Ok(found)
 }
 
+/// Loads the records of `entries` (one batch, see [`SessionStore::load_many`])
+/// and sorts them into `found`; entries whose record is gone past the grace period
+/// leave the index.
 async fn check<St: SessionStore>(
     store: &St,
     tag: &UserTag,
@@ -85,9 +88,11 @@ async fn check<St: SessionStore>(
     now: Timestamp,
     found: &mut Scan,
 ) -> Result<(), StoreError> {
+    let keys: Vec<StoreKey> = entries.iter().map(|e| e.store_key).collect();
+    let records = store.load_many(&keys).await?;
     let mut dead = Vec::new();
-    for entry in entries {
-        match store.load(&entry.store_key).await? {
+    for (entry, record) in entries.into_iter().zip(records) {
+        match record {
             Some(record) if !record.deadlines.is_expired(now) => {
                 found.live.push((*tag, entry, record));
             }
@@ -103,6 +108,36 @@ async fn check<St: SessionStore>(
             audit_expired(key, "missing");
         }
         store.index_remove(tag, &dead).await?;
+    }
+    Ok(())
+}
+
+/// Ends `sessions` (their records in one batch first, then their entries, one
+/// removal per index: a failure in between leaves entries that a later
+/// revocation still finds), and writes `event` to the audit trail for each.
+async fn end_sessions<St: SessionStore>(
+    store: &St,
+    sessions: &[(UserTag, StoreKey)],
+    event: &'static str,
+) -> Result<(), StoreError> {
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<StoreKey> = sessions.iter().map(|(_, key)| *key).collect();
+    store.delete_many(&keys).await?;
+    let mut tags: Vec<UserTag> = sessions.iter().map(|(tag, _)| *tag).collect();
+    tags.sort_by_key(|t| *t.as_bytes());
+    tags.dedup();
+    for tag in tags {
+        let of_tag: Vec<StoreKey> = sessions
+            .iter()
+            .filter(|(t, _)| *t == tag)
+            .map(|(_, key)| *key)
+            .collect();
+        store.index_remove(&tag, &of_tag).await?;
+    }
+    for key in &keys {
+        audit(key, event);
     }
     Ok(())
 }
@@ -123,19 +158,16 @@ pub(crate) async fn revoke<St: SessionStore>(
     for _ in 0..passes {
         let found = scan(store, tags, now).await?;
         let missing = found.missing;
-        let mut deleted = 0;
-        for (tag, entry, _) in found.live {
-            let fingerprint = Fingerprint::of(&entry.store_key);
-            if only.is_some_and(|only| only != fingerprint) {
-                continue;
-            }
-            // Record first, then the entry: a failure in between leaves an entry
-            // that a later revocation still finds.
-            store.delete(&entry.store_key).await?;
-            store.index_remove(&tag, &[entry.store_key]).await?;
-            audit(&entry.store_key, "revoked");
-            deleted += 1;
-        }
+        let ending: Vec<(UserTag, StoreKey)> = found
+            .live
+            .iter()
+            .filter(|(_, entry, _)| {
+                only.is_none_or(|only| only == Fingerprint::of(&entry.store_key))
+            })
+            .map(|(tag, entry, _)| (*tag, entry.store_key))
+            .collect();
+        end_sessions(store, &ending, "revoked").await?;
+        let deleted = ending.len();
         revoked += deleted;
         if deleted == 0 && missing == 0 {
             break;
@@ -144,14 +176,19 @@ pub(crate) async fn revoke<St: SessionStore>(
     Ok(revoked)
 }
 
-/// Above this many entries, a login checks its user's index even without a limit,
+/// Above this many entries, a login without a limit checks its user's index,
 /// dropping the entries of sessions that are gone; below it a login costs one read
 /// of the index and no record loads.
 const PRUNE_ABOVE: usize = 16;
+/// The most entries a login without a limit checks, oldest first: the work of a
+/// login stays bounded however many sessions its user holds, and repeated logins
+/// still sweep the whole index.
+const PRUNE_AT_MOST: usize = 64;
 
 /// After a login: invalidates the sessions beyond `max`, keeping the most recently
-/// logged in, and prunes the index of sessions that are gone (always with a limit;
-/// without one, once it holds more than [`PRUNE_ABOVE`] entries).
+/// logged in, and prunes the index of sessions that are gone: with a limit, every
+/// entry is checked (the index then stays near the limit); without one, the
+/// [`PRUNE_AT_MOST`] oldest, once it holds more than [`PRUNE_ABOVE`].
 ///
 /// One total order (first index time, then store key) for every login: two logins
 /// counting at once evict the same sessions, so they cannot evict each other.
@@ -163,20 +200,24 @@ pub(crate) async fn after_login<St: SessionStore>(
 ) -> Result<(), StoreError> {
     let mut found = Scan::default();
     for tag in tags {
-        let entries = store.index_list(tag, now).await?;
-        if max.is_some() || entries.len() > PRUNE_ABOVE {
-            check(store, tag, entries, now, &mut found).await?;
+        let mut entries = store.index_list(tag, now).await?;
+        if max.is_none() {
+            if entries.len() <= PRUNE_ABOVE {
+                continue;
+            }
+            entries.sort_by_key(|e| (e.indexed_at, *e.store_key.as_bytes()));
+            entries.truncate(PRUNE_AT_MOST);
         }
+        check(store, tag, entries, now, &mut found).await?;
     }
     let mut live = found.live;
     let Some(max) = max.filter(|&max| live.len() > max) else {
         return Ok(());
     };
     live.sort_by_key(|(_, entry, _)| (Reverse(entry.indexed_at), *entry.store_key.as_bytes()));
-    for (tag, entry, _) in live.drain(max..) {
-        store.delete(&entry.store_key).await?;
-        store.index_remove(&tag, &[entry.store_key]).await?;
-        audit(&entry.store_key, "limit_evicted");
-    }
-    Ok(())
+    let evicted: Vec<(UserTag, StoreKey)> = live
+        .drain(max..)
+        .map(|(tag, entry, _)| (tag, entry.store_key))
+        .collect();
+    end_sessions(store, &evicted, "limit_evicted").await
 }

@@ -35,9 +35,14 @@
 //! - **Cleanup.** An index entry is dropped once its session's lifespan has passed,
 //!   and, once its record has been gone for more than a minute, whenever the
 //!   index is checked: by a list, a revocation, and a login (with a limit, every
-//!   login; without one, a login that finds more than 16 entries). So an index
-//!   holds the user's live sessions plus a bounded number of ended ones, and
-//!   never more than one lifespan of sessions.
+//!   login checks every entry; without one, a login that finds more than 16
+//!   entries checks the 64 oldest). So an index holds the user's live sessions plus
+//!   a bounded number of ended ones, and never more than one lifespan of sessions.
+//! - **Cost.** Checking an index loads its entries' records together
+//!   ([`SessionStore::load_many`](crate::store::SessionStore::load_many): one round
+//!   trip on Redis, however many), and a revocation or a limit deletes its
+//!   sessions together: a list, a login or a "log out everywhere" costs a bounded
+//!   number of round trips whatever the number of sessions.
 //! - **Revocation.** [`UserSessions::revoke_all`] repeats its pass (up to three)
 //!   while a pass found sessions, live or just gone, so a session being moved to a
 //!   new id while it runs (a login, or a key rotation) is caught under its new id.

@@ -8,6 +8,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub dir: PathBuf,
     args: Vec<String>,
+    /// The `redis-cli` options that reach it over TLS, when it serves TLS only.
+    tls_cli: Vec<String>,
 }
 
 impl RedisServer {
@@ -76,6 +82,78 @@ impl RedisServer {
             child: None,
             dir,
             args,
+            tls_cli: Vec::new(),
+        };
+        server.resume();
+        server
+    }
+
+    /// A server that speaks TLS only, with the certificates of `pki`; with
+    /// `require_client_cert`, it refuses clients without one signed by its CA; with
+    /// a `password`, it requires it.
+    pub fn start_tls(pki: &Pki, require_client_cert: bool, password: Option<&str>) -> Self {
+        let port = free_port();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        let tls_port = port.to_string();
+        let (cert, key, ca) = (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca));
+        let auth = if require_client_cert { "yes" } else { "no" };
+        let dir = std::env::temp_dir().join(format!(
+            "tss-redis-tls-{port}-{:08x}",
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &tls_port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut args = args;
+        let mut tls_cli: Vec<String> = [
+            "--tls",
+            "--cacert",
+            &ca,
+            "--cert",
+            &path(&pki.client_cert),
+            "--key",
+            &path(&pki.client_key),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(password) = password {
+            args.extend(["--requirepass".to_owned(), password.to_owned()]);
+            tls_cli.extend([
+                "-a".to_owned(),
+                password.to_owned(),
+                "--no-auth-warning".to_owned(),
+            ]);
+        }
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            args,
+            tls_cli,
         };
         server.resume();
         server
@@ -106,6 +184,7 @@ impl RedisServer {
             child: None,
             dir,
             args: vec![conf.to_str().unwrap().to_owned(), "--sentinel".to_owned()],
+            tls_cli: Vec::new(),
         };
         server.resume_with_auth(Some(password));
         server
@@ -124,7 +203,11 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        wait_until(Duration::from_secs(10), || ping(self.port, password))
+        let ready = || match self.tls_cli.is_empty() {
+            true => ping(self.port, password),
+            false => (self.cli(&["PING"]) == "PONG").then_some(()),
+        };
+        wait_until(Duration::from_secs(10), ready)
             .unwrap_or_else(|| panic!("redis on port {} did not start", self.port));
     }
 
@@ -142,7 +225,9 @@ impl RedisServer {
 
     /// Runs a command with redis-cli and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, args)
+        let mut all: Vec<&str> = self.tls_cli.iter().map(String::as_str).collect();
+        all.extend(args);
+        cli(self.port, &all)
     }
 }
 
@@ -316,5 +401,80 @@ impl Cluster {
         tower_sealed_sessions::RedisStore::from_settings(&settings)
             .await
             .unwrap()
+    }
+}
+
+/// Certificates for TLS tests, made fresh by each test: a CA, a server certificate
+/// it signed (for `localhost`, `cache.internal` and 127.0.0.1), a client
+/// certificate it signed, and another CA that signed nothing here.
+/// PEM files in a temporary directory, removed when dropped.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    (params, key, cert.pem())
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("tss-pki-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca_params, ca_key, ca_pem) = ca("tower-sealed-sessions test CA");
+        let (_, _, other_pem) = ca("another CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, purpose: ExtendedKeyUsagePurpose, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![purpose];
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key) = leaf(
+            vec![
+                "localhost".into(),
+                "cache.internal".into(),
+                "127.0.0.1".into(),
+            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "redis test server",
+        );
+        let (client_pem, client_key) = leaf(
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "session store client",
+        );
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Pki {
+            ca: write("ca.crt", &ca_pem),
+            other_ca: write("other-ca.crt", &other_pem),
+            server_cert: write("server.crt", &server_pem),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.crt", &client_pem),
+            client_key: write("client.key", &client_key),
+            dir,
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -454,3 +454,47 @@ pub async fn concurrent_compare_and_set_loses_nothing<F: Fixture>(fixture: Arc<F
     );
     assert_eq!(last.version, WRITERS + 1);
 }
+
+/// `load_many` returns each key's record in order, `None` for missing and expired
+/// ones; `delete_many` deletes exactly the keys it is given; `ping` answers.
+pub async fn batches_load_and_delete_exactly_their_keys<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
+    store.ping().await.expect("a working store answers a ping");
+    assert!(store.load_many(&[]).await.unwrap().is_empty());
+    store.delete_many(&[]).await.unwrap();
+    let keys: Vec<StoreKey> = (0..100).map(|_| fresh_key()).collect();
+    let mut expected = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let stored = match i % 3 {
+            0 => Some(record(i as u64 + 1, live(), b"live")),
+            1 => {
+                store
+                    .create(key, &record(1, expired(), b"old"))
+                    .await
+                    .unwrap();
+                None
+            }
+            _ => None,
+        };
+        if let Some(record) = &stored {
+            assert!(store.create(key, record).await.unwrap());
+        }
+        expected.push(stored);
+    }
+    assert_eq!(
+        store.load_many(&keys).await.unwrap(),
+        expected,
+        "one result per key, in order"
+    );
+    let (gone, kept) = keys.split_at(50);
+    store.delete_many(gone).await.unwrap();
+    for record in store.load_many(gone).await.unwrap() {
+        assert_eq!(record, None);
+    }
+    assert_eq!(
+        store.load_many(kept).await.unwrap(),
+        expected[50..].to_vec(),
+        "the other keys are left alone"
+    );
+    store.delete_many(gone).await.unwrap();
+}

@@ -1,63 +1,133 @@
-//! How records and index entries are encoded in Redis values, and script replies
-//! decoded.
+//! How records and index entries are kept in Redis values, and script replies
+//! read back.
+//!
+//! A record's value, format 2 (written): the marker byte `2`, then the version,
+//! the lifespan deadline and the last activity (8 bytes each, big-endian), the id
+//! of the write that stored it (16 random bytes: a write sent twice recognises
+//! itself by it), then the sealed data. Format 1 (read only, written before the
+//! marker existed) has neither marker nor write id; its first byte, the top byte
+//! of a version, is always 0. A value starting with the byte 255 is a tombstone:
+//! what a compare-and-delete leaves for a minute, so that its own second run is
+//! recognised (see `DELETE_VERSION`). Any other first byte is refused as corrupt,
+//! never guessed at.
+//!
+//! An index entry, format 2: `2;created,expires,indexed,remember` in decimal.
+//! Format 1 has no `2;`.
 
 use bytes::Bytes;
-use fred::types::Value;
+use redis::Value;
 
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::IndexEntry;
 
-/// The value's header: version, lifespan deadline and last activity, 8 bytes each.
-const HEADER_LEN: usize = 24;
+/// The marker of a record value in format 2.
+pub(super) const RECORD_V2: u8 = 2;
+/// The first byte of a tombstone.
+pub(super) const TOMBSTONE: u8 = 255;
+/// The prefix of an index entry in format 2.
+const ENTRY_V2: &str = "2;";
+const FIELDS_LEN: usize = 24;
+/// The write id of format 2.
+const WRITE_ID_LEN: usize = 16;
 
-pub(super) fn encode(record: &Record) -> Bytes {
-    let mut out = Vec::with_capacity(HEADER_LEN + record.data.len());
+/// A record's value, in format 2, stored by the write `write_id`.
+pub(super) fn encode(record: &Record, write_id: &[u8; WRITE_ID_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + FIELDS_LEN + WRITE_ID_LEN + record.data.len());
+    out.push(RECORD_V2);
     out.extend_from_slice(&record.version.to_be_bytes());
     out.extend_from_slice(&record.deadlines.lifespan.unix_millis().to_be_bytes());
     out.extend_from_slice(&record.deadlines.active.unix_millis().to_be_bytes());
+    out.extend_from_slice(write_id);
     out.extend_from_slice(&record.data);
-    Bytes::from(out)
+    out
 }
 
-/// Decodes a value and its `PEXPIRETIME` (-1: no expiry) into a record.
-fn decode(value: Value, expire_time: Value) -> Result<Record, StoreError> {
-    let bytes = value
-        .into_bytes()
-        .filter(|b| b.len() >= HEADER_LEN)
-        .ok_or_else(|| StoreError::Corrupt("a session value is shorter than its header".into()))?;
+/// A tombstone for the compare-and-delete `operation`.
+pub(super) fn tombstone(operation: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(TOMBSTONE);
+    out.extend_from_slice(operation);
+    out
+}
+
+/// A value and its `PEXPIRETIME` (-1: no expiry) as a record; `None` for a
+/// tombstone.
+pub(super) fn decode(value: Value, expire_time: &Value) -> Result<Option<Record>, StoreError> {
+    let bytes = match value {
+        Value::BulkString(bytes) => Bytes::from(bytes),
+        Value::Nil => return Ok(None),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "a session value is not a string: {other:?}"
+            )));
+        }
+    };
+    let (offset, write_id) = match bytes.first() {
+        Some(&RECORD_V2) => (1, WRITE_ID_LEN),
+        Some(0) => (0, 0),
+        Some(&TOMBSTONE) => return Ok(None),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "a session value starts with an unknown format marker".into(),
+            ));
+        }
+    };
+    if bytes.len() < offset + FIELDS_LEN + write_id {
+        return Err(StoreError::Corrupt(
+            "a session value is shorter than its header".into(),
+        ));
+    }
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[at..at + 8]);
+        b.copy_from_slice(&bytes[offset + at..offset + at + 8]);
         u64::from_be_bytes(b)
     };
     let version = u64_at(0);
     let lifespan = Timestamp::from_unix_millis(u64_at(8));
     let active = Timestamp::from_unix_millis(u64_at(16));
-    let idle = match expire_time.as_i64() {
-        Some(ms) if ms >= 0 => Timestamp::from_unix_millis(ms as u64),
-        Some(-1) => Timestamp::NEVER,
+    let idle = match expire_time {
+        Value::Int(ms) if *ms >= 0 => Timestamp::from_unix_millis(*ms as u64),
+        Value::Int(-1) => Timestamp::NEVER,
+        // -2: the key went away between the two reads.
+        Value::Int(-2) | Value::Nil => return Ok(None),
         _ => {
             return Err(StoreError::Corrupt(
                 "a session key has no readable expiry".into(),
             ));
         }
     };
-    Ok(Record::new(
+    Ok(Some(Record::new(
         version,
         Deadlines {
             idle: idle.min(lifespan),
             lifespan,
             active,
         },
-        bytes.slice(HEADER_LEN..),
-    ))
+        bytes.slice(offset + FIELDS_LEN + write_id..),
+    )))
 }
 
+/// A script's reply: nil (no record) or `{value, expiry}`.
+pub(super) fn decode_reply(reply: Value) -> Result<Option<Record>, StoreError> {
+    match reply {
+        Value::Nil => Ok(None),
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let expire_time = parts.pop().unwrap_or(Value::Nil);
+            let value = parts.pop().unwrap_or(Value::Nil);
+            decode(value, &expire_time)
+        }
+        other => Err(StoreError::Corrupt(format!(
+            "unexpected reply from the session script: {other:?}"
+        ))),
+    }
+}
+
+/// An index entry, in format 2.
 pub(super) fn encode_entry(entry: &IndexEntry) -> String {
     format!(
-        "{},{},{},{}",
+        "{ENTRY_V2}{},{},{},{}",
         entry.created_at.unix_millis(),
         entry.expires_at.unix_millis(),
         entry.indexed_at.unix_millis(),
@@ -65,12 +135,12 @@ pub(super) fn encode_entry(entry: &IndexEntry) -> String {
     )
 }
 
-/// Decodes the index script's reply: store keys and their entries, alternating.
+/// The index script's reply: store keys and their entries, alternating.
 pub(super) fn decode_index(reply: Value) -> Result<Vec<IndexEntry>, StoreError> {
     let corrupt = || StoreError::Corrupt("a user index entry is malformed".into());
     let parts = match reply {
         Value::Array(parts) => parts,
-        Value::Null => Vec::new(),
+        Value::Nil => Vec::new(),
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unexpected reply from the index script: {other:?}"
@@ -80,11 +150,12 @@ pub(super) fn decode_index(reply: Value) -> Result<Vec<IndexEntry>, StoreError> 
     let mut entries = Vec::with_capacity(parts.len() / 2);
     let mut parts = parts.into_iter();
     while let (Some(field), Some(value)) = (parts.next(), parts.next()) {
-        let key: [u8; 32] = field
-            .into_bytes()
-            .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
-            .ok_or_else(corrupt)?;
-        let text = value.into_string().ok_or_else(corrupt)?;
+        let (Value::BulkString(key), Value::BulkString(text)) = (field, value) else {
+            return Err(corrupt());
+        };
+        let key: [u8; 32] = key.as_slice().try_into().map_err(|_| corrupt())?;
+        let text = std::str::from_utf8(&text).map_err(|_| corrupt())?;
+        let text = text.strip_prefix(ENTRY_V2).unwrap_or(text);
         let mut fields = text.split(',').map(str::parse::<u64>);
         let mut next = || fields.next().and_then(Result::ok).ok_or_else(corrupt);
         let (created, expires, indexed, remember) = (next()?, next()?, next()?, next()?);
@@ -97,21 +168,6 @@ pub(super) fn decode_index(reply: Value) -> Result<Vec<IndexEntry>, StoreError> 
         ));
     }
     Ok(entries)
-}
-
-/// A script's reply: nil (no record) or `{value, expiry}`.
-pub(super) fn decode_reply(reply: Value) -> Result<Option<Record>, StoreError> {
-    match reply {
-        Value::Null => Ok(None),
-        Value::Array(mut parts) if parts.len() == 2 => {
-            let expire_time = parts.pop().unwrap_or(Value::Null);
-            let value = parts.pop().unwrap_or(Value::Null);
-            decode(value, expire_time).map(Some)
-        }
-        other => Err(StoreError::Corrupt(format!(
-            "unexpected reply from the session script: {other:?}"
-        ))),
-    }
 }
 
 /// The `PXAT` for a record, or `None` when it never expires.
@@ -133,33 +189,83 @@ mod tests {
         Record::new(7, deadlines, Bytes::from_static(b"sealed"))
     }
 
+    fn bulk(bytes: Vec<u8>) -> Value {
+        Value::BulkString(bytes)
+    }
+
     #[test]
     fn values_round_trip_with_the_expiry_as_idle_deadline() {
-        let encoded = encode(&record());
-        assert_eq!(encoded.len(), HEADER_LEN + 6);
-        let decoded = decode(Value::Bytes(encoded), Value::Integer(1_000)).unwrap();
-        assert_eq!(decoded, record());
-        let never = decode(Value::Bytes(encode(&record())), Value::Integer(-1)).unwrap();
+        let encoded = encode(&record(), &[5; 16]);
+        assert_eq!(encoded[0], RECORD_V2, "written with the format marker");
+        assert_eq!(encoded.len(), 1 + FIELDS_LEN + WRITE_ID_LEN + 6);
+        let decoded = decode(bulk(encoded.clone()), &Value::Int(1_000)).unwrap();
+        assert_eq!(decoded, Some(record()));
+        let never = decode(bulk(encoded), &Value::Int(-1)).unwrap().unwrap();
         assert_eq!(
             never.deadlines.idle, never.deadlines.lifespan,
             "capped at the lifespan"
         );
     }
 
+    /// A value as format 1 wrote it (no marker): it must still read, as it is what
+    /// a running deployment holds when it upgrades.
+    #[test]
+    fn a_format_1_value_still_reads() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&7u64.to_be_bytes());
+        v1.extend_from_slice(&5_000u64.to_be_bytes());
+        v1.extend_from_slice(&400u64.to_be_bytes());
+        v1.extend_from_slice(b"sealed");
+        assert_eq!(
+            decode(bulk(v1), &Value::Int(1_000)).unwrap(),
+            Some(record())
+        );
+        let entry = "1,5000,400,1";
+        let reply = Value::Array(vec![bulk(vec![9; 32]), bulk(entry.as_bytes().to_vec())]);
+        let decoded = decode_index(reply).unwrap();
+        assert_eq!(decoded[0].expires_at, Timestamp::from_unix_millis(5_000));
+        assert!(decoded[0].remember_me);
+    }
+
+    #[test]
+    fn a_tombstone_reads_as_no_record() {
+        assert_eq!(
+            decode(bulk(tombstone(&[3; 16])), &Value::Int(1_000)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn index_entries_round_trip_in_format_2() {
+        let entry = IndexEntry::new(
+            StoreKey::from_bytes([4; 32]),
+            Timestamp::from_unix_millis(1),
+            Timestamp::from_unix_millis(2),
+            Timestamp::from_unix_millis(3),
+            false,
+        );
+        let text = encode_entry(&entry);
+        assert!(text.starts_with("2;"), "{text}");
+        let reply = Value::Array(vec![bulk(vec![4; 32]), bulk(text.into_bytes())]);
+        assert_eq!(decode_index(reply).unwrap(), vec![entry]);
+    }
+
     #[test]
     fn garbage_replies_are_errors_not_panics() {
+        assert!(decode(bulk(b"short".to_vec()), &Value::Int(1)).is_err());
         assert!(
-            decode(
-                Value::Bytes(Bytes::from_static(b"short")),
-                Value::Integer(1)
-            )
-            .is_err()
+            decode(bulk(vec![7; 40]), &Value::Int(1)).is_err(),
+            "unknown marker"
         );
-        assert!(decode(Value::Integer(5), Value::Integer(1)).is_err());
-        assert!(decode(Value::Bytes(encode(&record())), Value::Integer(-2)).is_err());
-        assert!(decode_reply(Value::Integer(3)).is_err());
-        assert!(decode_reply(Value::Array(vec![Value::Null])).is_err());
-        assert_eq!(decode_reply(Value::Null).unwrap(), None);
+        assert!(decode(Value::Int(5), &Value::Int(1)).is_err());
+        assert!(decode(bulk(encode(&record(), &[0; 16])), &Value::Int(-3)).is_err());
+        assert!(decode_reply(Value::Int(3)).is_err());
+        assert!(decode_reply(Value::Array(vec![Value::Nil])).is_err());
+        assert_eq!(decode_reply(Value::Nil).unwrap(), None);
+        let bad = Value::Array(vec![bulk(vec![1; 31]), bulk(b"1,2,3,0".to_vec())]);
+        assert!(decode_index(bad).is_err());
+        let bad = Value::Array(vec![bulk(vec![1; 32]), bulk(b"2;1,2".to_vec())]);
+        assert!(decode_index(bad).is_err());
     }
 
     #[test]

@@ -1,182 +1,479 @@
-//! Connecting a [`RedisStore`]: URLs and settings, standalone, Sentinel or Cluster;
-//! timeouts, reconnection, and the server checks made before the first request.
+//! Reaching Redis: the address and credentials of each node, TLS with rustls
+//! (a CA, a client certificate, the name to expect), finding the master through
+//! the sentinels, building a Cluster client, and the checks a server must pass
+//! before a store uses it (Redis 7 or later, no evicting `maxmemory-policy`).
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::ClientLike;
-use fred::types::Value;
-use fred::types::config::{Config, ReconnectPolicy, Server, ServerConfig};
-use fred::types::scripts::Script;
+use redis::aio::MultiplexedConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::io::AsyncDNSResolver;
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
+    IntoConnectionInfo, RedisError, RedisFuture, TlsCertificates, TlsMode, Value,
+};
+use zeroize::Zeroizing;
 
-use super::scripts::{INDEX, LOAD, PROBE, SWAP, TOUCH};
-use super::settings::RedisTopology;
-use super::{RedisSettings, RedisStore};
+use super::settings::{RedisSettings, RedisTopology, TlsSettings, host_port, redact_url};
 use crate::error::StoreError;
+use crate::keys::credential;
 
-impl RedisStore {
-    /// Connects to the server a URL names, with the default prefix and timeout.
-    ///
-    /// Besides `redis://[user:password@]host:port/db`, fred's
-    /// `redis-sentinel://host:port?sentinelServiceName=name&node=host2:port` and
-    /// `redis-cluster://host:port?node=host2:port` schemes are accepted.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Backend`] for an invalid URL or when no connection can be made.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        refuse_tls(url)?;
-        let config = Config::from_url(url).map_err(StoreError::backend)?;
-        Self::start(
-            config,
-            Self::DEFAULT_PREFIX.to_owned(),
-            Self::DEFAULT_TIMEOUT,
-        )
-        .await
+/// How to open a connection to one node: its credentials and TLS, shared by every
+/// node of a deployment (a master, its sentinels' data nodes, a Cluster's nodes).
+#[derive(Clone)]
+pub(super) struct NodeConfig {
+    username: Option<String>,
+    password: Option<Arc<Zeroizing<String>>>,
+    db: i64,
+    tls: Option<Tls>,
+    pub(super) timeout: Duration,
+}
+
+/// TLS material, read once when the store connects.
+#[derive(Clone)]
+struct Tls {
+    certificates: TlsCertificates,
+    server_name: Option<String>,
+}
+
+/// Where the master is.
+pub(super) enum Target {
+    /// A single server at `host:port`.
+    Direct { host: String, port: u16 },
+    /// Whichever server the sentinels name as the master.
+    Sentinel(Sentinels),
+}
+
+/// The sentinels of a deployment.
+pub(super) struct Sentinels {
+    /// Their `host:port`.
+    pub(super) nodes: Vec<(String, u16)>,
+    /// The name they know the master under.
+    pub(super) master_name: String,
+    /// How to reach them: their own credentials, and the deployment's TLS.
+    pub(super) config: NodeConfig,
+}
+
+impl NodeConfig {
+    /// The data nodes' configuration from `settings`; the URL, when there is one,
+    /// gives the defaults for user, password and database.
+    pub(super) fn from_settings(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let (mut username, mut password, mut db) = (None, None, 0);
+        if let Some(url) = &settings.url {
+            let info = url.as_str().into_connection_info().map_err(|e| {
+                StoreError::backend(format!("{} is not a Redis URL: {e}", redact_url(url)))
+            })?;
+            let redis = info.redis_settings();
+            username = redis.username().map(str::to_owned);
+            password = redis
+                .password()
+                .map(|p| Arc::new(Zeroizing::new(p.to_owned())));
+            db = redis.db();
+        }
+        if let Some(user) = &settings.username {
+            username = Some(user.clone());
+        }
+        if let Some(reference) = &settings.password {
+            password = Some(Arc::new(read_password(reference, "store.password")?));
+        }
+        let tls = match settings.uses_tls() {
+            true => Some(Tls::load(settings.tls.as_ref())?),
+            false => None,
+        };
+        Ok(NodeConfig {
+            username,
+            password,
+            db,
+            tls,
+            timeout: settings.timeout(),
+        })
     }
 
-    /// Connects as the `store:` section of a configuration file describes.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Backend`] for invalid settings or when no connection can be
-    /// made.
-    pub async fn from_settings(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let mut config = match settings.topology().map_err(StoreError::backend)? {
-            RedisTopology::Url(url) => {
-                refuse_tls(url)?;
-                Config::from_url(url).map_err(StoreError::backend)?
+    /// The sentinels' configuration: their own credentials, this one's TLS.
+    fn for_sentinels(
+        &self,
+        username: Option<String>,
+        password: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        Ok(NodeConfig {
+            username,
+            password: match password {
+                Some(reference) => Some(Arc::new(read_password(
+                    reference,
+                    "store.sentinel.password",
+                )?)),
+                None => None,
+            },
+            db: 0,
+            tls: self.tls.clone(),
+            timeout: self.timeout,
+        })
+    }
+
+    /// A client for the node at `host:port`.
+    fn client(&self, host: &str, port: u16) -> Result<Client, RedisError> {
+        let (addr, certificates) = match &self.tls {
+            None => (ConnectionAddr::Tcp(host.to_owned(), port), None),
+            Some(tls) => {
+                // With a server name, connect under that name (a resolver maps it
+                // back to this host) so that the certificate is checked against it.
+                let name = tls.server_name.clone().unwrap_or_else(|| host.to_owned());
+                let addr = ConnectionAddr::TcpTls {
+                    host: name,
+                    port,
+                    insecure: false,
+                    tls_params: None,
+                };
+                (addr, Some(&tls.certificates))
             }
-            RedisTopology::Sentinel(sentinel) => Config {
-                server: ServerConfig::Sentinel {
-                    hosts: servers(&sentinel.nodes)?,
-                    service_name: sentinel.master_name.clone(),
-                    username: sentinel.username.clone(),
-                    password: sentinel.password.clone(),
-                },
-                ..Config::default()
-            },
-            RedisTopology::Cluster(cluster) => Config {
-                server: ServerConfig::new_clustered(
-                    servers(&cluster.nodes)?
-                        .into_iter()
-                        .map(|s| (s.host.to_string(), s.port))
-                        .collect(),
-                ),
-                ..Config::default()
-            },
         };
-        if settings.username.is_some() {
-            config.username = settings.username.clone();
+        let mut redis = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(user) = &self.username {
+            redis = redis.set_username(user);
         }
-        if settings.password.is_some() {
-            config.password = settings.password.clone();
+        if let Some(password) = &self.password {
+            redis = redis.set_password(password.as_str());
         }
-        let prefix = settings
-            .prefix
-            .clone()
-            .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned());
-        Self::start(config, prefix, settings.timeout()).await
+        let info = addr.into_connection_info()?.set_redis_settings(redis);
+        match certificates {
+            Some(certificates) => Client::build_with_tls(info, certificates.clone()),
+            None => Client::open(info),
+        }
     }
 
-    async fn start(config: Config, prefix: String, timeout: Duration) -> Result<Self, StoreError> {
-        if timeout.is_zero() {
-            // fred reads a zero timeout as "none": requests would hang on a dead Redis.
-            return Err(StoreError::backend(
-                "the Redis timeout must be longer than 0",
-            ));
-        }
-        let client = fred::types::Builder::from_config(config)
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                c.auto_client_setname = false;
-                // No silent resend after a reconnect: a compare-and-set that ran
-                // before the connection dropped would come back as a conflict or a
-                // missing record, and be misread. A failed command is a 503.
-                c.max_command_attempts = 1;
-            })
-            // max_attempts 0: keep trying for as long as the process lives.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()
-            .map_err(StoreError::backend)?;
-        client.init().await.map_err(|e| fred_error(e, timeout))?;
-        let store = RedisStore {
-            client,
-            prefix,
-            timeout,
-            load: Script::from_lua(LOAD),
-            swap: Script::from_lua(SWAP),
-            touch: Script::from_lua(TOUCH),
-            index: Script::from_lua(INDEX),
-        };
-        if let Err(err) = store.prepare().await {
-            let _ = store.client.quit().await;
-            return Err(err);
-        }
-        Ok(store)
+    /// A client for the pub/sub connection to a sentinel at `host:port`.
+    pub(super) fn pubsub_client(&self, host: &str, port: u16) -> Result<Client, StoreError> {
+        self.client(host, port).map_err(|e| self.error(e))
     }
 
-    /// Checks the server's version and loads the scripts (on every node of a
-    /// Cluster), so that first requests pay no NOSCRIPT round trip; a restarted
-    /// server gets them again on demand.
-    async fn prepare(&self) -> Result<(), StoreError> {
-        let probe = Script::from_lua(PROBE);
-        let key = format!("{}version-probe", self.prefix);
-        if let Err(err) = probe
-            .evalsha_with_reload::<Value, _, _>(&self.client, key, Vec::<Value>::new())
+    /// The per-connection configuration for a node at `host`: timeouts, and the
+    /// resolver that sends a TLS server name to `host`.
+    fn connection_config(&self, host: &str) -> AsyncConnectionConfig {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        match self.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            Some(name) => config.set_dns_resolver(ServerName {
+                name,
+                host: host.to_owned(),
+            }),
+            None => config,
+        }
+    }
+
+    /// A multiplexed connection to the node at `host:port`.
+    pub(super) async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let client = self.client(host, port).map_err(|e| self.error(e))?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.connection_config(host))
             .await
-        {
-            return Err(StoreError::backend(format!(
-                "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
-            )));
+            .map_err(|e| self.error(e))
+    }
+
+    /// A store error for a failure reaching a node.
+    pub(super) fn error(&self, err: RedisError) -> StoreError {
+        if err.is_timeout() {
+            StoreError::Timeout(self.timeout)
+        } else {
+            StoreError::backend(err)
         }
-        for script in [&self.load, &self.swap, &self.touch, &self.index] {
-            script.load(&self.client).await.map_err(|e| self.err(e))?;
-        }
-        Ok(())
     }
 }
 
-/// TLS is not built in yet: refuse a TLS URL rather than send credentials in clear.
-fn refuse_tls(url: &str) -> Result<(), StoreError> {
-    let scheme = url.split("://").next().unwrap_or("");
-    if matches!(
-        scheme,
-        "rediss" | "valkeys" | "rediss-cluster" | "rediss-sentinel"
-    ) {
-        return Err(StoreError::backend(format!(
-            "{scheme}:// asks for TLS, which this build does not support yet; use a TLS \
-             tunnel to a redis:// address"
-        )));
+impl Tls {
+    fn load(settings: Option<&TlsSettings>) -> Result<Self, StoreError> {
+        let default = TlsSettings::default();
+        let settings = settings.unwrap_or(&default);
+        let read = |path: &Path, field: &str| {
+            std::fs::read(path).map_err(|e| {
+                StoreError::backend(format!(
+                    "store.tls.{field}: cannot read {}: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let root_cert = match &settings.ca_file {
+            Some(path) => Some(read(path, "ca_file")?),
+            None => None,
+        };
+        let client_tls = match (&settings.cert_file, &settings.key_file) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: read(cert, "cert_file")?,
+                client_key: read(key, "key_file")?,
+            }),
+            _ => None,
+        };
+        Ok(Tls {
+            certificates: TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+            server_name: settings.server_name.clone(),
+        })
     }
-    Ok(())
 }
 
-fn servers(nodes: &[String]) -> Result<Vec<Server>, StoreError> {
-    if nodes.is_empty() {
-        return Err(StoreError::backend("no Redis nodes are listed"));
+/// A password from its reference (`env:`, `file:`, `base64:`, or the text itself).
+fn read_password(reference: &str, field: &str) -> Result<Zeroizing<String>, StoreError> {
+    let bytes = credential(reference).map_err(|e| StoreError::backend(format!("{field}: {e}")))?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+        Err(_) => Err(StoreError::backend(format!(
+            "{field}: the password is not UTF-8 text"
+        ))),
     }
+}
+
+/// Resolves a TLS server name to the host the connection is really for.
+struct ServerName {
+    name: String,
+    host: String,
+}
+
+impl AsyncDNSResolver for ServerName {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        let target = if host == self.name {
+            self.host.clone()
+        } else {
+            host.to_owned()
+        };
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((target.as_str(), port)).await?;
+            Ok(Box::new(found.collect::<Vec<_>>().into_iter())
+                as Box<dyn Iterator<Item = SocketAddr> + Send>)
+        })
+    }
+}
+
+impl Target {
+    /// Where `settings` say the master is, with how to reach the sentinels; `None`
+    /// for a Cluster.
+    pub(super) fn from_settings(
+        settings: &RedisSettings,
+        config: &NodeConfig,
+    ) -> Result<Option<Self>, StoreError> {
+        Ok(match settings.topology().map_err(StoreError::backend)? {
+            RedisTopology::Url(url) => {
+                let info = url.into_connection_info().map_err(StoreError::backend)?;
+                let (host, port) = match info.addr() {
+                    ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                        (host.clone(), *port)
+                    }
+                    other => {
+                        return Err(StoreError::backend(format!(
+                            "{other:?} is not a TCP address"
+                        )));
+                    }
+                };
+                Some(Target::Direct { host, port })
+            }
+            RedisTopology::Sentinel(sentinel) => Some(Target::Sentinel(Sentinels {
+                nodes: nodes(&sentinel.nodes)?,
+                master_name: sentinel.master_name.clone(),
+                config: config
+                    .for_sentinels(sentinel.username.clone(), sentinel.password.as_deref())?,
+            })),
+            RedisTopology::Cluster(_) => None,
+        })
+    }
+
+    /// The master's address: the URL's, or the first answer of a sentinel.
+    pub(super) async fn master(&self) -> Result<(String, u16), StoreError> {
+        let sentinels = match self {
+            Target::Direct { host, port } => return Ok((host.clone(), *port)),
+            Target::Sentinel(sentinels) => sentinels,
+        };
+        let Sentinels {
+            nodes,
+            master_name,
+            config,
+        } = sentinels;
+        let mut last = None;
+        for (host, port) in nodes {
+            let asked = async {
+                let mut conn = config.connect(host, *port).await?;
+                let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(master_name)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| config.error(e))?;
+                reply.ok_or_else(|| {
+                    StoreError::backend(format!(
+                        "the sentinel does not know a master named {master_name:?}"
+                    ))
+                })
+            };
+            match asked.await {
+                Ok(found) => return Ok(found),
+                Err(err) => {
+                    tracing::debug!(target: "tower_sealed_sessions", sentinel = %host, port, error = %err, "sentinel unusable");
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::backend("no sentinel is configured")))
+    }
+
+    /// The sentinels, for a master found through them.
+    pub(super) fn sentinels(&self) -> Option<&Sentinels> {
+        match self {
+            Target::Sentinel(sentinels) => Some(sentinels),
+            Target::Direct { .. } => None,
+        }
+    }
+}
+
+/// `host:port` of each node.
+fn nodes(nodes: &[String]) -> Result<Vec<(String, u16)>, StoreError> {
     nodes
         .iter()
         .map(|node| {
-            let (host, port) = node
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                .ok_or_else(|| {
-                    StoreError::backend(format!("Redis node {node:?} is not host:port"))
-                })?;
-            // `[::1]:6379`: the brackets belong to the notation, not the address.
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            Ok(Server::new(host, port))
+            host_port(node)
+                .map(|(h, p)| (h.to_owned(), p))
+                .ok_or_else(|| StoreError::backend(format!("Redis node {node:?} is not host:port")))
         })
         .collect()
 }
 
-pub(super) fn fred_error(e: FredError, timeout: Duration) -> StoreError {
-    match e.kind() {
-        ErrorKind::Timeout => StoreError::Timeout(timeout),
-        _ => StoreError::backend(e),
+/// A Cluster client: it follows MOVED and ASK (sending ASKING with the command),
+/// and retries after a lost connection, which the scripts make safe.
+pub(super) fn cluster_client(
+    settings: &RedisSettings,
+    config: &NodeConfig,
+    seeds: &[String],
+) -> Result<ClusterClient, StoreError> {
+    let seeds = nodes(seeds)?;
+    let (min_delay, max_delay) = settings.reconnect_delays();
+    let infos: Vec<ConnectionInfo> = seeds
+        .iter()
+        .map(|(host, port)| {
+            let addr = match config.tls {
+                Some(_) => ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                },
+                None => ConnectionAddr::Tcp(host.clone(), *port),
+            };
+            addr.into_connection_info()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::backend)?;
+    let mut builder = ClusterClientBuilder::new(infos)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(millis(min_delay))
+        .max_retry_wait(millis(max_delay))
+        .connection_timeout(config.timeout)
+        .response_timeout(config.timeout);
+    if let Some(user) = &config.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &config.password {
+        builder = builder.password(password.as_str());
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls(TlsMode::Secure).certs(tls.certificates.clone());
+    }
+    builder.build().map_err(StoreError::backend)
+}
+
+/// How often a Cluster command is sent again: after a MOVED or ASK (the command
+/// did not run), or after a lost connection (it may have; the scripts make a second
+/// run harmless). Resharding moves a key at most twice (MOVED, then ASK).
+const CLUSTER_RETRIES: u32 = 5;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Policies under which a full server drops keys it did not choose to expire.
+pub(super) fn evicts(policy: &str) -> bool {
+    policy != "noeviction"
+}
+
+/// The `maxmemory_policy` lines of `INFO memory` replies (one per node).
+pub(super) fn eviction_policies(reply: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    collect_policies(reply, &mut found);
+    found
+}
+
+fn collect_policies(reply: &Value, found: &mut Vec<String>) {
+    match reply {
+        Value::BulkString(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            found.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("maxmemory_policy:"))
+                    .map(|p| p.trim().to_owned()),
+            );
+        }
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => {
+            collect_policies(&Value::BulkString(text.clone().into_bytes()), found)
+        }
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|v| collect_policies(v, found))
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_policies(v, found)),
+        _ => {}
+    }
+}
+
+/// The error for a server whose policy evicts keys.
+pub(super) fn eviction_refused(policy: &str) -> StoreError {
+    StoreError::backend(format!(
+        "Redis runs with maxmemory-policy {policy}: when memory is full it drops keys, so sessions \
+         would vanish (their users logged out) and user indexes too (\"log out everywhere\" and the \
+         per-user limit would miss sessions). Set `maxmemory-policy noeviction` (a full server then \
+         refuses writes, which the layer answers with 503), or accept eviction with \
+         `allow_eviction: true` in the store settings"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_are_read_from_info_replies_of_every_node() {
+        let node = |p: &str| {
+            Value::BulkString(
+                format!("# Memory\r\nused_memory:1\r\nmaxmemory_policy:{p}\r\n").into_bytes(),
+            )
+        };
+        assert_eq!(eviction_policies(&node("noeviction")), ["noeviction"]);
+        let many = Value::Map(vec![
+            (Value::SimpleString("a".into()), node("noeviction")),
+            (Value::SimpleString("b".into()), node("allkeys-lru")),
+        ]);
+        assert_eq!(eviction_policies(&many), ["noeviction", "allkeys-lru"]);
+        assert!(!evicts("noeviction"));
+        for policy in [
+            "allkeys-lru",
+            "volatile-lru",
+            "volatile-ttl",
+            "allkeys-random",
+            "volatile-lfu",
+        ] {
+            assert!(evicts(policy), "{policy}");
+        }
+        assert!(
+            eviction_refused("allkeys-lru")
+                .to_string()
+                .contains("allow_eviction")
+        );
     }
 }

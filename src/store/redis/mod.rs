@@ -2,12 +2,16 @@
 
 mod settings;
 
-pub use settings::{ClusterSettings, RedisSettings, SentinelSettings};
+pub use settings::{
+    ClusterSettings, ReconnectSettings, RedisSettings, SentinelSettings, TlsSettings, WaitSettings,
+};
 
 #[cfg(feature = "redis")]
 mod codec;
 #[cfg(feature = "redis")]
 mod connect;
+#[cfg(feature = "redis")]
+mod link;
 #[cfg(feature = "redis")]
 mod scripts;
 #[cfg(feature = "redis")]

@@ -2,10 +2,12 @@
 //! holds whether or not the `redis` feature is built.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::duration::span_option;
 use crate::error::ConfigError;
 
 /// How long one Redis command may take, unless configured.
@@ -17,27 +19,100 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// store: { type: redis, url: "redis://127.0.0.1:6379/0", prefix: "session:", timeout: 1s }
 /// store:
 ///   type: redis
-///   sentinel: { master_name: mymaster, nodes: ["10.0.0.1:26379", "10.0.0.2:26379"], password: s3cret }
-/// store: { type: redis, cluster: { nodes: ["10.0.0.1:6379", "10.0.0.2:6379"] } }
+///   url: "rediss://cache.internal:6380/0"
+///   tls: { ca_file: /etc/redis/ca.crt, cert_file: /etc/app/client.crt, key_file: /etc/app/client.key }
+///   password: "env:REDIS_PASSWORD"
+/// store:
+///   type: redis
+///   sentinel: { master_name: mymaster, nodes: ["10.0.0.1:26379", "10.0.0.2:26379"], password: "file:/run/secrets/sentinel" }
+///   wait: { replicas: 1, timeout: 100ms }
+/// store: { type: redis, cluster: { nodes: ["10.0.0.1:6379", "10.0.0.2:6379"] }, pool_size: 2 }
 /// ```
+///
+/// Every password (`password`, and the sentinels' `sentinel.password`) is a
+/// reference: `env:NAME`, `file:/path` or `base64:VALUE`, or else the password
+/// itself. It is read when the store connects and wiped from memory when the store
+/// is dropped.
 #[derive(Deserialize, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port/db` for a single server.
+    /// `redis://[user:password@]host:port/db` for a single server, or `rediss://`
+    /// for one over TLS.
     pub url: Option<String>,
     /// A master found through Sentinel.
     pub sentinel: Option<SentinelSettings>,
     /// A Redis Cluster.
     pub cluster: Option<ClusterSettings>,
-    /// The user for the data nodes (Sentinel and Cluster; a URL carries its own).
+    /// The user for the data nodes (a URL may carry its own).
     pub username: Option<String>,
-    /// The password for the data nodes (Sentinel and Cluster; a URL carries its own).
+    /// The password for the data nodes, a reference (a URL may carry its own).
     pub password: Option<String>,
+    /// TLS for every connection: to the server, the sentinels and the data nodes
+    /// they name, or every node of a Cluster. A `rediss://` URL turns it on too.
+    pub tls: Option<TlsSettings>,
     /// Prepended to every key (default `session:`).
     pub prefix: Option<String>,
     /// How long one command may take before the request gets 503 (default `1s`).
-    #[serde(default, deserialize_with = "crate::duration::span_option")]
+    #[serde(default, deserialize_with = "span_option")]
+    pub timeout: Option<Duration>,
+    /// Connections per node (default 1). Each is multiplexed: commands of
+    /// concurrent requests share it, so more help only when one connection's
+    /// bandwidth or its server thread is the limit.
+    pub pool_size: Option<usize>,
+    /// How soon a lost connection is tried again.
+    pub reconnect: Option<ReconnectSettings>,
+    /// Replication-acknowledged writes: after every write, `WAIT` for this many
+    /// replicas, and answer 503 when fewer acknowledge in time.
+    pub wait: Option<WaitSettings>,
+    /// Accept a server whose `maxmemory-policy` evicts keys (default `false`: such
+    /// a server is refused when connecting, since it would drop sessions and user
+    /// indexes when full).
+    #[serde(default)]
+    pub allow_eviction: bool,
+}
+
+/// TLS settings: the CA to trust, a client certificate for mutual TLS, and the
+/// name to expect in the server's certificate.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// PEM file of the CA certificates to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate chain, for servers that require one.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host the
+    /// URL or a sentinel names (for example an IP address). Not for a Cluster,
+    /// whose nodes are reached and checked under the addresses they announce.
+    pub server_name: Option<String>,
+}
+
+/// Reconnection back-off: after a failed attempt, the next waits `min_delay`,
+/// doubling up to `max_delay`; meanwhile requests get 503 at once.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReconnectSettings {
+    /// The first delay (default `100ms`).
+    #[serde(default, deserialize_with = "span_option")]
+    pub min_delay: Option<Duration>,
+    /// The longest delay (default `2s`).
+    #[serde(default, deserialize_with = "span_option")]
+    pub max_delay: Option<Duration>,
+}
+
+/// `WAIT` after every write: see [`RedisSettings::wait`].
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WaitSettings {
+    /// How many replicas must have the write (at least 1).
+    pub replicas: u32,
+    /// How long to wait for them (default `100ms`).
+    #[serde(default, deserialize_with = "span_option")]
     pub timeout: Option<Duration>,
 }
 
@@ -53,7 +128,7 @@ pub struct SentinelSettings {
     pub nodes: Vec<String>,
     /// The user to authenticate to the sentinels with.
     pub username: Option<String>,
-    /// The password to authenticate to the sentinels with.
+    /// The password to authenticate to the sentinels with, a reference.
     pub password: Option<String>,
 }
 
@@ -75,6 +150,10 @@ pub(crate) enum RedisTopology<'a> {
 }
 
 impl RedisSettings {
+    /// The reconnection delays when not configured.
+    pub const DEFAULT_RECONNECT: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(2));
+
     /// Settings for one server at `url`.
     pub fn url(url: impl Into<String>) -> Self {
         RedisSettings {
@@ -116,9 +195,97 @@ impl RedisSettings {
         self
     }
 
+    /// The password of the data nodes: a reference (`env:NAME`, `file:/path`,
+    /// `base64:VALUE`) or the password itself.
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The password of the sentinels, as [`with_password`](Self::with_password).
+    /// No effect without a `sentinel`.
+    pub fn with_sentinel_password(mut self, password: impl Into<String>) -> Self {
+        if let Some(sentinel) = &mut self.sentinel {
+            sentinel.password = Some(password.into());
+        }
+        self
+    }
+
+    /// TLS for every connection.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connections per node (default 1).
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    /// The reconnection back-off (default 100 ms doubling up to 2 s).
+    pub fn with_reconnect(mut self, min_delay: Duration, max_delay: Duration) -> Self {
+        self.reconnect = Some(ReconnectSettings {
+            min_delay: Some(min_delay),
+            max_delay: Some(max_delay),
+        });
+        self
+    }
+
+    /// Replication-acknowledged writes: `WAIT` for `replicas` for at most `timeout`.
+    pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = Some(WaitSettings {
+            replicas,
+            timeout: Some(timeout),
+        });
+        self
+    }
+
+    /// Accepts a server whose `maxmemory-policy` evicts keys.
+    ///
+    /// # Warning
+    ///
+    /// When such a server is full it drops keys: sessions vanish (their users are
+    /// logged out) and user indexes vanish, after which "log out everywhere" and
+    /// the per-user limit miss the sessions they listed.
+    pub fn with_eviction_allowed(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
+        self
+    }
+
     /// The command timeout in force.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The connections per node in force.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size.unwrap_or(1)
+    }
+
+    /// The reconnection delays in force: the first, and the longest.
+    pub fn reconnect_delays(&self) -> (Duration, Duration) {
+        let (min, max) = Self::DEFAULT_RECONNECT;
+        match self.reconnect {
+            Some(r) => (r.min_delay.unwrap_or(min), r.max_delay.unwrap_or(max)),
+            None => (min, max),
+        }
+    }
+
+    /// The `WAIT` in force: how many replicas, for how long.
+    pub fn wait_for(&self) -> Option<(u32, Duration)> {
+        self.wait
+            .map(|w| (w.replicas, w.timeout.unwrap_or(Duration::from_millis(100))))
+    }
+
+    /// Whether connections use TLS: a `tls:` section, or a `rediss://` URL.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+            || self
+                .url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("rediss://"))
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -133,6 +300,105 @@ impl RedisSettings {
             )),
         }
     }
+
+    /// Checks that the settings work together; each error names the field at
+    /// fault, as a configuration file spells it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let topology = self.topology()?;
+        let nodes = match topology {
+            RedisTopology::Url(_) => None,
+            RedisTopology::Sentinel(s) => Some(("store.sentinel.nodes", &s.nodes)),
+            RedisTopology::Cluster(c) => Some(("store.cluster.nodes", &c.nodes)),
+        };
+        if let Some((field, nodes)) = nodes {
+            if nodes.is_empty() {
+                return Err(ConfigError::new(
+                    field,
+                    "list at least one node as host:port",
+                ));
+            }
+            if let Some(node) = nodes.iter().find(|n| host_port(n).is_none()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{node:?} is not host:port"),
+                ));
+            }
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "store.timeout",
+                "0 would fail every command; a Redis command needs at least a millisecond",
+            ));
+        }
+        if self.pool_size == Some(0) {
+            return Err(ConfigError::new(
+                "store.pool_size",
+                "at least one connection per node is needed",
+            ));
+        }
+        let (min, max) = self.reconnect_delays();
+        if min.is_zero() || min > max {
+            return Err(ConfigError::new(
+                "store.reconnect",
+                format!("min_delay ({min:?}) must be above 0 and at most max_delay ({max:?})"),
+            ));
+        }
+        if let Some((replicas, timeout)) = self.wait_for() {
+            if replicas == 0 || timeout.is_zero() {
+                return Err(ConfigError::new(
+                    "store.wait",
+                    "WAIT needs at least 1 replica and a timeout above 0; leave `wait` out \
+                     to acknowledge writes without replication",
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError::new(
+                    "store.tls",
+                    "a client certificate needs both `cert_file` and `key_file`",
+                ));
+            }
+            if tls.server_name.is_some() && matches!(topology, RedisTopology::Cluster(_)) {
+                return Err(ConfigError::new(
+                    "store.tls.server_name",
+                    "Cluster nodes are checked under the addresses they announce; give them \
+                     certificates for those (or set cluster-preferred-endpoint-type hostname)",
+                ));
+            }
+        }
+        if let Some(url) = &self.url {
+            let scheme = url.split("://").next().unwrap_or("");
+            if !matches!(scheme, "redis" | "rediss") {
+                return Err(ConfigError::new(
+                    "store.url",
+                    format!(
+                        "`{scheme}://` is not a Redis URL: use redis:// or rediss:// (TLS); \
+                         for Sentinel or Cluster use `sentinel:` or `cluster:`"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port`, with the brackets of an IPv6 host (`[::1]:6379`) taken off.
+pub(crate) fn host_port(node: &str) -> Option<(&str, u16)> {
+    let (host, port) = node.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then_some((host, port.parse().ok()?))
+}
+
+/// A password reference is shown as it is; a password written inline is not.
+fn shown(reference: &Option<String>) -> Option<&str> {
+    reference.as_deref().map(|r| {
+        if ["env:", "file:"].iter().any(|p| r.starts_with(p)) {
+            r
+        } else {
+            "<redacted>"
+        }
+    })
 }
 
 /// Passwords, and the user-info part of a URL, are not shown.
@@ -144,9 +410,14 @@ impl fmt::Debug for RedisSettings {
             .field("sentinel", &self.sentinel)
             .field("cluster", &self.cluster)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &shown(&self.password))
+            .field("tls", &self.tls)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .field("reconnect", &self.reconnect)
+            .field("wait", &self.wait)
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -157,27 +428,24 @@ impl fmt::Debug for SentinelSettings {
             .field("master_name", &self.master_name)
             .field("nodes", &self.nodes)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &shown(&self.password))
             .finish()
     }
 }
 
-/// A URL with its credentials and query (which may hold `sentinelPassword`) hidden:
-/// scheme, host, port and database only.
-fn redact_url(url: &str) -> String {
+/// A URL with its credentials and query hidden: scheme, host, port and database
+/// only.
+pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let rest = rest.split(['?', '#']).next().unwrap_or("");
     // The parser takes the last `@` as the end of the user info, so do the same.
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     let hidden = if rest.contains('@') || url.contains('?') {
-        "<redacted>"
+        "<redacted>@"
     } else {
         ""
     };
-    format!(
-        "{scheme}://{hidden}{}{host}",
-        if hidden.is_empty() { "" } else { "@" }
-    )
+    format!("{scheme}://{hidden}{host}")
 }
 
 #[cfg(test)]
@@ -186,23 +454,77 @@ mod tests {
 
     #[test]
     fn debug_hides_passwords_and_url_credentials() {
-        let mut settings =
-            RedisSettings::url("redis://user:hunter2@db.internal:6379/0?sentinelPassword=x");
-        settings.password = Some("hunter3".into());
+        let settings = RedisSettings::url("redis://user:hunter2@db.internal:6379/0?x=y")
+            .with_password("hunter3");
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter"), "{shown}");
-        assert!(!shown.contains("sentinelPassword"), "{shown}");
         assert!(shown.contains("db.internal:6379/0"), "{shown}");
+        let by_reference = RedisSettings::url("redis://h:1").with_password("env:REDIS_PASSWORD");
+        assert!(format!("{by_reference:?}").contains("env:REDIS_PASSWORD"));
     }
 
     #[test]
     fn exactly_one_topology_is_accepted() {
-        assert!(RedisSettings::url("redis://h:1").topology().is_ok());
+        assert!(RedisSettings::url("redis://h:1").validate().is_ok());
         let mut both = RedisSettings::url("redis://h:1");
         both.cluster = Some(ClusterSettings {
             nodes: vec!["h:2".into()],
         });
-        assert_eq!(both.topology().err().unwrap().field(), "store");
-        assert!(RedisSettings::default().topology().is_err());
+        assert_eq!(both.validate().unwrap_err().field(), "store");
+        assert!(RedisSettings::default().validate().is_err());
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_their_field() {
+        let field = |s: RedisSettings| s.validate().unwrap_err().field().to_owned();
+        let url = || RedisSettings::url("redis://h:1");
+        assert_eq!(field(url().with_timeout(Duration::ZERO)), "store.timeout");
+        assert_eq!(field(url().with_pool_size(0)), "store.pool_size");
+        assert_eq!(
+            field(url().with_reconnect(Duration::from_secs(3), Duration::from_secs(1))),
+            "store.reconnect"
+        );
+        assert_eq!(
+            field(url().with_wait(0, Duration::from_secs(1))),
+            "store.wait"
+        );
+        let half_mtls = TlsSettings {
+            cert_file: Some("client.crt".into()),
+            ..TlsSettings::default()
+        };
+        assert_eq!(field(url().with_tls(half_mtls)), "store.tls");
+        let named = TlsSettings {
+            server_name: Some("cache.internal".into()),
+            ..TlsSettings::default()
+        };
+        assert!(url().with_tls(named.clone()).validate().is_ok());
+        assert_eq!(
+            field(RedisSettings::cluster(vec!["h:1".into()]).with_tls(named)),
+            "store.tls.server_name"
+        );
+        assert_eq!(
+            field(RedisSettings::cluster(vec!["h".into()])),
+            "store.cluster.nodes"
+        );
+        assert_eq!(
+            field(RedisSettings::sentinel("m", vec![])),
+            "store.sentinel.nodes"
+        );
+        assert_eq!(
+            field(RedisSettings::url("redis-sentinel://h:1")),
+            "store.url"
+        );
+        assert!(
+            RedisSettings::url("rediss://h:1").uses_tls(),
+            "a TLS URL turns TLS on"
+        );
+    }
+
+    #[test]
+    fn ipv6_nodes_lose_their_brackets() {
+        assert_eq!(host_port("[::1]:6379"), Some(("::1", 6379)));
+        assert_eq!(host_port("10.0.0.1:26379"), Some(("10.0.0.1", 26379)));
+        assert_eq!(host_port("nope"), None);
+        assert_eq!(host_port(":1"), None);
     }
 }

@@ -1,50 +1,67 @@
-//! [`RedisStore`] and its [`SessionStore`] operations: one script or command each.
+//! [`RedisStore`] and its [`SessionStore`] operations: one script or command each,
+//! each safe to run twice.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use fred::clients::Client;
-use fred::error::Error as FredError;
-use fred::interfaces::{HashesInterface, KeysInterface};
-use fred::types::scripts::Script;
-use fred::types::{Expiration, Key, SetOptions, Value};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{FromRedisValue, RedisError, Script, Value};
 
-use super::codec::{decode_index, decode_reply, encode, encode_entry, expire_at};
-use super::connect::fred_error;
-use super::settings::DEFAULT_TIMEOUT;
+use super::codec::{decode_index, decode_reply, encode, encode_entry, expire_at, tombstone};
+use super::connect::{
+    NodeConfig, Target, cluster_client, eviction_policies, eviction_refused, evicts,
+};
+use super::link::{Conn, Lease, Link, MasterPool, load_scripts};
+use super::scripts;
+use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 
-/// A [`SessionStore`] in Redis: standalone, Sentinel or Cluster, on the
-/// [fred](https://docs.rs/fred) client.
+/// A [`SessionStore`] in Redis: standalone, Sentinel or Cluster, over TLS when
+/// asked, on the [redis-rs](https://docs.rs/redis) client with rustls.
 ///
-/// Cheap to clone; clones share the connection. The client reconnects by itself
-/// (exponential back-off up to 2 s) and, under Sentinel, follows the master after a
-/// failover. While Redis cannot be reached every command fails after the configured
-/// timeout (default 1 s), so requests get 503 promptly instead of hanging.
+/// Cheap to clone; clones share the connections.
+///
+/// - **Standalone and Sentinel**: a pool of multiplexed connections to the master
+///   (one by default, [`RedisSettings::pool_size`]). A lost connection fails the
+///   commands in flight on it, with 503, and is made again on the next request,
+///   with back-off after a failed attempt. Under Sentinel the store asks the
+///   sentinels for the master, checks that it says it is one, and listens to every
+///   sentinel for `+switch-master`, so writes move to a new master as soon as it is
+///   announced; a master that turns replica (`READONLY`) is left too.
+/// - **Cluster**: the client follows MOVED and ASK (sending `ASKING` with the
+///   command) without counting them as failures, and may send a command again
+///   after a lost connection.
+/// - **Every write is safe to run twice**: a create or an update whose value is
+///   already there (values are unique: sealed data carries a random nonce) reports
+///   success; a compare-and-delete leaves a tombstone of its operation id for a
+///   minute. So a command sent again after it ran reports what the first run did.
+/// - **Replication**: with [`RedisSettings::wait`], every write is followed by
+///   `WAIT`, and a write that too few replicas acknowledged in time answers 503.
+///   Without it, a write is acknowledged once the master has it: a failover may
+///   lose the last writes the master had not yet replicated.
 ///
 /// Layout: one Redis string per session, under `prefix` + the store key in hex (a
-/// single key, so in a Cluster every session lives in one slot). The value is the
-/// record's version, lifespan deadline and last activity (8 bytes each, big-endian)
-/// followed by the sealed data; the idle deadline is the key's own expiry (`PXAT`),
-/// so Redis drops expired sessions itself and a touch is one `PEXPIREAT` (and an
-/// 8-byte `SETRANGE`).
-///
-/// A user's session index is one hash under `prefix` + `user:` + the user tag in
-/// hex: a field per session (the store key) holding `created,expires,indexed,
-/// remember` in decimal. Each index command touches that one key, so in a Cluster
-/// it never crosses slots; the key expires with the last of its sessions.
+/// single key, so in a Cluster every session lives in one slot). The value is a
+/// format marker, the record's version, lifespan deadline and last activity, then
+/// the sealed data; the idle deadline is the key's own expiry (`PXAT`), so Redis
+/// drops expired sessions itself and a touch is one `PEXPIREAT` (and an 8-byte
+/// `SETRANGE`). A user's session index is one hash under `prefix` + `user:` + the
+/// user tag in hex; each index command touches that one key.
 ///
 /// Round trips: a load, an update, a create, a touch or a delete is one command
-/// each (`EVALSHA`, `EVALSHA`, `SET NX PXAT`, `EVALSHA`, `DEL`). A request that
-/// only reads costs one round trip; one that writes, or whose touch is due, one more.
+/// each (plus a `WAIT` with replication). Reading a user's index and checking its
+/// entries' records is one round trip each, whatever the number of entries: the
+/// records are asked for together.
 ///
-/// Needs Redis 7.0 or later (`PEXPIRETIME`), checked when connecting. TLS
-/// (`rediss://`) is not supported yet and is refused rather than downgraded.
+/// Needs Redis 7.0 or later (`PEXPIRETIME`), and a `maxmemory-policy` of
+/// `noeviction` unless [`RedisSettings::allow_eviction`] is set: both are checked
+/// when connecting.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tower_sealed_sessions::StoreError> {
@@ -56,14 +73,25 @@ use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(super) client: Client,
-    pub(super) prefix: String,
-    pub(super) timeout: Duration,
-    pub(super) load: Script,
-    pub(super) swap: Script,
-    pub(super) touch: Script,
-    pub(super) index: Script,
+    inner: Arc<Inner>,
 }
+
+struct Inner {
+    link: Link,
+    prefix: String,
+    timeout: Duration,
+    wait: Option<(u32, Duration)>,
+    load: Script,
+    create: Script,
+    swap: Script,
+    delete_version: Script,
+    touch: Script,
+    index: Script,
+}
+
+/// How many commands of one batch (the records of a user's index) are in flight
+/// at once; on a multiplexed connection they travel together.
+const BATCH: usize = 64;
 
 impl RedisStore {
     /// The key prefix when none is configured.
@@ -71,64 +99,242 @@ impl RedisStore {
     /// How long a command may take before the request gets 503, when not configured.
     pub const DEFAULT_TIMEOUT: Duration = DEFAULT_TIMEOUT;
 
+    /// Connects to the server a URL names (`redis://` or `rediss://`, with
+    /// `user:password@` and a database when needed), with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] for an invalid URL, when no connection can be made,
+    /// or when the server is older than Redis 7 or evicts keys.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::from_settings(&RedisSettings::url(url)).await
+    }
+
+    /// Connects as `settings` (the `store:` section of a configuration file)
+    /// describe.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] for invalid settings, an unreadable password or
+    /// certificate, when no connection can be made (a wrong CA shows here), or
+    /// when the server is older than Redis 7 or evicts keys.
+    pub async fn from_settings(settings: &RedisSettings) -> Result<Self, StoreError> {
+        settings.validate().map_err(StoreError::backend)?;
+        let config = NodeConfig::from_settings(settings)?;
+        let link = match settings.topology().map_err(StoreError::backend)? {
+            RedisTopology::Cluster(cluster) => {
+                let client = cluster_client(settings, &config, &cluster.nodes)?;
+                let mut conns = Vec::with_capacity(settings.pool_size());
+                for _ in 0..settings.pool_size() {
+                    conns.push(
+                        client
+                            .get_async_connection()
+                            .await
+                            .map_err(|e| config.error(e))?,
+                    );
+                }
+                load_scripts(&mut Conn::Cluster(conns[0].clone()))
+                    .await
+                    .map_err(|e| config.error(e))?;
+                Link::cluster(conns)
+            }
+            RedisTopology::Url(_) | RedisTopology::Sentinel(_) => {
+                let target = Target::from_settings(settings, &config)?
+                    .expect("a URL or sentinels name a master");
+                let pool = MasterPool::new(
+                    target,
+                    config.clone(),
+                    settings.pool_size(),
+                    settings.reconnect_delays(),
+                );
+                pool.watch_sentinels();
+                Link::Master(pool)
+            }
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                link,
+                prefix: settings
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned()),
+                timeout: settings.timeout(),
+                wait: settings.wait_for(),
+                load: Script::new(scripts::LOAD),
+                create: Script::new(scripts::CREATE),
+                swap: Script::new(scripts::SWAP),
+                delete_version: Script::new(scripts::DELETE_VERSION),
+                touch: Script::new(scripts::TOUCH),
+                index: Script::new(scripts::INDEX),
+            }),
+        };
+        store.check_server(settings.allow_eviction).await?;
+        Ok(store)
+    }
+
+    /// Checks the server before use: Redis 7.0 or later (`PEXPIRETIME`), and a
+    /// `maxmemory-policy` that keeps keys, on every node.
+    async fn check_server(&self, allow_eviction: bool) -> Result<(), StoreError> {
+        let probe = Script::new(scripts::PROBE);
+        let key = format!("{}version-probe", self.inner.prefix);
+        let mut lease = self.inner.link.lease().await?;
+        if let Err(err) = probe.key(&key).invoke_async::<Value>(&mut lease.conn).await {
+            return Err(StoreError::backend(format!(
+                "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
+            )));
+        }
+        let info: Result<Value, RedisError> = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut lease.conn)
+            .await;
+        match info {
+            Ok(info) => {
+                let policies = eviction_policies(&info);
+                if let Some(policy) = policies.iter().find(|p| evicts(p)) {
+                    if !allow_eviction {
+                        return Err(eviction_refused(policy));
+                    }
+                    tracing::warn!(target: "tower_sealed_sessions", policy, "Redis evicts keys when full: sessions and user indexes may vanish (allowed by allow_eviction)");
+                }
+                if policies.is_empty() {
+                    tracing::warn!(target: "tower_sealed_sessions", "Redis did not report its maxmemory-policy; make sure it is noeviction");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(target: "tower_sealed_sessions", error = %err, "cannot read Redis' maxmemory-policy (INFO refused); make sure it is noeviction");
+            }
+        }
+        Ok(())
+    }
+
     /// The Redis key a session's record is stored under.
-    pub(crate) fn redis_key(&self, key: &StoreKey) -> String {
-        format!("{}{key}", self.prefix)
+    fn redis_key(&self, key: &StoreKey) -> String {
+        format!("{}{key}", self.inner.prefix)
     }
 
     /// The Redis key a user's session index is stored under.
-    pub(crate) fn redis_index_key(&self, user: &UserTag) -> String {
-        format!("{}user:{user}", self.prefix)
+    fn redis_index_key(&self, user: &UserTag) -> String {
+        format!("{}user:{user}", self.inner.prefix)
     }
 
-    /// Runs the index script: upserts `entry` when given, prunes, and returns
-    /// what remains.
+    /// A failed command: the link learns from it, and the request gets a
+    /// [`StoreError`].
+    fn failed(&self, lease: &Lease, err: RedisError) -> StoreError {
+        self.inner.link.failed(lease, &err);
+        if err.is_timeout() {
+            StoreError::Timeout(self.inner.timeout)
+        } else {
+            StoreError::backend(err)
+        }
+    }
+
+    /// Runs `script` on `key` with `args`; a write then waits for the replicas the
+    /// settings ask for.
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&[u8]],
+        write: bool,
+    ) -> Result<T, StoreError> {
+        let mut lease = self.inner.link.lease().await?;
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let reply = match invocation.invoke_async(&mut lease.conn).await {
+            Ok(reply) => reply,
+            Err(err) => return Err(self.failed(&lease, err)),
+        };
+        if write {
+            self.replicated(&mut lease, key).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Runs a plain command on `key`; a write then waits for the replicas.
+    async fn command<T: FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        key: &str,
+        write: bool,
+    ) -> Result<T, StoreError> {
+        let mut lease = self.inner.link.lease().await?;
+        let reply = match cmd.query_async(&mut lease.conn).await {
+            Ok(reply) => reply,
+            Err(err) => return Err(self.failed(&lease, err)),
+        };
+        if write {
+            self.replicated(&mut lease, key).await?;
+        }
+        Ok(reply)
+    }
+
+    /// With replication asked for: `WAIT` on the connection (and, in a Cluster,
+    /// the node) that took the write to `key`, and an error when too few replicas
+    /// have it in time. The write stays on the master: the request is answered 503,
+    /// never as saved, since a failover now could lose it.
+    async fn replicated(&self, lease: &mut Lease, key: &str) -> Result<(), StoreError> {
+        let Some((replicas, timeout)) = self.inner.wait else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let acked = match &mut lease.conn {
+            Conn::Master(conn) => wait.query_async::<i64>(conn).await,
+            Conn::Cluster(conn) => {
+                let node = Route::new(slot(key.as_bytes()), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(node));
+                conn.route_command(wait, routing)
+                    .await
+                    .and_then(|v| i64::from_redis_value(v).map_err(RedisError::from))
+            }
+        };
+        match acked {
+            Ok(n) if n >= i64::from(replicas) => Ok(()),
+            Ok(n) => Err(StoreError::backend(format!(
+                "only {n} of {replicas} replicas acknowledged the write within {timeout:?}"
+            ))),
+            Err(err) => Err(self.failed(lease, err)),
+        }
+    }
+
+    /// Runs the index script: upserts `entry` when given, prunes, and returns what
+    /// remains.
     async fn index(
         &self,
         user: &UserTag,
         now: Timestamp,
         entry: Option<&IndexEntry>,
     ) -> Result<Vec<IndexEntry>, StoreError> {
-        let mut args: Vec<Value> = vec![Value::String(now.unix_millis().to_string().into())];
-        if let Some(entry) = entry {
-            args.push(Value::Bytes(Bytes::copy_from_slice(
-                entry.store_key.as_bytes(),
-            )));
-            args.push(Value::String(encode_entry(entry).into()));
+        let now = now.unix_millis().to_string();
+        let encoded = entry.map(encode_entry);
+        let mut args: Vec<&[u8]> = vec![now.as_bytes()];
+        if let (Some(entry), Some(encoded)) = (entry, &encoded) {
+            args.push(entry.store_key.as_bytes());
+            args.push(encoded.as_bytes());
         }
+        let key = self.redis_index_key(user);
         let reply: Value = self
-            .index
-            .evalsha_with_reload(&self.client, self.redis_index_key(user), args)
-            .await
-            .map_err(|e| self.err(e))?;
+            .script(&self.inner.index, &key, &args, entry.is_some())
+            .await?;
         decode_index(reply)
     }
 
-    pub(super) fn err(&self, e: FredError) -> StoreError {
-        fred_error(e, self.timeout)
-    }
-
-    /// Runs the compare-and-set script: `value` replaces the record (or, empty,
-    /// deletes it) if its version is `expected_version`.
-    async fn swap(
+    /// Runs a compare-and-set script, whose reply is 1 (done), nil (missing), or
+    /// the current record (a conflict).
+    async fn compare_and_set(
         &self,
+        script: &Script,
         key: &StoreKey,
-        expected_version: u64,
-        value: Bytes,
-        expire_at: i64,
+        args: &[&[u8]],
     ) -> Result<CompareAndSet, StoreError> {
-        let args: Vec<Value> = vec![
-            Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
-            Value::Bytes(value),
-            Value::String(expire_at.to_string().into()),
-        ];
         let reply: Value = self
-            .swap
-            .evalsha_with_reload(&self.client, self.redis_key(key), args)
-            .await
-            .map_err(|e| self.err(e))?;
+            .script(script, &self.redis_key(key), args, true)
+            .await?;
         match reply {
-            Value::Integer(1) => Ok(CompareAndSet::Done),
+            Value::Int(1) => Ok(CompareAndSet::Done),
             other => Ok(match decode_reply(other)? {
                 None => CompareAndSet::Missing,
                 Some(current) => CompareAndSet::Conflict(current),
@@ -154,10 +360,31 @@ impl RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
-            .field("timeout", &self.timeout)
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("wait", &self.inner.wait)
             .finish_non_exhaustive()
     }
+}
+
+/// The Cluster slot of `key`: CRC16 of the key, or of its `{hash tag}`, modulo
+/// 16384 (Redis Cluster specification, "Keys distribution model").
+fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+}
+
+/// An expiry argument: Unix milliseconds, or `0` for none.
+fn expiry_arg(deadlines: &Deadlines) -> String {
+    expire_at(deadlines).unwrap_or(0).to_string()
 }
 
 impl SessionStore for RedisStore {
@@ -168,11 +395,23 @@ impl SessionStore for RedisStore {
         let redis_key = self.redis_key(key);
         async move {
             let reply: Value = self
-                .load
-                .evalsha_with_reload(&self.client, redis_key, Vec::<Value>::new())
-                .await
-                .map_err(|e| self.err(e))?;
+                .script(&self.inner.load, &redis_key, &[], false)
+                .await?;
             decode_reply(reply)
+        }
+    }
+
+    fn load_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send {
+        let keys = keys.to_vec();
+        async move {
+            stream::iter(keys)
+                .map(|key| async move { self.load(&key).await })
+                .buffered(BATCH)
+                .try_collect()
+                .await
         }
     }
 
@@ -182,15 +421,19 @@ impl SessionStore for RedisStore {
         record: &Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let redis_key = self.redis_key(key);
-        let value = encode(record);
-        let expire = expire_at(&record.deadlines).map(Expiration::PXAT);
+        // Names this write, so that its own second run is recognised.
+        let value = encode(record, &rand::random());
+        let expire = expiry_arg(&record.deadlines);
         async move {
-            let reply: Value = self
-                .client
-                .set(redis_key, value, expire, Some(SetOptions::NX), false)
-                .await
-                .map_err(|e| self.err(e))?;
-            Ok(!reply.is_null())
+            let created: i64 = self
+                .script(
+                    &self.inner.create,
+                    &redis_key,
+                    &[&value, expire.as_bytes()],
+                    true,
+                )
+                .await?;
+            Ok(created == 1)
         }
     }
 
@@ -200,8 +443,18 @@ impl SessionStore for RedisStore {
         record: &Record,
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
-        let expire = expire_at(&record.deadlines).unwrap_or(0);
-        self.swap(key, expected_version, encode(record), expire)
+        let key = *key;
+        let value = encode(record, &rand::random());
+        let expire = expiry_arg(&record.deadlines);
+        async move {
+            let expected = expected_version.to_be_bytes();
+            self.compare_and_set(
+                &self.inner.swap,
+                &key,
+                &[&expected, &value, expire.as_bytes()],
+            )
+            .await
+        }
     }
 
     fn delete_version(
@@ -209,7 +462,14 @@ impl SessionStore for RedisStore {
         key: &StoreKey,
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
-        self.swap(key, expected_version, Bytes::new(), 0)
+        let key = *key;
+        // Names this operation, so that its own second run is recognised.
+        let tombstone = tombstone(&rand::random());
+        async move {
+            let expected = expected_version.to_be_bytes();
+            self.compare_and_set(&self.inner.delete_version, &key, &[&expected, &tombstone])
+                .await
+        }
     }
 
     fn touch(
@@ -219,19 +479,18 @@ impl SessionStore for RedisStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let redis_key = self.redis_key(key);
-        let args: Vec<Value> = vec![
-            Value::Bytes(Bytes::copy_from_slice(&expected_version.to_be_bytes())),
-            Value::String(expire_at(&deadlines).unwrap_or(0).to_string().into()),
-            Value::Bytes(Bytes::copy_from_slice(
-                &deadlines.active.unix_millis().to_be_bytes(),
-            )),
-        ];
+        let expire = expiry_arg(&deadlines);
         async move {
+            let expected = expected_version.to_be_bytes();
+            let active = deadlines.active.unix_millis().to_be_bytes();
             let touched: i64 = self
-                .touch
-                .evalsha_with_reload(&self.client, redis_key, args)
-                .await
-                .map_err(|e| self.err(e))?;
+                .script(
+                    &self.inner.touch,
+                    &redis_key,
+                    &[&expected, expire.as_bytes(), &active],
+                    true,
+                )
+                .await?;
             Ok(touched == 1)
         }
     }
@@ -239,7 +498,24 @@ impl SessionStore for RedisStore {
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
         let redis_key = self.redis_key(key);
         async move {
-            let _: i64 = self.client.del(redis_key).await.map_err(|e| self.err(e))?;
+            let mut del = redis::cmd("DEL");
+            del.arg(&redis_key);
+            let _: i64 = self.command(del, &redis_key, true).await?;
+            Ok(())
+        }
+    }
+
+    fn delete_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let keys = keys.to_vec();
+        async move {
+            stream::iter(keys)
+                .map(|key| async move { self.delete(&key).await })
+                .buffer_unordered(BATCH)
+                .try_collect::<Vec<()>>()
+                .await?;
             Ok(())
         }
     }
@@ -272,19 +548,17 @@ impl SessionStore for RedisStore {
         keys: &[StoreKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let redis_key = self.redis_index_key(user);
-        let fields: Vec<Key> = keys
-            .iter()
-            .map(|k| Key::from(Bytes::copy_from_slice(k.as_bytes())))
-            .collect();
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(&redis_key);
+        for key in keys {
+            hdel.arg(key.as_bytes());
+        }
+        let empty = keys.is_empty();
         async move {
-            if fields.is_empty() {
+            if empty {
                 return Ok(());
             }
-            let _: i64 = self
-                .client
-                .hdel(redis_key, fields)
-                .await
-                .map_err(|e| self.err(e))?;
+            let _: i64 = self.command(hdel, &redis_key, true).await?;
             Ok(())
         }
     }
@@ -296,5 +570,36 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
         let user = *user;
         async move { self.index(&user, now, None).await }
+    }
+
+    /// `PING`: the master, or every master of a Cluster.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut lease = self.inner.link.lease().await?;
+        match redis::cmd("PING")
+            .query_async::<Value>(&mut lease.conn)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.failed(&lease, err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_specification() {
+        // Examples from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"123456789"), 0x31C3, "the CRC16 check value");
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(
+            slot(b"foo{}{bar}"),
+            slot(b"foo{}{bar}"),
+            "an empty tag hashes the whole key"
+        );
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
     }
 }

@@ -1,0 +1,329 @@
+//! The connections a [`RedisStore`](super::RedisStore) sends its commands on: a
+//! small pool of multiplexed connections to the master (a single server, or the
+//! one the sentinels name), made again after a loss with back-off and at once when
+//! a sentinel announces a new master; or Cluster clients, which follow MOVED and
+//! ASK themselves.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+
+use super::connect::{NodeConfig, Target};
+use super::scripts;
+use crate::error::StoreError;
+
+/// One connection, to a master or to a Cluster.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Master(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Master(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Master(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Master(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The connections of one store.
+pub(super) enum Link {
+    Master(Arc<MasterPool>),
+    Cluster {
+        conns: Vec<ClusterConnection>,
+        next: AtomicUsize,
+    },
+}
+
+/// A connection lent for one operation, and the pool generation it came from.
+pub(super) struct Lease {
+    pub(super) conn: Conn,
+    generation: u64,
+}
+
+impl Link {
+    pub(super) fn cluster(conns: Vec<ClusterConnection>) -> Self {
+        Link::Cluster {
+            conns,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A connection for the next operation.
+    pub(super) async fn lease(&self) -> Result<Lease, StoreError> {
+        match self {
+            Link::Master(pool) => pool.lease().await,
+            Link::Cluster { conns, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % conns.len();
+                Ok(Lease {
+                    conn: Conn::Cluster(conns[i].clone()),
+                    generation: 0,
+                })
+            }
+        }
+    }
+
+    /// Learns from a failed operation: a lost connection, a timeout, or a master
+    /// that has become a replica (`READONLY`, after a failover) makes the pool
+    /// connect again before the next operation.
+    pub(super) fn failed(&self, lease: &Lease, err: &RedisError) {
+        if let Link::Master(pool) = self {
+            let lost = err.is_io_error()
+                || err.is_connection_dropped()
+                || err.is_connection_refusal()
+                || err.is_timeout()
+                || err.kind() == redis::ErrorKind::Server(ServerErrorKind::ReadOnly);
+            if lost {
+                pool.drop_connections(Some(lease.generation));
+            }
+        }
+    }
+}
+
+/// Multiplexed connections to the master, made on demand.
+pub(super) struct MasterPool {
+    target: Target,
+    config: NodeConfig,
+    size: usize,
+    /// The first and the longest delay before connecting again after a failure.
+    backoff: (Duration, Duration),
+    state: Mutex<PoolState>,
+    /// One connection attempt at a time; the others wait for its outcome.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+struct PoolState {
+    conns: Vec<MultiplexedConnection>,
+    /// Counts every set of connections made, so a failure reported against an
+    /// older set does not drop a newer one.
+    generation: u64,
+    next: usize,
+    /// After a failed attempt: when the next may be made, and why it failed.
+    retry_at: Option<(Instant, String)>,
+    delay: Duration,
+}
+
+impl MasterPool {
+    pub(super) fn new(
+        target: Target,
+        config: NodeConfig,
+        size: usize,
+        backoff: (Duration, Duration),
+    ) -> Arc<Self> {
+        Arc::new(MasterPool {
+            target,
+            config,
+            size,
+            backoff,
+            state: Mutex::new(PoolState {
+                conns: Vec::new(),
+                generation: 0,
+                next: 0,
+                retry_at: None,
+                delay: backoff.0,
+            }),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, PoolState> {
+        // No critical section below can panic half-way.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection from the current set, if there is one.
+    fn ready(&self) -> Option<Lease> {
+        let mut state = self.state();
+        if state.conns.is_empty() {
+            return None;
+        }
+        let i = state.next % state.conns.len();
+        state.next = state.next.wrapping_add(1);
+        Some(Lease {
+            conn: Conn::Master(state.conns[i].clone()),
+            generation: state.generation,
+        })
+    }
+
+    async fn lease(&self) -> Result<Lease, StoreError> {
+        if let Some(lease) = self.ready() {
+            return Ok(lease);
+        }
+        let _one_at_a_time = tokio::time::timeout(self.config.timeout, self.connecting.lock())
+            .await
+            .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        if let Some(lease) = self.ready() {
+            return Ok(lease);
+        }
+        if let Some((at, why)) = &self.state().retry_at {
+            let now = Instant::now();
+            if now < *at {
+                return Err(StoreError::backend(format!(
+                    "Redis is unreachable ({why}); the next attempt is in {:?}",
+                    *at - now
+                )));
+            }
+        }
+        match self.connect().await {
+            Ok(conns) => {
+                let mut state = self.state();
+                state.conns = conns;
+                state.generation += 1;
+                state.retry_at = None;
+                state.delay = self.backoff.0;
+                drop(state);
+                Ok(self.ready().expect("connections were just made"))
+            }
+            Err(err) => {
+                let mut state = self.state();
+                state.retry_at = Some((Instant::now() + state.delay, err.to_string()));
+                state.delay = (state.delay * 2).min(self.backoff.1);
+                Err(err)
+            }
+        }
+    }
+
+    /// A fresh set of connections to the master; with sentinels, to the server
+    /// they name, once it says it is a master.
+    async fn connect(&self) -> Result<Vec<MultiplexedConnection>, StoreError> {
+        let (host, port) = self.target.master().await?;
+        let mut conns = Vec::with_capacity(self.size);
+        for _ in 0..self.size {
+            conns.push(self.config.connect(&host, port).await?);
+        }
+        if self.target.sentinels().is_some() {
+            // During a failover a sentinel may still name the old master, or a
+            // replica being promoted: write to neither.
+            let role: Value = redis::cmd("ROLE")
+                .query_async(&mut conns[0])
+                .await
+                .map_err(|e| self.config.error(e))?;
+            let master = matches!(&role, Value::Array(parts)
+                if matches!(parts.first(), Some(Value::BulkString(b)) if b == b"master"));
+            if !master {
+                return Err(StoreError::backend(format!(
+                    "{host}:{port}, named master by the sentinels, is not a master yet"
+                )));
+            }
+        }
+        load_scripts(&mut Conn::Master(conns[0].clone()))
+            .await
+            .map_err(|e| self.config.error(e))?;
+        tracing::info!(target: "tower_sealed_sessions", %host, port, connections = conns.len(), "connected to the Redis master");
+        Ok(conns)
+    }
+
+    /// Drops the current connections (those of `generation`, or any when `None`),
+    /// so that the next operation connects again. The next attempt is not delayed:
+    /// the failure that led here was not a failed attempt to connect.
+    pub(super) fn drop_connections(&self, generation: Option<u64>) {
+        let mut state = self.state();
+        if generation.is_none_or(|g| g == state.generation) && !state.conns.is_empty() {
+            state.conns.clear();
+            state.generation += 1;
+            tracing::warn!(target: "tower_sealed_sessions", "Redis connection lost or master changed: reconnecting");
+        }
+    }
+
+    /// Follows failovers as the sentinels announce them: a task per sentinel
+    /// listens for `+switch-master` and, for this master, drops the connections, so
+    /// that writes go to the new master at once rather than to the old one until
+    /// it is demoted. The tasks end once the pool is dropped.
+    pub(super) fn watch_sentinels(self: &Arc<Self>) {
+        let Some(sentinels) = self.target.sentinels() else {
+            return;
+        };
+        for (host, port) in &sentinels.nodes {
+            let pool = Arc::downgrade(self);
+            let (host, port) = (host.clone(), *port);
+            let (name, config) = (sentinels.master_name.clone(), sentinels.config.clone());
+            tokio::spawn(async move { watch(pool, host, port, name, config).await });
+        }
+    }
+}
+
+/// Loads every script into the server (in a Cluster, every master) `conn` reaches.
+pub(super) async fn load_scripts(conn: &mut Conn) -> Result<(), RedisError> {
+    for body in scripts::ALL {
+        let _: Value = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(body)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Listens to one sentinel for `+switch-master` of `name`, reconnecting to it with
+/// back-off, until `pool` is dropped.
+async fn watch(pool: Weak<MasterPool>, host: String, port: u16, name: String, config: NodeConfig) {
+    const CHECK: Duration = Duration::from_secs(2);
+    let mut delay = Duration::from_millis(100);
+    while let Some(backoff) = pool.upgrade().map(|p| p.backoff.1) {
+        let subscribed = async {
+            let client = config.pubsub_client(&host, port)?;
+            let mut pubsub = client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| config.error(e))?;
+            pubsub
+                .subscribe("+switch-master")
+                .await
+                .map_err(|e| config.error(e))?;
+            Ok::<_, StoreError>(pubsub)
+        };
+        let mut pubsub = match tokio::time::timeout(config.timeout, subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(backoff);
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        let mut messages = pubsub.on_message();
+        loop {
+            match tokio::time::timeout(CHECK, messages.next()).await {
+                Ok(Some(message)) => {
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    // "<master name> <old ip> <old port> <new ip> <new port>"
+                    if payload.split(' ').next() == Some(name.as_str()) {
+                        let Some(pool) = pool.upgrade() else { return };
+                        tracing::info!(target: "tower_sealed_sessions", %payload, "sentinel announced a new master");
+                        pool.drop_connections(None);
+                    }
+                }
+                // The sentinel went away: subscribe again.
+                Ok(None) => break,
+                Err(_) if pool.strong_count() == 0 => return,
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! RedisStore against real `redis-server` processes started by each test, on
+//! loopback: the conformance suite (standalone and Cluster), requests and stored
+//! formats, per-user sessions at scale, Sentinel failovers, Cluster resharding
+//! under load, and TLS. This file holds the helpers the modules share.
+#![cfg(feature = "redis")]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cluster;
+mod conformance;
+mod requests;
+mod sentinel;
+mod tls;
+mod users;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+
+use axum::routing::post;
+use reqwest::header::{CONTENT_TYPE, COOKIE};
+use serde_json::{Value, json};
+use tower_sealed_sessions::config::{RedisSettings, StoreConfig};
+use tower_sealed_sessions::{Keys, ManualClock, RedisStore, Session, SessionConfig, SessionLayer};
+
+use common::redis::{Cluster, Monitor, RedisServer, available, free_port, wait_until};
+use common::{cookie_pair, decode_sid, serve, set_cookies};
+
+const SECRET: &[u8; 32] = b"redis-test secret 0123456789abcd";
+
+fn app(store: RedisStore, configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Router {
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap()).with_secure(false);
+    common::kv_routes()
+        .route(
+            "/remember",
+            post(|s: Session| async move { s.set_remember_me(true) }),
+        )
+        .layer(configure(layer))
+}
+
+async fn send(
+    method: reqwest::Method,
+    base: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new().request(method, format!("{base}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header(COOKIE, cookie);
+    }
+    request.send().await.unwrap()
+}
+
+async fn read(base: &str, cookie: &str, key: &str) -> Value {
+    let res = send(
+        reqwest::Method::GET,
+        base,
+        &format!("/get/{key}"),
+        Some(cookie),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Polls an async check every 200 ms for at most `limit`.
+async fn wait_for<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
