@@ -2,6 +2,8 @@
 
 use super::*;
 
+use tower_sealed_sessions::store::SessionStore;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_is_one_round_trip_and_a_write_one_more() {
     if !available() {
@@ -155,4 +157,144 @@ async fn redis_down_answers_503_promptly_and_recovers_by_itself() {
     .await
     .expect("requests succeed again once Redis is back");
     assert_eq!(read(&base, &recovered, "c").await, json!("1"));
+}
+
+/// A session written before Redis values carried a format marker (the fixture was
+/// made by that version): it opens, its user's index lists it, and its next write
+/// stores it in today's format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stored_in_format_1_still_opens_and_is_rewritten_in_format_2() {
+    if !available() {
+        return;
+    }
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/redis-format-1.json")).unwrap();
+    let text = |field: &str| fixture[field].as_str().unwrap().to_owned();
+    let hex = |field: &str| {
+        let text = text(field);
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    let server = RedisServer::start();
+    let prefix = text("prefix");
+    let key = format!("{prefix}{}", text("store_key_hex"));
+    let index = format!("{prefix}user:{}", text("user_tag_hex"));
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(hex("value_hex"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&index)
+        .arg(hex("store_key_hex"))
+        .arg(text("index_entry"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let store = RedisStore::from_settings(&RedisSettings::url(server.url()).with_prefix(&prefix))
+        .await
+        .unwrap();
+    let layer = SessionLayer::new(store, Keys::from_secret(text("secret").as_bytes()).unwrap())
+        .with_idle_timeout(None)
+        .with_lifespan(None)
+        .with_unbounded_sessions(true)
+        .with_secure(false);
+    let users = layer.users();
+    let base = serve(common::kv_routes().layer(layer)).await;
+    let cookie = text("cookie");
+    assert_eq!(read(&base, &cookie, "cart").await, fixture["data"]["cart"]);
+    assert_eq!(users.list(&text("user")).await.unwrap().len(), 1);
+
+    let res = send(reqwest::Method::POST, &base, "/set/paid/yes", Some(&cookie)).await;
+    assert_eq!(res.status(), 204);
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(stored[0], 2, "rewritten with today's format marker");
+    assert_eq!(read(&base, &cookie, "cart").await, fixture["data"]["cart"]);
+    assert_eq!(read(&base, &cookie, "paid").await, json!("yes"));
+}
+
+/// A server whose `maxmemory-policy` evicts keys is refused when connecting, with
+/// an error that says why and what to do, unless eviction is accepted explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_server_is_refused_unless_eviction_is_accepted() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start_with(free_port(), &["--maxmemory-policy", "allkeys-lru"]);
+    let err = RedisStore::connect(&server.url())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("allkeys-lru") && err.contains("noeviction"),
+        "{err}"
+    );
+    assert!(
+        err.contains("allow_eviction"),
+        "the error says how to accept it: {err}"
+    );
+    let accepted = RedisSettings::url(server.url()).with_eviction_allowed(true);
+    let store = RedisStore::from_settings(&accepted).await.unwrap();
+    store.ping().await.unwrap();
+
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]);
+    let err = RedisStore::connect(&server.url())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("volatile-ttl"),
+        "session keys all have a TTL: {err}"
+    );
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    RedisStore::connect(&server.url()).await.unwrap();
+}
+
+/// `ping` answers while Redis does, fails promptly while it is gone, and answers
+/// again once it is back, on the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_follows_the_server_and_the_pool_reconnects_with_back_off() {
+    if !available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let settings = RedisSettings::url(server.url())
+        .with_timeout(Duration::from_millis(300))
+        .with_pool_size(3)
+        .with_reconnect(Duration::from_millis(50), Duration::from_millis(200));
+    let store = RedisStore::from_settings(&settings).await.unwrap();
+    store.ping().await.unwrap();
+    let clients = server.cli(&["CLIENT", "LIST"]);
+    assert!(
+        clients.lines().count() > 3,
+        "three pooled connections, and redis-cli's own: {clients}"
+    );
+    server.stop();
+    let started = Instant::now();
+    assert!(store.ping().await.is_err());
+    assert!(store.ping().await.is_err(), "during back-off, at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    server.resume();
+    let back = wait_for(Duration::from_secs(10), || async {
+        store.ping().await.ok()
+    })
+    .await;
+    assert!(back.is_some(), "the pool connected again by itself");
 }
