@@ -52,40 +52,82 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A set of connections: shared ones, lent round robin to any number of
+/// operations at once; and, when writes wait for replicas, exclusive ones, each
+/// lent to one write at a time, since `WAIT` holds its connection until the
+/// replicas answer (on a shared connection it would hold every read queued behind
+/// it).
+pub(super) struct Conns {
+    shared: Vec<Conn>,
+    exclusive: Vec<(Conn, Arc<tokio::sync::Mutex<()>>)>,
+    next: AtomicUsize,
+}
+
+impl Conns {
+    pub(super) fn new(shared: Vec<Conn>, exclusive: Vec<Conn>) -> Self {
+        Conns {
+            shared,
+            exclusive: exclusive
+                .into_iter()
+                .map(|conn| (conn, Arc::new(tokio::sync::Mutex::new(()))))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A connection for one operation, with `generation` to report its loss by;
+    /// `exclusive` for a write that waits for replicas.
+    async fn lend(&self, exclusive: bool, generation: u64) -> Lease {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if !exclusive || self.exclusive.is_empty() {
+            let conn = self.shared[i % self.shared.len()].clone();
+            return Lease {
+                conn,
+                generation,
+                _exclusive: None,
+            };
+        }
+        // The first free one from a rotating start, or else wait for one.
+        let n = self.exclusive.len();
+        let free = (0..n)
+            .map(|k| &self.exclusive[(i + k) % n])
+            .find_map(|(conn, lock)| Some((conn, lock.clone().try_lock_owned().ok()?)));
+        let (conn, guard) = match free {
+            Some(found) => found,
+            None => {
+                let (conn, lock) = &self.exclusive[i % n];
+                (conn, lock.clone().lock_owned().await)
+            }
+        };
+        Lease {
+            conn: conn.clone(),
+            generation,
+            _exclusive: Some(guard),
+        }
+    }
+}
+
 /// The connections of one store.
 pub(super) enum Link {
     Master(Arc<MasterPool>),
-    Cluster {
-        conns: Vec<ClusterConnection>,
-        next: AtomicUsize,
-    },
+    Cluster(Conns),
 }
 
 /// A connection lent for one operation, and the pool generation it came from.
 pub(super) struct Lease {
     pub(super) conn: Conn,
     generation: u64,
+    /// Held while an exclusive connection is lent.
+    _exclusive: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Link {
-    pub(super) fn cluster(conns: Vec<ClusterConnection>) -> Self {
-        Link::Cluster {
-            conns,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// A connection for the next operation.
-    pub(super) async fn lease(&self) -> Result<Lease, StoreError> {
+    /// A connection for the next operation: `exclusive` for a write that waits
+    /// for replicas.
+    pub(super) async fn lease(&self, exclusive: bool) -> Result<Lease, StoreError> {
         match self {
-            Link::Master(pool) => pool.lease().await,
-            Link::Cluster { conns, next } => {
-                let i = next.fetch_add(1, Ordering::Relaxed) % conns.len();
-                Ok(Lease {
-                    conn: Conn::Cluster(conns[i].clone()),
-                    generation: 0,
-                })
-            }
+            Link::Master(pool) => pool.lease(exclusive).await,
+            Link::Cluster(conns) => Ok(conns.lend(exclusive, 0).await),
         }
     }
 
@@ -110,7 +152,8 @@ impl Link {
 pub(super) struct MasterPool {
     target: Target,
     config: NodeConfig,
-    size: usize,
+    /// Shared connections, and exclusive ones (see [`Conns`]).
+    size: (usize, usize),
     /// The first and the longest delay before connecting again after a failure.
     backoff: (Duration, Duration),
     state: Mutex<PoolState>,
@@ -119,11 +162,10 @@ pub(super) struct MasterPool {
 }
 
 struct PoolState {
-    conns: Vec<MultiplexedConnection>,
+    conns: Option<Arc<Conns>>,
     /// Counts every set of connections made, so a failure reported against an
     /// older set does not drop a newer one.
     generation: u64,
-    next: usize,
     /// After a failed attempt: when the next may be made, and why it failed.
     retry_at: Option<(Instant, String)>,
     delay: Duration,
@@ -133,7 +175,7 @@ impl MasterPool {
     pub(super) fn new(
         target: Target,
         config: NodeConfig,
-        size: usize,
+        size: (usize, usize),
         backoff: (Duration, Duration),
     ) -> Arc<Self> {
         Arc::new(MasterPool {
@@ -142,9 +184,8 @@ impl MasterPool {
             size,
             backoff,
             state: Mutex::new(PoolState {
-                conns: Vec::new(),
+                conns: None,
                 generation: 0,
-                next: 0,
                 retry_at: None,
                 delay: backoff.0,
             }),
@@ -157,48 +198,45 @@ impl MasterPool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection from the current set, if there is one.
-    fn ready(&self) -> Option<Lease> {
-        let mut state = self.state();
-        if state.conns.is_empty() {
-            return None;
-        }
-        let i = state.next % state.conns.len();
-        state.next = state.next.wrapping_add(1);
-        Some(Lease {
-            conn: Conn::Master(state.conns[i].clone()),
-            generation: state.generation,
-        })
+    /// The current set of connections, if there is one, and its generation.
+    fn current(&self) -> Option<(Arc<Conns>, u64)> {
+        let state = self.state();
+        Some((state.conns.clone()?, state.generation))
     }
 
-    async fn lease(&self) -> Result<Lease, StoreError> {
-        if let Some(lease) = self.ready() {
-            return Ok(lease);
+    async fn lease(&self, exclusive: bool) -> Result<Lease, StoreError> {
+        if let Some((conns, generation)) = self.current() {
+            return Ok(conns.lend(exclusive, generation).await);
         }
-        let _one_at_a_time = tokio::time::timeout(self.config.timeout, self.connecting.lock())
+        let connecting = tokio::time::timeout(self.config.timeout, self.connecting.lock());
+        let _one_at_a_time = connecting
             .await
             .map_err(|_| StoreError::Timeout(self.config.timeout))?;
-        if let Some(lease) = self.ready() {
-            return Ok(lease);
+        if let Some((conns, generation)) = self.current() {
+            return Ok(conns.lend(exclusive, generation).await);
         }
-        if let Some((at, why)) = &self.state().retry_at {
+        let waiting = self.state().retry_at.clone();
+        if let Some((at, why)) = waiting {
             let now = Instant::now();
-            if now < *at {
+            if now < at {
                 return Err(StoreError::backend(format!(
                     "Redis is unreachable ({why}); the next attempt is in {:?}",
-                    *at - now
+                    at - now
                 )));
             }
         }
         match self.connect().await {
             Ok(conns) => {
-                let mut state = self.state();
-                state.conns = conns;
-                state.generation += 1;
-                state.retry_at = None;
-                state.delay = self.backoff.0;
-                drop(state);
-                Ok(self.ready().expect("connections were just made"))
+                let conns = Arc::new(conns);
+                let generation = {
+                    let mut state = self.state();
+                    state.conns = Some(conns.clone());
+                    state.generation += 1;
+                    state.retry_at = None;
+                    state.delay = self.backoff.0;
+                    state.generation
+                };
+                Ok(conns.lend(exclusive, generation).await)
             }
             Err(err) => {
                 let mut state = self.state();
@@ -211,10 +249,10 @@ impl MasterPool {
 
     /// A fresh set of connections to the master; with sentinels, to the server
     /// they name, once it says it is a master.
-    async fn connect(&self) -> Result<Vec<MultiplexedConnection>, StoreError> {
+    async fn connect(&self) -> Result<Conns, StoreError> {
         let (host, port) = self.target.master().await?;
-        let mut conns = Vec::with_capacity(self.size);
-        for _ in 0..self.size {
+        let mut conns = Vec::with_capacity(self.size.0 + self.size.1);
+        for _ in 0..self.size.0 + self.size.1 {
             conns.push(self.config.connect(&host, port).await?);
         }
         if self.target.sentinels().is_some() {
@@ -232,11 +270,13 @@ impl MasterPool {
                 )));
             }
         }
-        load_scripts(&mut Conn::Master(conns[0].clone()))
+        let mut conns: Vec<Conn> = conns.into_iter().map(Conn::Master).collect();
+        load_scripts(&mut conns[0])
             .await
             .map_err(|e| self.config.error(e))?;
         tracing::info!(target: "tower_sealed_sessions", %host, port, connections = conns.len(), "connected to the Redis master");
-        Ok(conns)
+        let exclusive = conns.split_off(self.size.0);
+        Ok(Conns::new(conns, exclusive))
     }
 
     /// Drops the current connections (those of `generation`, or any when `None`),
@@ -244,8 +284,8 @@ impl MasterPool {
     /// the failure that led here was not a failed attempt to connect.
     pub(super) fn drop_connections(&self, generation: Option<u64>) {
         let mut state = self.state();
-        if generation.is_none_or(|g| g == state.generation) && !state.conns.is_empty() {
-            state.conns.clear();
+        if generation.is_none_or(|g| g == state.generation) && state.conns.is_some() {
+            state.conns = None;
             state.generation += 1;
             tracing::warn!(target: "tower_sealed_sessions", "Redis connection lost or master changed: reconnecting");
         }

@@ -14,7 +14,7 @@ use super::codec::{decode_index, decode_reply, encode, encode_entry, expire_at, 
 use super::connect::{
     NodeConfig, Target, cluster_client, eviction_policies, eviction_refused, evicts,
 };
-use super::link::{Conn, Lease, Link, MasterPool, load_scripts};
+use super::link::{Conn, Conns, Lease, Link, MasterPool, load_scripts};
 use super::scripts;
 use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
 use crate::clock::Timestamp;
@@ -89,6 +89,18 @@ struct Inner {
     index: Script,
 }
 
+/// Shared connections per node, and exclusive ones for writes that wait for
+/// replicas (at least 4, so that a replica slow to acknowledge holds up a few
+/// writes, never the reads).
+fn pool_sizes(settings: &RedisSettings) -> (usize, usize) {
+    let shared = settings.pool_size();
+    let exclusive = match settings.wait_for() {
+        Some(_) => shared.max(4),
+        None => 0,
+    };
+    (shared, exclusive)
+}
+
 /// How many commands of one batch (the records of a user's index) are in flight
 /// at once; on a multiplexed connection they travel together.
 const BATCH: usize = 64;
@@ -124,19 +136,20 @@ impl RedisStore {
         let link = match settings.topology().map_err(StoreError::backend)? {
             RedisTopology::Cluster(cluster) => {
                 let client = cluster_client(settings, &config, &cluster.nodes)?;
-                let mut conns = Vec::with_capacity(settings.pool_size());
-                for _ in 0..settings.pool_size() {
-                    conns.push(
-                        client
-                            .get_async_connection()
-                            .await
-                            .map_err(|e| config.error(e))?,
-                    );
+                let (shared, exclusive) = pool_sizes(settings);
+                let mut conns = Vec::with_capacity(shared + exclusive);
+                for _ in 0..shared + exclusive {
+                    let conn = client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| config.error(e))?;
+                    conns.push(Conn::Cluster(conn));
                 }
-                load_scripts(&mut Conn::Cluster(conns[0].clone()))
+                load_scripts(&mut conns[0])
                     .await
                     .map_err(|e| config.error(e))?;
-                Link::cluster(conns)
+                let exclusive = conns.split_off(shared);
+                Link::Cluster(Conns::new(conns, exclusive))
             }
             RedisTopology::Url(_) | RedisTopology::Sentinel(_) => {
                 let target = Target::from_settings(settings, &config)?
@@ -144,7 +157,7 @@ impl RedisStore {
                 let pool = MasterPool::new(
                     target,
                     config.clone(),
-                    settings.pool_size(),
+                    pool_sizes(settings),
                     settings.reconnect_delays(),
                 );
                 pool.watch_sentinels();
@@ -177,7 +190,7 @@ impl RedisStore {
     async fn check_server(&self, allow_eviction: bool) -> Result<(), StoreError> {
         let probe = Script::new(scripts::PROBE);
         let key = format!("{}version-probe", self.inner.prefix);
-        let mut lease = self.inner.link.lease().await?;
+        let mut lease = self.lease(false).await?;
         if let Err(err) = probe.key(&key).invoke_async::<Value>(&mut lease.conn).await {
             return Err(StoreError::backend(format!(
                 "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
@@ -237,7 +250,7 @@ impl RedisStore {
         args: &[&[u8]],
         write: bool,
     ) -> Result<T, StoreError> {
-        let mut lease = self.inner.link.lease().await?;
+        let mut lease = self.lease(write).await?;
         let mut invocation = script.key(key);
         for arg in args {
             invocation.arg(*arg);
@@ -259,7 +272,7 @@ impl RedisStore {
         key: &str,
         write: bool,
     ) -> Result<T, StoreError> {
-        let mut lease = self.inner.link.lease().await?;
+        let mut lease = self.lease(false).await?;
         let reply = match cmd.query_async(&mut lease.conn).await {
             Ok(reply) => reply,
             Err(err) => return Err(self.failed(&lease, err)),
@@ -268,6 +281,15 @@ impl RedisStore {
             self.replicated(&mut lease, key).await?;
         }
         Ok(reply)
+    }
+
+    /// A connection for one command: an exclusive one for a write that waits for
+    /// replicas.
+    async fn lease(&self, write: bool) -> Result<Lease, StoreError> {
+        self.inner
+            .link
+            .lease(write && self.inner.wait.is_some())
+            .await
     }
 
     /// With replication asked for: `WAIT` on the connection (and, in a Cluster,
@@ -574,7 +596,7 @@ impl SessionStore for RedisStore {
 
     /// `PING`: the master, or every master of a Cluster.
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut lease = self.inner.link.lease().await?;
+        let mut lease = self.lease(false).await?;
         match redis::cmd("PING")
             .query_async::<Value>(&mut lease.conn)
             .await
