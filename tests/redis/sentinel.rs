@@ -2,9 +2,6 @@
 
 use super::*;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_replicated_write_survives_a_sentinel_failover() {
     if !available() {
@@ -146,67 +143,6 @@ impl Deployment {
         .with_timeout(Duration::from_millis(500))
         .with_reconnect(Duration::from_millis(50), Duration::from_millis(500))
     }
-}
-
-/// What one writer saw: the last value acknowledged, and the last one sent.
-#[derive(Default, Clone, Copy, Debug)]
-struct Written {
-    acked: u64,
-    sent: u64,
-    failed: u64,
-}
-
-/// `writers` clients, each on its own session, writing 1, 2, 3... to key `n` as fast
-/// as they can until `stop`; returns their cookies and what each saw.
-async fn write_continuously(
-    base: String,
-    writers: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<(String, Written)> {
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let base = base.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let cookie = cookie_pair(&send(reqwest::Method::POST, &base, "/set/n/0", None).await);
-            let mut seen = Written::default();
-            // Bounded: at most 20,000 writes, and the test stops it in seconds.
-            for i in 1..=20_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                seen.sent = i;
-                let path = format!("/set/n/{i}");
-                match send(reqwest::Method::POST, &base, &path, Some(&cookie))
-                    .await
-                    .status()
-                {
-                    reqwest::StatusCode::NO_CONTENT => seen.acked = i,
-                    _ => seen.failed += 1,
-                }
-            }
-            (cookie, seen)
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.push(task.await.unwrap());
-    }
-    all
-}
-
-/// Reads back every writer's value and counts the acknowledged writes lost: a
-/// value older than the last acknowledged one. A value newer than it is a write
-/// answered 503 (not acknowledged) that still landed, which loses nothing.
-async fn lost_writes(base: &str, written: &[(String, Written)]) -> u64 {
-    let mut lost = 0;
-    for (cookie, seen) in written {
-        let value = read(base, cookie, "n").await;
-        let value: u64 = value.as_str().unwrap_or("0").parse().unwrap();
-        assert!(value <= seen.sent, "never a value that was not sent");
-        lost += seen.acked.saturating_sub(value);
-    }
-    lost
 }
 
 /// `SENTINEL FAILOVER` under continuous writes, with replication-acknowledged

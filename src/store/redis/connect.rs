@@ -347,8 +347,10 @@ fn nodes(nodes: &[String]) -> Result<Vec<(String, u16)>, StoreError> {
         .collect()
 }
 
-/// A Cluster client: it follows MOVED and ASK (sending ASKING with the command),
-/// and retries after a lost connection, which the scripts make safe.
+/// A Cluster client that never sends a command again by itself: not after a lost
+/// connection (the command may have run), and not after MOVED or ASK either, which
+/// the store follows itself (see `RedisStore::run`). It still refreshes its slot
+/// map after a redirect, and reconnects to nodes, with back-off.
 pub(super) fn cluster_client(
     settings: &RedisSettings,
     config: &NodeConfig,
@@ -373,7 +375,7 @@ pub(super) fn cluster_client(
         .collect::<Result<_, _>>()
         .map_err(StoreError::backend)?;
     let mut builder = ClusterClientBuilder::new(infos)
-        .retries(CLUSTER_RETRIES)
+        .retries(0)
         .min_retry_wait(millis(min_delay))
         .max_retry_wait(millis(max_delay))
         .connection_timeout(config.timeout)
@@ -389,11 +391,6 @@ pub(super) fn cluster_client(
     }
     builder.build().map_err(StoreError::backend)
 }
-
-/// How often a Cluster command is sent again: after a MOVED or ASK (the command
-/// did not run), or after a lost connection (it may have; the scripts make a second
-/// run harmless). Resharding moves a key at most twice (MOVED, then ASK).
-const CLUSTER_RETRIES: u32 = 5;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

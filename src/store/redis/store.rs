@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{FromRedisValue, RedisError, Script, Value};
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 
 use super::codec::{decode_index, decode_reply, encode, encode_entry, expire_at, tombstone};
 use super::connect::{
@@ -81,13 +81,46 @@ struct Inner {
     prefix: String,
     timeout: Duration,
     wait: Option<(u32, Duration)>,
-    load: Script,
-    create: Script,
-    swap: Script,
-    delete_version: Script,
-    touch: Script,
-    index: Script,
+    load: Lua,
+    create: Lua,
+    swap: Lua,
+    delete_version: Lua,
+    touch: Lua,
+    index: Lua,
 }
+
+/// A Lua script: its text, and the SHA-1 digest `EVALSHA` names it by.
+struct Lua {
+    body: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(body: &'static str) -> Self {
+        Lua {
+            body,
+            sha: Script::new(body).get_hash().to_owned(),
+        }
+    }
+
+    /// The script run on `key` with `args`: by its digest (`EVALSHA`), or with
+    /// its text (`EVAL`), for a server that does not have it (which then keeps it).
+    fn command(&self, key: &str, args: &[&[u8]], by_digest: bool) -> Cmd {
+        let mut cmd = match by_digest {
+            true => redis::cmd("EVALSHA").arg(&self.sha).to_owned(),
+            false => redis::cmd("EVAL").arg(self.body).to_owned(),
+        };
+        cmd.arg(1).arg(key);
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd
+    }
+}
+
+/// How many MOVED and ASK replies one command follows: resharding moves a key at
+/// most twice (ASK while its slot migrates, then MOVED).
+const MAX_REDIRECTS: u32 = 5;
 
 /// Shared connections per node, and exclusive ones for writes that wait for
 /// replicas (at least 4, so that a replica slow to acknowledge holds up a few
@@ -173,12 +206,12 @@ impl RedisStore {
                     .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned()),
                 timeout: settings.timeout(),
                 wait: settings.wait_for(),
-                load: Script::new(scripts::LOAD),
-                create: Script::new(scripts::CREATE),
-                swap: Script::new(scripts::SWAP),
-                delete_version: Script::new(scripts::DELETE_VERSION),
-                touch: Script::new(scripts::TOUCH),
-                index: Script::new(scripts::INDEX),
+                load: Lua::new(scripts::LOAD),
+                create: Lua::new(scripts::CREATE),
+                swap: Lua::new(scripts::SWAP),
+                delete_version: Lua::new(scripts::DELETE_VERSION),
+                touch: Lua::new(scripts::TOUCH),
+                index: Lua::new(scripts::INDEX),
             }),
         };
         store.check_server(settings.allow_eviction).await?;
@@ -245,42 +278,99 @@ impl RedisStore {
     /// settings ask for.
     async fn script<T: FromRedisValue>(
         &self,
-        script: &Script,
+        script: &Lua,
         key: &str,
         args: &[&[u8]],
         write: bool,
     ) -> Result<T, StoreError> {
-        let mut lease = self.lease(write).await?;
-        let mut invocation = script.key(key);
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let reply = match invocation.invoke_async(&mut lease.conn).await {
-            Ok(reply) => reply,
-            Err(err) => return Err(self.failed(&lease, err)),
-        };
-        if write {
-            self.replicated(&mut lease, key).await?;
-        }
-        Ok(reply)
+        let evalsha = script.command(key, args, true);
+        self.run(evalsha, key, Some((script, args)), write).await
     }
 
     /// Runs a plain command on `key`; a write then waits for the replicas.
     async fn command<T: FromRedisValue>(
         &self,
-        cmd: redis::Cmd,
+        cmd: Cmd,
         key: &str,
         write: bool,
     ) -> Result<T, StoreError> {
-        let mut lease = self.lease(false).await?;
-        let reply = match cmd.query_async(&mut lease.conn).await {
-            Ok(reply) => reply,
-            Err(err) => return Err(self.failed(&lease, err)),
-        };
-        if write {
-            self.replicated(&mut lease, key).await?;
+        self.run(cmd, key, None, write).await
+    }
+
+    /// Runs `cmd` on `key` to its answer. In a Cluster, a MOVED or ASK reply (the
+    /// command did not run) is followed here, at most [`MAX_REDIRECTS`] times: an
+    /// ASK by `ASKING` and the command written together in one pipeline, so that no
+    /// other request's command on the shared connection can take the `ASKING` (the
+    /// client library sends the two apart). A script the server does not have
+    /// (`NOSCRIPT`, after a restart, or on a node added since) is sent whole once.
+    /// A write then waits for the replicas, on the node that ran it.
+    async fn run<T: FromRedisValue>(
+        &self,
+        mut cmd: Cmd,
+        key: &str,
+        script: Option<(&Lua, &[&[u8]])>,
+        write: bool,
+    ) -> Result<T, StoreError> {
+        let mut lease = self.lease(write).await?;
+        let mut redirect: Option<(bool, String, u16)> = None;
+        for _ in 0..MAX_REDIRECTS {
+            let reply = match (&mut lease.conn, &redirect) {
+                (conn, None) => cmd.query_async::<Value>(conn).await,
+                (Conn::Cluster(conn), Some((ask, host, port))) => {
+                    let mut pipe = redis::pipe();
+                    if *ask {
+                        pipe.cmd("ASKING");
+                    }
+                    pipe.add_command(cmd.clone());
+                    let node = SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    };
+                    conn.route_pipeline(pipe, usize::from(*ask), 1, node)
+                        .await
+                        .and_then(|mut replies| replies.pop().unwrap_or(Value::Nil).extract_error())
+                }
+                (Conn::Master(_), Some(_)) => unreachable!("only a Cluster redirects"),
+            };
+            let err = match reply {
+                Ok(value) => {
+                    if write {
+                        self.replicated(&mut lease, key, redirect.as_ref()).await?;
+                    }
+                    return T::from_redis_value(value).map_err(|e| {
+                        StoreError::Corrupt(format!("unexpected reply from Redis: {e}"))
+                    });
+                }
+                Err(err) => err,
+            };
+            match err.kind() {
+                ErrorKind::Server(ServerErrorKind::NoScript) if script.is_some() => {
+                    let (lua, args) = script.expect("checked");
+                    cmd = lua.command(key, args, false);
+                }
+                ErrorKind::Server(kind @ (ServerErrorKind::Moved | ServerErrorKind::Ask)) => {
+                    let Some((host, port)) = err
+                        .redirect_node()
+                        .and_then(|(addr, _)| addr.rsplit_once(':'))
+                        .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+                    else {
+                        return Err(self.failed(&lease, err));
+                    };
+                    redirect = Some((kind == ServerErrorKind::Ask, host, port));
+                }
+                // A node named by a redirect that the client is not connected to
+                // yet (it joined the Cluster since): once the slot map the redirect
+                // triggered is refreshed, the usual routing reaches it.
+                ErrorKind::ClusterConnectionNotFound if redirect.is_some() => {
+                    redirect = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return Err(self.failed(&lease, err)),
+            }
         }
-        Ok(reply)
+        Err(StoreError::backend(format!(
+            "the Cluster redirected a command {MAX_REDIRECTS} times in a row"
+        )))
     }
 
     /// A connection for one command: an exclusive one for a write that waits for
@@ -293,10 +383,16 @@ impl RedisStore {
     }
 
     /// With replication asked for: `WAIT` on the connection (and, in a Cluster,
-    /// the node) that took the write to `key`, and an error when too few replicas
-    /// have it in time. The write stays on the master: the request is answered 503,
-    /// never as saved, since a failover now could lose it.
-    async fn replicated(&self, lease: &mut Lease, key: &str) -> Result<(), StoreError> {
+    /// the node: `redirect`'s when the command was redirected) that took the write
+    /// to `key`, and an error when too few replicas have it in time. The write
+    /// stays on the master: the request is answered 503, never as saved, since a
+    /// failover now could lose it.
+    async fn replicated(
+        &self,
+        lease: &mut Lease,
+        key: &str,
+        redirect: Option<&(bool, String, u16)>,
+    ) -> Result<(), StoreError> {
         let Some((replicas, timeout)) = self.inner.wait else {
             return Ok(());
         };
@@ -306,9 +402,17 @@ impl RedisStore {
         let acked = match &mut lease.conn {
             Conn::Master(conn) => wait.query_async::<i64>(conn).await,
             Conn::Cluster(conn) => {
-                let node = Route::new(slot(key.as_bytes()), SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(node));
-                conn.route_command(wait, routing)
+                let node = match redirect {
+                    Some((_, host, port)) => SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                    None => SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        slot(key.as_bytes()),
+                        SlotAddr::Master,
+                    )),
+                };
+                conn.route_command(wait, RoutingInfo::SingleNode(node))
                     .await
                     .and_then(|v| i64::from_redis_value(v).map_err(RedisError::from))
             }
@@ -348,7 +452,7 @@ impl RedisStore {
     /// the current record (a conflict).
     async fn compare_and_set(
         &self,
-        script: &Script,
+        script: &Lua,
         key: &StoreKey,
         args: &[&[u8]],
     ) -> Result<CompareAndSet, StoreError> {
