@@ -315,3 +315,12 @@ async fn race_writes(
     paused.release.notify_one();
     assert_eq!(held.await.unwrap().unwrap().status(), 200, "{first}");
 }
+
+/// A thousand sessions of one user on the memory store: a login, a list and a
+/// "log out everywhere" each see all of them (the times are printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_of_one_user_are_listed_and_revoked() {
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
+    let costs = common::users::at_scale(layer, 1_000).await;
+    println!("memory, 1,000 sessions of one user: {costs:?}");
+}

@@ -189,3 +189,50 @@ pub async fn run(layer: SessionLayer) {
     );
     assert!(!live.is_empty());
 }
+
+/// What `at_scale` measured, in milliseconds.
+#[derive(Debug)]
+pub struct Costs {
+    pub login: u128,
+    pub list: u128,
+    pub revoke_all: u128,
+}
+
+/// `n` sessions of one user (each a login by a client without a cookie jar, as
+/// abandoned devices leave them), then one more login, a list and a "log out
+/// everywhere": each must see all of them, and leave none.
+pub async fn at_scale(layer: SessionLayer, n: usize) -> Costs {
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..n {
+        let res = client
+            .post(format!("{base}/login/crowd"))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    let started = std::time::Instant::now();
+    let res = client
+        .post(format!("{base}/login/crowd"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let login = started.elapsed().as_millis();
+    let started = std::time::Instant::now();
+    let listed = users.list("crowd").await.unwrap();
+    let list = started.elapsed().as_millis();
+    assert_eq!(listed.len(), n + 1, "every session is listed");
+    let started = std::time::Instant::now();
+    let revoked = users.revoke_all("crowd").await.unwrap();
+    let revoke_all = started.elapsed().as_millis();
+    assert_eq!(revoked, n + 1, "every session is revoked");
+    assert!(users.list("crowd").await.unwrap().is_empty());
+    Costs {
+        login,
+        list,
+        revoke_all,
+    }
+}

@@ -94,3 +94,21 @@ async fn without_a_lifespan_or_limit_logins_keep_the_users_index_bounded() {
     common::users::login(&base, "alice.example").await;
     assert_eq!(server.cli(&["HLEN", keys.trim()]), "1");
 }
+
+/// A thousand sessions of one user: a login, a list and a "log out everywhere"
+/// each see all of them, with their records loaded in one batch (the times are
+/// printed; the commands Redis ran are counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_of_one_user_cost_a_bounded_number_of_round_trips() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap()).with_secure(false);
+    let costs = common::users::at_scale(layer, 1_000).await;
+    println!("redis, 1,000 sessions of one user: {costs:?}");
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_keys"), "no KEYS: {stats}");
+    assert!(!stats.contains("cmdstat_scan"), "no SCAN: {stats}");
+}

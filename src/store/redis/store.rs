@@ -135,8 +135,9 @@ fn pool_sizes(settings: &RedisSettings) -> (usize, usize) {
 }
 
 /// How many commands of one batch (the records of a user's index) are in flight
-/// at once; on a multiplexed connection they travel together.
-const BATCH: usize = 64;
+/// at once; on a multiplexed connection they travel together, so a batch of up to
+/// this many costs one round trip.
+const BATCH: usize = 1024;
 
 impl RedisStore {
     /// The key prefix when none is configured.
