@@ -98,6 +98,30 @@ fn bench_redis(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // The round trip on this machine, in this run: redis-benchmark's, one client,
+    // no pipelining, and the client library's own (the `ping` case below).
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("6379");
+    match std::process::Command::new("redis-benchmark")
+        .args(["-p", port, "-c", "1", "-n", "20000", "-t", "ping", "-q"])
+        .output()
+    {
+        Ok(out) => eprintln!(
+            "redis-benchmark, one client: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Err(err) => eprintln!("redis-benchmark not run: {err}"),
+    }
+    let raw = rt
+        .block_on(async {
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+        })
+        .expect("connect to REDIS_URL");
     let settings = tower_sealed_sessions::config::RedisSettings::url(url).with_prefix("bench:");
     let store = rt
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
@@ -105,6 +129,13 @@ fn bench_redis(c: &mut Criterion) {
     let layer = SessionLayer::new(store, Keys::generate());
     let app = routes().layer(layer.clone()).with_state(());
     let mut group = c.benchmark_group("redis");
+    group.bench_function("ping", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = raw.clone();
+            async move { black_box(redis::cmd("PING").query_async::<String>(&mut conn).await) }
+        })
+    });
+    drop(raw);
     one_request(&mut group, &rt, "new_session", &app, "/write", None);
     existing_session(&mut group, &rt, layer);
     group.finish();

@@ -26,7 +26,7 @@ cookie=$(curl -s -D - -o /dev/null -H 'content-type: application/json' \
 run() { wrk -t1 -c32 -d10s --latency -H "Cookie: $cookie" "$1" | awk '/Requests\/sec/ {rps=$2} /^ +99%/ {p99=$2} END {print rps, p99}'; }
 ratios=()
 for round in $(seq 1 "$rounds"); do
-  read -r bare_rps bare_p99 < <(run "http://127.0.0.1:$port/healthz")
+  read -r bare_rps bare_p99 < <(run "http://127.0.0.1:$port/bare")
   read -r sess_rps sess_p99 < <(run "http://127.0.0.1:$port/api/me")
   ratio=$(python3 -c "print(f'{float($sess_rps)/float($bare_rps):.3f}')")
   ratios+=("$ratio")

@@ -7,8 +7,9 @@
 //!
 //! Routes: `GET /` (HTML page), `GET /api/session`, `GET /api/me`, `POST /api/login`
 //! with JSON `{"username": "...", "remember": true}`, `POST /api/logout`,
-//! `GET /api/sessions` (the caller's own sessions, at most 5 per user) and
-//! `POST /api/logout-everywhere`. It speaks HTTP/1.1 and cleartext HTTP/2 with
+//! `GET /api/sessions` (the caller's own sessions, at most 5 per user),
+//! `POST /api/logout-everywhere`, and `GET /healthz` (200 while the session store
+//! answers, 503 when it does not). It speaks HTTP/1.1 and cleartext HTTP/2 with
 //! prior knowledge (`curl --http2-prior-knowledge`).
 //!
 //! With `SESSION_CONFIG=examples/session.yaml` it reads its session settings from
@@ -319,9 +320,26 @@ async fn api_me(session: Session) -> Result<Json<Option<String>>, AppError> {
     Ok(Json(session.user_id()))
 }
 
+/// `GET /healthz`: 200 when the session store answers, 503 with its error when
+/// it does not, for a load balancer or an orchestrator's probe.
+async fn healthz(State(sessions): State<SessionLayer>) -> Response {
+    match sessions.ping().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ok", "store": "ok" })).into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unavailable", "store": err.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 /// The demo's routes behind `sessions`; the integration tests serve it too.
-/// `/healthz` sits outside the layer, for comparing with and without sessions.
+/// `/healthz` and `/bare` sit outside the layer: the health check, and a route
+/// for comparing with and without sessions (benches/load.sh).
 pub fn app(sessions: SessionLayer) -> Router {
+    let health = Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(sessions.clone());
     Router::new()
         .route("/", get(page))
         .route("/api/session", get(api_session))
@@ -332,7 +350,8 @@ pub fn app(sessions: SessionLayer) -> Router {
         .route("/api/logout-everywhere", post(api_logout_everywhere))
         .with_state(sessions.users())
         .layer(sessions)
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(health)
+        .route("/bare", get(|| async { "ok" }))
 }
 
 #[tokio::main]

@@ -187,7 +187,7 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
     if !redis_server::available() {
         return;
     }
-    let server = redis_server::RedisServer::start();
+    let mut server = redis_server::RedisServer::start();
     let exe = quickstart();
     let dir = temp_dir();
     let config = dir.join("session.yaml");
@@ -219,6 +219,37 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
         body["user"], "ada",
         "still logged in after the restart: {body}"
     );
+
+    // The health check reports the store: up, then down, then up again.
+    let health = || async {
+        let res = reqwest::get(format!("{}/healthz", second.base))
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    let (status, body) = health().await;
+    assert_eq!(
+        (status, body["store"].as_str()),
+        (200, Some("ok")),
+        "{body}"
+    );
+    server.stop();
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    server.resume();
+    let mut up = false;
+    for _ in 0..50 {
+        if health().await.0 == 200 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(up, "healthy again once Redis is back, without a restart");
     drop(second);
     std::fs::remove_dir_all(dir).unwrap();
 }
