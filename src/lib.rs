@@ -66,7 +66,7 @@
 //! | --- | --- | --- |
 //! | `memory-store` | yes | [`MemoryStore`], the embedded store (hashlink, tokio timer) |
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
-//! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster (fred) |
+//! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster, TLS (redis-rs, rustls) |
 //! | `test-util` | no | the store conformance suite ([`store_conformance_tests!`]) and inspection hooks for tests |
 //!
 //! # Where things are

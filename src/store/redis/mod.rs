@@ -9,6 +9,8 @@ pub use settings::{
 #[cfg(feature = "redis")]
 mod codec;
 #[cfg(feature = "redis")]
+mod command;
+#[cfg(feature = "redis")]
 mod connect;
 #[cfg(feature = "redis")]
 mod link;

@@ -31,8 +31,9 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// Every password (`password`, and the sentinels' `sentinel.password`) is a
 /// reference: `env:NAME`, `file:/path` or `base64:VALUE`, or else the password
-/// itself. It is read when the store connects and wiped from memory when the store
-/// is dropped.
+/// itself. It is read when the store connects; the store's copy is wiped from
+/// memory when the store is dropped (the client library keeps its own, for
+/// reconnecting, which it does not wipe).
 #[derive(Deserialize, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

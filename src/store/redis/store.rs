@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
+use redis::{RedisError, Script, Value};
 
 use super::codec::{decode_index, decode_reply, encode, encode_entry, expire_at, tombstone};
+use super::command::{Lua, Runner};
 use super::connect::{
     NodeConfig, Target, cluster_client, eviction_policies, eviction_refused, evicts,
 };
-use super::link::{Conn, Conns, Lease, Link, MasterPool, load_scripts};
+use super::link::{Conn, Conns, Link, MasterPool, load_scripts};
 use super::scripts;
 use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
 use crate::clock::Timestamp;
@@ -34,30 +34,31 @@ use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 ///   sentinels for the master, checks that it says it is one, and listens to every
 ///   sentinel for `+switch-master`, so writes move to a new master as soon as it is
 ///   announced; a master that turns replica (`READONLY`) is left too.
-/// - **Cluster**: the client follows MOVED and ASK (sending `ASKING` with the
-///   command) without counting them as failures, and may send a command again
-///   after a lost connection.
-/// - **Every write is safe to run twice**: a create or an update whose value is
-///   already there (values are unique: sealed data carries a random nonce) reports
-///   success; a compare-and-delete leaves a tombstone of its operation id for a
-///   minute. So a command sent again after it ran reports what the first run did.
+/// - **Cluster**: MOVED and ASK replies (the command did not run) are followed, at
+///   most 5 per command, and never counted as failures; an ASK is answered with
+///   `ASKING` and the command in one pipeline. The client never sends a command
+///   again by itself: a lost connection is a 503, as above.
+/// - **Every write is safe to run twice** all the same: a create or an update
+///   that finds its own write id in the stored value reports success, and a
+///   compare-and-delete leaves a tombstone of its operation for a minute.
 /// - **Replication**: with [`RedisSettings::wait`], every write is followed by
-///   `WAIT`, and a write that too few replicas acknowledged in time answers 503.
-///   Without it, a write is acknowledged once the master has it: a failover may
-///   lose the last writes the master had not yet replicated.
+///   `WAIT` (on connections of their own, since `WAIT` holds its connection), and
+///   a write that too few replicas acknowledged in time answers 503. Without it, a
+///   write is acknowledged once the master has it: a failover may lose the last
+///   writes the master had not yet replicated.
 ///
 /// Layout: one Redis string per session, under `prefix` + the store key in hex (a
 /// single key, so in a Cluster every session lives in one slot). The value is a
-/// format marker, the record's version, lifespan deadline and last activity, then
-/// the sealed data; the idle deadline is the key's own expiry (`PXAT`), so Redis
+/// format marker, the record's version, lifespan deadline and last activity, the
+/// id of the write that stored it, then the sealed data; the idle deadline is the key's own expiry (`PXAT`), so Redis
 /// drops expired sessions itself and a touch is one `PEXPIREAT` (and an 8-byte
 /// `SETRANGE`). A user's session index is one hash under `prefix` + `user:` + the
 /// user tag in hex; each index command touches that one key.
 ///
 /// Round trips: a load, an update, a create, a touch or a delete is one command
-/// each (plus a `WAIT` with replication). Reading a user's index and checking its
-/// entries' records is one round trip each, whatever the number of entries: the
-/// records are asked for together.
+/// each (plus a `WAIT` with replication). Reading a user's index is one round trip,
+/// and checking its entries' records one more for up to 1,024 entries: the records
+/// are asked for together.
 ///
 /// Needs Redis 7.0 or later (`PEXPIRETIME`), and a `maxmemory-policy` of
 /// `noeviction` unless [`RedisSettings::allow_eviction`] is set: both are checked
@@ -77,10 +78,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    link: Link,
+    runner: Runner,
     prefix: String,
-    timeout: Duration,
-    wait: Option<(u32, Duration)>,
     load: Lua,
     create: Lua,
     swap: Lua,
@@ -88,39 +87,6 @@ struct Inner {
     touch: Lua,
     index: Lua,
 }
-
-/// A Lua script: its text, and the SHA-1 digest `EVALSHA` names it by.
-struct Lua {
-    body: &'static str,
-    sha: String,
-}
-
-impl Lua {
-    fn new(body: &'static str) -> Self {
-        Lua {
-            body,
-            sha: Script::new(body).get_hash().to_owned(),
-        }
-    }
-
-    /// The script run on `key` with `args`: by its digest (`EVALSHA`), or with
-    /// its text (`EVAL`), for a server that does not have it (which then keeps it).
-    fn command(&self, key: &str, args: &[&[u8]], by_digest: bool) -> Cmd {
-        let mut cmd = match by_digest {
-            true => redis::cmd("EVALSHA").arg(&self.sha).to_owned(),
-            false => redis::cmd("EVAL").arg(self.body).to_owned(),
-        };
-        cmd.arg(1).arg(key);
-        for arg in args {
-            cmd.arg(*arg);
-        }
-        cmd
-    }
-}
-
-/// How many MOVED and ASK replies one command follows: resharding moves a key at
-/// most twice (ASK while its slot migrates, then MOVED).
-const MAX_REDIRECTS: u32 = 5;
 
 /// Shared connections per node, and exclusive ones for writes that wait for
 /// replicas (at least 4, so that a replica slow to acknowledge holds up a few
@@ -200,13 +166,15 @@ impl RedisStore {
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
-                link,
+                runner: Runner {
+                    link,
+                    timeout: settings.timeout(),
+                    wait: settings.wait_for(),
+                },
                 prefix: settings
                     .prefix
                     .clone()
                     .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned()),
-                timeout: settings.timeout(),
-                wait: settings.wait_for(),
                 load: Lua::new(scripts::LOAD),
                 create: Lua::new(scripts::CREATE),
                 swap: Lua::new(scripts::SWAP),
@@ -224,7 +192,7 @@ impl RedisStore {
     async fn check_server(&self, allow_eviction: bool) -> Result<(), StoreError> {
         let probe = Script::new(scripts::PROBE);
         let key = format!("{}version-probe", self.inner.prefix);
-        let mut lease = self.lease(false).await?;
+        let mut lease = self.inner.runner.lease(false).await?;
         if let Err(err) = probe.key(&key).invoke_async::<Value>(&mut lease.conn).await {
             return Err(StoreError::backend(format!(
                 "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
@@ -264,169 +232,6 @@ impl RedisStore {
         format!("{}user:{user}", self.inner.prefix)
     }
 
-    /// A failed command: the link learns from it, and the request gets a
-    /// [`StoreError`].
-    fn failed(&self, lease: &Lease, err: RedisError) -> StoreError {
-        self.inner.link.failed(lease, &err);
-        if err.is_timeout() {
-            StoreError::Timeout(self.inner.timeout)
-        } else {
-            StoreError::backend(err)
-        }
-    }
-
-    /// Runs `script` on `key` with `args`; a write then waits for the replicas the
-    /// settings ask for.
-    async fn script<T: FromRedisValue>(
-        &self,
-        script: &Lua,
-        key: &str,
-        args: &[&[u8]],
-        write: bool,
-    ) -> Result<T, StoreError> {
-        let evalsha = script.command(key, args, true);
-        self.run(evalsha, key, Some((script, args)), write).await
-    }
-
-    /// Runs a plain command on `key`; a write then waits for the replicas.
-    async fn command<T: FromRedisValue>(
-        &self,
-        cmd: Cmd,
-        key: &str,
-        write: bool,
-    ) -> Result<T, StoreError> {
-        self.run(cmd, key, None, write).await
-    }
-
-    /// Runs `cmd` on `key` to its answer. In a Cluster, a MOVED or ASK reply (the
-    /// command did not run) is followed here, at most [`MAX_REDIRECTS`] times: an
-    /// ASK by `ASKING` and the command written together in one pipeline, so that no
-    /// other request's command on the shared connection can take the `ASKING` (the
-    /// client library sends the two apart). A script the server does not have
-    /// (`NOSCRIPT`, after a restart, or on a node added since) is sent whole once.
-    /// A write then waits for the replicas, on the node that ran it.
-    async fn run<T: FromRedisValue>(
-        &self,
-        mut cmd: Cmd,
-        key: &str,
-        script: Option<(&Lua, &[&[u8]])>,
-        write: bool,
-    ) -> Result<T, StoreError> {
-        let mut lease = self.lease(write).await?;
-        let mut redirect: Option<(bool, String, u16)> = None;
-        for _ in 0..MAX_REDIRECTS {
-            let reply = match (&mut lease.conn, &redirect) {
-                (conn, None) => cmd.query_async::<Value>(conn).await,
-                (Conn::Cluster(conn), Some((ask, host, port))) => {
-                    let mut pipe = redis::pipe();
-                    if *ask {
-                        pipe.cmd("ASKING");
-                    }
-                    pipe.add_command(cmd.clone());
-                    let node = SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    };
-                    conn.route_pipeline(pipe, usize::from(*ask), 1, node)
-                        .await
-                        .and_then(|mut replies| replies.pop().unwrap_or(Value::Nil).extract_error())
-                }
-                (Conn::Master(_), Some(_)) => unreachable!("only a Cluster redirects"),
-            };
-            let err = match reply {
-                Ok(value) => {
-                    if write {
-                        self.replicated(&mut lease, key, redirect.as_ref()).await?;
-                    }
-                    return T::from_redis_value(value).map_err(|e| {
-                        StoreError::Corrupt(format!("unexpected reply from Redis: {e}"))
-                    });
-                }
-                Err(err) => err,
-            };
-            match err.kind() {
-                ErrorKind::Server(ServerErrorKind::NoScript) if script.is_some() => {
-                    let (lua, args) = script.expect("checked");
-                    cmd = lua.command(key, args, false);
-                }
-                ErrorKind::Server(kind @ (ServerErrorKind::Moved | ServerErrorKind::Ask)) => {
-                    let Some((host, port)) = err
-                        .redirect_node()
-                        .and_then(|(addr, _)| addr.rsplit_once(':'))
-                        .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-                    else {
-                        return Err(self.failed(&lease, err));
-                    };
-                    redirect = Some((kind == ServerErrorKind::Ask, host, port));
-                }
-                // A node named by a redirect that the client is not connected to
-                // yet (it joined the Cluster since): once the slot map the redirect
-                // triggered is refreshed, the usual routing reaches it.
-                ErrorKind::ClusterConnectionNotFound if redirect.is_some() => {
-                    redirect = None;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => return Err(self.failed(&lease, err)),
-            }
-        }
-        Err(StoreError::backend(format!(
-            "the Cluster redirected a command {MAX_REDIRECTS} times in a row"
-        )))
-    }
-
-    /// A connection for one command: an exclusive one for a write that waits for
-    /// replicas.
-    async fn lease(&self, write: bool) -> Result<Lease, StoreError> {
-        self.inner
-            .link
-            .lease(write && self.inner.wait.is_some())
-            .await
-    }
-
-    /// With replication asked for: `WAIT` on the connection (and, in a Cluster,
-    /// the node: `redirect`'s when the command was redirected) that took the write
-    /// to `key`, and an error when too few replicas have it in time. The write
-    /// stays on the master: the request is answered 503, never as saved, since a
-    /// failover now could lose it.
-    async fn replicated(
-        &self,
-        lease: &mut Lease,
-        key: &str,
-        redirect: Option<&(bool, String, u16)>,
-    ) -> Result<(), StoreError> {
-        let Some((replicas, timeout)) = self.inner.wait else {
-            return Ok(());
-        };
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas)
-            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        let acked = match &mut lease.conn {
-            Conn::Master(conn) => wait.query_async::<i64>(conn).await,
-            Conn::Cluster(conn) => {
-                let node = match redirect {
-                    Some((_, host, port)) => SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    },
-                    None => SingleNodeRoutingInfo::SpecificNode(Route::new(
-                        slot(key.as_bytes()),
-                        SlotAddr::Master,
-                    )),
-                };
-                conn.route_command(wait, RoutingInfo::SingleNode(node))
-                    .await
-                    .and_then(|v| i64::from_redis_value(v).map_err(RedisError::from))
-            }
-        };
-        match acked {
-            Ok(n) if n >= i64::from(replicas) => Ok(()),
-            Ok(n) => Err(StoreError::backend(format!(
-                "only {n} of {replicas} replicas acknowledged the write within {timeout:?}"
-            ))),
-            Err(err) => Err(self.failed(lease, err)),
-        }
-    }
-
     /// Runs the index script: upserts `entry` when given, prunes, and returns what
     /// remains.
     async fn index(
@@ -444,6 +249,8 @@ impl RedisStore {
         }
         let key = self.redis_index_key(user);
         let reply: Value = self
+            .inner
+            .runner
             .script(&self.inner.index, &key, &args, entry.is_some())
             .await?;
         decode_index(reply)
@@ -458,6 +265,8 @@ impl RedisStore {
         args: &[&[u8]],
     ) -> Result<CompareAndSet, StoreError> {
         let reply: Value = self
+            .inner
+            .runner
             .script(script, &self.redis_key(key), args, true)
             .await?;
         match reply {
@@ -488,25 +297,10 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
-            .field("wait", &self.inner.wait)
+            .field("timeout", &self.inner.runner.timeout)
+            .field("wait", &self.inner.runner.wait)
             .finish_non_exhaustive()
     }
-}
-
-/// The Cluster slot of `key`: CRC16 of the key, or of its `{hash tag}`, modulo
-/// 16384 (Redis Cluster specification, "Keys distribution model").
-fn slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
 }
 
 /// An expiry argument: Unix milliseconds, or `0` for none.
@@ -522,6 +316,8 @@ impl SessionStore for RedisStore {
         let redis_key = self.redis_key(key);
         async move {
             let reply: Value = self
+                .inner
+                .runner
                 .script(&self.inner.load, &redis_key, &[], false)
                 .await?;
             decode_reply(reply)
@@ -553,6 +349,8 @@ impl SessionStore for RedisStore {
         let expire = expiry_arg(&record.deadlines);
         async move {
             let created: i64 = self
+                .inner
+                .runner
                 .script(
                     &self.inner.create,
                     &redis_key,
@@ -611,6 +409,8 @@ impl SessionStore for RedisStore {
             let expected = expected_version.to_be_bytes();
             let active = deadlines.active.unix_millis().to_be_bytes();
             let touched: i64 = self
+                .inner
+                .runner
                 .script(
                     &self.inner.touch,
                     &redis_key,
@@ -627,7 +427,7 @@ impl SessionStore for RedisStore {
         async move {
             let mut del = redis::cmd("DEL");
             del.arg(&redis_key);
-            let _: i64 = self.command(del, &redis_key, true).await?;
+            let _: i64 = self.inner.runner.command(del, &redis_key, true).await?;
             Ok(())
         }
     }
@@ -685,7 +485,7 @@ impl SessionStore for RedisStore {
             if empty {
                 return Ok(());
             }
-            let _: i64 = self.command(hdel, &redis_key, true).await?;
+            let _: i64 = self.inner.runner.command(hdel, &redis_key, true).await?;
             Ok(())
         }
     }
@@ -701,32 +501,13 @@ impl SessionStore for RedisStore {
 
     /// `PING`: the master, or every master of a Cluster.
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut lease = self.lease(false).await?;
+        let mut lease = self.inner.runner.lease(false).await?;
         match redis::cmd("PING")
             .query_async::<Value>(&mut lease.conn)
             .await
         {
             Ok(_) => Ok(()),
-            Err(err) => Err(self.failed(&lease, err)),
+            Err(err) => Err(self.inner.runner.failed(&lease, err)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_follow_the_cluster_specification() {
-        // Examples from the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(slot(b"123456789"), 0x31C3, "the CRC16 check value");
-        assert_eq!(slot(b"foo"), 12182);
-        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
-        assert_eq!(
-            slot(b"foo{}{bar}"),
-            slot(b"foo{}{bar}"),
-            "an empty tag hashes the whole key"
-        );
-        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
     }
 }
