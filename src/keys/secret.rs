@@ -209,6 +209,7 @@ impl fmt::Debug for Secret {
 /// text is the credential itself. Unlike [`Secret::from_reference`], no length or
 /// randomness is asked of it, and an unknown `word:` is taken as it is, since
 /// passwords may hold colons.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn credential(reference: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     if let Some(name) = reference.strip_prefix("env:") {
         env_bytes(name)
@@ -530,6 +531,22 @@ mod tests {
         );
         let unset = Secret::from_reference("env:TSS_TEST_NEVER_SET").unwrap_err();
         assert!(matches!(unset, KeyError::EnvNotSet(name) if name == "TSS_TEST_NEVER_SET"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_credential_is_a_reference_or_the_text_itself() {
+        let dir = temp_dir("credential");
+        let path = dir.join("password");
+        fs::write(&path, "s3cret:with:colons\n").unwrap();
+        let from_file = credential(&format!("file:{}", path.display())).unwrap();
+        assert_eq!(&from_file[..], b"s3cret:with:colons");
+        assert_eq!(&credential("base64:aHVudGVyMg==").unwrap()[..], b"hunter2");
+        assert_eq!(&credential("p@ss:word").unwrap()[..], b"p@ss:word", "colons are allowed");
+        assert!(matches!(
+            credential("env:TSS_TEST_NEVER_SET_EITHER"),
+            Err(KeyError::EnvNotSet(_))
+        ));
         fs::remove_dir_all(dir).unwrap();
     }
 }
