@@ -124,8 +124,9 @@ pub(crate) fn audit_expired(key: &StoreKey, reason: &'static str) {
 /// Emits a `rejected` event for a record the store could not decode or that did
 /// not open with its cookie, and a warning for the operator.
 pub(crate) fn audit_rejected_record(key: &StoreKey, what: &str, reason: &dyn fmt::Display) {
-    tracing::warn!(target: "tower_sealed_sessions", %reason, store_key = %key, "session record {what}");
-    tracing::info!(target: AUDIT_TARGET, event = "rejected", fingerprint = %Fingerprint::of(key), %reason);
+    let fingerprint = Fingerprint::of(key);
+    tracing::warn!(target: "tower_sealed_sessions", %reason, %fingerprint, "session record {what}");
+    tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ impl Decision {
 /// | --- | --- |
 /// | opened nothing, holds no data | keep the token, or clear a refused one |
 /// | ambiguous, not destroyed | keep: nothing is saved |
-/// | ambiguous, destroyed | delete every session named, clear |
+/// | ambiguous, destroyed | delete every session opened, clear (keep when too many tokens to open any) |
 /// | opened nothing, holds data | create |
 /// | destroyed | delete, then create when data was written after |
 /// | cycled, or its cookie sealed under a previous key | move to a new id |
@@ -100,7 +100,7 @@ impl Decision {
 /// | unchanged, stored idle deadline or last activity lagging | touch |
 /// | unchanged | keep |
 fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
-    if state.loaded.is_none() && state.ambiguous.is_empty() && state.data.is_empty() {
+    if state.loaded.is_none() && state.ambiguous.is_none() && state.data.is_empty() {
         // Nothing was opened and nothing is to be kept: the common request
         // without a cookie, decided without taking anything apart.
         return Decision::Done(if state.refused {
@@ -112,14 +112,13 @@ fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
     let data = mem::take(&mut state.data);
     let changes = mem::take(&mut state.changes);
     let meta = state.meta;
-    if !state.ambiguous.is_empty() {
-        if !state.destroyed {
+    if let Some(store_keys) = state.ambiguous.take() {
+        if !state.destroyed || store_keys.is_empty() {
             if !changes.is_empty() || state.cycle || state.lifespan_changed {
                 tracing::warn!(target: "tower_sealed_sessions", "changes to a session of an ambiguous request (several session cookies) are not saved");
             }
             return Decision::Done(TokenChange::Keep);
         }
-        let store_keys = mem::take(&mut state.ambiguous);
         return Decision::Persist(Plan::DestroyAll { store_keys });
     }
     let Some(loaded) = state.loaded.take() else {
@@ -274,6 +273,14 @@ mod tests {
             Decision::Persist(Plan::DestroyAll { store_keys }) => assert_eq!(store_keys, keys),
             other => panic!("expected destroy all, got {}", kind(&other)),
         }
+        // A cookie bomb opened nothing: it saves nothing, ends nothing, clears nothing.
+        let bomb = session(&s, Brought::Ambiguous(Vec::new()));
+        assert!(bomb.is_ambiguous());
+        bomb.insert("k", 1).unwrap();
+        assert_eq!(decided(&bomb), "keep");
+        let bomb = session(&s, Brought::Ambiguous(Vec::new()));
+        bomb.destroy();
+        assert_eq!(decided(&bomb), "keep");
     }
 
     #[test]

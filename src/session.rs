@@ -98,9 +98,10 @@ pub(crate) struct State {
     pub(crate) destroyed: bool,
     pub(crate) cycle: bool,
     pub(crate) lifespan_changed: bool,
-    /// The request named several sessions: these are their store keys, and nothing
-    /// of this request is saved (see [`Session::is_ambiguous`]).
-    pub(crate) ambiguous: Vec<StoreKey>,
+    /// The request named several sessions (or carried too many tokens to open):
+    /// the store keys it opened, and nothing of this request is saved (see
+    /// [`Session::is_ambiguous`]).
+    pub(crate) ambiguous: Option<Vec<StoreKey>>,
     /// The request's token was refused, and the response clears it.
     pub(crate) refused: bool,
 }
@@ -115,7 +116,8 @@ pub(crate) enum Brought {
     /// A token to clear: forged, altered, past its lifespan, or its record refused.
     Refused,
     /// Authentic tokens naming different sessions (cookie tossing, or a cookie
-    /// whose Domain or Path changed): their store keys.
+    /// whose Domain or Path changed): their store keys. Empty for a request with
+    /// more tokens than are opened (a cookie bomb).
     Ambiguous(Vec<StoreKey>),
 }
 
@@ -180,12 +182,12 @@ impl Session {
     /// A fresh session, for a request that brought no live one.
     pub(crate) fn new(settings: Arc<Settings>, now: Timestamp, brought: Brought) -> Self {
         let (ambiguous, refused) = match brought {
-            Brought::Nothing => (Vec::new(), false),
-            Brought::Refused => (Vec::new(), true),
+            Brought::Nothing => (None, false),
+            Brought::Refused => (None, true),
             // It starts empty and is never saved, so neither the real session nor a
             // planted one is read, written or replaced by a new cookie; only
             // `destroy` acts, and ends all of them.
-            Brought::Ambiguous(keys) => (keys, false),
+            Brought::Ambiguous(keys) => (Some(keys), false),
         };
         let meta = settings.new_meta(now);
         Self::with_state(settings, now, Data::new(), meta, None, ambiguous, refused)
@@ -199,7 +201,7 @@ impl Session {
         data: Data,
     ) -> Self {
         let meta = loaded.cookie.meta();
-        Self::with_state(settings, now, data, meta, Some(loaded), Vec::new(), false)
+        Self::with_state(settings, now, data, meta, Some(loaded), None, false)
     }
 
     #[inline]
@@ -209,7 +211,7 @@ impl Session {
         data: Data,
         meta: Meta,
         loaded: Option<Loaded>,
-        ambiguous: Vec<StoreKey>,
+        ambiguous: Option<Vec<StoreKey>>,
         refused: bool,
     ) -> Self {
         let state = State {
@@ -365,7 +367,7 @@ impl Session {
     /// take), except that [`destroy`](Session::destroy) ends every session named;
     /// tell the user to log out, or to clear the site's cookies.
     pub fn is_ambiguous(&self) -> bool {
-        !self.lock().ambiguous.is_empty()
+        self.lock().ambiguous.is_some()
     }
 
     /// Whether the session was created by this request (no valid cookie came in).

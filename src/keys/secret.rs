@@ -542,7 +542,11 @@ mod tests {
         let from_file = credential(&format!("file:{}", path.display())).unwrap();
         assert_eq!(&from_file[..], b"s3cret:with:colons");
         assert_eq!(&credential("base64:aHVudGVyMg==").unwrap()[..], b"hunter2");
-        assert_eq!(&credential("p@ss:word").unwrap()[..], b"p@ss:word", "colons are allowed");
+        assert_eq!(
+            &credential("p@ss:word").unwrap()[..],
+            b"p@ss:word",
+            "colons are allowed"
+        );
         assert!(matches!(
             credential("env:TSS_TEST_NEVER_SET_EITHER"),
             Err(KeyError::EnvNotSet(_))

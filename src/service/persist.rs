@@ -275,7 +275,8 @@ fn rebase(
         .cipher
         .open(&loaded.store_key, &current.data)
         .map_err(|reason| {
-            tracing::warn!(target: TARGET, %reason, store_key = %loaded.store_key, "concurrently written record rejected");
+            let fingerprint = Fingerprint::of(&loaded.store_key);
+            tracing::warn!(target: TARGET, %reason, %fingerprint, "concurrently written record rejected");
             StoreError::Corrupt(reason.to_string())
         })?;
     index.note(user_of(&data).map(|user| UserTag::derive(keys, user)));

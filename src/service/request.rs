@@ -14,9 +14,10 @@ use crate::session::{Brought, Loaded, Session};
 use crate::settings::Settings;
 
 const TARGET: &str = "tower_sealed_sessions";
-/// How many store keys of an ambiguous request are kept: enough to name in the
-/// audit trail and to end on logout.
-const MAX_AMBIGUOUS: usize = 8;
+/// The most session tokens a request may carry. Each costs an AEAD open, and an
+/// HTTP/1 header holds thousands of forged ones (a cookie bomb): a request with
+/// more is ambiguous, and none of its tokens is opened past this many.
+const MAX_TOKENS: usize = 8;
 
 /// What a request's tokens come to before any store I/O.
 pub(super) enum Tokens {
@@ -44,7 +45,9 @@ pub(super) fn store_key(settings: &Settings, opened: &Opened) -> StoreKey {
 /// CSRF, session swapping). So tokens that open to two different sessions, even
 /// one past its lifespan, make the request [ambiguous](Brought::Ambiguous): it gets
 /// a session that is never saved. Invalid tokens beside one valid token are
-/// ignored, and cleared only when no token is valid.
+/// ignored, and cleared only when no token is valid. A request with more than
+/// [`MAX_TOKENS`] tokens is ambiguous too, whatever they hold: it gets a session
+/// that is never saved, and nothing is cleared.
 pub(super) fn read_tokens(settings: &Settings, headers: &HeaderMap, now: Timestamp) -> Tokens {
     match &settings.header {
         None => open_all(
@@ -69,14 +72,18 @@ fn open_all<'a>(
     let mut first_reason = None;
     let mut found: Option<Opened> = None;
     let mut others: Vec<StoreKey> = Vec::new();
-    for value in values {
+    for (i, value) in values.enumerate() {
+        if i == MAX_TOKENS {
+            tracing::info!(target: AUDIT_TARGET, event = "rejected", reason = "too many session tokens in one request", limit = MAX_TOKENS);
+            return Tokens::Read(Brought::Ambiguous(Vec::new()));
+        }
         match cookie::open(&settings.keys, name, value) {
             Ok(opened) => match &found {
                 None => found = Some(opened),
                 Some(first) if first.data.sid == opened.data.sid => {}
                 Some(_) => {
                     let key = store_key(settings, &opened);
-                    if !others.contains(&key) && others.len() < MAX_AMBIGUOUS {
+                    if !others.contains(&key) {
                         others.push(key);
                     }
                 }
@@ -263,15 +270,31 @@ mod tests {
     }
 
     #[test]
-    fn an_ambiguous_request_names_a_bounded_number_of_sessions() {
+    fn a_cookie_bomb_is_ambiguous_and_opens_no_more_than_eight_tokens() {
         let s = settings();
-        let line: Vec<String> = (0..20)
+        let (valid, _) = token(&s, Duration::from_secs(60));
+        let eight: Vec<String> = (0..8).map(|_| "id=forged".to_owned()).collect();
+        assert_eq!(read(&s, &cookies(&[&eight.join("; ")])), "refused");
+        let mut nine = eight.clone();
+        nine.push(format!("id={valid}"));
+        match read_tokens(&s, &cookies(&[&nine.join("; ")]), now()) {
+            Tokens::Read(Brought::Ambiguous(keys)) => {
+                assert!(keys.is_empty(), "the ninth is never opened")
+            }
+            _ => panic!("more than eight tokens are ambiguous"),
+        }
+        let bomb: Vec<String> = (0..3_000).map(|_| format!("id={valid}")).collect();
+        assert_eq!(read(&s, &cookies(&[&bomb.join("; ")])), "ambiguous");
+    }
+
+    #[test]
+    fn an_ambiguous_request_names_every_session_it_opened() {
+        let s = settings();
+        let line: Vec<String> = (0..MAX_TOKENS)
             .map(|_| format!("id={}", token(&s, Duration::from_secs(60)).0))
             .collect();
         match read_tokens(&s, &cookies(&[&line.join("; ")]), now()) {
-            Tokens::Read(Brought::Ambiguous(keys)) => {
-                assert_eq!(keys.len(), MAX_AMBIGUOUS + 1, "the first and 8 others")
-            }
+            Tokens::Read(Brought::Ambiguous(keys)) => assert_eq!(keys.len(), MAX_TOKENS),
             _ => panic!("expected an ambiguous request"),
         }
     }

@@ -208,3 +208,45 @@ async fn a_tossed_cookie_never_wins_over_nor_replaces_the_real_session() {
     assert!(set_cookies(&res).is_empty(), "the real cookie is kept");
     assert_eq!(res.json::<Value>().await.unwrap(), json!("victim"));
 }
+
+#[tokio::test]
+async fn a_cookie_bomb_is_ambiguous_saves_nothing_and_clears_nothing() {
+    let h = Harness::new().await;
+    let victim = cookie_pair(&h.post_with_cookie("/set/who/victim", "").await);
+    // Nine copies of a valid cookie: one more than the layer opens.
+    let bomb = [victim.as_str(); 9].join("; ");
+    let eight = [victim.as_str(); 8].join("; ");
+    h.store.take_ops();
+    for (path, post) in [
+        ("/get/who", false),
+        ("/set/who/mallory", true),
+        ("/logout", true),
+    ] {
+        let res = if post {
+            h.post_with_cookie(path, &bomb).await
+        } else {
+            h.get_with_cookie(path, &bomb).await
+        };
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        assert!(
+            set_cookies(&res).is_empty(),
+            "{path}: {:?}",
+            set_cookies(&res)
+        );
+        if path == "/get/who" {
+            assert_eq!(res.json::<Value>().await.unwrap(), Value::Null);
+        }
+        assert!(h.store.take_ops().is_empty(), "{path}: no store I/O");
+    }
+    let res = h.get_with_cookie("/ambiguous", &bomb).await;
+    assert_eq!(res.text().await.unwrap(), "true");
+    // Eight copies of the same cookie are one session, and it is intact.
+    let res = h.get_with_cookie("/get/who", &eight).await;
+    assert_eq!(res.json::<Value>().await.unwrap(), json!("victim"));
+    // Three thousand forged tokens cost no more than nine.
+    let forged = format!("id={}", "A".repeat(60));
+    let huge = vec![forged.as_str(); 3_000].join("; ");
+    let res = h.get_with_cookie("/ambiguous", &huge).await;
+    assert!(set_cookies(&res).is_empty(), "nothing cleared");
+    assert_eq!(res.text().await.unwrap(), "true");
+}
