@@ -253,3 +253,72 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
     drop(second);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An anonymous flood of ten times `store.max_sessions` (1,000) visits, each of which
+/// writes a session (the page counts visits), logs no user out: the memory store
+/// evicts anonymous sessions first.
+#[tokio::test]
+async fn an_anonymous_flood_logs_no_user_out() {
+    let exe = quickstart();
+    let dir = temp_dir();
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        "cookie: { secure: false }\nsecret: \"base64:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n\
+         store: { type: memory, max_sessions: 1000 }\n",
+    )
+    .unwrap();
+    let running = start(&exe, &config);
+    let base = running.base.clone();
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap();
+        let body = serde_json::json!({"username": format!("user-{n}")});
+        let res = client
+            .post(format!("{base}/api/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        users.push(client);
+    }
+    // Sixteen workers, 625 cookieless visits each.
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let url = format!("{base}/api/session");
+            tokio::spawn(async move {
+                let anonymous = reqwest::Client::new();
+                for _ in 0..625 {
+                    let res = anonymous.get(&url).send().await.unwrap();
+                    assert_eq!(res.status(), 200);
+                    assert_eq!(set_cookie_count(&res), 1, "each visit stores a session");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    for (n, client) in users.iter().enumerate() {
+        let res = client.get(format!("{base}/api/me")).send().await.unwrap();
+        let me: Option<String> = res.json().await.unwrap();
+        assert_eq!(
+            me.as_deref(),
+            Some(format!("user-{n}").as_str()),
+            "still logged in"
+        );
+    }
+    drop(running);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn set_cookie_count(res: &reqwest::Response) -> usize {
+    res.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .count()
+}

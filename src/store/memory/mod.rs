@@ -1,14 +1,13 @@
 //! [`MemoryStore`]: the embedded, in-process store.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::{Future, ready};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-
-use hashlink::LinkedHashMap;
 
 use crate::clock::{Clock, Timestamp};
 use crate::error::{ConfigError, StoreError};
@@ -17,27 +16,39 @@ use crate::store::{
     CompareAndSet, INDEX_GRACE, IndexEntry, SessionStore, UserTag, cleanup, cleanup_task,
 };
 
+mod shard;
+
+use shard::{KeyHasher, Shard};
+
 /// An in-process [`SessionStore`], bounded in size: the embedded default.
 ///
 /// - **Bounded**: it holds at most [`max_sessions`](MemoryStoreBuilder::max_sessions)
-///   records (default 1,000,000). When full, storing one more evicts the least
-///   recently used session, whose user then starts a new, empty session. Up to
-///   4,096 sessions the order is exact; above, the store is split into 64 shards
-///   and the session evicted is the least recently used of the shard being
-///   written, which approximates the order. (The bound can be passed by at most
-///   one session per shard, when the shard being written holds no other.)
+///   records (default 1,000,000). When full, storing one more makes room: expired
+///   records go first, then the least recently used *anonymous* session (one no
+///   user index lists), whose visitor then starts a new, empty session. A session
+///   tied to a user is evicted only for another user's session, never for an
+///   anonymous one, so a flood of anonymous sessions logs no one out. Up to 4,096
+///   sessions the order is exact; above, the store is split into 64 shards and
+///   the session evicted is the least recently used of its kind in the shard
+///   being written, which approximates the order. (The bound can be passed by at
+///   most one session per shard, when the shard being written holds no other
+///   session it may evict.)
 /// - **Expiry**: a record found past its deadline on access is removed on the
-///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule (until
-///   then they count against the bound; eviction goes by last use, not expiry).
+///   spot, and [`MemoryStore::cleanup_task`] removes the rest on a schedule; a
+///   full shard also sweeps its expired records before it evicts a live one
+///   (again after every sixteenth of the shard evicted).
 /// - **User indexes**: kept beside the records, under one lock (they change only at
 ///   login, logout and revocation). The cleanup task drops the entries of sessions
 ///   that are gone, evicted ones included.
 /// - **Scope**: one process. Sessions are lost on restart and not shared between
 ///   replicas: use the Redis store for that.
 ///
-/// Records live in 64 shards (one for small stores), each a map kept in
+/// Records live in 64 shards (one for small stores), each two maps kept in
 /// least-recently-used order ([hashlink](https://docs.rs/hashlink)'s
-/// `LinkedHashMap`) behind its own mutex. Every operation on a session is one short
+/// `LinkedHashMap`), one for anonymous sessions and one for those tied to a user,
+/// behind its own mutex. A user index lists a session before its record is
+/// written, and the shard keeps the store keys listed, so a record lands in the
+/// right map when it is stored. Every operation on a session is one short
 /// critical section on its shard, so compare-and-set is atomic without a global
 /// lock; only the cleanup sweep and `len` visit every shard.
 ///
@@ -115,36 +126,43 @@ impl MemoryStore {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            all.extend(shard.records.iter().map(|(k, v)| (*k, v.clone())));
+            all.extend(shard.records().map(|(k, v)| (*k, v.clone())));
         }
         all
     }
 
     /// Runs `f` on the shard that holds `key`, under its lock, and keeps the
-    /// count and the bound: beyond it, the shard's least recently used records go.
+    /// count and the bound: beyond it, the shard makes room (see [`Shard::evict`]).
     fn with_shard<R>(&self, key: &StoreKey, f: impl FnOnce(&mut Shard) -> R) -> R {
         let mut shard = self.shard(key);
-        let before = shard.records.len() as u64;
+        let before = shard.len() as u64;
         let result = f(&mut shard);
-        let after = shard.records.len() as u64;
+        let after = shard.len() as u64;
         if after >= before {
             self.total.fetch_add(after - before, Ordering::Relaxed);
         } else {
             self.total.fetch_sub(before - after, Ordering::Relaxed);
         }
         // One eviction per unit over the bound, claimed atomically, so writers on
-        // two shards never both evict for the same excess. The record just written
-        // is the most recently used: it never goes.
+        // two shards never both evict for the same excess. The record just used
+        // never goes.
         let max = self.max_sessions;
-        while shard.records.len() > 1
-            && self
-                .total
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                    (t > max).then(|| t - 1)
-                })
-                .is_ok()
+        let claim = |t: u64| (t > max).then(|| t - 1);
+        let mut now = None;
+        while self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, claim)
+            .is_ok()
         {
-            shard.records.pop_front();
+            let now = *now.get_or_insert_with(|| self.clock.now());
+            match shard.evict(key, now) as u64 {
+                0 => {
+                    // Nothing may go: the claim is given back.
+                    self.total.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                gone => self.total.fetch_sub(gone - 1, Ordering::Relaxed),
+            };
         }
         result
     }
@@ -190,7 +208,7 @@ impl MemoryStore {
                 match replacement {
                     Some(record) => *current = record.clone(),
                     None => {
-                        shard.records.remove(key);
+                        shard.remove(key);
                     }
                 }
                 CompareAndSet::Done
@@ -212,12 +230,7 @@ impl MemoryStore {
     fn remove_expired(&self, now: Timestamp) -> u64 {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            let before = shard.records.len();
-            shard
-                .records
-                .retain(|_, record| !record.deadlines.is_expired(now));
-            let gone = (before - shard.records.len()) as u64;
+            let gone = lock(shard).remove_expired(now) as u64;
             self.total.fetch_sub(gone, Ordering::Relaxed);
             removed += gone;
         }
@@ -225,15 +238,26 @@ impl MemoryStore {
         // one just written for a session being created is spared for a moment.
         let grace = INDEX_GRACE;
         self.users().retain(|_, index| {
-            index.entries.retain(|key, e| {
+            self.prune(index, |key, e| {
                 now < e.expires_at
-                    && (now.saturating_since(e.indexed_at) < grace
-                        || self.shard(key).records.contains_key(key))
+                    && (now.saturating_since(e.indexed_at) < grace || self.shard(key).contains(key))
             });
-            index.pruned = index.entries.len();
             !index.entries.is_empty()
         });
         removed
+    }
+
+    /// Drops the entries of `index` that `keep` refuses: their sessions are no
+    /// longer listed there.
+    fn prune(&self, index: &mut UserIndex, mut keep: impl FnMut(&StoreKey, &IndexEntry) -> bool) {
+        index.entries.retain(|key, entry| {
+            let kept = keep(key, entry);
+            if !kept {
+                self.shard(key).unlist(key);
+            }
+            kept
+        });
+        index.pruned = index.entries.len();
     }
 }
 
@@ -270,13 +294,7 @@ impl MemoryStoreBuilder {
     pub fn build(self) -> MemoryStore {
         // Exact LRU order for small stores; 64 independent shards for large ones.
         let count = if self.max_sessions <= 4096 { 1 } else { 64 };
-        let shards: Vec<Mutex<Shard>> = (0..count)
-            .map(|_| {
-                Mutex::new(Shard {
-                    records: LinkedHashMap::with_hasher(BuildHasherDefault::default()),
-                })
-            })
-            .collect();
+        let shards: Vec<Mutex<Shard>> = (0..count).map(|_| Mutex::new(Shard::default())).collect();
         MemoryStore {
             shards: shards.into(),
             total: Arc::default(),
@@ -284,45 +302,6 @@ impl MemoryStoreBuilder {
             clock: self.clock,
             max_sessions: self.max_sessions,
         }
-    }
-}
-
-/// One shard: records in least-recently-used order, oldest first.
-struct Shard {
-    records: LinkedHashMap<StoreKey, Record, BuildHasherDefault<KeyHasher>>,
-}
-
-impl Shard {
-    /// The live record under `key`, now the most recently used; an expired one is
-    /// removed on the spot.
-    fn live(&mut self, key: &StoreKey, now: Timestamp) -> Option<&mut Record> {
-        let expired = self.records.get_mut(key)?.deadlines.is_expired(now);
-        if expired {
-            self.records.remove(key);
-            return None;
-        }
-        self.records.to_back(key)
-    }
-}
-
-/// Hashes a [`StoreKey`] by its own bytes. Store keys are HMAC-SHA256 outputs:
-/// uniformly random, and unknown to clients, who therefore cannot aim collisions
-/// at a bucket. SipHash over them would buy nothing and cost about 250
-/// instructions per lookup (callgrind).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(2) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
@@ -354,7 +333,7 @@ impl SessionStore for MemoryStore {
         let created = self.with_shard(key, |shard| {
             let taken = shard.live(key, now).is_some();
             if !taken {
-                shard.records.insert(*key, record.clone());
+                shard.insert(*key, record.clone());
             }
             !taken
         });
@@ -388,7 +367,7 @@ impl SessionStore for MemoryStore {
     }
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.with_shard(key, |shard| shard.records.remove(key));
+        self.with_shard(key, |shard| shard.remove(key));
         ready(Ok(()))
     }
 
@@ -419,14 +398,18 @@ impl SessionStore for MemoryStore {
         // has doubled since it was last pruned, so an upsert costs O(1) amortized
         // however many sessions the user has.
         if index.entries.len() >= 2 * index.pruned.max(8) {
-            index.entries.retain(|_, e| entry.indexed_at < e.expires_at);
-            index.pruned = index.entries.len();
+            self.prune(index, |_, e| entry.indexed_at < e.expires_at);
         }
-        index
-            .entries
-            .entry(entry.store_key)
-            .and_modify(|existing| *existing = existing.merged(*entry))
-            .or_insert(*entry);
+        match index.entries.entry(entry.store_key) {
+            Entry::Occupied(mut existing) => {
+                let merged = existing.get().merged(*entry);
+                existing.insert(merged);
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(*entry);
+                self.shard(&entry.store_key).list(entry.store_key);
+            }
+        }
         ready(Ok(()))
     }
 
@@ -438,7 +421,9 @@ impl SessionStore for MemoryStore {
         let mut users = self.users();
         if let Some(index) = users.get_mut(user) {
             for key in keys {
-                index.entries.remove(key);
+                if index.entries.remove(key).is_some() {
+                    self.shard(key).unlist(key);
+                }
             }
             if index.entries.is_empty() {
                 users.remove(user);
@@ -455,8 +440,7 @@ impl SessionStore for MemoryStore {
         let mut users = self.users();
         let listed = match users.get_mut(user) {
             Some(index) => {
-                index.entries.retain(|_, e| now < e.expires_at);
-                index.pruned = index.entries.len();
+                self.prune(index, |_, e| now < e.expires_at);
                 let listed: Vec<IndexEntry> = index.entries.values().copied().collect();
                 if listed.is_empty() {
                     users.remove(user);
@@ -539,6 +523,119 @@ mod tests {
                 store.load(k).await.unwrap().is_some(),
                 "recently read, kept"
             );
+        }
+    }
+
+    /// Lists `key` in a user's index, as the layer does before writing a session
+    /// tied to a user, and stores its record.
+    async fn bound(store: &MemoryStore, user: u8, key: &StoreKey) {
+        let tag = UserTag::from_bytes([user; 32]);
+        let now = store.clock.now();
+        let entry = IndexEntry::new(*key, now, Timestamp::NEVER, now, false);
+        store.index_add(&tag, &entry).await.unwrap();
+        assert!(
+            store
+                .create(key, &record(1, Timestamp::NEVER))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_flood_never_evicts_a_session_tied_to_a_user() {
+        for max in [100, 10_000] {
+            let store = MemoryStore::builder().max_sessions(max).build();
+            let users: Vec<StoreKey> = (0..max / 2)
+                .map(|_| StoreKey::from_bytes(rand::random()))
+                .collect();
+            for (n, key) in users.iter().enumerate() {
+                bound(&store, n as u8, key).await;
+            }
+            for _ in 0..10 * max {
+                let key = StoreKey::from_bytes(rand::random());
+                assert!(
+                    store
+                        .create(&key, &record(1, Timestamp::NEVER))
+                        .await
+                        .unwrap()
+                );
+            }
+            let shards = store.shards.len() as u64;
+            assert!(
+                store.len() <= max + shards,
+                "{} for a bound of {max}",
+                store.len()
+            );
+            for key in &users {
+                assert!(store.load(key).await.unwrap().is_some(), "bound: {max}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_tied_to_users_evict_each_other_and_anonymous_ones_take_no_room() {
+        let store = MemoryStore::builder().max_sessions(3).build();
+        for n in 0..3 {
+            bound(&store, n, &key(n)).await;
+        }
+        // A fourth user's session: the least recently used of the others goes.
+        bound(&store, 3, &key(3)).await;
+        assert!(store.load(&key(0)).await.unwrap().is_none());
+        // Anonymous sessions evict no user: they pass the bound by one, in turn.
+        for n in 10..20 {
+            assert!(
+                store
+                    .create(&key(n), &record(1, Timestamp::NEVER))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(store.len(), 4);
+        }
+        for n in 1..4 {
+            assert!(store.load(&key(n)).await.unwrap().is_some(), "{n} kept");
+        }
+        // Out of every index, a session is anonymous again: among the first to go.
+        // A user's session takes the room of both anonymous ones (the store was
+        // one over its bound).
+        let tag = UserTag::from_bytes([1; 32]);
+        store.index_remove(&tag, &[key(1)]).await.unwrap();
+        bound(&store, 4, &key(4)).await;
+        assert_eq!(store.len(), 3);
+        assert!(store.load(&key(19)).await.unwrap().is_none(), "anonymous");
+        assert!(store.load(&key(1)).await.unwrap().is_none(), "unlisted");
+        for n in 2..5 {
+            assert!(store.load(&key(n)).await.unwrap().is_some(), "{n} kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_the_first_to_go() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder()
+            .max_sessions(10)
+            .clock(hand.clone().into())
+            .build();
+        let soon = hand.now().saturating_add(Duration::from_secs(60));
+        for n in 0..5 {
+            store
+                .create(&key(n), &record(1, Timestamp::NEVER))
+                .await
+                .unwrap();
+        }
+        // The expired ones are the most recently used.
+        for n in 5..10 {
+            store.create(&key(n), &record(1, soon)).await.unwrap();
+        }
+        hand.advance(Duration::from_secs(61));
+        for n in 10..15 {
+            store
+                .create(&key(n), &record(1, Timestamp::NEVER))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.len(), 10);
+        for n in (0..5).chain(10..15) {
+            assert!(store.load(&key(n)).await.unwrap().is_some(), "{n} kept");
         }
     }
 
