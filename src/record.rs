@@ -9,8 +9,14 @@
 //! cookie. The store key is part of the associated data, so a record moved to another
 //! key no longer opens.
 //!
-//! Sealed data, format v1: version byte `1`, 12-byte random nonce, ciphertext and
-//! tag of the JSON object that maps keys to values.
+//! Sealed data, format v2: version byte `2`, a flags byte (bit 0: remember-me),
+//! 12-byte random nonce, ciphertext and tag of the JSON object that maps keys to
+//! values. The associated data binds, besides the store key, what the store keeps
+//! beside the sealed bytes and the layer trusts: the record's version and lifespan,
+//! and the flags. So the record, not the cookie, says whether the session is
+//! remembered and when it ends, and a store writer can neither change those nor
+//! pair sealed data with another version. Format v1 (version byte `1`, no flags,
+//! only the store key bound) still opens; every write seals v2.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,10 +36,17 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::clock::Timestamp;
 use crate::keys::KeySet;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const V1: u8 = 1;
+/// Version and flags.
+const HEADER_LEN: usize = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v1";
+const AAD_PREFIX_V1: &[u8] = b"tower-sealed-sessions record v1";
+const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v2";
+/// The AAD of format v2: prefix, store key, version, lifespan, flags.
+const AAD_LEN: usize = AAD_PREFIX.len() + 32 + 8 + 8 + 1;
+const REMEMBER_ME: u8 = 1;
 /// Session data up to this size is decrypted on the stack, larger data on the heap.
 const STACK_PLAINTEXT: usize = 512;
 
@@ -163,6 +176,43 @@ impl Record {
     }
 }
 
+/// What a record's seal binds besides its store key and data: the fields the
+/// store keeps beside the sealed bytes that the layer relies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Binding {
+    /// The record's compare-and-set version.
+    pub(crate) version: u64,
+    /// The session's lifespan deadline.
+    pub(crate) lifespan: Timestamp,
+    /// Whether the session is remembered (exempt from the idle timeout).
+    pub(crate) remember_me: bool,
+}
+
+impl Binding {
+    fn flags(self) -> u8 {
+        if self.remember_me { REMEMBER_ME } else { 0 }
+    }
+}
+
+/// A record's data, opened, with what the record says of the session.
+#[derive(Debug, PartialEq)]
+pub(crate) struct OpenedRecord {
+    pub(crate) data: Data,
+    /// The remember-me flag the record was sealed with; `None` for format v1,
+    /// which did not keep it.
+    pub(crate) remember_me: Option<bool>,
+}
+
+impl OpenedRecord {
+    /// Whether the session is remembered: as the record says. A v1 record did not
+    /// keep the flag, so the cookie's stands, unless the record has an idle
+    /// deadline before its lifespan, which only a session not remembered gets.
+    pub(crate) fn remember_me(&self, cookie_says: bool, deadlines: &Deadlines) -> bool {
+        self.remember_me
+            .unwrap_or(cookie_says && deadlines.idle >= deadlines.lifespan)
+    }
+}
+
 /// Why stored data did not open: tampered in the store, moved to another key, or
 /// paired with the wrong cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +263,8 @@ impl DataCipher {
         DataCipher(AesGcm::from(BoxedAes256(Box::new(aes))))
     }
 
-    pub(crate) fn seal(&self, store_key: &StoreKey, data: &Data) -> Bytes {
+    /// Seals `data` as the record of `store_key` with what `binding` says.
+    pub(crate) fn seal(&self, store_key: &StoreKey, binding: Binding, data: &Data) -> Bytes {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         // Measured first, so that the record is allocated once at its exact size
@@ -221,20 +272,30 @@ impl DataCipher {
         // of the plaintext behind, and no spare capacity stays with the record.
         let mut counter = Counter(0);
         serde_json::to_writer(&mut counter, data).expect("a map of JSON values always serializes");
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + counter.0 + TAG_LEN);
-        out.push(VERSION);
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + counter.0 + TAG_LEN);
+        out.extend_from_slice(&[VERSION, binding.flags()]);
         out.extend_from_slice(&nonce);
         serde_json::to_writer(&mut out, data).expect("a map of JSON values always serializes");
-        self.seal_tail(store_key, out, nonce)
+        self.seal_tail(store_key, binding, out, nonce)
     }
 
     /// Encrypts, in place, everything after the header of `out`, and appends the
     /// tag: one buffer for the whole record, and no plaintext copy left behind.
-    fn seal_tail(&self, store_key: &StoreKey, mut out: Vec<u8>, nonce: [u8; NONCE_LEN]) -> Bytes {
-        let aad = aad(store_key);
+    fn seal_tail(
+        &self,
+        store_key: &StoreKey,
+        binding: Binding,
+        mut out: Vec<u8>,
+        nonce: [u8; NONCE_LEN],
+    ) -> Bytes {
+        let aad = aad(store_key, binding);
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[1 + NONCE_LEN..])
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                &aad,
+                &mut out[HEADER_LEN + NONCE_LEN..],
+            )
             .expect("AES-GCM encrypts any message shorter than 64 GiB");
         out.extend_from_slice(&tag);
         debug_assert_eq!(
@@ -246,25 +307,54 @@ impl DataCipher {
     }
 
     #[cfg(test)]
-    fn seal_with_nonce(&self, store_key: &StoreKey, msg: &[u8], nonce: [u8; NONCE_LEN]) -> Bytes {
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + msg.len() + TAG_LEN);
-        out.push(VERSION);
+    fn seal_with_nonce(
+        &self,
+        store_key: &StoreKey,
+        binding: Binding,
+        msg: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Bytes {
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + msg.len() + TAG_LEN);
+        out.extend_from_slice(&[VERSION, binding.flags()]);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(msg);
-        self.seal_tail(store_key, out, nonce)
+        self.seal_tail(store_key, binding, out, nonce)
     }
 
-    pub(crate) fn open(&self, store_key: &StoreKey, sealed: &[u8]) -> Result<Data, RecordError> {
+    /// Opens the data of `record`, stored under `store_key`.
+    pub(crate) fn open(
+        &self,
+        store_key: &StoreKey,
+        record: &Record,
+    ) -> Result<OpenedRecord, RecordError> {
+        let sealed = &record.data[..];
         let (&version, rest) = sealed.split_first().ok_or(RecordError::Truncated)?;
-        if version != VERSION {
-            return Err(RecordError::UnknownVersion(version));
-        }
+        let (remember_me, rest, aad) = match version {
+            VERSION => {
+                let (&flags, rest) = rest.split_first().ok_or(RecordError::Truncated)?;
+                if flags & !REMEMBER_ME != 0 {
+                    return Err(RecordError::Tampered);
+                }
+                let binding = Binding {
+                    version: record.version,
+                    lifespan: record.deadlines.lifespan,
+                    remember_me: flags == REMEMBER_ME,
+                };
+                (
+                    Some(binding.remember_me),
+                    rest,
+                    Aad::V2(aad(store_key, binding)),
+                )
+            }
+            V1 => (None, rest, Aad::V1(aad_v1(store_key))),
+            other => return Err(RecordError::UnknownVersion(other)),
+        };
         if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(RecordError::Truncated);
         }
         let (nonce, rest) = rest.split_at(NONCE_LEN);
         let (msg, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let aad = aad(store_key);
+        let aad = aad.as_bytes();
         // Decrypted in place, on the stack when it fits, and wiped afterwards.
         let mut stack = [0u8; STACK_PLAINTEXT];
         let mut heap;
@@ -282,14 +372,14 @@ impl DataCipher {
             .0
             .decrypt_in_place_detached(
                 Nonce::from_slice(nonce),
-                &aad,
+                aad,
                 plaintext,
                 Tag::from_slice(tag),
             )
             .map_err(|_| RecordError::Tampered)
             .and_then(|()| serde_json::from_slice(plaintext).map_err(|_| RecordError::Malformed));
         plaintext.zeroize();
-        opened
+        opened.map(|data| OpenedRecord { data, remember_me })
     }
 }
 
@@ -307,10 +397,37 @@ impl std::io::Write for Counter {
     }
 }
 
-fn aad(store_key: &StoreKey) -> [u8; AAD_PREFIX.len() + 32] {
-    let mut aad = [0u8; AAD_PREFIX.len() + 32];
-    aad[..AAD_PREFIX.len()].copy_from_slice(AAD_PREFIX);
-    aad[AAD_PREFIX.len()..].copy_from_slice(&store_key.0);
+/// The associated data of either format.
+enum Aad {
+    V1([u8; AAD_PREFIX_V1.len() + 32]),
+    V2([u8; AAD_LEN]),
+}
+
+impl Aad {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Aad::V1(aad) => aad,
+            Aad::V2(aad) => aad,
+        }
+    }
+}
+
+fn aad(store_key: &StoreKey, binding: Binding) -> [u8; AAD_LEN] {
+    let mut aad = [0u8; AAD_LEN];
+    let (prefix, rest) = aad.split_at_mut(AAD_PREFIX.len());
+    prefix.copy_from_slice(AAD_PREFIX);
+    let (key, rest) = rest.split_at_mut(32);
+    key.copy_from_slice(&store_key.0);
+    rest[..8].copy_from_slice(&binding.version.to_be_bytes());
+    rest[8..16].copy_from_slice(&binding.lifespan.unix_millis().to_be_bytes());
+    rest[16] = binding.flags();
+    aad
+}
+
+fn aad_v1(store_key: &StoreKey) -> [u8; AAD_PREFIX_V1.len() + 32] {
+    let mut aad = [0u8; AAD_PREFIX_V1.len() + 32];
+    aad[..AAD_PREFIX_V1.len()].copy_from_slice(AAD_PREFIX_V1);
+    aad[AAD_PREFIX_V1.len()..].copy_from_slice(&store_key.0);
     aad
 }
 
@@ -332,23 +449,93 @@ mod tests {
         ])
     }
 
+    const BINDING: Binding = Binding {
+        version: 7,
+        lifespan: Timestamp::from_unix_millis(1_700_000_000_000),
+        remember_me: true,
+    };
+
+    /// The record `sealed` would be, stored with what `binding` says.
+    fn stored(binding: Binding, sealed: impl Into<Bytes>) -> Record {
+        let deadlines = Deadlines {
+            idle: binding.lifespan,
+            lifespan: binding.lifespan,
+            active: Timestamp::from_unix_millis(0),
+        };
+        Record::new(binding.version, deadlines, sealed.into())
+    }
+
     /// Data `{"n":3}` sealed by format v1 for sid `[0x11; 16]` and record secret
     /// `[0x22; 32]` with nonce `[9; 12]`. Never change it: later versions must open it.
     const V1_VECTOR: &str = "AQkJCQkJCQkJCQkJCVV+YIttLyVTOHZixJ39yTQEZpTakEeH";
     const V1_STORE_KEY: &str = "871924f325c338322aa5b94be82aadc5e710c9d1adae14bab19c525bcd554bfc";
+    /// The same data sealed by format v2, with nonce `[9; 12]` and [`BINDING`].
+    /// Never change it either.
+    const V2_VECTOR: &str = "AgEJCQkJCQkJCQkJCQlVfmCLbS8lEmetJZgjw6JD+hzNfjWzdA==";
 
     #[test]
-    fn v1_test_vector_is_stable_and_opens() {
+    fn v1_test_vector_still_opens_whatever_the_record_says() {
         let keys = keys();
         let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
         assert_eq!(store_key.to_string(), V1_STORE_KEY);
         let cipher = DataCipher::new(keys.primary(), &[0x22; 32]);
-        let sealed = cipher.seal_with_nonce(&store_key, br#"{"n":3}"#, [9; 12]);
-        assert_eq!(STANDARD.encode(&sealed), V1_VECTOR);
-        let data = cipher
-            .open(&store_key, &STANDARD.decode(V1_VECTOR).unwrap())
+        let sealed = STANDARD.decode(V1_VECTOR).unwrap();
+        for binding in [
+            BINDING,
+            Binding {
+                version: 1,
+                remember_me: false,
+                ..BINDING
+            },
+        ] {
+            let opened = cipher
+                .open(&store_key, &stored(binding, sealed.clone()))
+                .unwrap();
+            assert_eq!(opened.data, Data::from([("n".to_owned(), Value::from(3))]));
+            assert_eq!(opened.remember_me, None, "v1 did not keep the flag");
+        }
+    }
+
+    #[test]
+    fn v2_test_vector_is_stable_and_opens() {
+        let keys = keys();
+        let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
+        let cipher = DataCipher::new(keys.primary(), &[0x22; 32]);
+        let sealed = cipher.seal_with_nonce(&store_key, BINDING, br#"{"n":3}"#, [9; 12]);
+        assert_eq!(STANDARD.encode(&sealed), V2_VECTOR);
+        let opened = cipher
+            .open(
+                &store_key,
+                &stored(BINDING, STANDARD.decode(V2_VECTOR).unwrap()),
+            )
             .unwrap();
-        assert_eq!(data, Data::from([("n".to_owned(), Value::from(3))]));
+        assert_eq!(opened.data, Data::from([("n".to_owned(), Value::from(3))]));
+        assert_eq!(opened.remember_me, Some(true));
+    }
+
+    #[test]
+    fn a_v1_record_keeps_the_cookies_remember_me_only_without_an_earlier_idle_deadline() {
+        let v1 = OpenedRecord {
+            data: Data::new(),
+            remember_me: None,
+        };
+        let lifespan = Timestamp::from_unix_millis(1_000_000);
+        let deadlines = |idle| Deadlines {
+            idle,
+            lifespan,
+            active: Timestamp::from_unix_millis(0),
+        };
+        assert!(v1.remember_me(true, &deadlines(lifespan)));
+        assert!(!v1.remember_me(true, &deadlines(Timestamp::from_unix_millis(999_999))));
+        assert!(!v1.remember_me(false, &deadlines(lifespan)));
+        let v2 = OpenedRecord {
+            data: Data::new(),
+            remember_me: Some(false),
+        };
+        assert!(
+            !v2.remember_me(true, &deadlines(lifespan)),
+            "v2: the record's flag"
+        );
     }
 
     #[test]
@@ -356,9 +543,19 @@ mod tests {
         let keys = keys();
         let store_key = StoreKey::derive(keys.primary(), &[1; 16]);
         let cipher = DataCipher::new(keys.primary(), &[2; 32]);
-        let sealed = cipher.seal(&store_key, &sample());
-        assert!(!sealed.windows(3).any(|w| w == b"ada"));
-        assert_eq!(cipher.open(&store_key, &sealed).unwrap(), sample());
+        for binding in [
+            BINDING,
+            Binding {
+                remember_me: false,
+                ..BINDING
+            },
+        ] {
+            let sealed = cipher.seal(&store_key, binding, &sample());
+            assert!(!sealed.windows(3).any(|w| w == b"ada"));
+            let opened = cipher.open(&store_key, &stored(binding, sealed)).unwrap();
+            assert_eq!(opened.data, sample());
+            assert_eq!(opened.remember_me, Some(binding.remember_me));
+        }
     }
 
     #[test]
@@ -367,7 +564,7 @@ mod tests {
         let a = StoreKey::derive(keys.primary(), &[1; 16]);
         let b = StoreKey::derive(keys.primary(), &[2; 16]);
         let cipher = DataCipher::new(keys.primary(), &[3; 32]);
-        let sealed = cipher.seal(&a, &sample());
+        let sealed = stored(BINDING, cipher.seal(&a, BINDING, &sample()));
         assert_eq!(cipher.open(&b, &sealed), Err(RecordError::Tampered));
         let wrong_secret = DataCipher::new(keys.primary(), &[4; 32]);
         assert_eq!(wrong_secret.open(&a, &sealed), Err(RecordError::Tampered));
@@ -377,20 +574,86 @@ mod tests {
     }
 
     #[test]
+    fn a_record_whose_version_lifespan_or_flag_changed_in_the_store_fails() {
+        let keys = keys();
+        let key = StoreKey::derive(keys.primary(), &[1; 16]);
+        let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+        let sealed = cipher.seal(&key, BINDING, &sample());
+        let later = BINDING
+            .lifespan
+            .saturating_add(std::time::Duration::from_millis(1));
+        for changed in [
+            Binding {
+                version: 8,
+                ..BINDING
+            },
+            Binding {
+                version: 6,
+                ..BINDING
+            },
+            Binding {
+                lifespan: later,
+                ..BINDING
+            },
+        ] {
+            let record = stored(changed, sealed.clone());
+            assert_eq!(
+                cipher.open(&key, &record),
+                Err(RecordError::Tampered),
+                "{changed:?}"
+            );
+        }
+        // The flag is in the clear, and bound: cleared, or set to an unknown bit.
+        for flags in [0, 3, 0x80] {
+            let mut bytes = sealed.to_vec();
+            bytes[1] = flags;
+            let record = stored(BINDING, bytes);
+            assert_eq!(
+                cipher.open(&key, &record),
+                Err(RecordError::Tampered),
+                "{flags}"
+            );
+        }
+        // Only the idle deadline and the last activity may move without a new seal
+        // (a touch writes them alone).
+        let mut touched = stored(BINDING, sealed);
+        touched.deadlines.idle = Timestamp::from_unix_millis(1);
+        touched.deadlines.active = Timestamp::from_unix_millis(2);
+        assert!(cipher.open(&key, &touched).is_ok());
+    }
+
+    #[test]
     fn garbage_never_panics_and_is_rejected() {
         let keys = keys();
         let key = StoreKey::derive(keys.primary(), &[1; 16]);
         let cipher = DataCipher::new(keys.primary(), &[2; 32]);
-        assert_eq!(cipher.open(&key, b""), Err(RecordError::Truncated));
-        assert_eq!(cipher.open(&key, &[1; 20]), Err(RecordError::Truncated));
+        let open = |bytes: &[u8]| cipher.open(&key, &stored(BINDING, bytes.to_vec()));
+        assert_eq!(open(b""), Err(RecordError::Truncated));
+        assert_eq!(open(&[2]), Err(RecordError::Truncated));
+        assert_eq!(open(&[1; 28]), Err(RecordError::Truncated), "v1: one short");
         assert_eq!(
-            cipher.open(&key, &[2; 64]),
-            Err(RecordError::UnknownVersion(2))
+            open(&[2; 29]),
+            Err(RecordError::Tampered),
+            "v2: unknown flag"
         );
-        assert_eq!(cipher.open(&key, &[1; 64]), Err(RecordError::Tampered));
+        assert_eq!(open(&[2, 1, 0, 0]), Err(RecordError::Truncated));
+        assert_eq!(open(&[3; 64]), Err(RecordError::UnknownVersion(3)));
+        assert_eq!(open(&[0; 64]), Err(RecordError::UnknownVersion(0)));
+        assert_eq!(open(&[1; 64]), Err(RecordError::Tampered));
+        let mut shortest = vec![0u8; HEADER_LEN + NONCE_LEN + TAG_LEN];
+        shortest[..2].copy_from_slice(&[2, 1]);
+        assert_eq!(open(&shortest), Err(RecordError::Tampered));
+        assert_eq!(
+            open(&shortest[..29]),
+            Err(RecordError::Truncated),
+            "v2: one short"
+        );
         // Authentic but not a JSON object.
-        let sealed = cipher.seal_with_nonce(&key, b"[1,2]", [0; 12]);
-        assert_eq!(cipher.open(&key, &sealed), Err(RecordError::Malformed));
+        let sealed = cipher.seal_with_nonce(&key, BINDING, b"[1,2]", [0; 12]);
+        assert_eq!(
+            cipher.open(&key, &stored(BINDING, sealed)),
+            Err(RecordError::Malformed)
+        );
     }
 
     #[test]
@@ -414,10 +677,10 @@ mod tests {
         ] {
             let data = Data::from([("k".to_owned(), Value::from("x".repeat(json_len - 8)))]);
             assert_eq!(serde_json::to_vec(&data).unwrap().len(), json_len);
-            let sealed = cipher.seal(&key, &data);
-            assert_eq!(sealed.len(), 1 + NONCE_LEN + json_len + TAG_LEN);
+            let sealed = cipher.seal(&key, BINDING, &data);
+            assert_eq!(sealed.len(), HEADER_LEN + NONCE_LEN + json_len + TAG_LEN);
             assert_eq!(
-                cipher.open(&key, &sealed).unwrap(),
+                cipher.open(&key, &stored(BINDING, sealed)).unwrap().data,
                 data,
                 "{json_len} bytes"
             );
@@ -432,7 +695,7 @@ mod tests {
             let keys = keys();
             let key = StoreKey::derive(keys.primary(), &[1; 16]);
             let cipher = DataCipher::new(keys.primary(), &[2; 32]);
-            proptest::prop_assert!(cipher.open(&key, &bytes).is_err());
+            proptest::prop_assert!(cipher.open(&key, &stored(BINDING, bytes)).is_err());
         }
 
         #[test]
@@ -443,7 +706,8 @@ mod tests {
             let key = StoreKey::derive(keys.primary(), &[1; 16]);
             let cipher = DataCipher::new(keys.primary(), &[2; 32]);
             let data: Data = entries.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
-            proptest::prop_assert_eq!(cipher.open(&key, &cipher.seal(&key, &data)).unwrap(), data);
+            let sealed = stored(BINDING, cipher.seal(&key, BINDING, &data));
+            proptest::prop_assert_eq!(cipher.open(&key, &sealed).unwrap().data, data);
         }
     }
 

@@ -11,7 +11,7 @@ use crate::cookie::{CookieData, Meta};
 use crate::error::StoreError;
 use crate::keys::KeySet;
 use crate::plan::{Edit, TokenChange};
-use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey, user_of};
+use crate::record::{Binding, Data, DataCipher, Deadlines, Record, StoreKey, user_of};
 use crate::settings::Settings;
 use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 use crate::users::index::{self as user_index, tags};
@@ -114,6 +114,7 @@ pub(super) async fn update<St: SessionStore>(
         data,
         version: loaded.version,
         deadlines: edit.deadlines(ours, loaded.deadlines),
+        remember_me: edit.meta.remember_me,
     };
     let before = loaded.user_tag(settings);
     let mut index = Indexed::new(key, before.map(|tag| (tag, loaded.deadlines.lifespan)));
@@ -121,8 +122,7 @@ pub(super) async fn update<St: SessionStore>(
         // Whatever user and lifespan this attempt writes (a concurrent request
         // may have changed either), the index has them first.
         index.ensure(store, keys, &attempt, edit.meta, now).await?;
-        let sealed = loaded.cipher.seal(&key, &attempt.data);
-        let record = Record::new(next_version(attempt.version)?, attempt.deadlines, sealed);
+        let record = attempt.seal(&loaded.cipher, &key, attempt.version)?;
         match store.update(&key, &record, attempt.version).await? {
             CompareAndSet::Done => {
                 // Other users' indexes let go only once the record no longer
@@ -136,7 +136,7 @@ pub(super) async fn update<St: SessionStore>(
                 }
                 let mut identity = loaded.cookie.clone();
                 identity.lifespan_deadline = attempt.deadlines.lifespan;
-                identity.remember_me = edit.meta.remember_me;
+                identity.remember_me = attempt.remember_me;
                 return Ok(set_token(settings, now, &identity));
             }
             CompareAndSet::Missing => {
@@ -144,7 +144,7 @@ pub(super) async fn update<St: SessionStore>(
                 return gone("update");
             }
             CompareAndSet::Conflict(current) => {
-                attempt = rebase(edit, keys, ours, &current, &mut index)?;
+                attempt = rebase(edit, keys, settings, now, &current, &mut index)?;
             }
         }
     }
@@ -170,22 +170,18 @@ pub(super) async fn move_session<St: SessionStore>(
     let Some(current) = store.load(&old).await? else {
         return gone("move to a new id");
     };
-    let ours = settings.deadlines(now, edit.meta);
     let old_keys = &settings.keys.ring[loaded.key_index];
     // The indexes that may list the old id: its user's when loaded, and those of
     // the users the records seen since named.
     let mut old_index = Indexed::new(old, None);
     old_index.note(loaded.user_tag(settings));
-    let mut attempt = rebase(edit, old_keys, ours, &current, &mut old_index)?;
-    let mut new = create_with(
-        store,
-        settings,
-        now,
-        &attempt.data,
-        edit.meta,
-        attempt.deadlines,
-    )
-    .await?;
+    let mut attempt = rebase(edit, old_keys, settings, now, &current, &mut old_index)?;
+    let meta = Meta {
+        lifespan_deadline: attempt.deadlines.lifespan,
+        remember_me: attempt.remember_me,
+        ..edit.meta
+    };
+    let mut new = create_with(store, settings, now, &attempt.data, meta, attempt.deadlines).await?;
     let primary = settings.keys.primary();
     let held = user_of(&attempt.data)
         .map(|user| (UserTag::derive(primary, user), attempt.deadlines.lifespan));
@@ -212,18 +208,18 @@ pub(super) async fn move_session<St: SessionStore>(
                 return gone("move to a new id");
             }
             CompareAndSet::Conflict(current) => {
-                attempt = rebase(edit, old_keys, ours, &current, &mut old_index)?;
+                attempt = rebase(edit, old_keys, settings, now, &current, &mut old_index)?;
                 index
                     .ensure(store, primary, &attempt, edit.meta, now)
                     .await?;
-                let sealed = new.cipher.seal(&new.store_key, &attempt.data);
-                let record = Record::new(next_version(new.version)?, attempt.deadlines, sealed);
+                let record = attempt.seal(&new.cipher, &new.store_key, new.version)?;
                 // Nobody holds the new id's cookie yet, so this cannot conflict.
                 match store.update(&new.store_key, &record, new.version).await? {
                     CompareAndSet::Done => {
                         new.version = record.version;
                         // The cookie must carry the lifespan the record now has.
                         new.identity.lifespan_deadline = attempt.deadlines.lifespan;
+                        new.identity.remember_me = attempt.remember_me;
                     }
                     other => {
                         return Err(StoreError::Corrupt(format!(
@@ -240,11 +236,25 @@ pub(super) async fn move_session<St: SessionStore>(
 }
 
 /// One attempt at a compare-and-set write: the data, the version it expects, and
-/// the deadlines it writes.
+/// the deadlines and remember-me flag it writes.
 struct Attempt {
     data: Data,
     version: u64,
     deadlines: Deadlines,
+    remember_me: bool,
+}
+
+impl Attempt {
+    /// The record this attempt writes over version `after`, sealed.
+    fn seal(&self, cipher: &DataCipher, key: &StoreKey, after: u64) -> Result<Record, StoreError> {
+        let binding = Binding {
+            version: next_version(after)?,
+            lifespan: self.deadlines.lifespan,
+            remember_me: self.remember_me,
+        };
+        let sealed = cipher.seal(key, binding, &self.data);
+        Ok(Record::new(binding.version, self.deadlines, sealed))
+    }
 }
 
 impl Edit {
@@ -263,28 +273,47 @@ impl Edit {
 /// The conflict handler of every compare-and-set: opens the record another
 /// request wrote (`current`), replays this request's edit on it, and notes in
 /// `index` the user that record named. The next attempt expects its version.
+/// Unless this request set them, the lifespan and the remember-me flag are the
+/// ones `current` has: another request may have changed them.
 fn rebase(
     edit: &Edit,
     keys: &KeySet,
-    ours: Deadlines,
+    settings: &Settings,
+    now: Timestamp,
     current: &Record,
     index: &mut Indexed,
 ) -> Result<Attempt, StoreError> {
     let loaded = &edit.loaded;
-    let mut data = loaded
+    let inside = loaded
         .cipher
-        .open(&loaded.store_key, &current.data)
+        .open(&loaded.store_key, current)
         .map_err(|reason| {
             let fingerprint = Fingerprint::of(&loaded.store_key);
             tracing::warn!(target: TARGET, %reason, %fingerprint, "concurrently written record rejected");
             StoreError::Corrupt(reason.to_string())
         })?;
+    let stored_remember_me = inside.remember_me(edit.meta.remember_me, &current.deadlines);
+    let mut data = inside.data;
     index.note(user_of(&data).map(|user| UserTag::derive(keys, user)));
     edit.changes.apply(&mut data);
+    let (remember_me, deadlines) = if edit.lifespan_changed {
+        let ours = settings.deadlines(now, edit.meta);
+        (edit.meta.remember_me, ours)
+    } else {
+        let stored = current.deadlines;
+        let remember_me = stored_remember_me;
+        let meta = Meta {
+            lifespan_deadline: stored.lifespan,
+            remember_me,
+            ..edit.meta
+        };
+        (remember_me, settings.deadlines(now, meta).slide(stored))
+    };
     Ok(Attempt {
         data,
         version: current.version,
-        deadlines: edit.deadlines(ours, current.deadlines),
+        deadlines,
+        remember_me,
     })
 }
 
@@ -348,7 +377,12 @@ async fn create_with<St: SessionStore>(
     for _ in 0..MAX_CREATE_ATTEMPTS {
         let store_key = StoreKey::derive(key_set, &identity.sid);
         let cipher = DataCipher::new(key_set, &identity.record_secret);
-        let record = Record::new(1, deadlines, cipher.seal(&store_key, data));
+        let binding = Binding {
+            version: 1,
+            lifespan: deadlines.lifespan,
+            remember_me: meta.remember_me,
+        };
+        let record = Record::new(1, deadlines, cipher.seal(&store_key, binding, data));
         if let Some(tag) = &user {
             let entry = index_entry(store_key, meta, deadlines, now);
             store.index_add(tag, &entry).await?;

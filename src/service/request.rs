@@ -129,7 +129,7 @@ fn open_all<'a>(
 pub(super) fn open_record(
     settings: &Arc<Settings>,
     now: Timestamp,
-    opened: Opened,
+    mut opened: Opened,
     store_key: StoreKey,
     loaded: Result<Option<Record>, StoreError>,
 ) -> Option<Session> {
@@ -159,8 +159,16 @@ pub(super) fn open_record(
     }
     let key_set = &settings.keys.ring[opened.key_index];
     let cipher = DataCipher::new(key_set, &opened.data.record_secret);
-    let data = match cipher.open(&store_key, &record.data) {
-        Ok(data) => data,
+    let data = match cipher.open(&store_key, &record) {
+        Ok(inside) => {
+            // The record, not the cookie, says whether the session is remembered
+            // and when it ends: a copy of the cookie from before a change of either
+            // must not bring the old one back.
+            opened.data.remember_me =
+                inside.remember_me(opened.data.remember_me, &record.deadlines);
+            opened.data.lifespan_deadline = record.deadlines.lifespan;
+            inside.data
+        }
         Err(reason) => {
             // The AEAD already vouched for the cookie, so this is the store's side:
             // tampering, a record moved between keys, or corruption.
@@ -198,7 +206,7 @@ mod tests {
     use super::*;
     use crate::cookie::CookieData;
     use crate::keys::Keys;
-    use crate::record::{Data, Deadlines};
+    use crate::record::{Binding, Data, Deadlines};
 
     fn settings() -> Arc<Settings> {
         Arc::new(Settings::new(Keys::generate()))
@@ -334,7 +342,12 @@ mod tests {
             lifespan: opened.data.lifespan_deadline,
             active: now(),
         };
-        let record = Record::new(7, deadlines, cipher.seal(&key, data));
+        let binding = Binding {
+            version: 7,
+            lifespan: deadlines.lifespan,
+            remember_me: false,
+        };
+        let record = Record::new(7, deadlines, cipher.seal(&key, binding, data));
         (opened, key, record)
     }
 
@@ -376,6 +389,23 @@ mod tests {
             open(Err(StoreError::backend("down"))),
             "unavailable",
             "a store failure is a 503, not a fresh session"
+        );
+    }
+
+    #[test]
+    fn the_record_not_the_cookie_says_whether_a_session_is_remembered_and_when_it_ends() {
+        let s = settings();
+        let data = Data::new();
+        // A cookie from before `set_remember_me(false)`: remembered, for 30 days.
+        let (mut opened, key, record) = stored(&s, &data);
+        opened.data.remember_me = true;
+        opened.data.lifespan_deadline = now().saturating_add(Duration::from_secs(30 * 86_400));
+        let session = open_record(&s, now(), opened, key, Ok(Some(record.clone()))).unwrap();
+        assert!(!session.remember_me(), "the record's flag");
+        assert_eq!(
+            session.expires_at(),
+            record.deadlines.lifespan.to_system_time(),
+            "the record's lifespan"
         );
     }
 }

@@ -195,3 +195,47 @@ async fn a_request_with_a_stale_cookie_keeps_the_lifespan_another_request_set() 
         "still alive after 3 idle hours"
     );
 }
+
+#[tokio::test]
+async fn a_cookie_from_before_remember_me_was_turned_off_does_not_turn_it_back_on() {
+    let h = Harness::with(|l| l.with_remember_me(Some(Duration::from_secs(30 * 24 * 3600)))).await;
+    h.post("/set/a/1").await;
+    let remembered = cookie_pair(&h.post("/remember/true").await);
+    let res = h.post("/remember/false").await;
+    assert!(!set_cookies(&res)[0].contains("Max-Age"), "downgraded");
+    let current = cookie_pair(&res);
+
+    // A stolen copy of the remembered cookie, used for a read (due for a touch)
+    // and for a write: neither brings remember-me back.
+    h.clock.advance(Duration::from_secs(20 * 60));
+    let res = h.get_with_cookie("/expiry", &remembered).await;
+    let info: Value = res.json().await.unwrap();
+    assert_eq!(
+        info["remember_me"],
+        json!(false),
+        "the record's flag: {info}"
+    );
+    assert_ne!(
+        info["expires_at"], info["idle_expires_at"],
+        "the idle timeout applies"
+    );
+    let res = h.post_with_cookie("/set/b/2", &remembered).await;
+    assert_eq!(res.status(), 204);
+    assert!(
+        set_cookies(&res).is_empty(),
+        "no cookie comes back remembered"
+    );
+    let stored = h.store.inner.dump()[0].1.deadlines;
+    assert!(stored.idle < stored.lifespan, "{stored:?}");
+    assert!(
+        stored.lifespan <= h.clock.now().saturating_add(Duration::from_secs(24 * 3600)),
+        "the lifespan is the plain one, not 30 days"
+    );
+
+    // Idle past the timeout: the session ends, whichever cookie comes back.
+    h.clock.advance(Duration::from_secs(31 * 60));
+    for cookie in [&remembered, &current] {
+        let res = h.get_with_cookie("/get/a", cookie).await;
+        assert_eq!(res.json::<Value>().await.unwrap(), Value::Null, "{cookie}");
+    }
+}

@@ -156,8 +156,11 @@ async fn a_failed_save_answers_503_never_success() {
     );
 }
 
+/// The version is sealed into the record (format v2): a record whose version was
+/// changed in the store, here to the maximum, does not open. The session is
+/// refused and the write goes to a new one; the record is left as it was.
 #[tokio::test]
-async fn a_stored_version_at_its_maximum_is_refused_not_wrapped() {
+async fn a_stored_version_changed_in_the_store_is_refused_not_wrapped() {
     let h = Harness::new().await;
     let cookie = cookie_pair(&h.post("/set/a/1").await);
     let (key, record) = h.store.inner.dump().remove(0);
@@ -171,5 +174,13 @@ async fn a_stored_version_at_its_maximum_is_refused_not_wrapped() {
         .unwrap();
     assert_eq!(swapped, tower_sealed_sessions::store::CompareAndSet::Done);
     let res = h.post_with_cookie("/set/a/2", &cookie).await;
-    assert_eq!(res.status(), 503);
+    assert_eq!(res.status(), 204);
+    let fresh = cookie_pair(&res);
+    assert_ne!(fresh, cookie, "a new session");
+    let records = h.store.inner.dump();
+    assert_eq!(records.len(), 2);
+    let old = records.iter().find(|(k, _)| *k == key).unwrap();
+    assert_eq!(old.1, maxed, "not written over, not wrapped");
+    let res = h.get_with_cookie("/get/a", &fresh).await;
+    assert_eq!(res.json::<Value>().await.unwrap(), json!("2"));
 }
