@@ -83,8 +83,11 @@ impl Counter for CounterService {
     ) -> Result<Response<CounterReply>, Status> {
         let session = session(&request)?;
         let mut current = reply(&session)?;
-        current.value += 1;
-        session.insert(VALUE, current.value).map_err(internal)?;
+        // Atomic: concurrent increments of one session each count.
+        current.value = session
+            .update(VALUE, |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+            .map_err(internal)?
+            .unwrap_or(0);
         Ok(Response::new(current))
     }
 

@@ -48,10 +48,13 @@ struct Login {
     remember: bool,
 }
 
-/// Counts this request as a visit and returns what the page shows.
+/// Counts this request as a visit and returns what the page shows. `update` is an
+/// atomic read-modify-write: concurrent visits (tabs, parallel fetches) each add
+/// one, where a `get` then `insert` would lose all but one of them.
 fn visit(session: &Session) -> Result<SessionView, AppError> {
-    let visits = session.get::<u64>(VISITS)?.unwrap_or(0) + 1;
-    session.insert(VISITS, visits)?;
+    let visits = session
+        .update(VISITS, |n: Option<u64>| Some(n.unwrap_or(0) + 1))?
+        .unwrap_or(0);
     Ok(SessionView {
         user: session.user_id(),
         visits,

@@ -355,6 +355,59 @@ mod tests {
     }
 
     #[test]
+    fn an_update_runs_now_and_again_on_the_value_a_concurrent_request_stored() {
+        let s = settings();
+        let incr = |n: Option<u64>| Some(n.unwrap_or(0) + 1);
+        let counted = live(&s, Duration::ZERO, None);
+        assert_eq!(counted.update("n", incr).unwrap(), Some(1));
+        assert_eq!(counted.update("n", incr).unwrap(), Some(2));
+        assert_eq!(counted.get::<u64>("n").unwrap(), Some(2), "read at once");
+        assert_eq!(counted.update("gone", |_: Option<u64>| None).unwrap(), None);
+        match Decision::take(&counted) {
+            Decision::Persist(Plan::Update { edit, data }) => {
+                assert_eq!(data.get("n"), Some(&2.into()));
+                // Another request stored 40 meanwhile: both increments run on it.
+                let mut theirs = Data::from([("n".to_owned(), 40.into())]);
+                edit.changes.apply(&mut theirs);
+                assert_eq!(theirs.get("n"), Some(&42.into()));
+                // A value it cannot read stands.
+                let mut odd = Data::from([("n".to_owned(), "many".into())]);
+                edit.changes.apply(&mut odd);
+                assert_eq!(odd.get("n"), Some(&"many".into()));
+            }
+            other => panic!("expected update, got {}", kind(&other)),
+        }
+
+        // After an insert or a removal in the same request, the result stands.
+        let set_first = live(&s, Duration::ZERO, None);
+        set_first.insert("n", 10).unwrap();
+        assert_eq!(set_first.update("n", incr).unwrap(), Some(11));
+        match Decision::take(&set_first) {
+            Decision::Persist(Plan::Update { edit, .. }) => {
+                let mut theirs = Data::from([("n".to_owned(), 40.into())]);
+                edit.changes.apply(&mut theirs);
+                assert_eq!(theirs.get("n"), Some(&11.into()));
+            }
+            other => panic!("expected update, got {}", kind(&other)),
+        }
+
+        // An update that changes nothing saves nothing; bad input changes nothing.
+        let same = live(&s, Duration::ZERO, None);
+        assert_eq!(same.update("absent", |n: Option<u64>| n).unwrap(), None);
+        assert!(same.update("\u{0}user", incr).is_err(), "reserved");
+        same.insert("word", "w").unwrap();
+        let wrong_type = same.update("word", incr);
+        assert!(matches!(
+            wrong_type,
+            Err(crate::SessionError::Deserialize { .. })
+        ));
+        assert_eq!(same.get::<String>("word").unwrap().as_deref(), Some("w"));
+        let unchanged = live(&s, Duration::ZERO, None);
+        unchanged.update("absent", |n: Option<u64>| n).unwrap();
+        assert_eq!(decided(&unchanged), "keep");
+    }
+
+    #[test]
     fn an_unchanged_session_is_touched_only_when_its_deadline_lags() {
         let s = settings();
         let interval = s.effective_touch_interval();

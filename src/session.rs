@@ -147,7 +147,19 @@ impl Loaded {
 #[derive(Default)]
 pub(crate) struct Changes {
     cleared: bool,
-    entries: BTreeMap<String, Option<Value>>,
+    entries: BTreeMap<String, Change>,
+}
+
+/// A function of a key's current value (`None`: absent) to its new one (`None`:
+/// removed), as [`Session::update`] was given it.
+type Updater = Arc<dyn Fn(Option<&Value>) -> Result<Option<Value>, SessionError> + Send + Sync>;
+
+/// What this request did to one key.
+enum Change {
+    Set(Value),
+    Removed,
+    /// Read-modify-write: run again on the value a concurrent writer left.
+    Update(Updater),
 }
 
 impl Changes {
@@ -159,19 +171,35 @@ impl Changes {
     /// How this request changed the session's user: `Some(None)` when it cleared
     /// it, `None` when it left it alone.
     pub(crate) fn user(&self) -> Option<Option<&str>> {
-        self.entries
-            .get(USER_KEY)
-            .map(|value| value.as_ref().and_then(Value::as_str))
+        match self.entries.get(USER_KEY)? {
+            Change::Set(value) => Some(value.as_str()),
+            // The user key is reserved: `update` never writes it.
+            Change::Removed | Change::Update(_) => Some(None),
+        }
     }
 
-    /// Applies these edits to `data` as another request left it.
+    /// Applies these edits to `data` as another request left it: values set and
+    /// removed as they were, updates run again on the value found.
     pub(crate) fn apply(&self, data: &mut Data) {
         if self.cleared {
             data.retain(|key, _| is_reserved(key));
         }
-        for (key, value) in &self.entries {
-            match value {
-                Some(value) => data.insert(key.clone(), value.clone()),
+        for (key, change) in &self.entries {
+            let new = match change {
+                Change::Set(value) => Some(value.clone()),
+                Change::Removed => None,
+                Change::Update(update) => match update(data.get(key)) {
+                    Ok(new) => new,
+                    Err(err) => {
+                        // Another request stored something this update cannot
+                        // read: its value stands.
+                        tracing::warn!(target: "tower_sealed_sessions", %err, "a session update was not applied to the value a concurrent request stored");
+                        continue;
+                    }
+                },
+            };
+            match new {
+                Some(value) => data.insert(key.clone(), value),
                 None => data.remove(key),
             };
         }
@@ -296,11 +324,105 @@ impl Session {
             }
         }
         match state.changes.entries.get_mut(key) {
-            Some(change) => *change = Some(value),
+            Some(change) => *change = Change::Set(value),
             None => {
-                state.changes.entries.insert(key.to_owned(), Some(value));
+                state
+                    .changes
+                    .entries
+                    .insert(key.to_owned(), Change::Set(value));
             }
         }
+    }
+
+    /// Replaces the value under `key` with what `f` makes of it, atomically with
+    /// respect to concurrent requests: should another request write the session
+    /// meanwhile, `f` runs again, on the value that request stored, before this
+    /// one saves. So 100 concurrent increments add 100, where a
+    /// [`get`](Session::get) then [`insert`](Session::insert) can lose all but one
+    /// (each request writes the count it read plus one).
+    ///
+    /// `f` gets the current value (`None`: absent) and returns the new one (`None`:
+    /// remove the key). It runs once now, and the session reads the result at once;
+    /// it may run again at save time, so it must be a function of its argument
+    /// alone (no side effects, no other state). Returns the value as it ran now:
+    /// the value saved may differ when `f` ran again on a concurrent write. Should
+    /// the value a concurrent request stored not deserialize as `T`, that value
+    /// stands and a warning is traced.
+    ///
+    /// ```
+    /// # fn handler(session: tower_sealed_sessions::Session) -> Result<(), tower_sealed_sessions::SessionError> {
+    /// let visits = session.update("visits", |n: Option<u64>| Some(n.unwrap_or(0) + 1))?;
+    /// assert!(visits >= Some(1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::ReservedKey`] for a key starting with NUL,
+    /// [`SessionError::Deserialize`] when the current value is not a `T`, and
+    /// [`SessionError::Serialize`] when `f`'s result cannot be represented as JSON;
+    /// the session is left as it was.
+    pub fn update<T, F>(&self, key: &str, f: F) -> Result<Option<T>, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(Option<T>) -> Option<T> + Send + Sync + 'static,
+    {
+        if is_reserved(key) {
+            return Err(SessionError::ReservedKey {
+                key: key.to_owned(),
+            });
+        }
+        let owned_key = key.to_owned();
+        let update: Updater = Arc::new(move |current| {
+            let current = current.map(T::deserialize).transpose().map_err(|source| {
+                SessionError::Deserialize {
+                    key: owned_key.clone(),
+                    source,
+                }
+            })?;
+            f(current)
+                .map(|new| {
+                    serde_json::to_value(new).map_err(|source| SessionError::Serialize {
+                        key: owned_key.clone(),
+                        source,
+                    })
+                })
+                .transpose()
+        });
+        let mut state = self.lock();
+        let new = update(state.data.get(key))?;
+        let result = new
+            .as_ref()
+            .map(|value| T::deserialize(value))
+            .transpose()
+            .map_err(|source| SessionError::Deserialize {
+                key: key.to_owned(),
+                source,
+            })?;
+        let state = &mut *state;
+        if new.as_ref() == state.data.get(key) && !state.changes.entries.contains_key(key) {
+            // Like writing the value already there: nothing to save.
+            return Ok(result);
+        }
+        let change = match state.changes.entries.remove(key) {
+            // A value this request set or removed is the base: the result stands.
+            Some(Change::Set(_) | Change::Removed) => match &new {
+                Some(value) => Change::Set(value.clone()),
+                None => Change::Removed,
+            },
+            // Updates compose: on a concurrent write, both run again, in order.
+            Some(Change::Update(earlier)) => Change::Update(Arc::new(move |current| {
+                let middle = earlier(current)?;
+                update(middle.as_ref())
+            })),
+            None => Change::Update(update),
+        };
+        state.changes.entries.insert(key.to_owned(), change);
+        match new {
+            Some(value) => state.data.insert(key.to_owned(), value),
+            None => state.data.remove(key),
+        };
+        Ok(result)
     }
 
     /// Removes `key`; returns whether it was there.
@@ -312,7 +434,10 @@ impl Session {
         let mut state = self.lock();
         let existed = state.data.remove(key).is_some();
         if existed {
-            state.changes.entries.insert(key.to_owned(), None);
+            state
+                .changes
+                .entries
+                .insert(key.to_owned(), Change::Removed);
         }
         existed
     }

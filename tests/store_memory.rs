@@ -58,3 +58,16 @@ async fn the_cleanup_task_sweeps_on_schedule_and_outlives_a_failed_sweep() {
         "an interval under the minimum is refused"
     );
 }
+
+/// `Session::update` through the layer on the memory store itself (whose
+/// operations complete under its lock, without awaiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
+    let layer = tower_sealed_sessions::SessionLayer::new(
+        MemoryStore::default(),
+        tower_sealed_sessions::Keys::generate(),
+    )
+    .with_secure(false);
+    let base = common::serve(common::kv_routes().layer(layer)).await;
+    common::hundred_concurrent_increments(&base).await;
+}

@@ -271,7 +271,8 @@ impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
 }
 
 /// `GET /get/{key}` answers the session value as JSON (null when absent);
-/// `POST /set/{key}/{value}` stores a string and answers 204.
+/// `POST /set/{key}/{value}` stores a string and answers 204; `POST /incr/{key}`
+/// adds one to a counter with `Session::update` and answers the count it saw.
 pub fn kv_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     use axum::extract::Path;
     use axum::routing::{get, post};
@@ -294,6 +295,41 @@ pub fn kv_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
                 },
             ),
         )
+        .route(
+            "/incr/{key}",
+            post(|s: Session, Path(k): Path<String>| async move {
+                let n = s.update(&k, |n: Option<u64>| Some(n.unwrap_or(0) + 1));
+                axum::Json(n.unwrap())
+            }),
+        )
+}
+
+/// Sends 100 concurrent increments of one counter in one session to `base`
+/// (serving [`kv_routes`]) and checks that the counter went up by 100.
+pub async fn hundred_concurrent_increments(base: &str) {
+    let client = reqwest::Client::new();
+    let res = client.post(format!("{base}/incr/n")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = cookie_pair(&res);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let request = client
+                .post(format!("{base}/incr/n"))
+                .header(reqwest::header::COOKIE, &cookie);
+            tokio::spawn(async move { request.send().await.unwrap().status() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let res = client
+        .get(format!("{base}/get/n"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let n: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(n, serde_json::json!(101), "1 + 100 concurrent increments");
 }
 
 /// A client that keeps cookies, like a browser.

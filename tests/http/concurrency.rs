@@ -167,3 +167,9 @@ async fn parallel_requests_with_an_old_key_cookie_move_the_session_once() {
     );
     assert_eq!(store.inner.len(), 1, "no orphaned copies");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
+    let h = Harness::new().await;
+    common::hundred_concurrent_increments(&h.url("")).await;
+}

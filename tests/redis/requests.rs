@@ -43,6 +43,17 @@ async fn a_read_is_one_round_trip_and_a_write_one_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let base = serve(app(store, |l| l)).await;
+    common::hundred_concurrent_increments(&base).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_values_are_sealed_and_expire_at_their_deadline() {
     if !available() {
         return;
