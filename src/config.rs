@@ -10,6 +10,7 @@
 //! lifespan: 24h             # -1 disables
 //! remember_me: 30d          # -1 disables
 //! touch_interval: 1m
+//! write_deadline: 2s        # compare-and-set retries give up (503) after this
 //! cleanup_interval: 1h
 //! max_sessions_per_user: 5  # absent: no limit
 //! secret: "generate:/var/lib/app/session.key"
@@ -79,6 +80,8 @@ pub struct SessionConfig {
     remember_me: Option<Limit>,
     #[serde(default)]
     touch_interval: Option<Span>,
+    #[serde(default)]
+    write_deadline: Option<Span>,
     #[serde(default)]
     cleanup_interval: Option<Span>,
     secret: String,
@@ -196,6 +199,10 @@ impl SessionConfig {
         set(
             &mut settings.touch_interval,
             self.touch_interval.map(|Span(d)| d),
+        );
+        set(
+            &mut settings.write_deadline,
+            self.write_deadline.map(|Span(d)| d),
         );
         settings.allow_unbounded = self.allow_unbounded_sessions;
         set(

@@ -235,6 +235,19 @@ impl SessionLayer {
         self.edit(|s| s.touch_interval = interval)
     }
 
+    /// The most time a write spends on compare-and-set retries (default 2 s;
+    /// `write_deadline` in a configuration file). A write that loses to a
+    /// concurrent writer of the same session re-reads and retries at once, then
+    /// backs off (random waits growing from 1 ms to 50 ms) while it keeps losing;
+    /// past the deadline, or after 128 attempts, it gives up and the request is
+    /// answered 503. On the memory store (whose operations finish under its lock)
+    /// retries never wait. Backing off needs tokio's timer, which the runtimes of
+    /// axum, tonic and `#[tokio::main]` enable; outside a tokio runtime a retry
+    /// yields instead.
+    pub fn with_write_deadline(self, deadline: Duration) -> Self {
+        self.edit(|s| s.write_deadline = deadline)
+    }
+
     /// Allows sessions with neither an idle timeout nor a lifespan, which otherwise
     /// is refused.
     ///
@@ -327,6 +340,7 @@ impl fmt::Debug for SessionLayer {
             .field("lifespan", &s.lifespan)
             .field("remember_me", &s.remember_me)
             .field("touch_interval", &s.touch_interval)
+            .field("write_deadline", &s.write_deadline)
             .field("max_sessions_per_user", &s.max_sessions_per_user)
             .field("clock", &s.clock)
             .finish_non_exhaustive()

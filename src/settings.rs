@@ -25,6 +25,8 @@ pub(crate) struct Settings {
     pub(crate) lifespan: Option<Duration>,
     pub(crate) remember_me: Option<Duration>,
     pub(crate) touch_interval: Duration,
+    /// The most time a write spends retrying compare-and-set conflicts.
+    pub(crate) write_deadline: Duration,
     pub(crate) allow_unbounded: bool,
     pub(crate) max_sessions_per_user: Option<usize>,
     pub(crate) clock: Clock,
@@ -33,7 +35,8 @@ pub(crate) struct Settings {
 impl Settings {
     /// The defaults: cookie `id`, `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no
     /// Domain; idle timeout 30 minutes, lifespan 24 hours, remember-me 30 days,
-    /// touch interval 1 minute; no per-user limit; the system clock.
+    /// touch interval 1 minute; write deadline 2 seconds; no per-user limit; the
+    /// system clock.
     pub(crate) fn new(keys: Keys) -> Self {
         Settings {
             keys,
@@ -43,6 +46,7 @@ impl Settings {
             lifespan: Some(Duration::from_secs(24 * 3600)),
             remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
             touch_interval: Duration::from_secs(60),
+            write_deadline: Duration::from_secs(2),
             allow_unbounded: false,
             max_sessions_per_user: None,
             clock: Clock::system(),

@@ -38,6 +38,7 @@ idle_timeout: 30m
 lifespan: 24h
 remember_me: 30d          # -1 disables
 touch_interval: 1m
+write_deadline: 500ms
 cleanup_interval: 1h
 max_sessions_per_user: 5
 secret: "generate:{}"
@@ -59,6 +60,7 @@ store: {{ type: memory }}
         "same_site: Lax",
         "remember_me: Some(2592000s)",
         "touch_interval: 60s",
+        "write_deadline: 500ms",
         "max_sessions_per_user: Some(5)",
     ] {
         assert!(shown.contains(part), "{shown} lacks {part}");
@@ -368,6 +370,7 @@ proptest::proptest! {
     fn arbitrary_field_values_never_panic(
         field in proptest::sample::select(vec![
             "idle_timeout", "lifespan", "remember_me", "touch_interval", "cleanup_interval",
+            "write_deadline",
         ]),
         value in "[-0-9a-zA-Z .]{0,12}",
         name in "[ -~]{0,10}",

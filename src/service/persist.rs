@@ -3,6 +3,7 @@
 //! step with every write.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use super::response::set_token;
 use crate::audit::{AUDIT_TARGET, Fingerprint, audit};
@@ -23,9 +24,65 @@ const TARGET: &str = "tower_sealed_sessions";
 /// once, more than the 100 concurrent streams HTTP/2 servers usually allow one
 /// client. Measured with 100 concurrent writers: 2 to 19 attempts, heavy-tailed.
 const MAX_UPDATE_ATTEMPTS: u32 = 128;
+/// The first wait after a second conflict in a row; each further one doubles.
+const BACKOFF_BASE: Duration = Duration::from_millis(1);
+/// The longest wait between two attempts.
+const BACKOFF_CAP: Duration = Duration::from_millis(50);
 /// A fresh 128-bit key is taken with probability ~2^-128; failing this often means
 /// the store is broken, not unlucky.
 const MAX_CREATE_ATTEMPTS: u32 = 3;
+
+/// Paces the compare-and-set retries of one write: the first retry at once (one
+/// concurrent writer is the common case), then random waits that double from
+/// [`BACKOFF_BASE`] up to [`BACKOFF_CAP`] ("full jitter", so that writers that
+/// collided do not collide again in step), until the settings' write deadline or
+/// [`MAX_UPDATE_ATTEMPTS`]. An [`IMMEDIATE`](SessionStore::IMMEDIATE) store
+/// resolves each attempt under its own lock, its futures are never left pending,
+/// and a concurrent writer has finished by the time the conflict is seen: there
+/// the retries never wait.
+struct Retries {
+    started: Instant,
+    deadline: Duration,
+    conflicts: u32,
+    wait: bool,
+}
+
+impl Retries {
+    fn new<St: SessionStore>(settings: &Settings) -> Self {
+        Retries {
+            started: Instant::now(),
+            deadline: settings.write_deadline,
+            conflicts: 0,
+            wait: !St::IMMEDIATE,
+        }
+    }
+
+    /// After a lost compare-and-set: waits before the next attempt, or gives up.
+    async fn after_conflict(&mut self) -> Result<(), StoreError> {
+        self.conflicts += 1;
+        let spent = self.started.elapsed();
+        if self.conflicts >= MAX_UPDATE_ATTEMPTS || spent >= self.deadline {
+            return Err(StoreError::Contended {
+                attempts: self.conflicts,
+            });
+        }
+        if self.conflicts == 1 || !self.wait {
+            return Ok(());
+        }
+        let ceiling = BACKOFF_BASE
+            .saturating_mul(1 << (self.conflicts - 2).min(16))
+            .min(BACKOFF_CAP)
+            .min(self.deadline - spent);
+        let wait = ceiling.mul_f64(rand::random::<f64>());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::time::sleep(wait).await;
+        } else {
+            // No tokio timer to wait on: let the other writers run.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+}
 
 /// [`Plan::Touch`]: moves the idle deadline and the last activity.
 pub(super) async fn touch<St: SessionStore>(
@@ -118,7 +175,8 @@ pub(super) async fn update<St: SessionStore>(
     };
     let before = loaded.user_tag(settings);
     let mut index = Indexed::new(key, before.map(|tag| (tag, loaded.deadlines.lifespan)));
-    for _ in 0..MAX_UPDATE_ATTEMPTS {
+    let mut retries = Retries::new::<St>(settings);
+    loop {
         // Whatever user and lifespan this attempt writes (a concurrent request
         // may have changed either), the index has them first.
         index.ensure(store, keys, &attempt, edit.meta, now).await?;
@@ -144,13 +202,11 @@ pub(super) async fn update<St: SessionStore>(
                 return gone("update");
             }
             CompareAndSet::Conflict(current) => {
+                retries.after_conflict().await?;
                 attempt = rebase(edit, keys, settings, now, &current, &mut index)?;
             }
         }
     }
-    Err(StoreError::Contended {
-        attempts: MAX_UPDATE_ATTEMPTS,
-    })
 }
 
 /// [`Plan::Move`]: the session moves to a new id (a login, or a cookie sealed
@@ -186,7 +242,8 @@ pub(super) async fn move_session<St: SessionStore>(
     let held = user_of(&attempt.data)
         .map(|user| (UserTag::derive(primary, user), attempt.deadlines.lifespan));
     let mut index = Indexed::new(new.store_key, held);
-    for _ in 0..MAX_UPDATE_ATTEMPTS {
+    let mut retries = Retries::new::<St>(settings);
+    loop {
         match store.delete_version(&old, attempt.version).await? {
             CompareAndSet::Done => {
                 old_index.settle(store, None).await?;
@@ -208,31 +265,40 @@ pub(super) async fn move_session<St: SessionStore>(
                 return gone("move to a new id");
             }
             CompareAndSet::Conflict(current) => {
-                attempt = rebase(edit, old_keys, settings, now, &current, &mut old_index)?;
-                index
-                    .ensure(store, primary, &attempt, edit.meta, now)
-                    .await?;
-                let record = attempt.seal(&new.cipher, &new.store_key, new.version)?;
-                // Nobody holds the new id's cookie yet, so this cannot conflict.
-                match store.update(&new.store_key, &record, new.version).await? {
-                    CompareAndSet::Done => {
-                        new.version = record.version;
-                        // The cookie must carry the lifespan the record now has.
+                let carried = async {
+                    retries.after_conflict().await?;
+                    let attempt = rebase(edit, old_keys, settings, now, &current, &mut old_index)?;
+                    index
+                        .ensure(store, primary, &attempt, edit.meta, now)
+                        .await?;
+                    let record = attempt.seal(&new.cipher, &new.store_key, new.version)?;
+                    // Nobody holds the new id's cookie yet, so this cannot conflict.
+                    match store.update(&new.store_key, &record, new.version).await? {
+                        CompareAndSet::Done => Ok((attempt, record.version)),
+                        other => Err(StoreError::Corrupt(format!(
+                            "a session's new record changed while it was being moved: {other:?}"
+                        ))),
+                    }
+                };
+                match carried.await {
+                    Ok((carried, version)) => {
+                        attempt = carried;
+                        new.version = version;
+                        // The cookie must carry what the record now has.
                         new.identity.lifespan_deadline = attempt.deadlines.lifespan;
                         new.identity.remember_me = attempt.remember_me;
                     }
-                    other => {
-                        return Err(StoreError::Corrupt(format!(
-                            "a session's new record changed while it was being moved: {other:?}"
-                        )));
+                    Err(err) => {
+                        // The move failed: its new record must not outlive it (best
+                        // effort: when the store is down, its expiry removes it).
+                        let _ = store.delete(&new.store_key).await;
+                        let _ = index.settle(store, None).await;
+                        return Err(err);
                     }
                 }
             }
         }
     }
-    Err(StoreError::Contended {
-        attempts: MAX_UPDATE_ATTEMPTS,
-    })
 }
 
 /// One attempt at a compare-and-set write: the data, the version it expects, and

@@ -28,6 +28,7 @@ pub struct TestStore<const IMMEDIATE: bool = false> {
     failing: Arc<AtomicBool>,
     failing_writes: Arc<AtomicBool>,
     corrupt_loads: Arc<AtomicBool>,
+    contended: Arc<AtomicBool>,
     gate: Arc<Mutex<Option<Gate>>>,
 }
 
@@ -59,6 +60,7 @@ impl TestStore {
             failing: self.failing.clone(),
             failing_writes: self.failing_writes.clone(),
             corrupt_loads: self.corrupt_loads.clone(),
+            contended: self.contended.clone(),
             gate: self.gate.clone(),
         }
     }
@@ -89,6 +91,12 @@ impl TestStore {
         self.corrupt_loads.store(corrupt, Ordering::SeqCst);
     }
 
+    /// Every compare-and-set (update, delete of a version) loses, as to a
+    /// concurrent writer that always wins, and answers the current record.
+    pub fn set_contended(&self, contended: bool) {
+        self.contended.store(contended, Ordering::SeqCst);
+    }
+
     /// Loads work, every write fails.
     pub fn set_failing_writes(&self, failing: bool) {
         self.failing_writes.store(failing, Ordering::SeqCst);
@@ -96,6 +104,17 @@ impl TestStore {
 }
 
 impl<const IMMEDIATE: bool> TestStore<IMMEDIATE> {
+    /// While contended: the conflict a compare-and-set on `key` meets.
+    async fn lost(&self, key: &StoreKey) -> Option<CompareAndSet> {
+        if !self.contended.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(match self.inner.load(key).await.unwrap() {
+            Some(current) => CompareAndSet::Conflict(current),
+            None => CompareAndSet::Missing,
+        })
+    }
+
     async fn checkpoint(&self, op: &'static str) {
         let gate = {
             let mut slot = self.gate.lock().unwrap();
@@ -171,6 +190,9 @@ impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
         async move {
             checkpoint.await;
             entered?;
+            if let Some(lost) = self.lost(key).await {
+                return Ok(lost);
+            }
             self.inner.update(key, record, expected_version).await
         }
     }
@@ -210,6 +232,9 @@ impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
         async move {
             checkpoint.await;
             entered?;
+            if let Some(lost) = self.lost(key).await {
+                return Ok(lost);
+            }
             self.inner.delete_version(key, expected_version).await
         }
     }

@@ -184,3 +184,46 @@ async fn a_stored_version_changed_in_the_store_is_refused_not_wrapped() {
     let res = h.get_with_cookie("/get/a", &fresh).await;
     assert_eq!(res.json::<Value>().await.unwrap(), json!("2"));
 }
+
+/// A write that keeps losing its compare-and-set backs off and gives up at the
+/// write deadline with 503, far short of 128 back-to-back round trips; a login
+/// that keeps losing leaves no new record behind.
+#[tokio::test]
+async fn a_write_that_keeps_losing_gives_up_at_the_write_deadline_with_backoff() {
+    let deadline = Duration::from_millis(300);
+    let h = Harness::with(|l| l.with_write_deadline(deadline)).await;
+    let cookie = cookie_pair(&h.post("/set/a/1").await);
+    h.store.set_contended(true);
+    h.store.take_ops();
+    let started = std::time::Instant::now();
+    let res = h.post_with_cookie("/set/a/2", &cookie).await;
+    let spent = started.elapsed();
+    assert_eq!(res.status(), 503);
+    let attempts = h
+        .store
+        .take_ops()
+        .iter()
+        .filter(|op| **op == "update")
+        .count();
+    assert!(spent >= deadline, "it tried until the deadline: {spent:?}");
+    assert!(
+        spent < Duration::from_secs(5),
+        "and then stopped: {spent:?}"
+    );
+    assert!(
+        (3..64).contains(&attempts),
+        "{attempts} attempts: backed off, not 128 in a row"
+    );
+
+    let res = h.post_with_cookie("/login/ada", &cookie).await;
+    assert_eq!(res.status(), 503);
+    assert!(set_cookies(&res).is_empty());
+    assert_eq!(h.store.inner.len(), 1, "the moved-to record was removed");
+    h.store.set_contended(false);
+    let res = h.get_with_cookie("/get/a", &cookie).await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!("1"),
+        "nothing half-written"
+    );
+}
