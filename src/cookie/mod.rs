@@ -187,6 +187,7 @@ pub(crate) fn seal(keys: &Keys, name: &str, data: &CookieData) -> String {
 
 fn seal_with_nonce(keys: &Keys, name: &str, data: &CookieData, nonce: [u8; NONCE_LEN]) -> String {
     let key = keys.primary();
+    key.count_seal();
     // Sealed in place, on the stack: the header, then the plaintext encrypted where
     // it lies, then the tag. The associated data is the header and the cookie name.
     let mut sealed = Zeroizing::new([0u8; SEALED_LEN]);

@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aes::Aes256Enc;
@@ -103,7 +104,6 @@ impl fmt::Display for KeyId {
 }
 
 /// The keys derived from one master secret.
-#[derive(Clone)]
 pub(crate) struct KeySet {
     pub(crate) id: KeyId,
     /// Tells two secrets apart when their 4-byte ids collide.
@@ -114,6 +114,9 @@ pub(crate) struct KeySet {
     pub(crate) record: HmacSha256,
     pub(crate) store_id: HmacSha256,
     pub(crate) user: HmacSha256,
+    /// Cookies this process sealed under this key: AES-GCM with random 96-bit
+    /// nonces is good for 2^32 of them (see [`KeySet::count_seal`]).
+    seals: AtomicU64,
 }
 
 impl KeySet {
@@ -144,7 +147,52 @@ impl KeySet {
             record,
             store_id,
             user,
+            seals: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one cookie sealed under this key, and warns as the count nears the
+    /// AES-GCM bound for random nonces: 2^32 messages per key, for a chance of a
+    /// repeated nonce below 2^-33 (NIST SP 800-38D, 8.3). A repeat would let an
+    /// attacker who holds both cookies forge cookies under this key.
+    #[inline]
+    pub(crate) fn count_seal(&self) {
+        let count = self.seals.fetch_add(1, Ordering::Relaxed) + 1;
+        if count >= SEALS_WARNED_FROM && count.is_power_of_two() {
+            warn_seals(self.id, count);
+        }
+    }
+}
+
+/// A copy keeps counting from the count so far (a keyring grown by
+/// [`Keys::with_previous`] carries its primary key's count on).
+impl Clone for KeySet {
+    fn clone(&self) -> Self {
+        KeySet {
+            id: self.id,
+            digest: self.digest,
+            cookie: self.cookie.clone(),
+            record: self.record.clone(),
+            store_id: self.store_id.clone(),
+            user: self.user.clone(),
+            seals: AtomicU64::new(self.seals.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The first count of seals under one key that is warned about (1/16 of the
+/// bound); every doubling after it is warned about too.
+const SEALS_WARNED_FROM: u64 = 1 << 28;
+/// The bound on seals under one key: past it, an error rather than a warning.
+const SEALS_BOUND: u64 = 1 << 32;
+
+#[cold]
+fn warn_seals(id: KeyId, count: u64) {
+    let share = count as f64 / SEALS_BOUND as f64 * 100.0;
+    if count < SEALS_BOUND {
+        tracing::warn!(target: "tower_sealed_sessions", key_id = %id, count, "this process has sealed {count} session cookies under one key, {share:.0}% of the 2^32 that AES-GCM with random nonces allows per key (all processes together): rotate the session secret (SECURITY.md, \"Nonce budget\")");
+    } else {
+        tracing::error!(target: "tower_sealed_sessions", key_id = %id, count, "this process has sealed {count} session cookies under one key, past the 2^32 that AES-GCM with random nonces allows per key: rotate the session secret now (SECURITY.md, \"Nonce budget\")");
     }
 }
 
@@ -174,6 +222,15 @@ pub struct Keys {
 impl Keys {
     /// The shortest master secret accepted, in bytes (256 bits).
     pub const MIN_SECRET_LEN: usize = Secret::MIN_LEN;
+
+    /// How many cookies these keys (and their clones, such as the layer's) have
+    /// sealed under the primary key since they were made: a figure to export to
+    /// your metrics. AES-GCM with random nonces is good for 2^32 cookies per key,
+    /// counted over every process that uses it; a warning is traced at 2^28 and
+    /// at every doubling after. See SECURITY.md, "Nonce budget".
+    pub fn sealed_cookies(&self) -> u64 {
+        self.primary().seals.load(Ordering::Relaxed)
+    }
 
     /// Keys with `primary` as the only key.
     pub fn new(primary: &Secret) -> Self {
@@ -249,6 +306,61 @@ mod tests {
     use super::*;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    /// Collects what a test's tracing subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn cookie_seals_are_counted_per_key_and_warned_about_near_the_nonce_bound() {
+        let keys = Keys::unchecked(&[7; 32]);
+        let data = crate::cookie::CookieData::generate(
+            crate::clock::Timestamp::from_unix_millis(0),
+            crate::clock::Timestamp::NEVER,
+            false,
+        );
+        for _ in 0..3 {
+            crate::cookie::seal(&keys, "id", &data);
+        }
+        assert_eq!(keys.sealed_cookies(), 3);
+        assert_eq!(keys.clone().sealed_cookies(), 3, "clones share the count");
+
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let key = keys.primary();
+            key.seals.store(SEALS_WARNED_FROM - 2, Ordering::Relaxed);
+            key.count_seal();
+            key.count_seal();
+            key.count_seal();
+            key.seals.store(SEALS_BOUND - 1, Ordering::Relaxed);
+            key.count_seal();
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "at 2^28 and at 2^32 only: {text}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("268435456"),
+            "{text}"
+        );
+        assert!(lines[0].contains("6% of the 2^32"), "{text}");
+        assert!(lines[1].contains("ERROR") && lines[1].contains("rotate the session secret now"));
+    }
 
     /// 32 distinct bytes: passes the entropy check.
     fn secret(seed: u8) -> Vec<u8> {
