@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::aead::consts::{U12, U16};
@@ -30,6 +31,7 @@ use aes_gcm::{AesGcm, KeyInit, Nonce, Tag};
 use bytes::Bytes;
 use hmac::Mac;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -50,8 +52,81 @@ const REMEMBER_ME: u8 = 1;
 /// Session data up to this size is decrypted on the stack, larger data on the heap.
 const STACK_PLAINTEXT: usize = 512;
 
-/// Session data in the clear: what handlers read and write.
-pub(crate) type Data = BTreeMap<String, Value>;
+/// Session data in the clear: what handlers read and write. Wiped when dropped:
+/// every key and every string in it is overwritten with zeros (see [`wipe`]).
+#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Data(BTreeMap<String, Value>);
+
+impl Data {
+    pub(crate) fn new() -> Self {
+        Data(BTreeMap::new())
+    }
+
+    /// Removes every key handlers wrote, wiping the values; the layer's own
+    /// (reserved) keys stay.
+    pub(crate) fn retain_reserved(&mut self) {
+        self.0.retain(|key, value| {
+            let kept = is_reserved(key);
+            if !kept {
+                wipe(value);
+            }
+            kept
+        });
+    }
+}
+
+impl Deref for Data {
+    type Target = BTreeMap<String, Value>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Data {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<const N: usize> From<[(String, Value); N]> for Data {
+    fn from(entries: [(String, Value); N]) -> Self {
+        Data(BTreeMap::from(entries))
+    }
+}
+
+impl FromIterator<(String, Value)> for Data {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(entries: I) -> Self {
+        Data(entries.into_iter().collect())
+    }
+}
+
+impl Drop for Data {
+    fn drop(&mut self) {
+        for (mut key, mut value) in std::mem::take(&mut self.0) {
+            key.zeroize();
+            wipe(&mut value);
+        }
+    }
+}
+
+/// Overwrites the text `value` holds (strings, object keys, at any depth) with
+/// zeros before it is freed. Numbers and booleans are stored inline, where safe
+/// code cannot reach them once the value is dropped: they are not wiped.
+pub(crate) fn wipe(value: &mut Value) {
+    match value {
+        Value::String(text) => text.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe),
+        Value::Object(map) => {
+            for (mut key, mut item) in std::mem::take(map) {
+                key.zeroize();
+                wipe(&mut item);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
 
 /// Where the user id is kept in the session data: a key no handler can write, since
 /// [`Session::insert`](crate::Session::insert) refuses keys starting with NUL.

@@ -13,7 +13,7 @@ use crate::audit::Fingerprint;
 use crate::clock::Timestamp;
 use crate::cookie::{CookieData, Meta};
 use crate::error::SessionError;
-use crate::record::{Data, DataCipher, Deadlines, StoreKey, USER_KEY, is_reserved, user_of};
+use crate::record::{Data, DataCipher, Deadlines, StoreKey, USER_KEY, is_reserved, user_of, wipe};
 use crate::settings::Settings;
 use crate::store::UserTag;
 
@@ -162,6 +162,14 @@ enum Change {
     Update(Updater),
 }
 
+impl Drop for Change {
+    fn drop(&mut self) {
+        if let Change::Set(value) = self {
+            wipe(value);
+        }
+    }
+}
+
 impl Changes {
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
@@ -182,7 +190,7 @@ impl Changes {
     /// removed as they were, updates run again on the value found.
     pub(crate) fn apply(&self, data: &mut Data) {
         if self.cleared {
-            data.retain(|key, _| is_reserved(key));
+            data.retain_reserved();
         }
         for (key, change) in &self.entries {
             let new = match change {
@@ -198,10 +206,13 @@ impl Changes {
                     }
                 },
             };
-            match new {
+            let replaced = match new {
                 Some(value) => data.insert(key.clone(), value),
                 None => data.remove(key),
             };
+            if let Some(mut old) = replaced {
+                wipe(&mut old);
+            }
         }
     }
 }
@@ -318,7 +329,10 @@ impl Session {
         // A key already there keeps its allocation, in the data and in the changes.
         match state.data.get_mut(key) {
             Some(current) if *current == value => return,
-            Some(current) => *current = value.clone(),
+            Some(current) => {
+                wipe(current);
+                *current = value.clone();
+            }
             None => {
                 state.data.insert(key.to_owned(), value.clone());
             }
@@ -404,24 +418,34 @@ impl Session {
             // Like writing the value already there: nothing to save.
             return Ok(result);
         }
-        let change = match state.changes.entries.remove(key) {
+        let change = match state.changes.entries.get(key) {
             // A value this request set or removed is the base: the result stands.
             Some(Change::Set(_) | Change::Removed) => match &new {
                 Some(value) => Change::Set(value.clone()),
                 None => Change::Removed,
             },
             // Updates compose: on a concurrent write, both run again, in order.
-            Some(Change::Update(earlier)) => Change::Update(Arc::new(move |current| {
-                let middle = earlier(current)?;
-                update(middle.as_ref())
-            })),
+            Some(Change::Update(earlier)) => {
+                let earlier = Arc::clone(earlier);
+                Change::Update(Arc::new(move |current| {
+                    let mut middle = earlier(current)?;
+                    let last = update(middle.as_ref());
+                    if let Some(middle) = &mut middle {
+                        wipe(middle);
+                    }
+                    last
+                }))
+            }
             None => Change::Update(update),
         };
         state.changes.entries.insert(key.to_owned(), change);
-        match new {
+        let replaced = match new {
             Some(value) => state.data.insert(key.to_owned(), value),
             None => state.data.remove(key),
         };
+        if let Some(mut old) = replaced {
+            wipe(&mut old);
+        }
         Ok(result)
     }
 
@@ -432,7 +456,13 @@ impl Session {
 
     fn take(&self, key: &str) -> bool {
         let mut state = self.lock();
-        let existed = state.data.remove(key).is_some();
+        let existed = match state.data.remove(key) {
+            Some(mut old) => {
+                wipe(&mut old);
+                true
+            }
+            None => false,
+        };
         if existed {
             state
                 .changes
@@ -447,7 +477,7 @@ impl Session {
     pub fn clear(&self) {
         let mut state = self.lock();
         if state.data.keys().any(|k| !is_reserved(k)) {
-            state.data.retain(|key, _| is_reserved(key));
+            state.data.retain_reserved();
             state.changes.cleared = true;
             state.changes.entries.retain(|key, _| is_reserved(key));
         }
@@ -515,7 +545,8 @@ impl Session {
         state.destroyed = true;
         state.cycle = false;
         state.lifespan_changed = false;
-        state.data.clear();
+        // Replaced, not cleared: the old data is wiped as it drops.
+        state.data = Data::new();
         state.changes = Changes::default();
         state.meta = self.inner.settings.new_meta(self.inner.now);
     }

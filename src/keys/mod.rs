@@ -323,6 +323,14 @@ mod tests {
     }
 
     #[test]
+    fn key_schedules_are_wiped_when_dropped() {
+        // Compiles only with the `aes` crate's `zeroize` feature on.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes_gcm::aes::Aes256>();
+        wiped_on_drop::<aes_gcm::aes::Aes256Enc>();
+    }
+
+    #[test]
     fn cookie_seals_are_counted_per_key_and_warned_about_near_the_nonce_bound() {
         let keys = Keys::unchecked(&[7; 32]);
         let data = crate::cookie::CookieData::generate(
