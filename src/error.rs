@@ -281,6 +281,54 @@ mod tests {
     }
 
     #[test]
+    fn key_errors_keep_their_causes_and_context_chains_them() {
+        let io = KeyError::Io {
+            path: "/run/secrets/key".into(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        };
+        assert_eq!(io.to_string(), "session key file /run/secrets/key: denied");
+        let source = io.source().expect("the I/O error is kept");
+        assert_eq!(
+            source.downcast_ref::<io::Error>().unwrap().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+
+        let wrapped = KeyError::LowEntropy.context("file /k".into());
+        assert!(wrapped.to_string().ends_with("(from file /k)"), "{wrapped}");
+        let inner = wrapped.source().expect("the context keeps the error");
+        assert!(matches!(
+            inner.downcast_ref::<KeyError>(),
+            Some(KeyError::LowEntropy)
+        ));
+        assert!(inner.source().is_none(), "the chain ends there");
+
+        let decode =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, "!").unwrap_err();
+        let not_base64 = KeyError::NotBase64(decode);
+        assert!(
+            not_base64
+                .source()
+                .unwrap()
+                .downcast_ref::<base64::DecodeError>()
+                .is_some()
+        );
+        for plain in [
+            KeyError::LowEntropy,
+            KeyError::TooShort { len: 1, min: 32 },
+            KeyError::EnvNotSet("X".into()),
+            KeyError::UnknownReference("my_env".into()),
+        ] {
+            assert!(plain.source().is_none(), "{plain}");
+        }
+        assert!(
+            KeyError::UnknownReference("my_env".into())
+                .to_string()
+                .starts_with("`my_env:` is not a secret reference")
+        );
+        assert!(ConfigError::new("cookie.name", "empty").source().is_none());
+    }
+
+    #[test]
     fn a_config_error_keeps_the_key_error_behind_it() {
         let err = ConfigError::key("secret".into(), KeyError::LowEntropy);
         assert_eq!(err.field(), "secret");

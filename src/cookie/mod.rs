@@ -388,6 +388,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_length_limits_hold_at_their_boundaries() {
+        let value = seal(&keys(), "id", &sample());
+        assert_eq!(value.len(), 131, "the documented length");
+        // 256 characters are decoded (and are too long for a cookie); 257 are not.
+        let at_limit = "A".repeat(MAX_ENCODED_LEN);
+        assert_eq!(
+            open(&keys(), "id", &at_limit).err(),
+            Some(CookieError::UnknownVersion(0))
+        );
+        let over = "A".repeat(MAX_ENCODED_LEN + 1);
+        assert_eq!(
+            open(&keys(), "id", &over).err(),
+            Some(CookieError::Oversized)
+        );
+        // One byte short of or past the sealed length is truncated, not opened.
+        let sealed = URL_SAFE_NO_PAD.decode(&value).unwrap();
+        for len in [SEALED_LEN - 1, SEALED_LEN + 1] {
+            let mut bytes = sealed.clone();
+            bytes.resize(len, 0);
+            let text = URL_SAFE_NO_PAD.encode(&bytes);
+            assert_eq!(
+                open(&keys(), "id", &text).err(),
+                Some(CookieError::Truncated),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_reason_reads_as_what_happened() {
+        let id = KeyId([1, 2, 3, 4]);
+        for (reason, says) in [
+            (CookieError::Oversized, "longer than 256 characters"),
+            (CookieError::NotBase64, "not URL-safe base64"),
+            (CookieError::Truncated, "too short"),
+            (CookieError::UnknownVersion(9), "unknown format version 9"),
+            (
+                CookieError::UnknownKey(id),
+                "sealed with key 01020304, which is not in the keyring",
+            ),
+            (CookieError::Tampered, "authentication failed"),
+            (CookieError::Malformed, "malformed"),
+        ] {
+            assert!(reason.to_string().contains(says), "{reason}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn any_mutation_of_a_valid_cookie_is_rejected(

@@ -323,6 +323,13 @@ mod tests {
     }
 
     #[test]
+    fn a_key_id_shows_as_eight_hex_digits() {
+        let id = KeyId([0xde, 0xad, 0x0b, 0x07]);
+        assert_eq!(id.to_string(), "dead0b07");
+        assert_eq!(format!("{id:?}"), "KeyId(dead0b07)");
+    }
+
+    #[test]
     fn key_schedules_are_wiped_when_dropped() {
         // Compiles only with the `aes` crate's `zeroize` feature on.
         fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
@@ -291,6 +291,22 @@ fn looks_low_entropy(bytes: &[u8]) -> bool {
 /// Creates `path` holding `contents`, all or nothing: the file appears complete or
 /// not at all, and an existing file is never replaced (`AlreadyExists`).
 fn publish(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
+    let written = write_private(&tmp, contents).and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    written?;
+    // Make the new name durable too (best effort: not every platform can open a
+    // directory).
+    if let Ok(dir) = fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The directory of the key at `path`, and a fresh temporary name in it: on the
+/// same file system as the key, so that the hard link publishing it cannot fail
+/// for crossing one, and no other directory (such as `$TMPDIR`) sees the secret.
+fn temp_beside(path: &Path) -> io::Result<(&Path, PathBuf)> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -304,15 +320,7 @@ fn publish(path: &Path, contents: &[u8]) -> io::Result<()> {
         std::process::id(),
         rand::random::<u64>()
     ));
-    let written = write_private(&tmp, contents).and_then(|()| fs::hard_link(&tmp, path));
-    let _ = fs::remove_file(&tmp);
-    written?;
-    // Make the new name durable too (best effort: not every platform can open a
-    // directory).
-    if let Ok(dir) = fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    Ok((dir, tmp))
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
@@ -532,6 +540,106 @@ mod tests {
         let unset = Secret::from_reference("env:TSS_TEST_NEVER_SET").unwrap_err();
         assert!(matches!(unset, KeyError::EnvNotSet(name) if name == "TSS_TEST_NEVER_SET"));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_scheme_with_dashes_or_underscores_is_refused_not_taken_as_the_secret() {
+        for (typo, word) in [
+            ("my_env:SESSION_SECRET_PRODUCTION_01", "my_env"),
+            ("my-file:/run/secrets/session-key-0123", "my-file"),
+            ("a_b-c9:0123456789abcdefghijklmnopqrstuv", "a_b-c9"),
+            (
+                "abcdefghijklmnop:0123456789abcdefghijklmnopqrstuv",
+                "abcdefghijklmnop",
+            ),
+        ] {
+            match Secret::from_reference(typo) {
+                Err(KeyError::UnknownReference(scheme)) => assert_eq!(scheme, word),
+                other => panic!("{typo}: {other:?}"),
+            }
+        }
+        // Not a scheme: a word of 17 characters, an empty word, other characters.
+        for inline in [
+            "abcdefghijklmnopq:0123456789abcdefghijklmnop",
+            ":0123456789abcdefghijklmnopqrstuvwxyz",
+            "p@ss:0123456789abcdefghijklmnopqrstuvwxyz",
+            "no colon 0123456789abcdefghijklmnopqrstuvwxyz",
+        ] {
+            let secret = Secret::from_reference(inline).unwrap();
+            assert_eq!(secret.as_bytes(), inline.as_bytes(), "{inline}");
+        }
+    }
+
+    #[test]
+    fn the_entropy_rule_at_its_boundaries() {
+        // Eight distinct byte values pass; seven do not.
+        let eight = b"abcdefghhgfedcbaacegbdfhhfdbgeca";
+        let seven = b"abcdefgaagfedcbaacegbdfaafdbgeca";
+        assert!(Secret::from_bytes(eight.to_vec()).is_ok());
+        assert!(matches!(
+            Secret::from_bytes(seven.to_vec()),
+            Err(KeyError::LowEntropy)
+        ));
+        // A 16-byte pattern twice is refused, at exactly 32 bytes and beyond; a
+        // 17-byte pattern is not looked for.
+        let block: Vec<u8> = (0..17u8)
+            .map(|i| i.wrapping_mul(29).wrapping_add(3))
+            .collect();
+        let twice = |len: usize| -> Vec<u8> { block.iter().cycle().take(len).copied().collect() };
+        let period_16: Vec<u8> = block[..16].iter().cycle().take(32).copied().collect();
+        assert!(matches!(
+            Secret::from_bytes(period_16),
+            Err(KeyError::LowEntropy)
+        ));
+        let period_16_plus: Vec<u8> = block[..16].iter().cycle().take(40).copied().collect();
+        assert!(matches!(
+            Secret::from_bytes(period_16_plus),
+            Err(KeyError::LowEntropy)
+        ));
+        assert!(Secret::from_bytes(twice(34)).is_ok());
+        // Length: 32 bytes pass, 31 do not.
+        assert!(Secret::from_bytes(secret(1)).is_ok());
+        assert!(matches!(
+            Secret::from_bytes(secret(1)[..31].to_vec()),
+            Err(KeyError::TooShort { len: 31, min: 32 })
+        ));
+    }
+
+    #[test]
+    fn a_key_file_may_hold_64_kib_and_no_more() {
+        let dir = temp_dir("size");
+        let path = dir.join("key");
+        let mut body: Vec<u8> = (0..MAX_FILE_LEN).map(|i| (i * 131 % 251) as u8).collect();
+        fs::write(&path, &body).unwrap();
+        assert_eq!(
+            Secret::from_file(&path).unwrap().as_bytes().len(),
+            body.len()
+        );
+        body.push(1);
+        fs::write(&path, &body).unwrap();
+        let err = Secret::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 65536 bytes"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_temporary_key_file_is_made_beside_the_key() {
+        let (dir, tmp) = temp_beside(Path::new("/var/lib/app/session.key")).unwrap();
+        assert_eq!(dir, Path::new("/var/lib/app"));
+        assert_eq!(tmp.parent(), Some(dir));
+        let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".session.key.") && name.ends_with(".tmp"),
+            "{name}"
+        );
+        let (dir, tmp) = temp_beside(Path::new("session.key")).unwrap();
+        assert_eq!(dir, Path::new("."));
+        assert_eq!(tmp.parent(), Some(Path::new(".")));
+        assert_ne!(
+            temp_beside(Path::new("k")).unwrap().1,
+            temp_beside(Path::new("k")).unwrap().1
+        );
+        assert!(temp_beside(Path::new("/")).is_err(), "no file name");
     }
 
     #[test]
