@@ -780,7 +780,9 @@ mod tests {
             let keys = keys();
             let key = StoreKey::derive(keys.primary(), &[1; 16]);
             let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+            let entries_len = entries.len();
             let data: Data = entries.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+            proptest::prop_assert_eq!(data.len(), entries_len);
             let sealed = stored(BINDING, cipher.seal(&key, BINDING, &data));
             proptest::prop_assert_eq!(cipher.open(&key, &sealed).unwrap().data, data);
         }
@@ -795,5 +797,45 @@ mod tests {
         assert_ne!(k1, StoreKey::derive(a.primary(), &[2; 16]));
         assert_ne!(k1, StoreKey::derive(b.primary(), &[1; 16]));
         assert_eq!(k1.to_string().len(), 64);
+        let key = StoreKey::from_bytes([0xab; 32]);
+        assert_eq!(key.to_string(), "ab".repeat(32));
+        assert_eq!(format!("{key:?}"), format!("StoreKey({})", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn every_reason_a_record_is_refused_reads_as_what_happened() {
+        for (reason, says) in [
+            (
+                RecordError::UnknownVersion(7),
+                "unknown record format version 7",
+            ),
+            (RecordError::Truncated, "record data too short"),
+            (RecordError::Tampered, "record data failed authentication"),
+            (RecordError::Malformed, "record data is not a JSON object"),
+        ] {
+            assert_eq!(reason.to_string(), says);
+        }
+    }
+
+    #[test]
+    fn clearing_keeps_the_reserved_keys_whole_and_wipes_the_rest() {
+        let mut data = Data::from([
+            (USER_KEY.to_owned(), Value::from("ada")),
+            ("cart".to_owned(), Value::from("three apples")),
+            ("n".to_owned(), Value::from(3)),
+        ]);
+        data.retain_reserved();
+        assert_eq!(data.len(), 1);
+        assert_eq!(user_of(&data), Some("ada"), "kept, not wiped");
+        let mut nested = serde_json::json!({"a": ["secret", {"b": "more"}], "c": 1});
+        wipe(&mut nested);
+        assert_eq!(
+            nested,
+            serde_json::json!({}),
+            "keys and strings taken out and zeroed"
+        );
+        let mut text = Value::from("secret");
+        wipe(&mut text);
+        assert_eq!(text, Value::from(""), "zeroed, then emptied");
     }
 }

@@ -4,40 +4,16 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, SessionLayer};
 
 use common::users::{login, me, routes};
-use common::{jar_client, serve};
-
-/// Collects everything written to it: the formatted audit trail.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::{Captured, jar_client, serve};
 
 #[tokio::test]
 async fn the_audit_trail_names_sessions_by_fingerprint_only() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("tower_sealed_sessions::audit=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let captured = Captured::install("tower_sealed_sessions::audit=info");
 
     let hand = ManualClock::new();
     let store = MemoryStore::builder().clock(hand.clone().into()).build();
@@ -84,7 +60,7 @@ async fn the_audit_trail_names_sessions_by_fingerprint_only() {
         .unwrap();
     assert_eq!(res.status(), 200);
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let has = |event: &str, fp: &tower_sealed_sessions::Fingerprint| {
         log.lines()
             .any(|l| l.contains(&format!("event=\"{event}\"")) && l.contains(&fp.to_string()))

@@ -5,35 +5,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use serde_json::{Value, json};
 use tower_sealed_sessions::store::{CompareAndSet, Record, SessionStore, StoreKey};
 use tower_sealed_sessions::{Fingerprint, Keys, SessionLayer};
 
-use common::{TestStore, cookie_pair, kv_routes, serve};
-
-/// Collects everything written to it.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+use common::{Captured, TestStore, cookie_pair, kv_routes, serve};
 
 /// The one record of the store that is not in `known`.
 fn newest(store: &TestStore, known: &[String]) -> (String, Record) {
@@ -61,14 +37,7 @@ fn key_of(store: &TestStore, hex: &str) -> StoreKey {
 
 #[tokio::test]
 async fn no_log_line_carries_a_store_key() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("tower_sealed_sessions=trace")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let captured = Captured::install("tower_sealed_sessions=trace");
 
     let store = TestStore::default();
     let layer = SessionLayer::new(store.clone(), Keys::generate()).with_secure(false);

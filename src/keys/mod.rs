@@ -325,6 +325,7 @@ mod tests {
     #[test]
     fn a_key_id_shows_as_eight_hex_digits() {
         let id = KeyId([0xde, 0xad, 0x0b, 0x07]);
+        assert_eq!(id.to_bytes(), [0xde, 0xad, 0x0b, 0x07]);
         assert_eq!(id.to_string(), "dead0b07");
         assert_eq!(format!("{id:?}"), "KeyId(dead0b07)");
     }

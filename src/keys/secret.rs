@@ -284,8 +284,11 @@ fn looks_low_entropy(bytes: &[u8]) -> bool {
         seen[usize::from(b)] = true;
     }
     let distinct = seen.iter().filter(|&&s| s).count();
+    // Callers refuse secrets under 32 bytes first, so every period up to 16 fits
+    // twice.
+    debug_assert!(bytes.len() >= Secret::MIN_LEN);
     let repeats = |period: usize| bytes[period..].iter().zip(bytes).all(|(a, b)| a == b);
-    distinct < 8 || (1..=16).any(|p| bytes.len() >= 2 * p && repeats(p))
+    distinct < 8 || (1..=16).any(repeats)
 }
 
 /// Creates `path` holding `contents`, all or nothing: the file appears complete or
@@ -464,6 +467,13 @@ mod tests {
 
         let err = Secret::find_or_create(dir.join("no-such-dir/key")).unwrap_err();
         assert!(matches!(err, KeyError::Io { .. }), "{err}");
+        // A key file that cannot be written says why: here its temporary file's
+        // name is too long (not "not found", which a second read would say).
+        let err = Secret::find_or_create(dir.join("k".repeat(240))).unwrap_err();
+        assert!(
+            matches!(&err, KeyError::Io { source, .. } if source.kind() != io::ErrorKind::NotFound),
+            "{err}"
+        );
         fs::write(dir.join("bad.key"), b"").unwrap();
         let err = Secret::find_or_create(dir.join("bad.key")).unwrap_err();
         assert!(

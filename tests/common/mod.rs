@@ -357,6 +357,42 @@ pub async fn hundred_concurrent_increments(base: &str) {
     assert_eq!(n, serde_json::json!(101), "1 + 100 concurrent increments");
 }
 
+/// Everything a tracing subscriber writes, for a test to read back.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Installs, for the whole test binary, a subscriber that writes the events
+    /// `filter` lets through here, without colours.
+    pub fn install(filter: &str) -> Self {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        captured
+    }
+
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 /// A client that keeps cookies, like a browser.
 pub fn jar_client() -> reqwest::Client {
     reqwest::Client::builder()
