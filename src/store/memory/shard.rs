@@ -131,6 +131,7 @@ impl Shard {
     }
 
     /// Every record with its key.
+    #[cfg(feature = "test-util")]
     pub(super) fn records(&self) -> impl Iterator<Item = (&StoreKey, &Record)> {
         self.anonymous.iter().chain(self.bound.iter())
     }
