@@ -140,6 +140,9 @@ mod settings;
 pub mod store;
 pub mod users;
 
+#[cfg(test)]
+mod testing;
+
 pub use ::cookie::SameSite;
 pub use audit::Fingerprint;
 pub use clock::{Clock, ManualClock};

@@ -259,6 +259,53 @@ mod tests {
     }
 
     #[test]
+    fn a_session_says_whether_it_is_new_or_empty_and_shows_keys_not_values() {
+        let s = settings();
+        let fresh = session(&s, Brought::Nothing);
+        assert!(fresh.is_new() && fresh.is_empty());
+        let opened = live(&s, Duration::ZERO, Some("ada"));
+        assert!(!opened.is_new());
+        assert!(opened.is_empty(), "the user id is the layer's, not data");
+        opened.insert("cart", "three apples").unwrap();
+        assert!(!opened.is_empty());
+        let shown = format!("{opened:?}");
+        assert_eq!(
+            shown,
+            "Session { keys: [\"cart\"], new: false, remember_me: false, user: true, .. }"
+        );
+        assert!(!shown.contains("apples") && !shown.contains("ada"));
+        opened.destroy();
+        assert!(opened.is_new(), "a destroyed session starts again");
+    }
+
+    #[test]
+    fn writing_the_value_already_there_saves_nothing() {
+        let s = settings();
+        let data = Data::from([("k".to_owned(), "v".into())]);
+        let same = Session::opened(s.clone(), now(), loaded(&s, Duration::ZERO, None), data);
+        same.insert("k", "v").unwrap();
+        assert_eq!(decided(&same), "keep");
+    }
+
+    #[test]
+    fn changes_in_an_ambiguous_request_are_dropped_with_a_warning_and_nothing_else_is() {
+        let s = settings();
+        let keys = vec![StoreKey::from_bytes([1; 32]), StoreKey::from_bytes([2; 32])];
+        let warned = |change: &dyn Fn(&Session)| {
+            crate::testing::logs_of(|| {
+                let session = session(&s, Brought::Ambiguous(keys.clone()));
+                change(&session);
+                assert_eq!(decided(&session), "keep");
+            })
+            .contains("are not saved")
+        };
+        assert!(!warned(&|_| {}), "nothing to drop, nothing said");
+        assert!(warned(&|s| s.insert("k", 1).unwrap()));
+        assert!(warned(&|s| s.cycle_id()));
+        assert!(warned(&|s| s.set_remember_me(true)));
+    }
+
+    #[test]
     fn an_ambiguous_request_saves_nothing_unless_it_destroys() {
         let s = settings();
         let keys = vec![StoreKey::from_bytes([1; 32]), StoreKey::from_bytes([2; 32])];

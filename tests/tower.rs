@@ -49,6 +49,18 @@ async fn wraps_a_bare_service_fn_with_its_own_body_types() {
     assert_eq!(check.oneshot(req).await.unwrap().into_body(), None);
 }
 
+#[test]
+fn a_wrapped_service_shows_what_it_wraps_and_never_the_keys() {
+    #[derive(Clone, Debug)]
+    struct Inner;
+    let shown = format!("{:?}", layer().layer(Inner));
+    assert!(
+        shown.starts_with("SessionService { inner: Inner"),
+        "{shown}"
+    );
+    assert!(!shown.contains("Keys"), "{shown}");
+}
+
 #[tokio::test]
 async fn the_inner_error_type_passes_through_unchanged() {
     #[derive(Debug, PartialEq)]

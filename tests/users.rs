@@ -38,6 +38,7 @@ async fn memory_store_passes_the_user_sessions_suite() {
 async fn expired_sessions_leave_the_index_when_listed_or_swept() {
     let (hand, store, layer) = clocked();
     let users = layer.users();
+    assert_eq!(format!("{users:?}"), "UserSessions { .. }", "shows no key");
     let base = serve(routes().layer(layer)).await;
     for _ in 0..3 {
         login(&base, "alice").await;

@@ -307,21 +307,6 @@ mod tests {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-    /// Collects what a test's tracing subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_key_id_shows_as_eight_hex_digits() {
         let id = KeyId([0xde, 0xad, 0x0b, 0x07]);
@@ -352,13 +337,7 @@ mod tests {
         assert_eq!(keys.sealed_cookies(), 3);
         assert_eq!(keys.clone().sealed_cookies(), 3, "clones share the count");
 
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let text = crate::testing::logs_of(|| {
             let key = keys.primary();
             key.seals.store(SEALS_WARNED_FROM - 2, Ordering::Relaxed);
             key.count_seal();
@@ -367,7 +346,6 @@ mod tests {
             key.seals.store(SEALS_BOUND - 1, Ordering::Relaxed);
             key.count_seal();
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "at 2^28 and at 2^32 only: {text}");
         assert!(

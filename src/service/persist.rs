@@ -69,10 +69,7 @@ impl Retries {
         if self.conflicts == 1 || !self.wait {
             return Ok(());
         }
-        let ceiling = BACKOFF_BASE
-            .saturating_mul(1 << (self.conflicts - 2).min(16))
-            .min(BACKOFF_CAP)
-            .min(self.deadline - spent);
+        let ceiling = backoff_ceiling(self.conflicts, self.deadline - spent);
         let wait = ceiling.mul_f64(rand::random::<f64>());
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::time::sleep(wait).await;
@@ -82,6 +79,16 @@ impl Retries {
         }
         Ok(())
     }
+}
+
+/// The longest wait after `conflicts` conflicts in a row (2 or more) with `left`
+/// before the deadline: [`BACKOFF_BASE`], doubling with each conflict, at most
+/// [`BACKOFF_CAP`], and never past the deadline.
+fn backoff_ceiling(conflicts: u32, left: Duration) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1 << conflicts.saturating_sub(2).min(16))
+        .min(BACKOFF_CAP)
+        .min(left)
 }
 
 /// [`Plan::Touch`]: moves the idle deadline and the last activity.
@@ -563,5 +570,23 @@ impl Indexed {
                 None => Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_1_ms_to_50_ms_and_stops_at_the_deadline() {
+        let plenty = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        let ceilings: Vec<Duration> = (2..10).map(|n| backoff_ceiling(n, plenty)).collect();
+        assert_eq!(
+            ceilings,
+            [ms(1), ms(2), ms(4), ms(8), ms(16), ms(32), ms(50), ms(50)]
+        );
+        assert_eq!(backoff_ceiling(1_000, plenty), ms(50), "no overflow");
+        assert_eq!(backoff_ceiling(9, ms(7)), ms(7), "never past the deadline");
     }
 }

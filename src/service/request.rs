@@ -393,6 +393,32 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_record_is_audited_with_the_deadline_that_ended_it() {
+        let s = settings();
+        let data = Data::new();
+        let reason = |idle: Timestamp, lifespan: Timestamp| {
+            let (opened, key, mut record) = stored(&s, &data);
+            record.deadlines.idle = idle;
+            record.deadlines.lifespan = lifespan;
+            let logs = crate::testing::logs_of(|| {
+                let session = open_record(&s, now(), opened, key, Ok(Some(record)));
+                assert_eq!(opened_kind(session), "fresh");
+            });
+            if logs.contains("reason=\"lifespan\"") || logs.contains("reason=lifespan") {
+                "lifespan"
+            } else if logs.contains("reason=\"idle\"") || logs.contains("reason=idle") {
+                "idle"
+            } else {
+                panic!("no expiry event: {logs}")
+            }
+        };
+        let later = now().saturating_add(Duration::from_secs(60));
+        assert_eq!(reason(now(), later), "idle");
+        assert_eq!(reason(now(), now()), "lifespan");
+        assert_eq!(reason(later, now()), "lifespan");
+    }
+
+    #[test]
     fn the_record_not_the_cookie_says_whether_a_session_is_remembered_and_when_it_ends() {
         let s = settings();
         let data = Data::new();

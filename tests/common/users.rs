@@ -13,7 +13,8 @@ use tower_sealed_sessions::{Fingerprint, Session, SessionLayer, UserSessions};
 use super::{jar_client, serve};
 
 /// Routes that tie sessions to users: log in (cycling the id), say who is logged
-/// in and under which fingerprint, switch user without a new id, log out.
+/// in and under which fingerprint, switch user without a new id, log out; and
+/// `/anonymous`, which stores a session tied to no user.
 pub fn routes() -> Router {
     Router::new()
         .route(
@@ -49,6 +50,10 @@ pub fn routes() -> Router {
             }),
         )
         .route("/logout", post(|s: Session| async move { s.destroy() }))
+        .route(
+            "/anonymous",
+            post(|s: Session| async move { s.insert("seen", true).unwrap() }),
+        )
 }
 
 /// A client with a cookie jar, logged in as `user`.
@@ -159,6 +164,52 @@ pub async fn run(layer: SessionLayer) {
     assert!(users.list(&carol).await.unwrap().is_empty());
     assert_eq!(fingerprints(&users, &dave).await, HashSet::from([fp]));
     assert_eq!(users.revoke_all(&dave).await.unwrap(), 1);
+
+    // The limit holds for a login from an anonymous session (moved to a new id)
+    // and for a change of user without a new id, not only for a fresh login.
+    let pause = || tokio::time::sleep(Duration::from_millis(5));
+    let frank = name("frank");
+    let first = login(&base, &frank).await;
+    pause().await;
+    let second = login(&base, &frank).await;
+    pause().await;
+    let anonymous = jar_client();
+    let res = anonymous
+        .post(format!("{base}/anonymous"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = anonymous
+        .post(format!("{base}/login/{frank}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(me(&first, &base).await, (None, None), "the oldest went");
+    assert_eq!(me(&second, &base).await.0.as_deref(), Some(frank.as_str()));
+    assert_eq!(
+        me(&anonymous, &base).await.0.as_deref(),
+        Some(frank.as_str())
+    );
+    let grace = name("grace");
+    let g1 = login(&base, &grace).await;
+    pause().await;
+    let g2 = login(&base, &grace).await;
+    pause().await;
+    let switching = login(&base, &name("henry")).await;
+    let res = switching
+        .post(format!("{base}/switch/{grace}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(me(&g1, &base).await, (None, None), "the oldest went");
+    assert_eq!(me(&g2, &base).await.0.as_deref(), Some(grace.as_str()));
+    assert_eq!(
+        me(&switching, &base).await.0.as_deref(),
+        Some(grace.as_str())
+    );
 
     // Simultaneous logins: once all are done, the limit holds.
     let erin = name("erin");

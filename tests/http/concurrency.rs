@@ -173,3 +173,68 @@ async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
     let h = Harness::new().await;
     common::hundred_concurrent_increments(&h.url("")).await;
 }
+
+/// A login that moves the session to a new id keeps the remember-me flag and the
+/// lifespan a concurrent request set meanwhile: they are the record's, not the
+/// ones the login's request loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_keeps_the_remember_me_a_concurrent_request_set() {
+    let h = Harness::with(|l| l.with_remember_me(Some(Duration::from_secs(30 * 24 * 3600)))).await;
+    let cookie = cookie_pair(&h.post_with_cookie("/set/a/1", "").await);
+    let login = {
+        let request = reqwest::Client::new()
+            .post(h.url("/slow-login/ada"))
+            .header(COOKIE, &cookie);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    h.gate.loaded.notified().await;
+    let res = h.post_with_cookie("/remember/true", &cookie).await;
+    assert!(set_cookies(&res)[0].contains("Max-Age=2592000"));
+    h.gate.release.notify_one();
+    let login = login.await.unwrap();
+    assert_eq!(login.status(), 204);
+    let set = set_cookies(&login);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(
+        set[0].contains("Max-Age=2592000"),
+        "still remembered: {set:?}"
+    );
+    let moved = set[0].split(';').next().unwrap().to_owned();
+    let info: Value = h
+        .get_with_cookie("/expiry", &moved)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["remember_me"], json!(true), "{info}");
+    assert_eq!(
+        info["expires_at"], info["idle_expires_at"],
+        "no idle timeout: {info}"
+    );
+}
+
+/// A write that loaded a remembered session and lost its compare-and-set to a
+/// request that turned remember-me off keeps it off: the retry takes the flag
+/// from the record it lost to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_keeps_the_remember_me_downgrade_it_lost_to() {
+    let h = Harness::with(|l| l.with_remember_me(Some(Duration::from_secs(30 * 24 * 3600)))).await;
+    let cookie = cookie_pair(&h.post_with_cookie("/set/a/1", "").await);
+    let remembered = cookie_pair(&h.post_with_cookie("/remember/true", &cookie).await);
+    let write = {
+        let request = reqwest::Client::new()
+            .post(h.url("/slow"))
+            .header(COOKIE, &remembered);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    h.gate.loaded.notified().await;
+    let res = h.post_with_cookie("/remember/false", &remembered).await;
+    assert!(!set_cookies(&res)[0].contains("Max-Age"));
+    h.gate.release.notify_one();
+    assert_eq!(write.await.unwrap().status(), 204);
+    let stored = h.store.inner.dump()[0].1.deadlines;
+    assert!(
+        stored.idle < stored.lifespan,
+        "the idle timeout applies: {stored:?}"
+    );
+}

@@ -61,6 +61,20 @@ async fn slow_set(State(gate): State<Gate>, session: Session) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// Loads the session, waits for the test to release it, then logs in as `user`
+/// (a new id).
+async fn slow_login(
+    State(gate): State<Gate>,
+    session: Session,
+    Path(user): Path<String>,
+) -> StatusCode {
+    gate.loaded.notify_one();
+    gate.release.notified().await;
+    session.cycle_id();
+    session.insert("user", user).unwrap();
+    StatusCode::NO_CONTENT
+}
+
 fn app(layer: SessionLayer, gate: Gate) -> Router {
     common::kv_routes()
         .route("/login/{user}", post(login))
@@ -105,6 +119,7 @@ fn app(layer: SessionLayer, gate: Gate) -> Router {
         )
         .route("/keys", get(all_keys))
         .route("/slow", post(slow_set))
+        .route("/slow-login/{user}", post(slow_login))
         .route(
             "/boom",
             post(|s: Session| async move {

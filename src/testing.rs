@@ -1,0 +1,32 @@
+//! Helpers for the crate's own unit tests.
+
+use std::sync::{Arc, Mutex};
+
+/// Runs `f` with a tracing subscriber of its own (every level, no colours) and
+/// returns what it logged.
+pub(crate) fn logs_of(f: impl FnOnce()) -> String {
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || Sink(sink.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = captured.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// A tracing writer into a shared buffer.
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
