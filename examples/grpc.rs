@@ -39,12 +39,19 @@ const MAX_WATCH: u32 = 100;
 #[derive(Debug, Default)]
 pub struct CounterService;
 
-fn session<T>(request: &Request<T>) -> Result<Session, Status> {
-    request
+/// The request's session, loaded (the layer loads a session on first use: a call
+/// that never asks for it costs no store I/O).
+async fn session<T>(request: &Request<T>) -> Result<Session, Status> {
+    let session = request
         .extensions()
         .get::<Session>()
         .cloned()
-        .ok_or_else(|| Status::internal("no session: is SessionLayer added to the server?"))
+        .ok_or_else(|| Status::internal("no session: is SessionLayer added to the server?"))?;
+    session
+        .load()
+        .await
+        .map_err(|err| Status::unavailable(err.to_string()))?;
+    Ok(session)
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -64,7 +71,7 @@ impl Counter for CounterService {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<CounterReply>, Status> {
-        let session = session(&request)?;
+        let session = session(&request).await?;
         let username = request.get_ref().username.trim();
         if username.is_empty() || username.chars().count() > 64 {
             return Err(Status::invalid_argument(
@@ -81,7 +88,7 @@ impl Counter for CounterService {
         &self,
         request: Request<IncrementRequest>,
     ) -> Result<Response<CounterReply>, Status> {
-        let session = session(&request)?;
+        let session = session(&request).await?;
         let mut current = reply(&session)?;
         // Atomic: concurrent increments of one session each count.
         current.value = session
@@ -95,7 +102,7 @@ impl Counter for CounterService {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutReply>, Status> {
-        session(&request)?.destroy();
+        session(&request).await?.destroy();
         Ok(Response::new(LogoutReply {}))
     }
 
@@ -108,7 +115,7 @@ impl Counter for CounterService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let current = reply(&session(&request)?)?;
+        let current = reply(&session(&request).await?)?;
         let count = request.get_ref().count.min(MAX_WATCH);
         let items = (0..count).map(move |_| Ok(current.clone()));
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))

@@ -8,8 +8,10 @@
 //! Routes: `GET /` (HTML page), `GET /api/session`, `GET /api/me`, `POST /api/login`
 //! with JSON `{"username": "...", "remember": true}`, `POST /api/logout`,
 //! `GET /api/sessions` (the caller's own sessions, at most 5 per user),
-//! `POST /api/logout-everywhere`, and `GET /healthz` (200 while the session store
-//! answers, 503 when it does not). It speaks HTTP/1.1 and cleartext HTTP/2 with
+//! `POST /api/logout-everywhere`, `GET /static/app.css` (a file served by tower-http's
+//! `ServeDir` under the session layer: it never loads the session, so it costs no
+//! store I/O), and `GET /healthz` (200 while the session store answers, 503 when
+//! it does not). It speaks HTTP/1.1 and cleartext HTTP/2 with
 //! prior knowledge (`curl --http2-prior-knowledge`).
 //!
 //! With `SESSION_CONFIG=examples/session.yaml` it reads its session settings from
@@ -27,12 +29,15 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tower_http::services::ServeDir;
 use tower_sealed_sessions::config::StoreConfig;
 use tower_sealed_sessions::{
     Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreError, UserSessions,
 };
 
 const VISITS: &str = "visits";
+/// The files under `/static`, wherever the process runs from.
+const STATIC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static");
 const MAX_USERNAME: usize = 64;
 
 #[derive(Serialize)]
@@ -175,7 +180,8 @@ fn escape_html(text: &str) -> String {
 }
 
 const PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tower-sealed-sessions quickstart</title></head>
+<html lang="en"><head><meta charset="utf-8"><title>tower-sealed-sessions quickstart</title>
+<link rel="stylesheet" href="/static/app.css"></head>
 <body>
 <h1>Sealed sessions</h1>
 <p id="who">{who}</p>
@@ -351,6 +357,7 @@ pub fn app(sessions: SessionLayer) -> Router {
         .route("/api/logout", post(api_logout))
         .route("/api/sessions", get(api_sessions))
         .route("/api/logout-everywhere", post(api_logout_everywhere))
+        .nest_service("/static", ServeDir::new(STATIC_DIR))
         .with_state(sessions.users())
         .layer(sessions)
         .merge(health)

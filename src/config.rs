@@ -13,6 +13,7 @@
 //! write_deadline: 2s        # compare-and-set retries give up (503) after this
 //! cleanup_interval: 1h
 //! max_sessions_per_user: 5  # absent: no limit
+//! eager_load: false         # true: every request with a cookie loads its session
 //! secret: "generate:/var/lib/app/session.key"
 //! previous_secrets: ["env:OLD_SESSION_SECRET"]
 //! store: { type: memory }
@@ -94,6 +95,9 @@ pub struct SessionConfig {
     /// Kibana's `session.concurrentSessions.maxSessions`.
     #[serde(default)]
     max_sessions_per_user: Option<usize>,
+    /// [`SessionLayer::with_eager_load`](crate::SessionLayer::with_eager_load).
+    #[serde(default)]
+    eager_load: bool,
     #[serde(default)]
     store: StoreConfig,
 }
@@ -205,6 +209,7 @@ impl SessionConfig {
             self.write_deadline.map(|Span(d)| d),
         );
         settings.allow_unbounded = self.allow_unbounded_sessions;
+        settings.eager_load = self.eager_load;
         set(
             &mut settings.max_sessions_per_user,
             self.max_sessions_per_user.map(Some),

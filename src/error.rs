@@ -211,7 +211,8 @@ impl StdError for StoreError {
     }
 }
 
-/// A session value could not be converted.
+/// A session could not be read or written: a value could not be converted, or the
+/// session is not loaded.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -235,6 +236,15 @@ pub enum SessionError {
         /// The key refused.
         key: String,
     },
+    /// The session is loaded on first use, and this request's has not been: call
+    /// [`Session::load`](crate::Session::load) first (the axum extractor does).
+    NotLoaded,
+    /// [`Session::load`](crate::Session::load) could not read the session's record:
+    /// the store failed. Answer 503 (or gRPC `UNAVAILABLE`).
+    Unavailable {
+        /// What the store said.
+        reason: String,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -251,6 +261,12 @@ impl fmt::Display for SessionError {
                 f,
                 "session key {key:?} is reserved: keys starting with NUL belong to the layer"
             ),
+            SessionError::NotLoaded => f.write_str(
+                "the session is not loaded: call `Session::load().await` before using it",
+            ),
+            SessionError::Unavailable { reason } => {
+                write!(f, "the session store is unavailable: {reason}")
+            }
         }
     }
 }
@@ -261,7 +277,9 @@ impl StdError for SessionError {
             SessionError::Serialize { source, .. } | SessionError::Deserialize { source, .. } => {
                 Some(source)
             }
-            SessionError::ReservedKey { .. } => None,
+            SessionError::ReservedKey { .. }
+            | SessionError::NotLoaded
+            | SessionError::Unavailable { .. } => None,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! axum extractors for [`Session`] and `Option<Session>`.
 //!
-//! `Session` rejects with 500 when [`SessionLayer`](crate::SessionLayer) is not in
-//! front of the route; `Option<Session>` yields `None` instead.
+//! The extractor loads the session (see
+//! [`Session::load`](crate::Session::load)). `Session` rejects with 500 when
+//! [`SessionLayer`](crate::SessionLayer) is not in front of the route
+//! (`Option<Session>` yields `None` instead), and with 503 when the store fails.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -23,54 +25,84 @@
 //!     .layer(SessionLayer::new(MemoryStore::default(), Keys::generate()));
 //! ```
 
-use std::convert::Infallible;
 use std::fmt;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use http::StatusCode;
 use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
 
 use crate::session::Session;
 
+/// The request's session, loaded: the extractor is where a session loaded on first
+/// use is loaded, so a route that does not take one costs no store I/O.
 impl<S: Send + Sync> FromRequestParts<S> for Session {
-    type Rejection = MissingSessionLayer;
+    type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Session>()
-            .cloned()
-            .ok_or(MissingSessionLayer)
+        let session = parts.extensions.get::<Session>().cloned();
+        let session = session.ok_or(SessionRejection::MissingLayer)?;
+        session
+            .load()
+            .await
+            .map_err(|_| SessionRejection::Unavailable)?;
+        Ok(session)
     }
 }
 
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
-    type Rejection = Infallible;
+    type Rejection = SessionRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Infallible> {
-        Ok(parts.extensions.get::<Session>().cloned())
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match <Session as FromRequestParts<S>>::from_request_parts(parts, state).await {
+            Ok(session) => Ok(Some(session)),
+            Err(SessionRejection::MissingLayer) => Ok(None),
+            Err(rejection) => Err(rejection),
+        }
     }
 }
 
-/// Rejection of the [`Session`] extractor: no [`SessionLayer`](crate::SessionLayer)
-/// ran for this request. Answers 500, since it is a bug in the application.
+/// Rejection of the [`Session`] extractor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MissingSessionLayer;
+#[non_exhaustive]
+pub enum SessionRejection {
+    /// No [`SessionLayer`](crate::SessionLayer) ran for this request: a bug in the
+    /// application. Answers 500 (`Option<Session>` yields `None` instead).
+    MissingLayer,
+    /// The session store failed while loading the session (the error is traced).
+    /// Answers 503 with `Retry-After`, as the layer does when a write fails.
+    Unavailable,
+}
 
-impl fmt::Display for MissingSessionLayer {
+impl fmt::Display for SessionRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "No session found in the request extensions. Is `SessionLayer` added to the \
-             router with `.layer(SessionLayer::new(store, keys))`, after this route?",
-        )
+        f.write_str(match self {
+            SessionRejection::MissingLayer => {
+                "No session found in the request extensions. Is `SessionLayer` added to the \
+                 router with `.layer(SessionLayer::new(store, keys))`, after this route?"
+            }
+            SessionRejection::Unavailable => "session store unavailable",
+        })
     }
 }
 
-impl std::error::Error for MissingSessionLayer {}
+impl std::error::Error for SessionRejection {}
 
-impl IntoResponse for MissingSessionLayer {
+impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
-        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+        match self {
+            SessionRejection::MissingLayer => {
+                (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+            }
+            SessionRejection::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                self.to_string(),
+            )
+                .into_response(),
+        }
     }
 }

@@ -248,6 +248,19 @@ impl SessionLayer {
         self.edit(|s| s.write_deadline = deadline)
     }
 
+    /// Loads every request's session before the inner service runs (`eager_load:
+    /// true` in a configuration file), as versions before 0.2 did. By default a
+    /// session is loaded on first use: by the axum extractor, or by
+    /// [`Session::load`](crate::Session::load). Then a request whose handler never
+    /// uses its session (a static asset, a health check) costs no decryption and no
+    /// store I/O, and it is not activity: it neither slides the idle timeout nor
+    /// re-seals a cookie under a rotated key. Turn this on when every request that
+    /// brings a cookie must count as activity, or for tonic and plain tower
+    /// services that read the session without calling `load`.
+    pub fn with_eager_load(self, eager: bool) -> Self {
+        self.edit(|s| s.eager_load = eager)
+    }
+
     /// Allows sessions with neither an idle timeout nor a lifespan, which otherwise
     /// is refused.
     ///

@@ -43,7 +43,9 @@
 //! # gRPC and API clients
 //!
 //! The same layer wraps a tonic server (`Server::builder().layer(layer)`); handlers
-//! read the session with `request.extensions().get::<Session>()`. A gRPC client
+//! take the session with `request.extensions().get::<Session>()` and load it with
+//! [`Session::load`] before using it (or the layer loads every request's session,
+//! with [`SessionLayer::with_eager_load`]). A gRPC client
 //! carries the session by sending back, as `cookie` metadata, the `set-cookie`
 //! metadata it receives; or, with [`SessionLayer::with_header`], the token travels
 //! in one header both ways. When the store fails, a gRPC request gets a
@@ -51,8 +53,10 @@
 //!
 //! # Expiry
 //!
-//! - **Idle timeout** (sliding): every request with a valid session counts as
-//!   activity. The stored deadline is only rewritten when it lags by more than the
+//! - **Idle timeout** (sliding): every request that uses its session (the axum
+//!   extractor, or [`Session::load`]) counts as activity; a request whose handler
+//!   never uses it (a static asset) does not, and costs no store I/O. With
+//!   [`SessionLayer::with_eager_load`], every request with a valid session counts. The stored deadline is only rewritten when it lags by more than the
 //!   touch interval, so a read-only request usually costs no write; see
 //!   [`SessionLayer::with_touch_interval`] for the bound this gives.
 //! - **Lifespan** (absolute, from creation): never slid, except on purpose with
@@ -132,6 +136,7 @@ mod error;
 mod extract;
 pub mod keys;
 mod layer;
+mod open;
 mod plan;
 mod record;
 pub mod service;
@@ -149,7 +154,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::SessionConfig;
 pub use error::{ConfigError, KeyError, SessionError, StoreError};
 #[cfg(feature = "axum")]
-pub use extract::MissingSessionLayer;
+pub use extract::SessionRejection;
 pub use keys::{Keys, Secret};
 pub use layer::SessionLayer;
 pub use session::Session;

@@ -1,17 +1,17 @@
-//! Reading what a request brought: its session tokens, opened with the keyring,
-//! and for one authentic token its record, loaded and opened.
+//! Opening what a request brought: its session tokens, opened with the keyring,
+//! and for one authentic token its record, loaded from the store and opened. The
+//! layer does this before calling the inner service when loads are eager, and
+//! [`Session::load`](crate::Session::load) on first use when they are lazy.
 
-use std::sync::Arc;
-
-use http::{HeaderMap, HeaderValue, Request, header};
+use http::{HeaderValue, header};
 
 use crate::audit::{AUDIT_TARGET, Fingerprint, audit_expired, audit_rejected_record};
 use crate::clock::Timestamp;
-use crate::cookie::{self, Opened};
+use crate::cookie::{self, CookieData, Opened};
 use crate::error::StoreError;
-use crate::record::{DataCipher, Record, StoreKey, user_of};
-use crate::session::{Brought, Loaded, Session};
+use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey, user_of};
 use crate::settings::Settings;
+use crate::store::{BoxFuture, UserTag};
 
 const TARGET: &str = "tower_sealed_sessions";
 /// The most session tokens a request may carry. Each costs an AEAD open, and an
@@ -19,8 +19,70 @@ const TARGET: &str = "tower_sealed_sessions";
 /// more is ambiguous, and none of its tokens is opened past this many.
 const MAX_TOKENS: usize = 8;
 
+/// Where a store's part of a request stands once started.
+pub(crate) enum Outcome<T> {
+    /// Done already: the store is [`IMMEDIATE`](crate::store::SessionStore::IMMEDIATE).
+    Done(Result<T, StoreError>),
+    /// To be awaited.
+    Later(BoxFuture<Result<T, StoreError>>),
+}
+
+/// Where a session's record is loaded from: the layer's store, behind a `dyn`.
+pub(crate) trait RecordSource: Send + Sync + 'static {
+    fn load(&self, key: StoreKey) -> Outcome<Option<Record>>;
+}
+
+/// The lines of the header that carries a request's tokens (`Cookie`, or the
+/// session header), kept unopened until the session is loaded. One line, the
+/// usual case, costs no allocation: the value shares the request's bytes.
+pub(crate) enum Lines {
+    One(HeaderValue),
+    Many(Box<[HeaderValue]>),
+}
+
+impl Lines {
+    /// The lines that may hold a token of `settings`' carrier; `None` when none
+    /// does, so there is nothing to open.
+    pub(crate) fn of<'a>(
+        settings: &Settings,
+        all: impl IntoIterator<Item = &'a HeaderValue>,
+    ) -> Option<Lines> {
+        let mut all = all.into_iter();
+        let first = all.next()?;
+        let lines = match all.next() {
+            None => Lines::One(first.clone()),
+            Some(second) => {
+                let mut many = vec![first.clone(), second.clone()];
+                many.extend(all.cloned());
+                Lines::Many(many.into_boxed_slice())
+            }
+        };
+        let has_token = match &settings.header {
+            // Other cookies only: no token, and nothing to keep.
+            None => cookie::request_values(lines.iter(), &settings.cookie.name)
+                .next()
+                .is_some(),
+            Some(_) => true,
+        };
+        has_token.then_some(lines)
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, HeaderValue> {
+        match self {
+            Lines::One(line) => std::slice::from_ref(line).iter(),
+            Lines::Many(lines) => lines.iter(),
+        }
+    }
+}
+
+/// The name of the header that carries `settings`' tokens.
+pub(crate) fn carrier(settings: &Settings) -> &http::HeaderName {
+    static COOKIE: http::HeaderName = header::COOKIE;
+    settings.header.as_ref().unwrap_or(&COOKIE)
+}
+
 /// What a request's tokens come to before any store I/O.
-pub(super) enum Tokens {
+pub(crate) enum Tokens {
     /// Decided from the tokens alone.
     Read(Brought),
     /// One authentic session (possibly sent more than once), whose record is
@@ -28,14 +90,62 @@ pub(super) enum Tokens {
     One(Opened),
 }
 
+/// What a request brought when it brings no live session.
+pub(crate) enum Brought {
+    /// No token, or an authentic one whose session has ended (logged out, expired,
+    /// or moved to a new id by a concurrent login): a fresh session. The token is
+    /// left alone, since clearing it could race with the response that sets its
+    /// successor; its own sealed lifespan still ends it without store I/O.
+    Nothing,
+    /// A token to clear: forged, altered, past its lifespan, or its record refused.
+    Refused,
+    /// Authentic tokens naming different sessions (cookie tossing, or a cookie
+    /// whose Domain or Path changed): their store keys. Empty for a request with
+    /// more tokens than are opened (a cookie bomb).
+    Ambiguous(Vec<StoreKey>),
+}
+
+/// A session record as this request found it.
+pub(crate) struct Loaded {
+    pub(crate) cookie: CookieData,
+    /// Which key of the ring opened the cookie; not 0 means it must be re-sealed.
+    pub(crate) key_index: usize,
+    pub(crate) store_key: StoreKey,
+    pub(crate) version: u64,
+    pub(crate) deadlines: Deadlines,
+    pub(crate) cipher: DataCipher,
+    /// The user the session was tied to when it was loaded.
+    pub(crate) user: Option<String>,
+}
+
+impl Loaded {
+    /// The tag of the session's user, under the key that sealed the session (the
+    /// key its index entry was written with).
+    pub(crate) fn user_tag(&self, settings: &Settings) -> Option<UserTag> {
+        let keys = &settings.keys.ring[self.key_index];
+        self.user.as_deref().map(|u| UserTag::derive(keys, u))
+    }
+}
+
+/// What a request's session starts from.
+// Made once per request and taken apart at once, on the stack: boxing the live
+// variant would cost an allocation on every read.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Start {
+    /// No live session: a fresh one.
+    Fresh(Brought),
+    /// A live record, opened: its data.
+    Opened(Loaded, Data),
+}
+
 /// The store key of the session an opened token names.
 #[inline]
-pub(super) fn store_key(settings: &Settings, opened: &Opened) -> StoreKey {
+pub(crate) fn store_key(settings: &Settings, opened: &Opened) -> StoreKey {
     StoreKey::derive(&settings.keys.ring[opened.key_index], &opened.data.sid)
 }
 
-/// Opens every `Cookie` header's session cookie, or every value of the session
-/// header.
+/// Opens every session cookie of the `Cookie` header's `lines`, or every line of
+/// the session header.
 ///
 /// Cookie tossing: a page on a sibling subdomain, or on another path of the same
 /// host, can plant a second cookie of the same name (with its own Domain or Path)
@@ -48,17 +158,22 @@ pub(super) fn store_key(settings: &Settings, opened: &Opened) -> StoreKey {
 /// ignored, and cleared only when no token is valid. A request with more than
 /// [`MAX_TOKENS`] tokens is ambiguous too, whatever they hold: it gets a session
 /// that is never saved, and nothing is cleared.
-pub(super) fn read_tokens(settings: &Settings, headers: &HeaderMap, now: Timestamp) -> Tokens {
+pub(crate) fn read_tokens<'a>(
+    settings: &Settings,
+    lines: impl IntoIterator<Item = &'a HeaderValue>,
+    now: Timestamp,
+) -> Tokens {
     match &settings.header {
         None => open_all(
             settings,
-            cookie::request_values(headers, &settings.cookie.name),
+            cookie::request_values(lines, &settings.cookie.name),
             now,
         ),
-        Some(name) => {
-            let values = headers.get_all(name).iter();
-            open_all(settings, values.map(|v| v.as_bytes().trim_ascii()), now)
-        }
+        Some(_) => open_all(
+            settings,
+            lines.into_iter().map(|v| v.as_bytes().trim_ascii()),
+            now,
+        ),
     }
 }
 
@@ -123,17 +238,17 @@ fn open_all<'a>(
     Tokens::One(opened)
 }
 
-/// The session of a request whose one authentic token named `store_key`, once its
-/// record is loaded: live, or fresh when the record is gone or refused; `None` when
-/// the store failed and the request must be answered with 503.
-pub(super) fn open_record(
-    settings: &Arc<Settings>,
+/// What the session of a request whose one authentic token named `store_key`
+/// starts from, once its record is loaded: live, or fresh when the record is gone
+/// or refused; the store's error when it failed (the request then gets 503).
+pub(crate) fn open_record(
+    settings: &Settings,
     now: Timestamp,
     mut opened: Opened,
     store_key: StoreKey,
     loaded: Result<Option<Record>, StoreError>,
-) -> Option<Session> {
-    let fresh = |brought| Some(Session::new(settings.clone(), now, brought));
+) -> Result<Start, StoreError> {
+    let fresh = |brought| Ok(Start::Fresh(brought));
     let record = match loaded {
         Ok(Some(record)) => record,
         Ok(None) => {
@@ -149,7 +264,7 @@ pub(super) fn open_record(
         }
         Err(err) => {
             tracing::error!(target: TARGET, error = %err, "session load failed");
-            return None;
+            return Err(err);
         }
     };
     if record.deadlines.is_expired(now) {
@@ -186,15 +301,7 @@ pub(super) fn open_record(
         cipher,
         user,
     };
-    Some(Session::opened(settings.clone(), now, loaded, data))
-}
-
-/// The content type of a gRPC (or grpc-web) request, echoed in our own answers.
-pub(super) fn grpc_content_type<B>(req: &Request<B>) -> Option<HeaderValue> {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .filter(|ct| ct.as_bytes().starts_with(b"application/grpc"))
-        .cloned()
+    Ok(Start::Opened(loaded, data))
 }
 
 #[cfg(test)]
@@ -203,10 +310,14 @@ mod tests {
 
     use http::HeaderName;
 
+    use std::sync::Arc;
+
+    use http::HeaderMap;
+
     use super::*;
-    use crate::cookie::CookieData;
     use crate::keys::Keys;
-    use crate::record::{Binding, Data, Deadlines};
+    use crate::record::Binding;
+    use crate::session::Session;
 
     fn settings() -> Arc<Settings> {
         Arc::new(Settings::new(Keys::generate()))
@@ -232,7 +343,7 @@ mod tests {
     }
 
     fn read(settings: &Settings, headers: &HeaderMap) -> &'static str {
-        match read_tokens(settings, headers, now()) {
+        match read_tokens(settings, headers.get_all(carrier(settings)), now()) {
             Tokens::Read(Brought::Nothing) => "nothing",
             Tokens::Read(Brought::Refused) => "refused",
             Tokens::Read(Brought::Ambiguous(_)) => "ambiguous",
@@ -285,7 +396,11 @@ mod tests {
         assert_eq!(read(&s, &cookies(&[&eight.join("; ")])), "refused");
         let mut nine = eight.clone();
         nine.push(format!("id={valid}"));
-        match read_tokens(&s, &cookies(&[&nine.join("; ")]), now()) {
+        match read_tokens(
+            &s,
+            cookies(&[&nine.join("; ")]).get_all(header::COOKIE),
+            now(),
+        ) {
             Tokens::Read(Brought::Ambiguous(keys)) => {
                 assert!(keys.is_empty(), "the ninth is never opened")
             }
@@ -301,7 +416,11 @@ mod tests {
         let line: Vec<String> = (0..MAX_TOKENS)
             .map(|_| format!("id={}", token(&s, Duration::from_secs(60)).0))
             .collect();
-        match read_tokens(&s, &cookies(&[&line.join("; ")]), now()) {
+        match read_tokens(
+            &s,
+            cookies(&[&line.join("; ")]).get_all(header::COOKIE),
+            now(),
+        ) {
             Tokens::Read(Brought::Ambiguous(keys)) => assert_eq!(keys.len(), MAX_TOKENS),
             _ => panic!("expected an ambiguous request"),
         }
@@ -349,6 +468,18 @@ mod tests {
         };
         let record = Record::new(7, deadlines, cipher.seal(&key, binding, data));
         (opened, key, record)
+    }
+
+    /// The session a record opens to; `None` when the store failed.
+    fn open_record(
+        settings: &Arc<Settings>,
+        now: Timestamp,
+        opened: Opened,
+        key: StoreKey,
+        loaded: Result<Option<Record>, StoreError>,
+    ) -> Option<Session> {
+        let start = super::open_record(settings, now, opened, key, loaded).ok()?;
+        Some(Session::started(settings.clone(), now, start))
     }
 
     fn opened_kind(session: Option<Session>) -> &'static str {

@@ -6,8 +6,9 @@ use std::mem;
 
 use crate::clock::Timestamp;
 use crate::cookie::Meta;
+use crate::open::Loaded;
 use crate::record::{Data, Deadlines, StoreKey};
-use crate::session::{Changes, Loaded, Session, State};
+use crate::session::{Changes, Session, State};
 use crate::settings::Settings;
 use crate::store::UserTag;
 
@@ -174,8 +175,8 @@ mod tests {
     use super::*;
     use crate::cookie::CookieData;
     use crate::keys::Keys;
+    use crate::open::{Brought, Start};
     use crate::record::DataCipher;
-    use crate::session::Brought;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
@@ -206,7 +207,7 @@ mod tests {
 
     /// The session of a request that brought `brought`.
     fn session(settings: &Arc<Settings>, brought: Brought) -> Session {
-        Session::new(settings.clone(), now(), brought)
+        Session::started(settings.clone(), now(), Start::Fresh(brought))
     }
 
     /// The session of a request that loaded a live record with `user`, `age` old.
@@ -215,7 +216,11 @@ mod tests {
         if let Some(user) = user {
             data.insert(crate::record::USER_KEY.into(), user.into());
         }
-        Session::opened(settings.clone(), now(), loaded(settings, age, user), data)
+        Session::started(
+            settings.clone(),
+            now(),
+            Start::Opened(loaded(settings, age, user), data),
+        )
     }
 
     fn kind(decision: &Decision) -> &'static str {
@@ -271,7 +276,7 @@ mod tests {
         let shown = format!("{opened:?}");
         assert_eq!(
             shown,
-            "Session { keys: [\"cart\"], new: false, remember_me: false, user: true, .. }"
+            "Session { keys: [\"cart\"], loaded: true, new: false, remember_me: false, user: true, .. }"
         );
         assert!(!shown.contains("apples") && !shown.contains("ada"));
         opened.destroy();
@@ -282,7 +287,11 @@ mod tests {
     fn writing_the_value_already_there_saves_nothing() {
         let s = settings();
         let data = Data::from([("k".to_owned(), "v".into())]);
-        let same = Session::opened(s.clone(), now(), loaded(&s, Duration::ZERO, None), data);
+        let same = Session::started(
+            s.clone(),
+            now(),
+            Start::Opened(loaded(&s, Duration::ZERO, None), data),
+        );
         same.insert("k", "v").unwrap();
         assert_eq!(decided(&same), "keep");
     }
@@ -371,7 +380,7 @@ mod tests {
         assert_eq!(decided(&cycled), "move");
         let mut old_key = loaded(&s, Duration::ZERO, None);
         old_key.key_index = 1;
-        let rotated = Session::opened(s.clone(), now(), old_key, Data::new());
+        let rotated = Session::started(s.clone(), now(), Start::Opened(old_key, Data::new()));
         assert_eq!(decided(&rotated), "move", "re-sealed under the primary key");
     }
 

@@ -29,14 +29,17 @@ pub(crate) struct Settings {
     pub(crate) write_deadline: Duration,
     pub(crate) allow_unbounded: bool,
     pub(crate) max_sessions_per_user: Option<usize>,
+    /// Every request that brings a token opens it and loads its record before the
+    /// inner service runs, instead of on the session's first use.
+    pub(crate) eager_load: bool,
     pub(crate) clock: Clock,
 }
 
 impl Settings {
     /// The defaults: cookie `id`, `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no
     /// Domain; idle timeout 30 minutes, lifespan 24 hours, remember-me 30 days,
-    /// touch interval 1 minute; write deadline 2 seconds; no per-user limit; the
-    /// system clock.
+    /// touch interval 1 minute; write deadline 2 seconds; no per-user limit;
+    /// sessions loaded on first use; the system clock.
     pub(crate) fn new(keys: Keys) -> Self {
         Settings {
             keys,
@@ -49,6 +52,7 @@ impl Settings {
             write_deadline: Duration::from_secs(2),
             allow_unbounded: false,
             max_sessions_per_user: None,
+            eager_load: false,
             clock: Clock::system(),
         }
     }

@@ -58,6 +58,7 @@ async fn session_data_is_wiped_before_it_is_freed() {
     let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
     let service = layer.layer(service_fn(|req: Request<&'static str>| async move {
         let session = req.extensions().get::<Session>().cloned().unwrap();
+        session.load().await.unwrap();
         match *req.body() {
             "create" => session.insert("secret", MARKER_TEXT).unwrap(),
             "write" => session.insert("other", 1).unwrap(),

@@ -231,3 +231,31 @@ async fn a_user_name_that_looks_like_a_placeholder_is_shown_as_is() {
     let page = page(&client, &base).await;
     assert!(page.contains("Logged in as <b>{visits}</b>."), "{page}");
 }
+
+/// The quickstart's stylesheet is served under the session layer: with a valid
+/// cookie it costs no store operation and leaves the cookie alone, while the page
+/// that uses the session loads it.
+#[tokio::test]
+async fn the_static_asset_costs_no_store_operation_with_a_valid_cookie() {
+    let store = common::TestStore::new(MemoryStore::default());
+    let layer = SessionLayer::new(store.clone(), Keys::generate()).with_secure(false);
+    let base = serve(quickstart::app(layer)).await;
+    let client = jar_client();
+    let html = page(&client, &base).await;
+    assert!(html.contains("/static/app.css"), "the page links it");
+    store.take_ops();
+    for _ in 0..3 {
+        let res = client
+            .get(format!("{base}/static/app.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/css");
+        assert!(set_cookies(&res).is_empty());
+        assert!(res.text().await.unwrap().contains("font-family"));
+    }
+    assert_eq!(store.take_ops(), Vec::<&str>::new(), "no load, no touch");
+    page(&client, &base).await;
+    assert_eq!(store.take_ops().first(), Some(&"load"), "the page loads it");
+}

@@ -21,6 +21,7 @@ fn assert_send<T: Send>(_: &T) {}
 async fn wraps_a_bare_service_fn_with_its_own_body_types() {
     let svc = layer().layer(service_fn(|req: Request<Vec<u8>>| async move {
         let session = req.extensions().get::<Session>().cloned().unwrap();
+        session.load().await.unwrap();
         session.insert("len", req.body().len()).unwrap();
         Ok::<_, Infallible>(Response::new(format!("{} bytes", req.body().len())))
     }));
@@ -34,12 +35,9 @@ async fn wraps_a_bare_service_fn_with_its_own_body_types() {
     let pair = cookie.split(';').next().unwrap().to_owned();
 
     let check = layer().layer(service_fn(|req: Request<()>| async move {
-        let n: Option<usize> = req
-            .extensions()
-            .get::<Session>()
-            .unwrap()
-            .get("len")
-            .unwrap();
+        let session = req.extensions().get::<Session>().unwrap();
+        session.load().await.unwrap();
+        let n: Option<usize> = session.get("len").unwrap();
         Ok::<_, Infallible>(Response::new(n))
     }));
     // A cookie from another layer's keys opens no session there.
@@ -127,7 +125,10 @@ async fn service_and_future_are_send_and_the_service_is_clone() {
     assert_send_sync_clone::<Svc>();
     assert_send_sync_clone::<SessionLayer>();
     assert_send_sync_clone::<Session>();
-    let mut svc = layer().layer(service_fn(|_: Request<()>| async {
+    let mut svc = layer().layer(service_fn(|req: Request<()>| async move {
+        // Loading opens the token, which is refused, and cleared on the response.
+        let session = req.extensions().get::<Session>().unwrap();
+        session.load().await.unwrap();
         Ok::<_, Infallible>(Response::new(()))
     }));
     let mut req = Request::new(());
@@ -150,6 +151,7 @@ async fn a_grpc_error_status_saves_nothing() {
     let svc = SessionLayer::new(store.clone(), Keys::generate()).layer(service_fn(
         |req: Request<()>| async move {
             let session = req.extensions().get::<Session>().unwrap();
+            session.load().await.unwrap();
             session.insert("half-done", true).unwrap();
             // A trailers-only gRPC error (INTERNAL), as tonic sends for Err(Status).
             let mut res = Response::new(());
@@ -163,4 +165,63 @@ async fn a_grpc_error_status_saves_nothing() {
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert!(!res.headers().contains_key(header::SET_COOKIE));
     assert!(store.is_empty(), "nothing written for a failed call");
+}
+
+/// A plain tower service loads its session before using it. One that does not is
+/// refused (`NotLoaded`) and changes nothing, not even a logout; with eager loads
+/// the layer loads every session first.
+#[tokio::test]
+async fn a_plain_service_loads_its_session_before_using_it() {
+    let store = MemoryStore::default();
+    let keys = Keys::generate();
+    let writer = SessionLayer::new(store.clone(), keys.clone()).layer(service_fn(
+        |req: Request<()>| async move {
+            let session = req.extensions().get::<Session>().cloned().unwrap();
+            session.load().await.unwrap();
+            session.load().await.unwrap(); // a second load does nothing
+            session.insert("n", 1).unwrap();
+            Ok::<_, Infallible>(Response::new(()))
+        },
+    ));
+    let res = writer.oneshot(Request::new(())).await.unwrap();
+    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert_eq!(store.len(), 1);
+
+    let forgetful = |eager: bool| {
+        SessionLayer::new(store.clone(), keys.clone())
+            .with_eager_load(eager)
+            .layer(service_fn(|req: Request<()>| async move {
+                let session = req.extensions().get::<Session>().cloned().unwrap();
+                let read = match session.get::<u64>("n") {
+                    Ok(n) => format!("read {n:?}"),
+                    Err(err) => err.to_string(),
+                };
+                session.destroy();
+                Ok::<_, Infallible>(Response::new(read))
+            }))
+    };
+    let request = || {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+        req
+    };
+    let res = forgetful(false).oneshot(request()).await.unwrap();
+    assert_eq!(
+        res.body(),
+        "the session is not loaded: call `Session::load().await` before using it"
+    );
+    assert!(!res.headers().contains_key(header::SET_COOKIE));
+    assert_eq!(store.len(), 1, "the logout did not take");
+
+    let res = forgetful(true).oneshot(request()).await.unwrap();
+    assert_eq!(res.body(), "read Some(1)");
+    assert!(
+        res.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(store.len(), 0, "loaded by the layer: the logout took");
 }

@@ -160,6 +160,7 @@ async fn the_user_id_is_kept_out_of_handlers_keys() {
     let layer = SessionLayer::new(MemoryStore::default(), Keys::generate());
     let svc = layer.layer(service_fn(|req: http::Request<String>| async move {
         let s = req.extensions().get::<Session>().unwrap().clone();
+        s.load().await.unwrap();
         s.insert("visible", 1).unwrap();
         s.set_user_id("alice");
         let refused = s.insert("\u{0}user", "mallory").unwrap_err();

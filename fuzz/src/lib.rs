@@ -76,7 +76,11 @@ pub fn store() -> MemoryStore {
 
 /// A layer on `store` with `keys`, at the fixed instant.
 pub fn layer_with(store: MemoryStore, keys: Keys, mode: Mode) -> SessionLayer {
-    let layer = SessionLayer::new(store, keys).with_clock(clock());
+    // The oracle service reads the session inside `call`, which cannot await a
+    // load: every session is loaded before it runs.
+    let layer = SessionLayer::new(store, keys)
+        .with_clock(clock())
+        .with_eager_load(true);
     match mode {
         Mode::Cookie => layer,
         Mode::Header => layer.with_header(HEADER_NAME),

@@ -1,20 +1,19 @@
 //! Reading the session cookie's values out of a request's `Cookie` headers.
 
-use http::{HeaderMap, header};
+use http::HeaderValue;
 
-/// Every value of the cookie `name` across all `Cookie` headers, in order.
+/// Every value of the cookie `name` across the `Cookie` header `lines`, in order.
 ///
 /// HTTP/2 and gRPC clients may split cookies into several headers (RFC 9113, section
 /// 8.2.3), so all of them are read. Headers are read as bytes: a value that is not
 /// text, in this cookie or another one, hides nothing ([`open`](super::open)
 /// refuses it).
 pub(crate) fn request_values<'a>(
-    headers: &'a HeaderMap,
-    name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
+    lines: impl IntoIterator<Item = &'a HeaderValue>,
+    name: &str,
+) -> impl Iterator<Item = &'a [u8]> {
+    lines
+        .into_iter()
         .flat_map(|line| pairs(line.as_bytes()))
         .filter_map(move |pair| {
             let eq = memchr::memchr(b'=', pair)?;
@@ -54,7 +53,7 @@ mod tests {
     use super::*;
     use crate::cookie::{CookieError, open};
     use crate::keys::Keys;
-    use http::HeaderValue;
+    use http::{HeaderMap, header};
 
     fn keys() -> Keys {
         Keys::unchecked(&[0x42; 32])
@@ -75,7 +74,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_bytes(b"pref=caf\xc3\xa9\xff; id=fourth").unwrap(),
         );
-        let found: Vec<&[u8]> = request_values(&headers, "id").collect();
+        let found: Vec<&[u8]> = request_values(headers.get_all(header::COOKIE), "id").collect();
         let expected: [&[u8]; 5] = [b"first", b"second", b"\xff", b"third", b"fourth"];
         assert_eq!(found, expected);
         assert_eq!(
@@ -95,7 +94,7 @@ mod tests {
                     headers.append(header::COOKIE, value);
                 }
             }
-            for value in request_values(&headers, "id") {
+            for value in request_values(headers.get_all(header::COOKIE), "id") {
                 let _ = open(&keys(), "id", value);
             }
         }

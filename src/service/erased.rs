@@ -10,23 +10,16 @@ use std::task::{Context, Poll, Waker};
 use super::persist;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
+use crate::open::{Outcome, RecordSource};
 use crate::plan::{Plan, TokenChange};
 use crate::record::{Record, StoreKey};
 use crate::settings::Settings;
 use crate::store::{BoxFuture, SessionStore};
 
-/// Where a store's part of a request stands once started.
-pub(crate) enum Outcome<T> {
-    /// Done already: the store is [`IMMEDIATE`](SessionStore::IMMEDIATE).
-    Done(Result<T, StoreError>),
-    /// To be awaited.
-    Later(BoxFuture<Result<T, StoreError>>),
-}
-
-/// The store as the request flow uses it: one step to load a session's record,
-/// one to carry out the plan its request ends with.
-pub(crate) trait DynStore: Send + Sync + 'static {
-    fn load(&self, key: StoreKey) -> Outcome<Option<Record>>;
+/// The store as the request flow uses it: one step to load a session's record
+/// (as a [`RecordSource`], which a session loaded on first use keeps), one to
+/// carry out the plan its request ends with.
+pub(crate) trait DynStore: RecordSource {
     fn persist(&self, settings: &Arc<Settings>, plan: Plan, now: Timestamp)
     -> Outcome<TokenChange>;
     /// Whether the store answers, for a health check.
@@ -74,18 +67,20 @@ fn run_now<T>(future: impl Future<Output = Result<T, StoreError>>) -> Result<T, 
     }
 }
 
-impl<St: SessionStore> DynStore for Erased<St> {
-    fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
-        let store = self.0.clone();
-        Box::pin(async move { store.ping().await })
-    }
-
+impl<St: SessionStore> RecordSource for Erased<St> {
     fn load(&self, key: StoreKey) -> Outcome<Option<Record>> {
         if St::IMMEDIATE {
             return Outcome::Done(run_now(self.0.load(&key)));
         }
         let store = self.0.clone();
         Outcome::Later(Box::pin(async move { store.load(&key).await }))
+    }
+}
+
+impl<St: SessionStore> DynStore for Erased<St> {
+    fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
+        let store = self.0.clone();
+        Box::pin(async move { store.ping().await })
     }
 
     /// Each plan is its own future, the size its own steps need. One future for

@@ -9,12 +9,12 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 
-use super::erased::{DynStore, Outcome};
-use super::request::open_record;
+use super::erased::DynStore;
 use super::response::{after_save, change_token, is_grpc_error, unavailable};
 use crate::clock::Timestamp;
 use crate::cookie::Opened;
 use crate::error::StoreError;
+use crate::open::{Outcome, open_record};
 use crate::plan::{Decision, TokenChange};
 use crate::record::{Record, StoreKey};
 use crate::session::Session;
@@ -141,7 +141,7 @@ where
                 StepProj::Loading { load, pending } => {
                     let loaded = ready!(load.as_mut().poll(cx));
                     let pending = pending.take().expect(POLLED_AFTER_COMPLETION);
-                    let Some(session) = open_record(
+                    let Ok(start) = open_record(
                         &pending.settings,
                         *this.now,
                         pending.opened,
@@ -151,6 +151,7 @@ where
                         this.step.set(Step::Done);
                         return Poll::Ready(Ok(unavailable(this.grpc)));
                     };
+                    let session = Session::started(pending.settings, *this.now, start);
                     let fut = (pending.call)(session.clone());
                     this.step.set(Step::Calling { fut, session });
                 }
@@ -162,6 +163,12 @@ where
                             return Poll::Ready(Err(err));
                         }
                     };
+                    if session.load_failed() {
+                        // The handler met a store that failed: whatever it made of
+                        // that, the answer is the layer's own, and nothing is saved.
+                        this.step.set(Step::Done);
+                        return Poll::Ready(Ok(unavailable(this.grpc)));
+                    }
                     let failed = response.status().is_server_error() || is_grpc_error(&response);
                     let decision = if failed {
                         tracing::debug!(target: "tower_sealed_sessions", "error response: session not saved");

@@ -53,20 +53,21 @@ use tower_service::Service;
 mod erased;
 mod future;
 mod persist;
-mod request;
 mod response;
 
 pub(crate) use erased::{DynStore, Erased};
 pub use future::ResponseFuture;
 
-use erased::Outcome;
 use future::Pending;
-use request::{Tokens, grpc_content_type, open_record, read_tokens, store_key};
-use response::unavailable;
+use response::{grpc_content_type, unavailable};
 
 use crate::clock::Timestamp;
 use crate::cookie::Opened;
 use crate::error::StoreError;
+use crate::open::{
+    Brought, Lines, Outcome, RecordSource, Start, Tokens, carrier, open_record, read_tokens,
+    store_key,
+};
 use crate::record::{Record, StoreKey};
 use crate::session::Session;
 use crate::settings::Settings;
@@ -126,22 +127,37 @@ where
         let Layered { settings, store } = &*self.layered;
         let now = settings.clock.now();
         let grpc = grpc_content_type(&req);
-        let session = match read_tokens(settings, req.headers(), now) {
-            Tokens::Read(brought) => Session::new(settings.clone(), now, brought),
-            Tokens::One(opened) => {
-                let store_key = store_key(settings, &opened);
-                // A store in process memory answers at once: the inner service is
-                // called right here, as for a request without a cookie.
-                let loaded = match store.load(store_key) {
-                    Outcome::Done(loaded) => loaded,
-                    Outcome::Later(load) => {
-                        return self.load_then_call(req, opened, store_key, load, now, grpc);
-                    }
-                };
-                match open_record(settings, now, opened, store_key, loaded) {
-                    Some(session) => session,
-                    None => {
-                        return ResponseFuture::answered(unavailable(&grpc), store, now, grpc);
+        let lines = req.headers().get_all(carrier(settings));
+        let session = if !settings.eager_load {
+            // Opened on first use: a request whose handler never looks at its
+            // session costs no decryption and no store I/O.
+            match Lines::of(settings, lines) {
+                None => Session::started(settings.clone(), now, Start::Fresh(Brought::Nothing)),
+                Some(lines) => {
+                    let source: Arc<dyn RecordSource> = store.clone();
+                    Session::unloaded(settings.clone(), now, source, lines)
+                }
+            }
+        } else {
+            match read_tokens(settings, lines, now) {
+                Tokens::Read(brought) => {
+                    Session::started(settings.clone(), now, Start::Fresh(brought))
+                }
+                Tokens::One(opened) => {
+                    let store_key = store_key(settings, &opened);
+                    // A store in process memory answers at once: the inner service is
+                    // called right here, as for a request without a cookie.
+                    let loaded = match store.load(store_key) {
+                        Outcome::Done(loaded) => loaded,
+                        Outcome::Later(load) => {
+                            return self.load_then_call(req, opened, store_key, load, now, grpc);
+                        }
+                    };
+                    match open_record(settings, now, opened, store_key, loaded) {
+                        Ok(start) => Session::started(settings.clone(), now, start),
+                        Err(_) => {
+                            return ResponseFuture::answered(unavailable(&grpc), store, now, grpc);
+                        }
                     }
                 }
             }

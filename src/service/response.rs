@@ -1,7 +1,7 @@
 //! Writing the response: the token set or cleared in a cookie or a header, never
 //! cacheable; and the answer when the store fails (503, or `grpc-status: 14`).
 
-use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 use crate::clock::Timestamp;
 use crate::cookie::{self, CookieData};
@@ -12,6 +12,14 @@ use crate::settings::Settings;
 const TARGET: &str = "tower_sealed_sessions";
 /// Looked up on every response: a constant name costs no parsing.
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The content type of a gRPC (or grpc-web) request, echoed in our own answers.
+pub(super) fn grpc_content_type<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .filter(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+        .cloned()
+}
 
 /// A trailers-only gRPC response whose status is not OK: the gRPC form of a
 /// server error, after which nothing is saved either.

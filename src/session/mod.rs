@@ -1,6 +1,5 @@
 //! [`Session`]: the handle a request's handlers read and write, and its change log.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -11,20 +10,30 @@ use serde_json::Value;
 
 use crate::audit::Fingerprint;
 use crate::clock::Timestamp;
-use crate::cookie::{CookieData, Meta};
+use crate::cookie::Meta;
 use crate::error::SessionError;
-use crate::record::{Data, DataCipher, Deadlines, StoreKey, USER_KEY, is_reserved, user_of, wipe};
+use crate::open::{Brought, Lines, Loaded, RecordSource, Start};
+use crate::record::{Data, StoreKey, USER_KEY, is_reserved, user_of, wipe};
 use crate::settings::Settings;
-use crate::store::UserTag;
+
+mod changes;
+mod load;
+
+pub(crate) use changes::Changes;
+use changes::{Change, Updater};
+use load::Lazy;
 
 /// The session of the current request: a map from string keys to JSON values,
 /// typed through serde at the edges.
 ///
 /// Put into the request extensions by [`SessionLayer`](crate::SessionLayer); with the
-/// `axum` feature it is also an extractor. The handle is cheap to clone (an `Arc`),
-/// `Send + Sync`, and its methods are synchronous: they only touch memory. The
-/// layer writes what changed once the inner service has answered, before the
-/// response head leaves.
+/// `axum` feature it is also an extractor. The handle is cheap to clone (an `Arc`)
+/// and `Send + Sync`. It is loaded on first use, by [`load`](Session::load) (which
+/// the axum extractor calls): the request's token is opened and its record read
+/// only then. Once loaded, its methods are synchronous: they only touch memory.
+/// Before, they refuse ([`SessionError::NotLoaded`]) or, when they return no
+/// error, trace one and change nothing. The layer writes what changed once the
+/// inner service has answered, before the response head leaves.
 ///
 /// ```
 /// # use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
@@ -34,6 +43,7 @@ use crate::store::UserTag;
 /// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
 /// let mut app = layer.layer(service_fn(|req: Request<String>| async move {
 ///     let session = req.extensions().get::<Session>().unwrap();
+///     session.load().await.unwrap(); // the axum extractor loads it
 ///     let visits: u64 = session.get("visits").unwrap().unwrap_or(0);
 ///     session.insert("visits", visits + 1).unwrap();
 ///     Ok::<_, std::convert::Infallible>(Response::new(visits.to_string()))
@@ -86,6 +96,8 @@ struct Inner {
     settings: Arc<Settings>,
     now: Timestamp,
     state: Mutex<State>,
+    /// For a session loaded on first use: where from, until it is.
+    lazy: Option<Lazy>,
 }
 
 /// A request's session as handlers left it: what [`decide`](crate::plan) reads.
@@ -106,154 +118,29 @@ pub(crate) struct State {
     pub(crate) refused: bool,
 }
 
-/// What a request brought when it brings no live session.
-pub(crate) enum Brought {
-    /// No token, or an authentic one whose session has ended (logged out, expired,
-    /// or moved to a new id by a concurrent login): a fresh session. The token is
-    /// left alone, since clearing it could race with the response that sets its
-    /// successor; its own sealed lifespan still ends it without store I/O.
-    Nothing,
-    /// A token to clear: forged, altered, past its lifespan, or its record refused.
-    Refused,
-    /// Authentic tokens naming different sessions (cookie tossing, or a cookie
-    /// whose Domain or Path changed): their store keys. Empty for a request with
-    /// more tokens than are opened (a cookie bomb).
-    Ambiguous(Vec<StoreKey>),
-}
-
-/// A session record as this request found it.
-pub(crate) struct Loaded {
-    pub(crate) cookie: CookieData,
-    /// Which key of the ring opened the cookie; not 0 means it must be re-sealed.
-    pub(crate) key_index: usize,
-    pub(crate) store_key: StoreKey,
-    pub(crate) version: u64,
-    pub(crate) deadlines: Deadlines,
-    pub(crate) cipher: DataCipher,
-    /// The user the session was tied to when it was loaded.
-    pub(crate) user: Option<String>,
-}
-
-impl Loaded {
-    /// The tag of the session's user, under the key that sealed the session (the
-    /// key its index entry was written with).
-    pub(crate) fn user_tag(&self, settings: &Settings) -> Option<UserTag> {
-        let keys = &settings.keys.ring[self.key_index];
-        self.user.as_deref().map(|u| UserTag::derive(keys, u))
-    }
-}
-
-/// This request's own edits, replayable on top of a fresher copy of the data.
-#[derive(Default)]
-pub(crate) struct Changes {
-    cleared: bool,
-    entries: BTreeMap<String, Change>,
-}
-
-/// A function of a key's current value (`None`: absent) to its new one (`None`:
-/// removed), as [`Session::update`] was given it.
-type Updater = Arc<dyn Fn(Option<&Value>) -> Result<Option<Value>, SessionError> + Send + Sync>;
-
-/// What this request did to one key.
-enum Change {
-    Set(Value),
-    Removed,
-    /// Read-modify-write: run again on the value a concurrent writer left.
-    Update(Updater),
-}
-
-impl Drop for Change {
-    fn drop(&mut self) {
-        if let Change::Set(value) = self {
-            wipe(value);
-        }
-    }
-}
-
-impl Changes {
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        !self.cleared && self.entries.is_empty()
-    }
-
-    /// How this request changed the session's user: `Some(None)` when it cleared
-    /// it, `None` when it left it alone.
-    pub(crate) fn user(&self) -> Option<Option<&str>> {
-        match self.entries.get(USER_KEY)? {
-            Change::Set(value) => Some(value.as_str()),
-            // The user key is reserved: `update` never writes it.
-            Change::Removed | Change::Update(_) => Some(None),
-        }
-    }
-
-    /// Applies these edits to `data` as another request left it: values set and
-    /// removed as they were, updates run again on the value found.
-    pub(crate) fn apply(&self, data: &mut Data) {
-        if self.cleared {
-            data.retain_reserved();
-        }
-        for (key, change) in &self.entries {
-            let new = match change {
-                Change::Set(value) => Some(value.clone()),
-                Change::Removed => None,
-                Change::Update(update) => match update(data.get(key)) {
-                    Ok(new) => new,
-                    Err(err) => {
-                        // Another request stored something this update cannot
-                        // read: its value stands.
-                        tracing::warn!(target: "tower_sealed_sessions", %err, "a session update was not applied to the value a concurrent request stored");
-                        continue;
-                    }
-                },
-            };
-            let replaced = match new {
-                Some(value) => data.insert(key.clone(), value),
-                None => data.remove(key),
-            };
-            if let Some(mut old) = replaced {
-                wipe(&mut old);
+impl State {
+    fn start(settings: &Settings, now: Timestamp, start: Start) -> State {
+        let (data, meta, loaded, ambiguous, refused) = match start {
+            Start::Opened(loaded, data) => (data, loaded.cookie.meta(), Some(loaded), None, false),
+            Start::Fresh(brought) => {
+                let (ambiguous, refused) = match brought {
+                    Brought::Nothing => (None, false),
+                    Brought::Refused => (None, true),
+                    // It starts empty and is never saved, so neither the real
+                    // session nor a planted one is read, written or replaced by a
+                    // new cookie; only `destroy` acts, and ends all of them.
+                    Brought::Ambiguous(keys) => (Some(keys), false),
+                };
+                (
+                    Data::new(),
+                    settings.new_meta(now),
+                    None,
+                    ambiguous,
+                    refused,
+                )
             }
-        }
-    }
-}
-
-impl Session {
-    /// A fresh session, for a request that brought no live one.
-    pub(crate) fn new(settings: Arc<Settings>, now: Timestamp, brought: Brought) -> Self {
-        let (ambiguous, refused) = match brought {
-            Brought::Nothing => (None, false),
-            Brought::Refused => (None, true),
-            // It starts empty and is never saved, so neither the real session nor a
-            // planted one is read, written or replaced by a new cookie; only
-            // `destroy` acts, and ends all of them.
-            Brought::Ambiguous(keys) => (Some(keys), false),
         };
-        let meta = settings.new_meta(now);
-        Self::with_state(settings, now, Data::new(), meta, None, ambiguous, refused)
-    }
-
-    /// The session of a request whose token opened a live record.
-    pub(crate) fn opened(
-        settings: Arc<Settings>,
-        now: Timestamp,
-        loaded: Loaded,
-        data: Data,
-    ) -> Self {
-        let meta = loaded.cookie.meta();
-        Self::with_state(settings, now, data, meta, Some(loaded), None, false)
-    }
-
-    #[inline]
-    fn with_state(
-        settings: Arc<Settings>,
-        now: Timestamp,
-        data: Data,
-        meta: Meta,
-        loaded: Option<Loaded>,
-        ambiguous: Option<Vec<StoreKey>>,
-        refused: bool,
-    ) -> Self {
-        let state = State {
+        State {
             data,
             changes: Changes::default(),
             meta,
@@ -263,12 +150,37 @@ impl Session {
             lifespan_changed: false,
             ambiguous,
             refused,
-        };
+        }
+    }
+}
+
+impl Session {
+    /// A session opened already: fresh, or live from its record.
+    pub(crate) fn started(settings: Arc<Settings>, now: Timestamp, start: Start) -> Self {
+        let state = State::start(&settings, now, start);
+        Self::with(settings, now, state, None)
+    }
+
+    /// A session loaded on first use, from the tokens in `lines` and the record
+    /// `source` holds. Until then it reads as a fresh session and takes no edits.
+    pub(crate) fn unloaded(
+        settings: Arc<Settings>,
+        now: Timestamp,
+        source: Arc<dyn RecordSource>,
+        lines: Lines,
+    ) -> Self {
+        let state = State::start(&settings, now, Start::Fresh(Brought::Nothing));
+        Self::with(settings, now, state, Some(Lazy::new(source, lines)))
+    }
+
+    #[inline]
+    fn with(settings: Arc<Settings>, now: Timestamp, state: State, lazy: Option<Lazy>) -> Self {
         Session {
             inner: Arc::new(Inner {
                 settings,
                 now,
                 state: Mutex::new(state),
+                lazy,
             }),
         }
     }
@@ -288,7 +200,7 @@ impl Session {
     ///
     /// [`SessionError::Deserialize`] when the stored value is not a `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        let state = self.lock();
+        let state = self.open()?;
         match state.data.get(key) {
             None => Ok(None),
             Some(_) if is_reserved(key) => Ok(None),
@@ -320,12 +232,11 @@ impl Session {
             key: key.to_owned(),
             source,
         })?;
-        self.put(key, value);
+        Self::put(self.open()?, key, value);
         Ok(())
     }
 
-    fn put(&self, key: &str, value: Value) {
-        let mut state = self.lock();
+    fn put(mut state: MutexGuard<'_, State>, key: &str, value: Value) {
         // A key already there keeps its allocation, in the data and in the changes.
         match state.data.get_mut(key) {
             Some(current) if *current == value => return,
@@ -403,7 +314,7 @@ impl Session {
                 })
                 .transpose()
         });
-        let mut state = self.lock();
+        let mut state = self.open()?;
         let new = update(state.data.get(key))?;
         let result = new
             .as_ref()
@@ -451,11 +362,13 @@ impl Session {
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&self, key: &str) -> bool {
-        !is_reserved(key) && self.take(key)
+        !is_reserved(key) && self.take("remove", key)
     }
 
-    fn take(&self, key: &str) -> bool {
-        let mut state = self.lock();
+    fn take(&self, method: &'static str, key: &str) -> bool {
+        let Some(mut state) = self.open_or_log(method) else {
+            return false;
+        };
         let existed = match state.data.remove(key) {
             Some(mut old) => {
                 wipe(&mut old);
@@ -475,7 +388,9 @@ impl Session {
     /// Removes every key; the session itself, its id, its deadlines and its user
     /// stay.
     pub fn clear(&self) {
-        let mut state = self.lock();
+        let Some(mut state) = self.open_or_log("clear") else {
+            return;
+        };
         if state.data.keys().any(|k| !is_reserved(k)) {
             state.data.retain_reserved();
             state.changes.cleared = true;
@@ -485,7 +400,7 @@ impl Session {
 
     /// Whether the session holds no data (its user does not count).
     pub fn is_empty(&self) -> bool {
-        self.lock().data.keys().all(|k| is_reserved(k))
+        self.read("is_empty").data.keys().all(|k| is_reserved(k))
     }
 
     /// Ties the session to a user, for [`UserSessions`](crate::UserSessions) (list
@@ -494,24 +409,26 @@ impl Session {
     /// Call it at login, with [`cycle_id`](Session::cycle_id). The store keeps only a
     /// keyed HMAC tag of `user_id`; the id itself stays in the sealed session data.
     pub fn set_user_id(&self, user_id: &str) {
-        self.put(USER_KEY, Value::String(user_id.to_owned()));
+        if let Some(state) = self.open_or_log("set_user_id") {
+            Self::put(state, USER_KEY, Value::String(user_id.to_owned()));
+        }
     }
 
     /// Unties the session from its user; it leaves the user's index when saved.
     pub fn clear_user_id(&self) {
-        self.take(USER_KEY);
+        self.take("clear_user_id", USER_KEY);
     }
 
     /// The user the session is tied to.
     pub fn user_id(&self) -> Option<String> {
-        user_of(&self.lock().data).map(str::to_owned)
+        user_of(&self.read("user_id").data).map(str::to_owned)
     }
 
     /// The session's [`Fingerprint`], as [`UserSessions::list`](crate::UserSessions::list)
     /// shows it; `None` for a session this request creates (or destroyed). A login
     /// that cycles the id gives the session a new fingerprint.
     pub fn fingerprint(&self) -> Option<Fingerprint> {
-        let state = self.lock();
+        let state = self.read("fingerprint");
         let loaded = state.loaded.as_ref().filter(|_| !state.destroyed)?;
         Some(Fingerprint::of(&loaded.store_key))
     }
@@ -522,12 +439,12 @@ impl Session {
     /// take), except that [`destroy`](Session::destroy) ends every session named;
     /// tell the user to log out, or to clear the site's cookies.
     pub fn is_ambiguous(&self) -> bool {
-        self.lock().ambiguous.is_some()
+        self.read("is_ambiguous").ambiguous.is_some()
     }
 
     /// Whether the session was created by this request (no valid cookie came in).
     pub fn is_new(&self) -> bool {
-        let state = self.lock();
+        let state = self.read("is_new");
         state.loaded.is_none() || state.destroyed
     }
 
@@ -535,13 +452,17 @@ impl Session {
     /// every privilege change (login, sudo), so an id planted before it is worthless
     /// afterwards (session fixation, OWASP ASVS 3.2.1). The old id stops working.
     pub fn cycle_id(&self) {
-        self.lock().cycle = true;
+        if let Some(mut state) = self.open_or_log("cycle_id") {
+            state.cycle = true;
+        }
     }
 
     /// Ends the session: its record is deleted and its cookie cleared. Data written
     /// afterwards in the same request starts a new session with a new id.
     pub fn destroy(&self) {
-        let mut state = self.lock();
+        let Some(mut state) = self.open_or_log("destroy") else {
+            return;
+        };
         state.destroyed = true;
         state.cycle = false;
         state.lifespan_changed = false;
@@ -561,7 +482,9 @@ impl Session {
             tracing::debug!(target: "tower_sealed_sessions", "remember-me is disabled; ignored");
             return;
         }
-        let mut state = self.lock();
+        let Some(mut state) = self.open_or_log("set_remember_me") else {
+            return;
+        };
         if state.meta.remember_me != remember {
             state.meta.remember_me = remember;
             state.meta.lifespan_deadline = settings.lifespan_deadline(self.inner.now, remember);
@@ -571,7 +494,9 @@ impl Session {
 
     /// Starts a new lifespan from now (Kiali's "extend your session?").
     pub fn extend(&self) {
-        let mut state = self.lock();
+        let Some(mut state) = self.open_or_log("extend") else {
+            return;
+        };
         let deadline = self
             .inner
             .settings
@@ -584,25 +509,28 @@ impl Session {
 
     /// Whether the session is marked remember-me.
     pub fn remember_me(&self) -> bool {
-        self.lock().meta.remember_me
+        self.read("remember_me").meta.remember_me
     }
 
     /// When the session was created.
     pub fn created_at(&self) -> SystemTime {
-        let created = self.lock().meta.created_at;
+        let created = self.read("created_at").meta.created_at;
         created.to_system_time().unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
     /// When the session ends regardless of activity; `None` without a lifespan.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.lock().meta.lifespan_deadline.to_system_time()
+        self.read("expires_at")
+            .meta
+            .lifespan_deadline
+            .to_system_time()
     }
 
     /// When the session ends if no other request comes: the idle deadline this
     /// request sets (never after [`expires_at`](Session::expires_at)); `None` when
     /// neither an idle timeout nor a lifespan applies.
     pub fn idle_expires_at(&self) -> Option<SystemTime> {
-        let meta = self.lock().meta;
+        let meta = self.read("idle_expires_at").meta;
         self.inner
             .settings
             .deadlines(self.inner.now, meta)
@@ -637,6 +565,7 @@ impl fmt::Debug for Session {
         keys.sort();
         f.debug_struct("Session")
             .field("keys", &keys)
+            .field("loaded", &self.is_open())
             .field("new", &state.loaded.is_none())
             .field("remember_me", &state.meta.remember_me)
             .field("user", &user_of(&state.data).is_some())

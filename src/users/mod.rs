@@ -112,6 +112,7 @@ impl SessionInfo {
 /// let users = layer.users();
 /// let login = layer.layer(service_fn(|req: Request<String>| async move {
 ///     let session = req.extensions().get::<Session>().unwrap();
+///     session.load().await.unwrap();
 ///     session.cycle_id();
 ///     session.set_user_id("ada");
 ///     Ok::<_, std::convert::Infallible>(Response::new(String::new()))

@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test]
 async fn untouched_new_session_writes_nothing_and_sets_no_cookie() {
     let h = Harness::new().await;
-    let res = h.get("/noop").await;
+    let res = h.get("/untouched").await;
     assert_eq!(res.status(), 200);
     assert!(set_cookies(&res).is_empty());
     let res = h.get("/get/a").await;

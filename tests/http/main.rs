@@ -8,6 +8,7 @@ mod concurrency;
 mod cookies;
 mod expiry;
 mod failures;
+mod lazy;
 mod lifecycle;
 
 use std::sync::Arc;
@@ -100,7 +101,6 @@ fn app(layer: SessionLayer, gate: Gate) -> Router {
                 StatusCode::NO_CONTENT
             }),
         )
-        .route("/noop", get(|| async { "untouched" }))
         .route(
             "/ambiguous",
             get(|s: Session| async move { s.is_ambiguous().to_string() }),

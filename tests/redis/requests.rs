@@ -40,6 +40,13 @@ async fn a_read_is_one_round_trip_and_a_write_one_more() {
     );
     read(&base, &cookie, "a").await;
     assert_eq!(monitor.take(), ["EVALSHA"], "and then not again");
+    hand.advance(Duration::from_secs(2));
+    let res = send(reqwest::Method::GET, &base, "/untouched", Some(&cookie)).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        monitor.take().is_empty(),
+        "a request that never uses its session sends nothing, even with a touch due"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +154,7 @@ async fn redis_down_answers_503_promptly_and_recovers_by_itself() {
     let res = send(reqwest::Method::POST, &base, "/set/b/1", None).await;
     assert_eq!(res.status(), 503, "a new session cannot be stored either");
     let grpc = reqwest::Client::new()
-        .post(format!("{base}/get/a"))
+        .get(format!("{base}/get/a"))
         .header(COOKIE, &cookie)
         .header(CONTENT_TYPE, "application/grpc")
         .send()
