@@ -13,7 +13,7 @@
 //!
 //! Cases: `bare` (no layer), `no_cookie` (the handler never touches the session),
 //! `new_session` (one key written, session created), and for an existing session
-//! `read_only`, `read_write` (one key), `touch_due` (a read whose idle deadline
+//! `untouched` (its cookie sent to a route that never takes the session), `read_only`, `read_write` (one key), `touch_due` (a read whose idle deadline
 //! must be slid in the store: the clock moves past the touch interval before each)
 //! and `destroy` (each timed request ends a session made beforehand, untimed).
 //! `floor/read` and `floor/read_write` are the crypto floor of those requests
@@ -153,6 +153,7 @@ fn existing_session(
 ) {
     let app = routes().layer(layer.clone()).with_state(());
     let cookie = session_cookie(rt, &app);
+    one_request(group, rt, "untouched", &app, "/plain", Some(&cookie));
     one_request(group, rt, "read_only", &app, "/read", Some(&cookie));
     one_request(group, rt, "read_write", &app, "/write", Some(&cookie));
 

@@ -8,8 +8,10 @@
 //! callgrind_annotate read.out | head -40
 //! ```
 //!
-//! Kinds: `bare`, `noop_layer` (the bare router under a layer that does nothing:
-//! axum's own cost of a layer), `no_cookie`, `read_only`, `read_write`,
+//! Kinds: `bare`, `bare_cookie` (the bare router sent a session cookie),
+//! `noop_layer` (the bare router under a layer that does nothing:
+//! axum's own cost of a layer), `no_cookie`, `untouched` (a valid cookie to a
+//! route that never takes the session), `read_only`, `read_write`,
 //! `new_session`, `touch_due` (a read after the clock moved past the touch
 //! interval). It prints
 //! nothing but the count of requests made; divide callgrind's total by it (after
@@ -56,8 +58,12 @@ fn main() {
     };
     let (app, path, cookie) = match kind.as_str() {
         "bare" => (bare, "/plain", None),
+        // The bare router given the cookie `untouched` sends: what building and
+        // dropping a request with a Cookie header costs without the layer.
+        "bare_cookie" => (bare, "/plain", Some(&cookie)),
         "noop_layer" => (noop, "/plain", None),
         "no_cookie" => (layered, "/plain", None),
+        "untouched" => (layered, "/plain", Some(&cookie)),
         "read_only" => (layered, "/read", Some(&cookie)),
         "read_write" => (layered, "/write", Some(&cookie)),
         "new_session" => (layered, "/write", None),

@@ -355,6 +355,7 @@ impl fmt::Debug for SessionLayer {
             .field("touch_interval", &s.touch_interval)
             .field("write_deadline", &s.write_deadline)
             .field("max_sessions_per_user", &s.max_sessions_per_user)
+            .field("eager_load", &s.eager_load)
             .field("clock", &s.clock)
             .finish_non_exhaustive()
     }

@@ -41,30 +41,20 @@ pub(crate) enum Lines {
 }
 
 impl Lines {
-    /// The lines that may hold a token of `settings`' carrier; `None` when none
-    /// does, so there is nothing to open.
-    pub(crate) fn of<'a>(
-        settings: &Settings,
-        all: impl IntoIterator<Item = &'a HeaderValue>,
-    ) -> Option<Lines> {
+    /// The lines of the carrier header; `None` when there is none, so there is
+    /// nothing to open. They are not looked into here: a request whose handler
+    /// never uses its session pays for no parsing either.
+    pub(crate) fn of<'a>(all: impl IntoIterator<Item = &'a HeaderValue>) -> Option<Lines> {
         let mut all = all.into_iter();
         let first = all.next()?;
-        let lines = match all.next() {
+        Some(match all.next() {
             None => Lines::One(first.clone()),
             Some(second) => {
                 let mut many = vec![first.clone(), second.clone()];
                 many.extend(all.cloned());
                 Lines::Many(many.into_boxed_slice())
             }
-        };
-        let has_token = match &settings.header {
-            // Other cookies only: no token, and nothing to keep.
-            None => cookie::request_values(lines.iter(), &settings.cookie.name)
-                .next()
-                .is_some(),
-            Some(_) => true,
-        };
-        has_token.then_some(lines)
+        })
     }
 
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, HeaderValue> {

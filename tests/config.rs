@@ -39,6 +39,7 @@ lifespan: 24h
 remember_me: 30d          # -1 disables
 touch_interval: 1m
 write_deadline: 500ms
+eager_load: true
 cleanup_interval: 1h
 max_sessions_per_user: 5
 secret: "generate:{}"
@@ -62,6 +63,7 @@ store: {{ type: memory }}
         "touch_interval: 60s",
         "write_deadline: 500ms",
         "max_sessions_per_user: Some(5)",
+        "eager_load: true",
     ] {
         assert!(shown.contains(part), "{shown} lacks {part}");
     }
@@ -230,6 +232,10 @@ fn parse_errors_quote_the_bad_value_or_name_the_field() {
         (
             "secret: x\nidel_timeout: 30m",
             "unknown field `idel_timeout`",
+        ),
+        (
+            "secret: x\neager_load: sometimes",
+            "invalid type: string \"sometimes\", expected a boolean",
         ),
         (
             "secret: x\ncookie: { same_site: Lax }",

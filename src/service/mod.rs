@@ -131,7 +131,7 @@ where
         let session = if !settings.eager_load {
             // Opened on first use: a request whose handler never looks at its
             // session costs no decryption and no store I/O.
-            match Lines::of(settings, lines) {
+            match Lines::of(lines) {
                 None => Session::started(settings.clone(), now, Start::Fresh(Brought::Nothing)),
                 Some(lines) => {
                     let source: Arc<dyn RecordSource> = store.clone();

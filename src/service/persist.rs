@@ -59,6 +59,21 @@ impl Retries {
 
     /// After a lost compare-and-set: waits before the next attempt, or gives up.
     async fn after_conflict(&mut self) -> Result<(), StoreError> {
+        let Some(wait) = self.next_wait()? else {
+            return Ok(());
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::time::sleep(wait).await;
+        } else {
+            // No tokio timer to wait on: let the other writers run.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    /// Counts a conflict and says how long to wait before the next attempt: not at
+    /// all, a random time below the backoff ceiling, or give up.
+    fn next_wait(&mut self) -> Result<Option<Duration>, StoreError> {
         self.conflicts += 1;
         let spent = self.started.elapsed();
         if self.conflicts >= MAX_UPDATE_ATTEMPTS || spent >= self.deadline {
@@ -67,17 +82,10 @@ impl Retries {
             });
         }
         if self.conflicts == 1 || !self.wait {
-            return Ok(());
+            return Ok(None);
         }
         let ceiling = backoff_ceiling(self.conflicts, self.deadline - spent);
-        let wait = ceiling.mul_f64(rand::random::<f64>());
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::time::sleep(wait).await;
-        } else {
-            // No tokio timer to wait on: let the other writers run.
-            tokio::task::yield_now().await;
-        }
-        Ok(())
+        Ok(Some(ceiling.mul_f64(rand::random::<f64>())))
     }
 }
 
@@ -239,8 +247,8 @@ pub(super) async fn move_session<St: SessionStore>(
     let mut old_index = Indexed::new(old, None);
     old_index.note(loaded.user_tag(settings));
     let mut attempt = rebase(edit, old_keys, settings, now, &current, &mut old_index)?;
+    // The lifespan is the attempt's deadlines' (create_with reads it there).
     let meta = Meta {
-        lifespan_deadline: attempt.deadlines.lifespan,
         remember_me: attempt.remember_me,
         ..edit.meta
     };
@@ -588,5 +596,41 @@ mod tests {
         );
         assert_eq!(backoff_ceiling(1_000, plenty), ms(50), "no overflow");
         assert_eq!(backoff_ceiling(9, ms(7)), ms(7), "never past the deadline");
+    }
+
+    fn retries(wait: bool, deadline: Duration, spent: Duration) -> Retries {
+        Retries {
+            started: Instant::now() - spent,
+            deadline,
+            conflicts: 0,
+            wait,
+        }
+    }
+
+    #[test]
+    fn retries_wait_from_the_second_conflict_never_past_the_deadline() {
+        let ms = Duration::from_millis;
+        // 95 ms of a 100 ms deadline spent: every wait ends before the deadline.
+        let mut late = retries(true, ms(100), ms(95));
+        assert_eq!(late.next_wait().unwrap(), None, "the first retry at once");
+        for _ in 0..20 {
+            let wait = late.next_wait().unwrap().expect("then waits");
+            assert!(wait <= ms(5), "{wait:?} passes the deadline");
+        }
+        // An immediate store never waits, and gives up after 128 attempts.
+        let mut immediate = retries(false, Duration::from_secs(3600), Duration::ZERO);
+        for _ in 1..MAX_UPDATE_ATTEMPTS {
+            assert_eq!(immediate.next_wait().unwrap(), None);
+        }
+        match immediate.next_wait() {
+            Err(StoreError::Contended { attempts }) => assert_eq!(attempts, MAX_UPDATE_ATTEMPTS),
+            other => panic!("expected to give up: {other:?}"),
+        }
+        // Past the deadline: give up at the next conflict.
+        let mut over = retries(true, ms(10), ms(11));
+        assert!(matches!(
+            over.next_wait(),
+            Err(StoreError::Contended { attempts: 1 })
+        ));
     }
 }

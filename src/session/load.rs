@@ -1,9 +1,11 @@
 //! Sessions loaded on first use: [`Session::load`], and how the handle's
 //! synchronous methods treat a session not loaded yet.
 
-use std::sync::{Arc, MutexGuard};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, MutexGuard, OnceLock};
 
-use tokio::sync::OnceCell;
+use tokio::sync::Notify;
 
 use super::{Session, State};
 use crate::error::SessionError;
@@ -13,12 +15,21 @@ use crate::open::{
 
 const TARGET: &str = "tower_sealed_sessions";
 
-/// What a session loaded on first use is loaded from.
+/// Where a session loaded on first use stands.
+const UNOPENED: u8 = 0;
+const LOADING: u8 = 1;
+const OPEN: u8 = 2;
+const FAILED: u8 = 3;
+
+/// What a session loaded on first use is loaded from, and how far it got.
 pub(super) struct Lazy {
-    pub(super) source: Arc<dyn RecordSource>,
-    pub(super) lines: Lines,
-    /// Set by the first [`Session::load`]: opened, or why not.
-    pub(super) opened: OnceCell<Result<(), String>>,
+    source: Arc<dyn RecordSource>,
+    lines: Lines,
+    phase: AtomicU8,
+    /// Why the load failed, once it has.
+    failure: OnceLock<String>,
+    /// Wakes the clones of the handle that wait for another one's load.
+    loaded: Notify,
 }
 
 impl Lazy {
@@ -26,7 +37,38 @@ impl Lazy {
         Lazy {
             source,
             lines,
-            opened: OnceCell::new(),
+            phase: AtomicU8::new(UNOPENED),
+            failure: OnceLock::new(),
+            loaded: Notify::new(),
+        }
+    }
+
+    fn failed(&self) -> SessionError {
+        let reason = self.failure.get().cloned().unwrap_or_default();
+        SessionError::Unavailable { reason }
+    }
+}
+
+/// A load under way: should its future be dropped before it ends, the session
+/// goes back to unopened, and a clone waiting for it loads instead.
+struct Loading<'a> {
+    lazy: &'a Lazy,
+    ended: bool,
+}
+
+impl Loading<'_> {
+    fn end(mut self, phase: u8) {
+        self.ended = true;
+        self.lazy.phase.store(phase, Ordering::Release);
+        self.lazy.loaded.notify_waiters();
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.lazy.phase.store(UNOPENED, Ordering::Release);
+            self.lazy.loaded.notify_waiters();
         }
     }
 }
@@ -36,7 +78,7 @@ impl Session {
     /// the request's token and reads its record. The axum extractor calls it; tonic
     /// services and plain tower handlers call it before the session's other
     /// methods. Loading again, or loading a session the layer opened already, does
-    /// nothing.
+    /// nothing; clones of the handle share one load.
     ///
     /// ```
     /// # use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionError, SessionLayer};
@@ -65,13 +107,41 @@ impl Session {
         let Some(lazy) = &self.inner.lazy else {
             return Ok(());
         };
-        let opened = lazy.opened.get_or_init(|| self.open_lazy(lazy)).await;
-        opened
-            .clone()
-            .map_err(|reason| SessionError::Unavailable { reason })
+        loop {
+            let phase =
+                lazy.phase
+                    .compare_exchange(UNOPENED, LOADING, Ordering::AcqRel, Ordering::Acquire);
+            match phase {
+                Ok(_) => break,
+                Err(OPEN) => return Ok(()),
+                Err(FAILED) => return Err(lazy.failed()),
+                Err(_) => {
+                    // Another clone is loading: wait for it, registered before
+                    // looking again so that its wake-up cannot be missed.
+                    let mut woken = pin!(lazy.loaded.notified());
+                    woken.as_mut().enable();
+                    if lazy.phase.load(Ordering::Acquire) == LOADING {
+                        woken.await;
+                    }
+                }
+            }
+        }
+        let loading = Loading { lazy, ended: false };
+        match self.open_lazy(lazy).await {
+            Ok(state) => {
+                *self.lock() = state;
+                loading.end(OPEN);
+                Ok(())
+            }
+            Err(reason) => {
+                let _ = lazy.failure.set(reason);
+                loading.end(FAILED);
+                Err(lazy.failed())
+            }
+        }
     }
 
-    async fn open_lazy(&self, lazy: &Lazy) -> Result<(), String> {
+    async fn open_lazy(&self, lazy: &Lazy) -> Result<State, String> {
         let settings = &self.inner.settings;
         let now = self.inner.now;
         let start = match read_tokens(settings, lazy.lines.iter(), now) {
@@ -85,8 +155,7 @@ impl Session {
                 open_record(settings, now, opened, key, loaded).map_err(|err| err.to_string())?
             }
         };
-        *self.lock() = State::start(settings, now, start);
-        Ok(())
+        Ok(State::start(settings, now, start))
     }
 
     /// Whether the session's state is the request's: opened by the layer, or
@@ -96,7 +165,7 @@ impl Session {
         self.inner
             .lazy
             .as_ref()
-            .is_none_or(|lazy| matches!(lazy.opened.get(), Some(Ok(()))))
+            .is_none_or(|lazy| lazy.phase.load(Ordering::Acquire) == OPEN)
     }
 
     /// Whether [`load`](Session::load) met a store that failed.
@@ -105,7 +174,7 @@ impl Session {
         self.inner
             .lazy
             .as_ref()
-            .is_some_and(|lazy| matches!(lazy.opened.get(), Some(Err(_))))
+            .is_some_and(|lazy| lazy.phase.load(Ordering::Acquire) == FAILED)
     }
 
     /// The state to read or edit, once the session is open.
@@ -134,5 +203,89 @@ impl Session {
             tracing::error!(target: TARGET, method, "Session read before Session::load: it reads as a new, empty session");
         }
         self.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::cookie::{self, CookieData};
+    use crate::keys::Keys;
+    use crate::record::{Record, StoreKey};
+    use crate::settings::Settings;
+
+    /// A store whose first load never ends, and whose later loads find nothing
+    /// after yielding once.
+    #[derive(Default)]
+    struct Stalls {
+        loads: AtomicU32,
+    }
+
+    impl RecordSource for Stalls {
+        fn load(&self, _: StoreKey) -> Outcome<Option<Record>> {
+            if self.loads.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Outcome::Later(Box::pin(std::future::pending()));
+            }
+            Outcome::Later(Box::pin(async {
+                tokio::task::yield_now().await;
+                Ok(None)
+            }))
+        }
+    }
+
+    fn unloaded(source: Arc<Stalls>) -> Session {
+        let settings = Arc::new(Settings::new(Keys::generate()));
+        let now = Timestamp::from_unix_millis(1_700_000_000_000);
+        let data = CookieData::generate(now, now.saturating_add(Duration::from_secs(60)), false);
+        let token = cookie::seal(&settings.keys, settings.token_name(), &data);
+        let line = HeaderValue::from_str(&format!("id={token}")).unwrap();
+        Session::unloaded(settings, now, source, Lines::One(line))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_load_dropped_half_way_leaves_the_next_one_to_load() {
+        let source = Arc::new(Stalls::default());
+        let session = unloaded(source.clone());
+        let stalled = tokio::time::timeout(Duration::from_millis(20), session.load()).await;
+        assert!(stalled.is_err(), "the first load never ends");
+        assert!(!session.is_open());
+        let again = tokio::time::timeout(Duration::from_secs(5), session.load()).await;
+        again
+            .expect("not left waiting for the dropped load")
+            .unwrap();
+        assert!(session.is_open());
+        assert_eq!(source.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn clones_loading_at_once_share_one_load() {
+        let source = Arc::new(Stalls::default());
+        source.loads.store(1, Ordering::SeqCst);
+        let session = unloaded(source.clone());
+        let clone = session.clone();
+        let (a, b) = tokio::join!(session.load(), clone.load());
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(source.loads.load(Ordering::SeqCst), 2, "one load");
+        assert!(session.is_open() && clone.is_open());
+    }
+
+    #[test]
+    fn reading_a_session_before_it_is_loaded_is_reported() {
+        let session = unloaded(Arc::new(Stalls::default()));
+        let logs = crate::testing::logs_of(|| assert!(session.is_new()));
+        assert!(logs.contains("before Session::load"), "{logs}");
+        let logs = crate::testing::logs_of(|| session.destroy());
+        assert!(logs.contains("the change is ignored"), "{logs}");
+        assert!(matches!(
+            session.get::<u64>("n"),
+            Err(SessionError::NotLoaded)
+        ));
     }
 }

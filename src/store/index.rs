@@ -29,7 +29,7 @@ impl UserTag {
     }
 
     /// A tag from its bytes, for stores that keep tags in binary.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         UserTag(bytes)
     }
 
@@ -117,6 +117,19 @@ mod tests {
         assert_ne!(tag, UserTag::derive(b.primary(), "alice"));
         assert_ne!(tag, UserTag::derive(a.primary(), "alicf"));
         assert!(!tag.to_string().contains("alice"));
+    }
+
+    #[test]
+    fn a_tag_shows_as_hex_and_round_trips_through_its_bytes() {
+        let tag = UserTag::derive(Keys::generate().primary(), "alice");
+        let hex = tag.to_string();
+        assert_eq!(hex.len(), 64);
+        let bytes: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(&bytes[..], tag.as_bytes());
+        assert_eq!(UserTag::from_bytes(*tag.as_bytes()), tag);
+        assert_eq!(format!("{tag:?}"), format!("UserTag({hex})"));
     }
 
     #[test]

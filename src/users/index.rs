@@ -221,3 +221,102 @@ pub(crate) async fn after_login<St: SessionStore>(
         .collect();
     end_sessions(store, &evicted, "limit_evicted").await
 }
+
+#[cfg(all(test, feature = "memory-store"))]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::record::Deadlines;
+    use crate::store::MemoryStore;
+
+    const TAG: UserTag = UserTag::from_bytes([5; 32]);
+
+    fn key(n: u8) -> StoreKey {
+        StoreKey::from_bytes([n; 32])
+    }
+
+    fn record(ends: Timestamp) -> Record {
+        let deadlines = Deadlines {
+            idle: ends,
+            lifespan: ends,
+            active: Timestamp::from_unix_millis(0),
+        };
+        Record::new(1, deadlines, Bytes::from_static(b"sealed"))
+    }
+
+    async fn index(store: &MemoryStore, key: StoreKey, indexed: Timestamp) {
+        let entry = IndexEntry::new(key, indexed, Timestamp::NEVER, indexed, false);
+        store.index_add(&TAG, &entry).await.unwrap();
+    }
+
+    async fn listed(store: &MemoryStore, now: Timestamp) -> Vec<StoreKey> {
+        let mut keys: Vec<StoreKey> = store
+            .index_list(&TAG, now)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.store_key)
+            .collect();
+        keys.sort_by_key(|k| *k.as_bytes());
+        keys
+    }
+
+    /// An entry without a record is a session being created for INDEX_GRACE after
+    /// it was listed, and stays; from then on it is gone, and leaves the index.
+    #[tokio::test]
+    async fn entries_without_a_record_stay_for_the_grace_and_then_go() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let t0 = hand.now();
+        let now = t0.saturating_add(INDEX_GRACE);
+        index(&store, key(1), t0).await; // exactly INDEX_GRACE old at `now`
+        index(&store, key(2), t0.saturating_add(Duration::from_secs(1))).await;
+        index(&store, key(3), t0).await;
+        store
+            .create(&key(3), &record(Timestamp::NEVER))
+            .await
+            .unwrap();
+        let found = scan(&store, &[TAG], now).await.unwrap();
+        assert_eq!(found.live.len(), 1);
+        assert_eq!(found.missing, 2, "both missing entries are counted");
+        assert_eq!(listed(&store, now).await, [key(2), key(3)]);
+    }
+
+    /// A record the store still returns but whose deadline has passed by the
+    /// layer's clock (the store's clock lags) is not a live session.
+    #[tokio::test]
+    async fn a_record_past_its_deadline_is_not_live_whatever_the_store_says() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let t0 = hand.now();
+        index(&store, key(1), t0).await;
+        let ends = t0.saturating_add(Duration::from_secs(10));
+        store.create(&key(1), &record(ends)).await.unwrap();
+        let later = t0.saturating_add(Duration::from_secs(3600));
+        let found = scan(&store, &[TAG], later).await.unwrap();
+        assert!(found.live.is_empty());
+        assert_eq!(revoke(&store, &[TAG], None, later).await.unwrap(), 0);
+    }
+
+    /// A login without a limit reads no record while its user's index is small,
+    /// and drops the entries of sessions that are gone once it is not.
+    #[tokio::test]
+    async fn a_login_without_a_limit_prunes_only_an_index_past_sixteen_entries() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let t0 = hand.now();
+        let now = t0.saturating_add(INDEX_GRACE * 2);
+        for n in 0..PRUNE_ABOVE as u8 {
+            index(&store, key(n), t0).await;
+        }
+        after_login(&store, &[TAG], None, now).await.unwrap();
+        assert_eq!(listed(&store, now).await.len(), PRUNE_ABOVE, "not read");
+        index(&store, key(100), t0).await;
+        after_login(&store, &[TAG], None, now).await.unwrap();
+        assert!(listed(&store, now).await.is_empty(), "all gone: pruned");
+    }
+}

@@ -1,0 +1,340 @@
+//! [`Secret`]: a master secret, and its loaders (`env:`, `file:`, `generate:`,
+//! `base64:`).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use crate::error::KeyError;
+
+/// A master secret: at least [`Secret::MIN_LEN`] bytes that look random. Its bytes
+/// are wiped from memory when it is dropped, and `Debug` shows only its length.
+///
+/// Load it from where production keeps secrets: an environment variable, a file
+/// (a mounted Kubernetes secret), or a file created once on a persistent volume;
+/// [`from_reference`](Secret::from_reference) takes the configuration file's
+/// spelling of each.
+///
+/// ```
+/// use tower_sealed_sessions::{KeyError, Secret};
+///
+/// let secret = Secret::from_base64("c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz").unwrap();
+/// assert_eq!(format!("{secret:?}"), "Secret(36 bytes)");
+///
+/// let dir = std::env::temp_dir().join(format!("tss-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("session.key");
+/// let created = Secret::from_reference(&format!("generate:{}", path.display())).unwrap();
+/// let again = Secret::find_or_create(&path).unwrap();
+/// assert_eq!(created.as_bytes(), again.as_bytes(), "created once, then reused");
+/// # std::fs::remove_dir_all(&dir).unwrap();
+///
+/// assert!(matches!(Secret::from_bytes(*b"too short"), Err(KeyError::TooShort { len: 9, .. })));
+/// ```
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+/// Standard or URL-safe alphabet, padded or not: whatever an operator pastes.
+const LENIENT: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+/// Key files larger than this are not key files.
+const MAX_FILE_LEN: u64 = 64 * 1024;
+
+impl Secret {
+    /// The shortest secret accepted, in bytes (256 bits).
+    pub const MIN_LEN: usize = 32;
+
+    /// A secret from its bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::TooShort`] under 32 bytes; [`KeyError::LowEntropy`] when the bytes
+    /// are obviously not random: fewer than 8 distinct byte values, or a pattern of
+    /// up to 16 bytes repeated.
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<Self, KeyError> {
+        let bytes = Zeroizing::new(bytes.into());
+        if bytes.len() < Self::MIN_LEN {
+            return Err(KeyError::TooShort {
+                len: bytes.len(),
+                min: Self::MIN_LEN,
+            });
+        }
+        if looks_low_entropy(&bytes) {
+            return Err(KeyError::LowEntropy);
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// 64 fresh random bytes.
+    pub fn generate() -> Self {
+        let mut bytes = Zeroizing::new(vec![0u8; 64]);
+        rand::rng().fill_bytes(&mut bytes);
+        Secret(bytes)
+    }
+
+    /// A secret from base64, standard or URL-safe, with or without padding;
+    /// surrounding white space is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::NotBase64`], or as [`Secret::from_bytes`] for what it decodes to.
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        Self::from_bytes(base64_bytes(text)?.to_vec())
+    }
+
+    /// The bytes of the environment variable `name`, as they are.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::EnvNotSet`], or as [`Secret::from_bytes`].
+    pub fn from_env(name: &str) -> Result<Self, KeyError> {
+        Self::from_bytes(env_bytes(name)?.to_vec())
+            .map_err(|e| e.context(format!("environment variable {name}")))
+    }
+
+    /// The bytes of the file at `path`, less one trailing newline: the form of a
+    /// mounted Kubernetes secret or of a key file written by
+    /// [`find_or_create`](Secret::find_or_create).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Io`] when the file cannot be read, or as [`Secret::from_bytes`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        Self::from_bytes(file_bytes(path)?.to_vec())
+            .map_err(|e| e.context(format!("file {}", path.display())))
+    }
+
+    /// The secret in the file at `path`; when there is none, a new random secret is
+    /// written there first (mode 0600), so every later start reuses it.
+    ///
+    /// Safe when several processes start at once: the secret is written to a
+    /// temporary file and then hard-linked into place, which fails if the name is
+    /// taken, so a half-written key file is never seen and exactly one secret wins;
+    /// the others read it.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Io`] when the directory does not exist or is not writable, or the
+    /// file cannot be read; as [`Secret::from_bytes`] for an existing file.
+    pub fn find_or_create(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        match Self::from_file(path) {
+            Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            found => return found,
+        }
+        let generated = Secret::generate();
+        let mut text = Zeroizing::new(URL_SAFE_NO_PAD.encode(generated.as_bytes()));
+        text.push('\n');
+        match publish(path, text.as_bytes()) {
+            Ok(()) => {
+                tracing::info!(
+                    target: "tower_sealed_sessions",
+                    path = %path.display(),
+                    "generated a new session secret"
+                );
+                Self::from_bytes(trim_newline(text.as_bytes()).to_vec())
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::from_file(path),
+            Err(source) => Err(KeyError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// A secret from a configuration reference:
+    ///
+    /// | reference | meaning |
+    /// | --- | --- |
+    /// | `env:NAME` | [`Secret::from_env`] |
+    /// | `file:/path` | [`Secret::from_file`] |
+    /// | `generate:/path` | [`Secret::find_or_create`] |
+    /// | `base64:...` | [`Secret::from_base64`] |
+    /// | anything else | the text itself, with a warning: for tests only |
+    ///
+    /// A value that starts like another reference (a word and a colon, for example
+    /// `File:/path`) is refused rather than taken as the secret itself.
+    ///
+    /// # Errors
+    ///
+    /// Those of the loader the reference names; [`KeyError::UnknownReference`].
+    pub fn from_reference(reference: &str) -> Result<Self, KeyError> {
+        if let Some(name) = reference.strip_prefix("env:") {
+            Self::from_env(name)
+        } else if let Some(path) = reference.strip_prefix("file:") {
+            Self::from_file(path)
+        } else if let Some(path) = reference.strip_prefix("generate:") {
+            Self::find_or_create(path)
+        } else if let Some(text) = reference.strip_prefix("base64:") {
+            Self::from_base64(text).map_err(|e| e.context("a base64: value".to_owned()))
+        } else if let Some(scheme) = scheme_like(reference) {
+            // `File:/path` or `ENV:NAME` must not silently become the secret itself.
+            Err(KeyError::UnknownReference(scheme.to_owned()))
+        } else {
+            tracing::warn!(
+                target: "tower_sealed_sessions",
+                "the session secret is written into the configuration: for testing only; \
+                 use env:NAME, file:/path or generate:/path in production"
+            );
+            Self::from_bytes(reference.as_bytes())
+                .map_err(|e| e.context("an inline value".to_owned()))
+        }
+    }
+
+    /// The secret's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// A credential that is not a key (a password): the bytes a reference names,
+/// `env:NAME`, `file:/path` (less one trailing newline) or `base64:VALUE`; any other
+/// text is the credential itself. Unlike [`Secret::from_reference`], no length or
+/// randomness is asked of it, and an unknown `word:` is taken as it is, since
+/// passwords may hold colons.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn credential(reference: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        env_bytes(name)
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        file_bytes(Path::new(path))
+    } else if let Some(text) = reference.strip_prefix("base64:") {
+        base64_bytes(text)
+    } else {
+        Ok(Zeroizing::new(reference.as_bytes().to_vec()))
+    }
+}
+
+/// The bytes of the environment variable `name`.
+fn env_bytes(name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let value = std::env::var_os(name).ok_or_else(|| KeyError::EnvNotSet(name.to_owned()))?;
+    Ok(Zeroizing::new(value.into_encoded_bytes()))
+}
+
+/// The bytes of the file at `path`, less one trailing newline.
+fn file_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(io_err(io::Error::other(format!(
+            "larger than {MAX_FILE_LEN} bytes, so not a key file"
+        ))));
+    }
+    let len = trim_newline(&bytes).len();
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// Base64, standard or URL-safe, with or without padding; surrounding white space
+/// is ignored.
+fn base64_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let text = text.trim();
+    let engine = if text.contains(['-', '_']) {
+        &URL_SAFE_LENIENT
+    } else {
+        &STANDARD_LENIENT
+    };
+    Ok(Zeroizing::new(
+        engine.decode(text).map_err(KeyError::NotBase64)?,
+    ))
+}
+
+/// The `word` of a value that starts with `word:`, as a mistyped reference would.
+fn scheme_like(value: &str) -> Option<&str> {
+    let (word, _) = value.split_once(':')?;
+    let looks_like_scheme = !word.is_empty()
+        && word.len() <= 16
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    looks_like_scheme.then_some(word)
+}
+
+fn trim_newline(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
+}
+
+fn looks_low_entropy(bytes: &[u8]) -> bool {
+    let mut seen = [false; 256];
+    for &b in bytes {
+        seen[usize::from(b)] = true;
+    }
+    let distinct = seen.iter().filter(|&&s| s).count();
+    // Callers refuse secrets under 32 bytes first, so every period up to 16 fits
+    // twice.
+    debug_assert!(bytes.len() >= Secret::MIN_LEN);
+    let repeats = |period: usize| bytes[period..].iter().zip(bytes).all(|(a, b)| a == b);
+    distinct < 8 || (1..=16).any(repeats)
+}
+
+/// Creates `path` holding `contents`, all or nothing: the file appears complete or
+/// not at all, and an existing file is never replaced (`AlreadyExists`).
+fn publish(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
+    let written = write_private(&tmp, contents).and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    written?;
+    // Make the new name durable too (best effort: not every platform can open a
+    // directory).
+    if let Ok(dir) = fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The directory of the key at `path`, and a fresh temporary name in it: on the
+/// same file system as the key, so that the hard link publishing it cannot fail
+/// for crossing one, and no other directory (such as `$TMPDIR`) sees the secret.
+fn temp_beside(path: &Path) -> io::Result<(&Path, PathBuf)> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key path names no file"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}-{:016x}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    Ok((dir, tmp))
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests;
