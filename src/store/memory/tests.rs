@@ -326,6 +326,18 @@ async fn an_index_is_pruned_of_expired_entries_only_once_it_has_doubled() {
         2,
         "at 16, every entry expired by now goes"
     );
+    // Pruned down to 2, it waits to hold 16 (twice 8 at least) before pruning again.
+    for k in 0..8u8 {
+        let entry = IndexEntry::new(key(k), t(21), t(30), t(21), false);
+        store.index_add(&tag, &entry).await.unwrap();
+    }
+    let later = IndexEntry::new(key(102), t(40), Timestamp::NEVER, t(40), false);
+    store.index_add(&tag, &later).await.unwrap();
+    assert_eq!(
+        entries(&store, 9),
+        11,
+        "10 entries are not yet twice the floor"
+    );
 }
 
 #[tokio::test]
