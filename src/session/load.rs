@@ -1,17 +1,17 @@
 //! Sessions loaded on first use: [`Session::load`], and how the handle's
 //! synchronous methods treat a session not loaded yet.
 
-use std::pin::pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 
 use super::{Session, State};
-use crate::error::SessionError;
+use crate::error::{SessionError, StoreError};
 use crate::open::{
     Lines, Outcome, RecordSource, Start, Tokens, open_record, read_tokens, store_key,
 };
+use crate::store::BoxFuture;
 
 const TARGET: &str = "tower_sealed_sessions";
 
@@ -117,8 +117,9 @@ impl Session {
                 Err(FAILED) => return Err(lazy.failed()),
                 Err(_) => {
                     // Another clone is loading: wait for it, registered before
-                    // looking again so that its wake-up cannot be missed.
-                    let mut woken = pin!(lazy.loaded.notified());
+                    // looking again so that its wake-up cannot be missed. Boxed:
+                    // this rare path should not make every load's future larger.
+                    let mut woken = Box::pin(lazy.loaded.notified());
                     woken.as_mut().enable();
                     if lazy.phase.load(Ordering::Acquire) == LOADING {
                         woken.await;
@@ -127,35 +128,39 @@ impl Session {
             }
         }
         let loading = Loading { lazy, ended: false };
-        match self.open_lazy(lazy).await {
-            Ok(state) => {
-                *self.lock() = state;
+        let settings = &self.inner.settings;
+        let now = self.inner.now;
+        let opened = match read_tokens(settings, lazy.lines.iter(), now) {
+            Tokens::Read(brought) => Ok(Start::Fresh(brought)),
+            Tokens::One(opened) => {
+                let key = store_key(settings, &opened);
+                match lazy.source.load(key) {
+                    // A store in process memory answers at once: no await.
+                    Outcome::Done(loaded) => open_record(settings, now, opened, key, loaded),
+                    // What the opening needs after the load travels in one box,
+                    // so that this future stays small to move.
+                    Outcome::Later(load) => {
+                        let settings = settings.clone();
+                        let after: BoxFuture<Result<Start, StoreError>> = Box::pin(async move {
+                            open_record(&settings, now, opened, key, load.await)
+                        });
+                        after.await
+                    }
+                }
+            }
+        };
+        match opened {
+            Ok(start) => {
+                *self.lock() = State::start(settings, now, start);
                 loading.end(OPEN);
                 Ok(())
             }
-            Err(reason) => {
-                let _ = lazy.failure.set(reason);
+            Err(err) => {
+                let _ = lazy.failure.set(err.to_string());
                 loading.end(FAILED);
                 Err(lazy.failed())
             }
         }
-    }
-
-    async fn open_lazy(&self, lazy: &Lazy) -> Result<State, String> {
-        let settings = &self.inner.settings;
-        let now = self.inner.now;
-        let start = match read_tokens(settings, lazy.lines.iter(), now) {
-            Tokens::Read(brought) => Start::Fresh(brought),
-            Tokens::One(opened) => {
-                let key = store_key(settings, &opened);
-                let loaded = match lazy.source.load(key) {
-                    Outcome::Done(loaded) => loaded,
-                    Outcome::Later(load) => load.await,
-                };
-                open_record(settings, now, opened, key, loaded).map_err(|err| err.to_string())?
-            }
-        };
-        Ok(State::start(settings, now, start))
     }
 
     /// Whether the session's state is the request's: opened by the layer, or
