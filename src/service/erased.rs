@@ -20,6 +20,8 @@ use crate::store::{BoxFuture, SessionStore};
 /// (as a [`RecordSource`], which a session loaded on first use keeps), one to
 /// carry out the plan its request ends with.
 pub(crate) trait DynStore: RecordSource {
+    /// Whether the store is [`IMMEDIATE`](SessionStore::IMMEDIATE).
+    fn immediate(&self) -> bool;
     fn persist(&self, settings: &Arc<Settings>, plan: Plan, now: Timestamp)
     -> Outcome<TokenChange>;
     /// Whether the store answers, for a health check.
@@ -54,7 +56,9 @@ macro_rules! start {
 
 /// Runs the future of an [`IMMEDIATE`](SessionStore::IMMEDIATE) store to its end,
 /// here and now: on the stack, with no waker to wake.
-fn run_now<T>(future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+pub(super) fn run_now<T>(
+    future: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     let mut future = std::pin::pin!(future);
     match future
         .as_mut()
@@ -78,6 +82,10 @@ impl<St: SessionStore> RecordSource for Erased<St> {
 }
 
 impl<St: SessionStore> DynStore for Erased<St> {
+    fn immediate(&self) -> bool {
+        St::IMMEDIATE
+    }
+
     fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
         let store = self.0.clone();
         Box::pin(async move { store.ping().await })

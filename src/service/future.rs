@@ -12,22 +12,17 @@ use pin_project_lite::pin_project;
 use super::erased::DynStore;
 use super::response::{after_save, change_token, is_grpc_error, unavailable};
 use crate::clock::Timestamp;
-use crate::cookie::Opened;
-use crate::error::StoreError;
-use crate::open::{Outcome, open_record};
+use crate::error::{SessionError, StoreError};
+use crate::open::Outcome;
 use crate::plan::{Decision, TokenChange};
-use crate::record::{Record, StoreKey};
 use crate::session::Session;
-use crate::settings::Settings;
 use crate::store::BoxFuture;
 
-/// What a request whose record is still loading needs to go on: how to call the
-/// inner service, and what to open the record with.
+/// What a request whose session is still loading needs to go on: how to call
+/// the inner service (the request holds the session already), and the session.
 pub(super) struct Pending<F> {
-    pub(super) call: Box<dyn FnOnce(Session) -> F + Send>,
-    pub(super) settings: Arc<Settings>,
-    pub(super) opened: Opened,
-    pub(super) store_key: StoreKey,
+    pub(super) call: Box<dyn FnOnce() -> F + Send>,
+    pub(super) session: Session,
 }
 
 pin_project! {
@@ -44,9 +39,9 @@ pin_project! {
 pin_project! {
     #[project = StepProj]
     enum Step<F, B> {
-        /// The record is loading; the inner service is called once it is opened.
+        /// The session is loading; the inner service is called once it is open.
         Loading {
-            load: BoxFuture<Result<Option<Record>, StoreError>>,
+            load: BoxFuture<Result<(), SessionError>>,
             pending: Option<Pending<F>>,
         },
         /// The inner service is answering.
@@ -97,7 +92,7 @@ impl<F, B> ResponseFuture<F, B> {
     }
 
     pub(super) fn loading(
-        load: BoxFuture<Result<Option<Record>, StoreError>>,
+        load: BoxFuture<Result<(), SessionError>>,
         pending: Pending<F>,
         store: &Arc<dyn DynStore>,
         now: Timestamp,
@@ -140,19 +135,12 @@ where
             match this.step.as_mut().project() {
                 StepProj::Loading { load, pending } => {
                     let loaded = ready!(load.as_mut().poll(cx));
-                    let pending = pending.take().expect(POLLED_AFTER_COMPLETION);
-                    let Ok(start) = open_record(
-                        &pending.settings,
-                        *this.now,
-                        pending.opened,
-                        pending.store_key,
-                        loaded,
-                    ) else {
+                    let Pending { call, session } = pending.take().expect(POLLED_AFTER_COMPLETION);
+                    if loaded.is_err() {
                         this.step.set(Step::Done);
                         return Poll::Ready(Ok(unavailable(this.grpc)));
-                    };
-                    let session = Session::started(pending.settings, *this.now, start);
-                    let fut = (pending.call)(session.clone());
+                    }
+                    let fut = call();
                     this.step.set(Step::Calling { fut, session });
                 }
                 StepProj::Calling { fut, session } => {

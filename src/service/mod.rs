@@ -3,14 +3,15 @@
 //!
 //! For each request:
 //!
-//! 1. **Read the tokens**: every `Cookie` header (HTTP/2 and gRPC clients split
-//!    cookies into several), or every value of the session header, opened with the
-//!    keyring. A forged or altered token is refused here, before any store I/O.
-//! 2. **Load the record** of the one authentic token, check its deadlines, and
-//!    open its data with the session key.
-//! 3. **Put the [`Session`]** into the request extensions: a live one, or a fresh
-//!    one when the request brought none (or an ambiguous one, which is never
-//!    saved, when its tokens name different sessions).
+//! 1. **Keep the tokens**: the lines of every `Cookie` header (HTTP/2 and gRPC
+//!    clients split cookies into several), or of the session header, unopened.
+//! 2. **Load on first use**: when a handler asks ([`Session::load`], which the
+//!    axum extractor calls), the tokens are opened with the keyring (a forged or
+//!    altered one is refused before any store I/O) and the record of the one
+//!    authentic token is loaded, its deadlines checked and its data opened. With
+//!    [`with_eager_load`](crate::SessionLayer::with_eager_load) this runs before
+//!    the inner service, which a store failure then never reaches.
+//! 3. **Put the [`Session`]** into the request extensions.
 //! 4. **Call the inner service.**
 //! 5. **Persist**, once the response head is ready: decide what the request
 //!    changed (create, update, touch, move to a new id, destroy, or nothing) and
@@ -22,9 +23,9 @@
 //! Nothing is saved when the response is a server error (5xx) or a gRPC error
 //! status, and changes made after step 5 (while a streaming body is sent) are not
 //! saved. With an [`IMMEDIATE`](crate::store::SessionStore::IMMEDIATE) store (the
-//! memory store), steps 2 and 5 run on the spot: the load inside `call`, before the
-//! inner service is called there, and the write as soon as the response head is
-//! ready. Other stores' steps are boxed futures that the response future awaits.
+//! memory store), steps 2 and 5 run on the spot: the load without an await (with
+//! eager loads, inside `call`), and the write as soon as the response head is
+//! ready. Other stores' steps are boxed futures that are awaited.
 //!
 //! ```
 //! use tower::{Layer, ServiceExt, service_fn};
@@ -56,22 +57,18 @@ mod persist;
 mod response;
 
 pub(crate) use erased::{DynStore, Erased};
+
+use erased::run_now;
 pub use future::ResponseFuture;
 
 use future::Pending;
 use response::{grpc_content_type, unavailable};
 
 use crate::clock::Timestamp;
-use crate::cookie::Opened;
 use crate::error::StoreError;
-use crate::open::{
-    Brought, Lines, Outcome, RecordSource, Start, Tokens, carrier, open_record, read_tokens,
-    store_key,
-};
-use crate::record::{Record, StoreKey};
+use crate::open::{Brought, Lines, Start, carrier};
 use crate::session::Session;
 use crate::settings::Settings;
-use crate::store::BoxFuture;
 
 /// The middleware built by [`SessionLayer`](crate::SessionLayer).
 pub struct SessionService<S> {
@@ -127,55 +124,38 @@ where
         let Layered { settings, store } = &*self.layered;
         let now = settings.clock.now();
         let grpc = grpc_content_type(&req);
-        let lines = req.headers().get_all(carrier(settings));
-        let session = if !settings.eager_load {
-            // Opened on first use: a request whose handler never looks at its
-            // session costs no decryption and no store I/O.
-            match Lines::of(lines) {
-                None => Session::started(settings.clone(), now, Start::Fresh(Brought::Nothing)),
-                Some(lines) => {
-                    let source: Arc<dyn RecordSource> = store.clone();
-                    Session::unloaded(settings.clone(), now, source, lines)
-                }
-            }
-        } else {
-            match read_tokens(settings, lines, now) {
-                Tokens::Read(brought) => {
-                    Session::started(settings.clone(), now, Start::Fresh(brought))
-                }
-                Tokens::One(opened) => {
-                    let store_key = store_key(settings, &opened);
-                    // A store in process memory answers at once: the inner service is
-                    // called right here, as for a request without a cookie.
-                    let loaded = match store.load(store_key) {
-                        Outcome::Done(loaded) => loaded,
-                        Outcome::Later(load) => {
-                            return self.load_then_call(req, opened, store_key, load, now, grpc);
-                        }
-                    };
-                    match open_record(settings, now, opened, store_key, loaded) {
-                        Ok(start) => Session::started(settings.clone(), now, start),
-                        Err(_) => {
-                            return ResponseFuture::answered(unavailable(&grpc), store, now, grpc);
-                        }
-                    }
-                }
-            }
+        // The session is opened on first use: a request whose handler never looks
+        // at it costs no decryption and no store I/O.
+        let session = match Lines::of(req.headers().get_all(carrier(settings))) {
+            None => Session::started(settings.clone(), now, Start::Fresh(Brought::Nothing)),
+            Some(lines) => Session::unloaded(settings.clone(), now, store.clone(), lines),
         };
         req.extensions_mut().insert(session.clone());
+        if settings.eager_load && !session.is_open() {
+            if !store.immediate() {
+                return self.load_then_call(req, session, now, grpc);
+            }
+            // A store in process memory answers at once: loaded right here, and the
+            // inner service called right here too.
+            let loaded = run_now(async {
+                let loaded = session.load().await;
+                loaded.map_err(|err| StoreError::backend(err.to_string()))
+            });
+            if loaded.is_err() {
+                return ResponseFuture::answered(unavailable(&grpc), store, now, grpc);
+            }
+        }
         ResponseFuture::calling(self.inner.call(req), session, store, now, grpc)
     }
 }
 
 impl<S> SessionService<S> {
-    /// The request flow for a request with one authentic token whose store must be
-    /// awaited: load its record, then call the inner service.
+    /// The request flow when every session is loaded before the inner service
+    /// runs and the store must be awaited: load, then call.
     fn load_then_call<ReqBody, ResBody>(
         &mut self,
-        mut req: Request<ReqBody>,
-        opened: Opened,
-        store_key: StoreKey,
-        load: BoxFuture<Result<Option<Record>, StoreError>>,
+        req: Request<ReqBody>,
+        session: Session,
         now: Timestamp,
         grpc: Option<HeaderValue>,
     ) -> ResponseFuture<S::Future, ResBody>
@@ -187,16 +167,10 @@ impl<S> SessionService<S> {
         // that `poll_ready` readied and leave a clone in its place (tower's pattern).
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
-        let call = Box::new(move |session: Session| {
-            req.extensions_mut().insert(session);
-            inner.call(req)
-        });
-        let pending = Pending {
-            call,
-            settings: self.layered.settings.clone(),
-            opened,
-            store_key,
-        };
+        let call = Box::new(move || inner.call(req));
+        let loading = session.clone();
+        let load = Box::pin(async move { loading.load().await });
+        let pending = Pending { call, session };
         ResponseFuture::loading(load, pending, &self.layered.store, now, grpc)
     }
 }

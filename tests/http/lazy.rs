@@ -67,3 +67,31 @@ async fn a_store_failure_only_fails_requests_that_use_the_session() {
         "nothing was lost"
     );
 }
+
+/// With eager loads a store failure answers 503 before the handler runs, even for
+/// a route that never takes the session, on an awaited and an immediate store.
+#[tokio::test]
+async fn with_eager_loads_a_store_failure_fails_every_request_with_a_cookie() {
+    let eager = |l: SessionLayer| l.with_eager_load(true);
+    for h in [
+        Harness::with(eager).await,
+        Harness::build(eager, true).await,
+    ] {
+        let cookie = cookie_pair(&h.post_with_cookie("/set/a/1", "").await);
+        h.store.set_failing(true);
+        let res = h.get_with_cookie("/untouched", &cookie).await;
+        assert_eq!(res.status(), 503);
+        assert_eq!(
+            h.get("/untouched").await.status(),
+            200,
+            "no cookie, no load"
+        );
+        h.store.set_failing(false);
+        assert_eq!(h.get_with_cookie("/untouched", &cookie).await.status(), 200);
+        assert_eq!(
+            h.store.take_ops().last(),
+            Some(&"load"),
+            "loaded before the handler"
+        );
+    }
+}
