@@ -332,13 +332,33 @@ mod tests {
         headers
     }
 
+    /// What the tokens of `headers` come to, kept as the layer keeps them
+    /// ([`Lines`]: one line, or several) and read as a load reads them.
     fn read(settings: &Settings, headers: &HeaderMap) -> &'static str {
-        match read_tokens(settings, headers.get_all(carrier(settings)), now()) {
+        let Some(lines) = Lines::of(headers.get_all(carrier(settings))) else {
+            return "nothing";
+        };
+        match read_tokens(settings, lines.iter(), now()) {
             Tokens::Read(Brought::Nothing) => "nothing",
             Tokens::Read(Brought::Refused) => "refused",
             Tokens::Read(Brought::Ambiguous(_)) => "ambiguous",
             Tokens::One(_) => "one",
         }
+    }
+
+    #[test]
+    fn the_lines_kept_are_the_carrier_headers_in_order() {
+        assert!(Lines::of(cookies(&[]).get_all(header::COOKIE)).is_none());
+        let one = cookies(&["a=1"]);
+        let kept = Lines::of(one.get_all(header::COOKIE)).unwrap();
+        assert!(matches!(kept, Lines::One(_)));
+        let three = cookies(&["a=1", "b=2", "c=3"]);
+        let kept = Lines::of(three.get_all(header::COOKIE)).unwrap();
+        let seen: Vec<&HeaderValue> = kept.iter().collect();
+        assert_eq!(
+            seen,
+            three.get_all(header::COOKIE).iter().collect::<Vec<_>>()
+        );
     }
 
     #[test]
