@@ -12,6 +12,15 @@
 //! `axum_noop_layer` is the bare router under a layer that does nothing: what axum
 //! itself charges for any layer added with `Router::layer` (it boxes the route's
 //! service and its future again), which every session layer here pays too.
+//!
+//! With `REDIS_URL` set, the `compare_redis` group runs the same handlers on Redis:
+//! ours on its `RedisStore`, and tower-sessions 0.14 (the version its Redis store
+//! supports) on tower-sessions-redis-store 0.16 (fred), with `get` (one `GET` of a
+//! small key by fred) as the round trip's floor, all in the same run:
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/0 cargo bench -p bench-compare --bench compare -- compare_redis
+//! ```
 
 use std::hint::black_box;
 
@@ -36,24 +45,32 @@ mod ours {
     }
 }
 
-mod theirs {
-    use tower_sessions::Session;
+/// The handlers for tower-sessions, for each of its versions here.
+macro_rules! their_handlers {
+    ($name:ident, $crate_name:ident) => {
+        mod $name {
+            use $crate_name::Session;
 
-    pub async fn read(session: Session) -> String {
-        session
-            .get::<u64>("n")
-            .await
-            .unwrap()
-            .unwrap_or(0)
-            .to_string()
-    }
+            pub async fn read(session: Session) -> String {
+                session
+                    .get::<u64>("n")
+                    .await
+                    .unwrap()
+                    .unwrap_or(0)
+                    .to_string()
+            }
 
-    pub async fn write(session: Session) -> String {
-        let n = session.get::<u64>("n").await.unwrap().unwrap_or(0) + 1;
-        session.insert("n", n).await.unwrap();
-        n.to_string()
-    }
+            pub async fn write(session: Session) -> String {
+                let n = session.get::<u64>("n").await.unwrap().unwrap_or(0) + 1;
+                session.insert("n", n).await.unwrap();
+                n.to_string()
+            }
+        }
+    };
 }
+
+their_handlers!(theirs, tower_sessions);
+their_handlers!(theirs_14, tower_sessions_14);
 
 fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
     let mut req = Request::get(path).body(Body::empty()).unwrap();
@@ -146,5 +163,77 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The Redis cases, when `REDIS_URL` names a server.
+fn bench_redis(c: &mut Criterion) {
+    use tower_sessions_redis_store::fred::prelude::{
+        Builder, ClientLike, Config, KeysInterface, Pool,
+    };
+
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("compare_redis skipped: set REDIS_URL to run it");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool: Pool = rt.block_on(async {
+        let config = Config::from_url(&url).expect("REDIS_URL for fred");
+        let pool = Builder::from_config(config).build_pool(1).unwrap();
+        pool.init().await.expect("fred connects to REDIS_URL");
+        pool
+    });
+    let settings =
+        tower_sealed_sessions::config::RedisSettings::url(url.clone()).with_prefix("compare:");
+    let store = rt
+        .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
+        .expect("connect to REDIS_URL");
+    let ours_app = Router::new()
+        .route("/read", get(ours::read))
+        .route("/write", get(ours::write))
+        .layer(tower_sealed_sessions::SessionLayer::new(
+            store,
+            tower_sealed_sessions::Keys::generate(),
+        ))
+        .with_state(());
+    let theirs_app = Router::new()
+        .route("/read", get(theirs_14::read))
+        .route("/write", get(theirs_14::write))
+        .layer(
+            tower_sessions_14::SessionManagerLayer::new(
+                tower_sessions_redis_store::RedisStore::new(pool.clone()),
+            )
+            .with_secure(false),
+        )
+        .with_state(());
+    let floor_key = "compare:floor";
+    rt.block_on(async {
+        let _: () = pool
+            .set(floor_key, "x".repeat(100), None, None, false)
+            .await
+            .unwrap();
+    });
+
+    let mut group = c.benchmark_group("compare_redis");
+    group.bench_function("get", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(pool.get::<Option<Vec<u8>>, _>(floor_key).await.unwrap()) })
+    });
+    for (name, app) in [("ours", &ours_app), ("tower_sessions", &theirs_app)] {
+        let session = cookie(&rt, app);
+        group.bench_function(format!("{name}/read"), |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(app.clone().oneshot(request("/read", Some(&session))).await)
+            })
+        });
+        group.bench_function(format!("{name}/read_write"), |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(app.clone().oneshot(request("/write", Some(&session))).await)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_redis);
 criterion_main!(benches);

@@ -1,18 +1,25 @@
 //! How records and index entries are kept in Redis values, and script replies
 //! read back.
 //!
-//! A record's value, format 2 (written): the marker byte `2`, then the version,
-//! the lifespan deadline and the last activity (8 bytes each, big-endian), the id
-//! of the write that stored it (16 random bytes: a write sent twice recognises
-//! itself by it), then the sealed data. Format 1 (read only, written before the
-//! marker existed) has neither marker nor write id; its first byte, the top byte
-//! of a version, is always 0. A value starting with the byte 255 is a tombstone:
-//! what a compare-and-delete leaves for a minute, so that its own second run is
-//! recognised (see `DELETE_VERSION`). Any other first byte is refused as corrupt,
-//! never guessed at.
+//! A record's value, format 3 (written by default): the marker byte `3`, then the
+//! version, the lifespan deadline, the last activity and the idle deadline (8
+//! bytes each, big-endian), the id of the write that stored it (16 random bytes: a
+//! write sent twice recognises itself by it), then the sealed data. Everything a
+//! read needs is in the value, so a read is one plain `GET`.
+//!
+//! Format 2 (written when [`RedisSettings::value_format`] says 2, for a rolling
+//! upgrade from a release that reads no format 3) has no idle deadline: the key's
+//! `PEXPIRETIME` stands for it, so its read takes the `LOAD` script. Format 1 (read
+//! only, written before the marker existed) has neither marker nor write id; its
+//! first byte, the top byte of a version, is always 0. A value starting with the
+//! byte 255 is a tombstone: what a compare-and-delete leaves for a minute, so that
+//! its own second run is recognised (see `DELETE_VERSION`). Any other first byte is
+//! refused as corrupt, never guessed at.
 //!
 //! An index entry, format 2: `2;created,expires,indexed,remember` in decimal.
 //! Format 1 has no `2;`.
+//!
+//! [`RedisSettings::value_format`]: crate::store::RedisSettings::value_format
 
 use bytes::Bytes;
 use redis::Value;
@@ -24,21 +31,31 @@ use crate::store::IndexEntry;
 
 /// The marker of a record value in format 2.
 pub(super) const RECORD_V2: u8 = 2;
+/// The marker of a record value in format 3.
+pub(super) const RECORD_V3: u8 = 3;
 /// The first byte of a tombstone.
 pub(super) const TOMBSTONE: u8 = 255;
 /// The prefix of an index entry in format 2.
 const ENTRY_V2: &str = "2;";
+/// Version, lifespan deadline and last activity: the fields of every format.
 const FIELDS_LEN: usize = 24;
+/// The idle deadline of format 3.
+const IDLE_LEN: usize = 8;
 /// The write id of format 2.
 const WRITE_ID_LEN: usize = 16;
 
-/// A record's value, in format 2, stored by the write `write_id`.
-pub(super) fn encode(record: &Record, write_id: &[u8; WRITE_ID_LEN]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + FIELDS_LEN + WRITE_ID_LEN + record.data.len());
-    out.push(RECORD_V2);
+/// A record's value in `format` (2 or 3), stored by the write `write_id`.
+pub(super) fn encode(record: &Record, write_id: &[u8; WRITE_ID_LEN], format: u8) -> Vec<u8> {
+    let v3 = format == RECORD_V3;
+    let idle_len = if v3 { IDLE_LEN } else { 0 };
+    let mut out = Vec::with_capacity(1 + FIELDS_LEN + idle_len + WRITE_ID_LEN + record.data.len());
+    out.push(if v3 { RECORD_V3 } else { RECORD_V2 });
     out.extend_from_slice(&record.version.to_be_bytes());
     out.extend_from_slice(&record.deadlines.lifespan.unix_millis().to_be_bytes());
     out.extend_from_slice(&record.deadlines.active.unix_millis().to_be_bytes());
+    if v3 {
+        out.extend_from_slice(&record.deadlines.idle.unix_millis().to_be_bytes());
+    }
     out.extend_from_slice(write_id);
     out.extend_from_slice(&record.data);
     out
@@ -52,9 +69,29 @@ pub(super) fn tombstone(operation: &[u8; 16]) -> Vec<u8> {
     out
 }
 
-/// A value and its `PEXPIRETIME` (-1: no expiry) as a record; `None` for a
-/// tombstone.
-pub(super) fn decode(value: Value, expire_time: &Value) -> Result<Option<Record>, StoreError> {
+/// What a value holds: the record's fields, and the idle deadline when the
+/// format keeps it.
+struct Parsed {
+    version: u64,
+    lifespan: Timestamp,
+    active: Timestamp,
+    idle: Option<Timestamp>,
+    data: Bytes,
+}
+
+impl Parsed {
+    fn record(self, idle: Timestamp) -> Record {
+        let deadlines = Deadlines {
+            idle: idle.min(self.lifespan),
+            lifespan: self.lifespan,
+            active: self.active,
+        };
+        Record::new(self.version, deadlines, self.data)
+    }
+}
+
+/// A value's fields; `None` for a tombstone.
+fn parse(value: Value) -> Result<Option<Parsed>, StoreError> {
     let bytes = match value {
         Value::BulkString(bytes) => Bytes::from(bytes),
         Value::Nil => return Ok(None),
@@ -64,9 +101,10 @@ pub(super) fn decode(value: Value, expire_time: &Value) -> Result<Option<Record>
             )));
         }
     };
-    let (offset, write_id) = match bytes.first() {
-        Some(&RECORD_V2) => (1, WRITE_ID_LEN),
-        Some(0) => (0, 0),
+    let (offset, idle_len, write_id) = match bytes.first() {
+        Some(&RECORD_V3) => (1, IDLE_LEN, WRITE_ID_LEN),
+        Some(&RECORD_V2) => (1, 0, WRITE_ID_LEN),
+        Some(0) => (0, 0, 0),
         Some(&TOMBSTONE) => return Ok(None),
         _ => {
             return Err(StoreError::Corrupt(
@@ -74,7 +112,8 @@ pub(super) fn decode(value: Value, expire_time: &Value) -> Result<Option<Record>
             ));
         }
     };
-    if bytes.len() < offset + FIELDS_LEN + write_id {
+    let data_at = offset + FIELDS_LEN + idle_len + write_id;
+    if bytes.len() < data_at {
         return Err(StoreError::Corrupt(
             "a session value is shorter than its header".into(),
         ));
@@ -84,29 +123,57 @@ pub(super) fn decode(value: Value, expire_time: &Value) -> Result<Option<Record>
         b.copy_from_slice(&bytes[offset + at..offset + at + 8]);
         u64::from_be_bytes(b)
     };
-    let version = u64_at(0);
-    let lifespan = Timestamp::from_unix_millis(u64_at(8));
-    let active = Timestamp::from_unix_millis(u64_at(16));
-    let idle = match expire_time {
-        Value::Int(ms) if *ms >= 0 => Timestamp::from_unix_millis(*ms as u64),
-        Value::Int(-1) => Timestamp::NEVER,
+    Ok(Some(Parsed {
+        version: u64_at(0),
+        lifespan: Timestamp::from_unix_millis(u64_at(8)),
+        active: Timestamp::from_unix_millis(u64_at(16)),
+        idle: (idle_len > 0).then(|| Timestamp::from_unix_millis(u64_at(FIELDS_LEN))),
+        data: bytes.slice(data_at..),
+    }))
+}
+
+/// What a plain `GET` read.
+#[derive(Debug, PartialEq)]
+pub(super) enum Got {
+    /// A record, whole.
+    Record(Record),
+    /// No record (no key, or a tombstone).
+    Missing,
+    /// A value in a format without the idle deadline: read it again with the
+    /// `LOAD` script, which also returns the key's expiry.
+    NeedsExpiry,
+}
+
+/// A `GET` reply.
+pub(super) fn decode_get(value: Value) -> Result<Got, StoreError> {
+    Ok(match parse(value)? {
+        None => Got::Missing,
+        Some(parsed) => match parsed.idle {
+            Some(idle) => Got::Record(parsed.record(idle)),
+            None => Got::NeedsExpiry,
+        },
+    })
+}
+
+/// A value and its `PEXPIRETIME` (-1: no expiry) as a record; `None` for a
+/// tombstone. A format 3 value's own idle deadline wins over the expiry.
+pub(super) fn decode(value: Value, expire_time: &Value) -> Result<Option<Record>, StoreError> {
+    let Some(parsed) = parse(value)? else {
+        return Ok(None);
+    };
+    let idle = match (parsed.idle, expire_time) {
+        (Some(idle), _) => idle,
+        (None, Value::Int(ms)) if *ms >= 0 => Timestamp::from_unix_millis(*ms as u64),
+        (None, Value::Int(-1)) => Timestamp::NEVER,
         // -2: the key went away between the two reads.
-        Value::Int(-2) | Value::Nil => return Ok(None),
+        (None, Value::Int(-2) | Value::Nil) => return Ok(None),
         _ => {
             return Err(StoreError::Corrupt(
                 "a session key has no readable expiry".into(),
             ));
         }
     };
-    Ok(Some(Record::new(
-        version,
-        Deadlines {
-            idle: idle.min(lifespan),
-            lifespan,
-            active,
-        },
-        bytes.slice(offset + FIELDS_LEN + write_id..),
-    )))
+    Ok(Some(parsed.record(idle)))
 }
 
 /// A script's reply: nil (no record) or `{value, expiry}`.
@@ -194,10 +261,44 @@ mod tests {
     }
 
     #[test]
-    fn values_round_trip_with_the_expiry_as_idle_deadline() {
-        let encoded = encode(&record(), &[5; 16]);
+    fn format_3_values_carry_the_idle_deadline_and_read_with_one_get() {
+        let encoded = encode(&record(), &[5; 16], RECORD_V3);
+        assert_eq!(encoded[0], RECORD_V3, "written with the format marker");
+        assert_eq!(encoded.len(), 1 + FIELDS_LEN + IDLE_LEN + WRITE_ID_LEN + 6);
+        assert_eq!(
+            &encoded[25..33],
+            &1_000u64.to_be_bytes(),
+            "idle after activity"
+        );
+        assert_eq!(&encoded[33..49], &[5; 16], "then the write id");
+        assert_eq!(
+            decode_get(bulk(encoded.clone())).unwrap(),
+            Got::Record(record())
+        );
+        assert_eq!(
+            decode(bulk(encoded), &Value::Int(9_999)).unwrap(),
+            Some(record()),
+            "the value's idle deadline wins over the key's expiry"
+        );
+        let mut never = record();
+        never.deadlines.idle = Timestamp::NEVER;
+        let encoded = encode(&never, &[5; 16], RECORD_V3);
+        let Got::Record(read) = decode_get(bulk(encoded)).unwrap() else {
+            panic!("a record")
+        };
+        assert_eq!(read.deadlines.idle, read.deadlines.lifespan, "capped");
+    }
+
+    #[test]
+    fn format_2_values_round_trip_with_the_expiry_as_idle_deadline() {
+        let encoded = encode(&record(), &[5; 16], RECORD_V2);
         assert_eq!(encoded[0], RECORD_V2, "written with the format marker");
         assert_eq!(encoded.len(), 1 + FIELDS_LEN + WRITE_ID_LEN + 6);
+        assert_eq!(
+            decode_get(bulk(encoded.clone())).unwrap(),
+            Got::NeedsExpiry,
+            "a GET alone cannot read it"
+        );
         let decoded = decode(bulk(encoded.clone()), &Value::Int(1_000)).unwrap();
         assert_eq!(decoded, Some(record()));
         let never = decode(bulk(encoded), &Value::Int(-1)).unwrap().unwrap();
@@ -216,6 +317,7 @@ mod tests {
         v1.extend_from_slice(&5_000u64.to_be_bytes());
         v1.extend_from_slice(&400u64.to_be_bytes());
         v1.extend_from_slice(b"sealed");
+        assert_eq!(decode_get(bulk(v1.clone())).unwrap(), Got::NeedsExpiry);
         assert_eq!(
             decode(bulk(v1), &Value::Int(1_000)).unwrap(),
             Some(record())
@@ -233,6 +335,8 @@ mod tests {
             decode(bulk(tombstone(&[3; 16])), &Value::Int(1_000)).unwrap(),
             None
         );
+        assert_eq!(decode_get(bulk(tombstone(&[3; 16]))).unwrap(), Got::Missing);
+        assert_eq!(decode_get(Value::Nil).unwrap(), Got::Missing);
     }
 
     #[test]
@@ -258,7 +362,19 @@ mod tests {
             "unknown marker"
         );
         assert!(decode(Value::Int(5), &Value::Int(1)).is_err());
-        assert!(decode(bulk(encode(&record(), &[0; 16])), &Value::Int(-3)).is_err());
+        assert!(
+            decode(
+                bulk(encode(&record(), &[0; 16], RECORD_V2)),
+                &Value::Int(-3)
+            )
+            .is_err()
+        );
+        let v3 = encode(&record(), &[0; 16], RECORD_V3);
+        assert!(
+            decode_get(bulk(v3[..48].to_vec())).is_err(),
+            "cut in the write id"
+        );
+        assert!(decode_get(Value::Int(5)).is_err());
         assert!(decode_reply(Value::Int(3)).is_err());
         assert!(decode_reply(Value::Array(vec![Value::Nil])).is_err());
         assert_eq!(decode_reply(Value::Nil).unwrap(), None);

@@ -3,13 +3,15 @@
 //! Every write is safe to run twice: the client may send a command again after a
 //! connection dropped, without knowing whether the first one ran (a Cluster client
 //! does, to follow a failover). So a create or an update finding its own write id
-//! in the stored value (format 2 carries one, bytes 26 to 41) reports success, and
+//! in the stored value (formats 2 and 3 carry one: in Lua's 1-based positions,
+//! bytes 26 to 41 and 34 to 49) reports success, and
 //! a compare-and-delete leaves a tombstone naming its operation for a minute, so
 //! that its own second run reports success rather than "missing". Values are read
 //! in both formats (see `codec`).
 
 /// Returns the value and its expiry time in one atomic step, or nil (no key, or a
-/// tombstone).
+/// tombstone). Only for values in a format without the idle deadline (1 and 2): a
+/// format 3 value is read with a plain `GET`.
 pub(super) const LOAD: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v or string.byte(v, 1) == 255 then return false end
@@ -20,9 +22,15 @@ return {v, redis.call('PEXPIRETIME', KEYS[1])}
 /// ARGV[2]: expiry in Unix ms (0: none). Returns 1 when stored (or already stored
 /// by this very write), 0 when the key is taken.
 pub(super) const CREATE: &str = r"
+local function wid(s)
+  local m = string.byte(s, 1)
+  if m == 3 then return string.sub(s, 34, 49) elseif m == 2 then return string.sub(s, 26, 41) end
+  return nil
+end
 local v = redis.call('GET', KEYS[1])
 if v and string.byte(v, 1) ~= 255 then
-  if string.byte(v, 1) == 2 and string.sub(v, 26, 41) == string.sub(ARGV[1], 26, 41) then return 1 end
+  local mine = wid(v)
+  if mine and mine == wid(ARGV[1]) then return 1 end
   return 0
 end
 if ARGV[2] == '0' then
@@ -38,11 +46,17 @@ return 1
 /// very write), nil when the key is gone, or the current value and expiry on a
 /// conflict.
 pub(super) const SWAP: &str = r"
+local function wid(s)
+  local m = string.byte(s, 1)
+  if m == 3 then return string.sub(s, 34, 49) elseif m == 2 then return string.sub(s, 26, 41) end
+  return nil
+end
 local v = redis.call('GET', KEYS[1])
 if not v or string.byte(v, 1) == 255 then return false end
 local m, version = string.byte(v, 1), nil
-if m == 2 then
-  if string.sub(v, 26, 41) == string.sub(ARGV[2], 26, 41) then return 1 end
+if m == 2 or m == 3 then
+  local mine = wid(v)
+  if mine and mine == wid(ARGV[2]) then return 1 end
   version = string.sub(v, 2, 9)
 elseif m == 0 then
   version = string.sub(v, 1, 8)
@@ -68,7 +82,7 @@ if not v then return false end
 if v == ARGV[2] then return 1 end
 local m, version = string.byte(v, 1), nil
 if m == 255 then return false end
-if m == 2 then version = string.sub(v, 2, 9) elseif m == 0 then version = string.sub(v, 1, 8) end
+if m == 2 or m == 3 then version = string.sub(v, 2, 9) elseif m == 0 then version = string.sub(v, 1, 8) end
 if version ~= ARGV[1] then
   return {v, redis.call('PEXPIRETIME', KEYS[1])}
 end
@@ -77,16 +91,27 @@ return 1
 ";
 
 /// Moves the expiry if the version is still ARGV[1]. ARGV[2]: new expiry in Unix
-/// ms (0: none); ARGV[3]: the last activity (8 bytes). Returns 1 when moved, 0 when
+/// ms (0: none); ARGV[3] and ARGV[4]: the last activity and the idle deadline (8
+/// bytes each); ARGV[5]: the format written (`3` turns a format 2 value into
+/// format 3, so that its next read is a plain `GET`). Returns 1 when moved, 0 when
 /// the record changed or is gone. Running it twice writes the same twice.
 pub(super) const TOUCH: &str = r"
 local head = redis.call('GETRANGE', KEYS[1], 0, 8)
-local m, version, at = string.byte(head, 1), nil, nil
-if m == 2 then version, at = string.sub(head, 2, 9), 17
-elseif m == 0 then version, at = string.sub(head, 1, 8), 16
+local m, version = string.byte(head, 1), nil
+if m == 2 or m == 3 then version = string.sub(head, 2, 9)
+elseif m == 0 then version = string.sub(head, 1, 8)
 else return 0 end
 if version ~= ARGV[1] then return 0 end
-redis.call('SETRANGE', KEYS[1], at, ARGV[3])
+if m == 3 then
+  redis.call('SETRANGE', KEYS[1], 17, ARGV[3] .. ARGV[4])
+elseif m == 2 and ARGV[5] == '3' then
+  local v = redis.call('GET', KEYS[1])
+  redis.call('SET', KEYS[1], '\3' .. string.sub(v, 2, 17) .. ARGV[3] .. ARGV[4] .. string.sub(v, 26), 'KEEPTTL')
+elseif m == 2 then
+  redis.call('SETRANGE', KEYS[1], 17, ARGV[3])
+else
+  redis.call('SETRANGE', KEYS[1], 16, ARGV[3])
+end
 if ARGV[2] == '0' then
   redis.call('PERSIST', KEYS[1])
 else

@@ -71,6 +71,12 @@ pub struct RedisSettings {
     /// indexes when full).
     #[serde(default)]
     pub allow_eviction: bool,
+    /// The format of the values written: 3 (default; a read is one `GET`) or 2,
+    /// the format that releases before format 3 read. Set 2 while such a release
+    /// still serves from the same Redis (a rolling upgrade), then remove it: an
+    /// older release refuses a format 3 value as corrupt. Every format is read
+    /// either way.
+    pub value_format: Option<u8>,
 }
 
 /// TLS settings: the CA to trust, a client certificate for mutual TLS, and the
@@ -254,6 +260,18 @@ impl RedisSettings {
         self
     }
 
+    /// Writes values in `format` (2 or 3, the default): see
+    /// [`value_format`](Self::value_format).
+    pub fn with_value_format(mut self, format: u8) -> Self {
+        self.value_format = Some(format);
+        self
+    }
+
+    /// The value format in force.
+    pub fn value_format(&self) -> u8 {
+        self.value_format.unwrap_or(3)
+    }
+
     /// The command timeout in force.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
@@ -368,6 +386,12 @@ impl RedisSettings {
                 ));
             }
         }
+        if let Some(format) = self.value_format.filter(|f| !matches!(f, 2 | 3)) {
+            return Err(ConfigError::new(
+                "store.value_format",
+                format!("{format} is not a value format: write 3 (the default) or 2"),
+            ));
+        }
         if let Some(url) = &self.url {
             let scheme = url.split("://").next().unwrap_or("");
             if !matches!(scheme, "redis" | "rediss") {
@@ -419,6 +443,7 @@ impl fmt::Debug for RedisSettings {
             .field("reconnect", &self.reconnect)
             .field("wait", &self.wait)
             .field("allow_eviction", &self.allow_eviction)
+            .field("value_format", &self.value_format)
             .finish()
     }
 }
@@ -489,6 +514,12 @@ mod tests {
             field(url().with_wait(0, Duration::from_secs(1))),
             "store.wait"
         );
+        assert_eq!(field(url().with_value_format(4)), "store.value_format");
+        assert_eq!(url().value_format(), 3, "format 3 by default");
+        assert!(url().with_value_format(2).validate().is_ok());
+        let parsed: RedisSettings =
+            serde_yaml_ng::from_str("{ url: \"redis://h:1\", value_format: 2 }").unwrap();
+        assert_eq!(parsed.value_format(), 2, "the file's key");
         let half_mtls = TlsSettings {
             cert_file: Some("client.crt".into()),
             ..TlsSettings::default()

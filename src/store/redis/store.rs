@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::{RedisError, Script, Value};
 
-use super::codec::{decode_index, decode_reply, encode, encode_entry, expire_at, tombstone};
+use super::codec::{
+    Got, decode_get, decode_index, decode_reply, encode, encode_entry, expire_at, tombstone,
+};
 use super::command::{Lua, Runner};
 use super::connect::{
     NodeConfig, Target, cluster_client, eviction_policies, eviction_refused, evicts,
@@ -80,6 +82,8 @@ pub struct RedisStore {
 struct Inner {
     runner: Runner,
     prefix: String,
+    /// The value format written (2 or 3).
+    format: u8,
     load: Lua,
     create: Lua,
     swap: Lua,
@@ -175,6 +179,7 @@ impl RedisStore {
                     .prefix
                     .clone()
                     .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned()),
+                format: settings.value_format(),
                 load: Lua::new(scripts::LOAD),
                 create: Lua::new(scripts::CREATE),
                 swap: Lua::new(scripts::SWAP),
@@ -309,18 +314,29 @@ fn expiry_arg(deadlines: &Deadlines) -> String {
 }
 
 impl SessionStore for RedisStore {
+    /// One `GET`; a value in a format without the idle deadline (written by an
+    /// older release, or with `value_format: 2`) is read again with the `LOAD`
+    /// script, which returns the key's expiry with it.
     fn load(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let redis_key = self.redis_key(key);
         async move {
-            let reply: Value = self
-                .inner
-                .runner
-                .script(&self.inner.load, &redis_key, &[], false)
-                .await?;
-            decode_reply(reply)
+            let runner = &self.inner.runner;
+            let mut get = redis::cmd("GET");
+            get.arg(&redis_key);
+            let value: Value = runner.command(get, &redis_key, false).await?;
+            match decode_get(value)? {
+                Got::Record(record) => Ok(Some(record)),
+                Got::Missing => Ok(None),
+                Got::NeedsExpiry => {
+                    let reply: Value = runner
+                        .script(&self.inner.load, &redis_key, &[], false)
+                        .await?;
+                    decode_reply(reply)
+                }
+            }
         }
     }
 
@@ -345,7 +361,7 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let redis_key = self.redis_key(key);
         // Names this write, so that its own second run is recognised.
-        let value = encode(record, &rand::random());
+        let value = encode(record, &rand::random(), self.inner.format);
         let expire = expiry_arg(&record.deadlines);
         async move {
             let created: i64 = self
@@ -369,7 +385,7 @@ impl SessionStore for RedisStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let key = *key;
-        let value = encode(record, &rand::random());
+        let value = encode(record, &rand::random(), self.inner.format);
         let expire = expiry_arg(&record.deadlines);
         async move {
             let expected = expected_version.to_be_bytes();
@@ -408,13 +424,15 @@ impl SessionStore for RedisStore {
         async move {
             let expected = expected_version.to_be_bytes();
             let active = deadlines.active.unix_millis().to_be_bytes();
+            let idle = deadlines.idle.unix_millis().to_be_bytes();
+            let format = [b'0' + self.inner.format];
             let touched: i64 = self
                 .inner
                 .runner
                 .script(
                     &self.inner.touch,
                     &redis_key,
-                    &[&expected, expire.as_bytes(), &active],
+                    &[&expected, expire.as_bytes(), &active, &idle, &format],
                     true,
                 )
                 .await?;
