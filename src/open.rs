@@ -9,7 +9,7 @@ use crate::audit::{AUDIT_TARGET, Fingerprint, audit_expired, audit_rejected_reco
 use crate::clock::Timestamp;
 use crate::cookie::{self, CookieData, Opened};
 use crate::error::StoreError;
-use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey, user_of};
+use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey, user_in};
 use crate::settings::Settings;
 use crate::store::{BoxFuture, UserTag};
 
@@ -281,7 +281,7 @@ pub(crate) fn open_record(
             return fresh(Brought::Refused);
         }
     };
-    let user = user_of(&data).map(str::to_owned);
+    let user = user_in(&data);
     let loaded = Loaded {
         cookie: opened.data,
         key_index: opened.key_index,

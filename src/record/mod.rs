@@ -18,25 +18,23 @@
 //! pair sealed data with another version. Format v1 (version byte `1`, no flags,
 //! only the store key bound) still opens; every write seals v2.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 
 use aes_gcm::aead::AeadInPlace;
-use aes_gcm::aead::consts::{U12, U16};
-use aes_gcm::aes::Aes256Enc;
-use aes_gcm::aes::cipher::{BlockCipher, BlockClosure, BlockEncrypt, BlockSizeUser};
-use aes_gcm::{AesGcm, KeyInit, Nonce, Tag};
+use aes_gcm::{KeyInit, Nonce, Tag};
 
 use bytes::Bytes;
 use hmac::Mac;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
-use crate::keys::KeySet;
+use crate::keys::{Aes256Gcm, KeySet};
+
+mod data;
+
+use data::Text;
+pub(crate) use data::{Data, USER_KEY, is_reserved, user_in, user_of, wipe};
 
 const VERSION: u8 = 2;
 const V1: u8 = 1;
@@ -49,100 +47,6 @@ const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v2";
 /// The AAD of format v2: prefix, store key, version, lifespan, flags.
 const AAD_LEN: usize = AAD_PREFIX.len() + 32 + 8 + 8 + 1;
 const REMEMBER_ME: u8 = 1;
-/// Session data up to this size is decrypted on the stack, larger data on the heap.
-const STACK_PLAINTEXT: usize = 512;
-
-/// Session data in the clear: what handlers read and write. Wiped when dropped:
-/// every key and every string in it is overwritten with zeros (see [`wipe`]).
-#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
-pub(crate) struct Data(BTreeMap<String, Value>);
-
-impl Data {
-    pub(crate) fn new() -> Self {
-        Data(BTreeMap::new())
-    }
-
-    /// Removes every key handlers wrote, wiping the values; the layer's own
-    /// (reserved) keys stay.
-    pub(crate) fn retain_reserved(&mut self) {
-        self.0.retain(|key, value| {
-            let kept = is_reserved(key);
-            if !kept {
-                wipe(value);
-            }
-            kept
-        });
-    }
-}
-
-impl Deref for Data {
-    type Target = BTreeMap<String, Value>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Data {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl<const N: usize> From<[(String, Value); N]> for Data {
-    fn from(entries: [(String, Value); N]) -> Self {
-        Data(BTreeMap::from(entries))
-    }
-}
-
-impl FromIterator<(String, Value)> for Data {
-    fn from_iter<I: IntoIterator<Item = (String, Value)>>(entries: I) -> Self {
-        Data(entries.into_iter().collect())
-    }
-}
-
-impl Drop for Data {
-    fn drop(&mut self) {
-        for (mut key, mut value) in std::mem::take(&mut self.0) {
-            key.zeroize();
-            wipe(&mut value);
-        }
-    }
-}
-
-/// Overwrites the text `value` holds (strings, object keys, at any depth) with
-/// zeros before it is freed. Numbers and booleans are stored inline, where safe
-/// code cannot reach them once the value is dropped: they are not wiped.
-pub(crate) fn wipe(value: &mut Value) {
-    match value {
-        Value::String(text) => text.zeroize(),
-        Value::Array(items) => items.iter_mut().for_each(wipe),
-        Value::Object(map) => {
-            for (mut key, mut item) in std::mem::take(map) {
-                key.zeroize();
-                wipe(&mut item);
-            }
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
-/// Where the user id is kept in the session data: a key no handler can write, since
-/// [`Session::insert`](crate::Session::insert) refuses keys starting with NUL.
-pub(crate) const USER_KEY: &str = "\u{0}user";
-
-/// Whether `key` belongs to the layer rather than to handlers.
-#[inline]
-pub(crate) fn is_reserved(key: &str) -> bool {
-    key.starts_with('\u{0}')
-}
-
-/// The user id a session's data ties it to.
-#[inline]
-pub(crate) fn user_of(data: &Data) -> Option<&str> {
-    data.get(USER_KEY).and_then(|v| v.as_str())
-}
 
 /// The key a record is stored under: an HMAC of the session id, 32 bytes.
 ///
@@ -309,33 +213,21 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// The AEAD for one session's data: AES-256-GCM, as [`Aes256Gcm`](crate::keys::Aes256Gcm).
-pub(crate) struct DataCipher(AesGcm<BoxedAes256, U12>);
-
-/// AES-256 with its key schedule behind a pointer. The schedule takes about 1 KB
-/// (its type has room for the software fallback's layout), and `AesGcm` moves its
-/// cipher a few times while setting up, then the cipher travels from the load
-/// through the session to the write: moving a pointer is cheaper.
-struct BoxedAes256(Box<Aes256Enc>);
-
-impl BlockSizeUser for BoxedAes256 {
-    type BlockSize = U16;
-}
-
-impl BlockCipher for BoxedAes256 {}
-
-impl BlockEncrypt for BoxedAes256 {
-    fn encrypt_with_backend(&self, f: impl BlockClosure<BlockSize = U16>) {
-        self.0.encrypt_with_backend(f);
-    }
-}
+/// One session's data key, `HMAC-SHA256(record key, record secret)`, wiped when
+/// dropped. The AES-GCM cipher is set up from it where it is used, on the stack:
+/// its key schedule (about 1 KB) is never boxed, nor moved from the load through
+/// the session to the write.
+pub(crate) struct DataCipher(Zeroizing<[u8; 32]>);
 
 impl DataCipher {
     pub(crate) fn new(keys: &KeySet, record_secret: &[u8; 32]) -> Self {
         let key = keys.record.clone().chain_update(record_secret).finalize();
-        let key = Zeroizing::new(<[u8; 32]>::from(key.into_bytes()));
-        let aes = Aes256Enc::new_from_slice(key.as_ref()).expect("32-byte key");
-        DataCipher(AesGcm::from(BoxedAes256(Box::new(aes))))
+        DataCipher(Zeroizing::new(<[u8; 32]>::from(key.into_bytes())))
+    }
+
+    /// The AEAD under this key (its key schedule is wiped when it is dropped).
+    fn aead(&self) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(self.0.as_ref()).expect("32-byte key")
     }
 
     /// Seals `data` as the record of `store_key` with what `binding` says.
@@ -365,7 +257,7 @@ impl DataCipher {
     ) -> Bytes {
         let aad = aad(store_key, binding);
         let tag = self
-            .0
+            .aead()
             .encrypt_in_place_detached(
                 Nonce::from_slice(&nonce),
                 &aad,
@@ -430,30 +322,17 @@ impl DataCipher {
         let (nonce, rest) = rest.split_at(NONCE_LEN);
         let (msg, tag) = rest.split_at(rest.len() - TAG_LEN);
         let aad = aad.as_bytes();
-        // Decrypted in place, on the stack when it fits, and wiped afterwards.
-        let mut stack = [0u8; STACK_PLAINTEXT];
-        let mut heap;
-        let plaintext: &mut [u8] = match stack.get_mut(..msg.len()) {
-            Some(buf) => {
-                buf.copy_from_slice(msg);
-                buf
-            }
-            None => {
-                heap = msg.to_vec();
-                &mut heap
-            }
-        };
-        let opened = self
-            .0
+        // Decrypted in place, in the buffer the session keeps.
+        let mut text = Text::new(msg.to_vec());
+        self.aead()
             .decrypt_in_place_detached(
                 Nonce::from_slice(nonce),
                 aad,
-                plaintext,
+                &mut text,
                 Tag::from_slice(tag),
             )
-            .map_err(|_| RecordError::Tampered)
-            .and_then(|()| serde_json::from_slice(plaintext).map_err(|_| RecordError::Malformed));
-        plaintext.zeroize();
+            .map_err(|_| RecordError::Tampered)?;
+        let opened = Data::from_text(text).ok_or(RecordError::Malformed);
         opened.map(|data| OpenedRecord { data, remember_me })
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::keys::Keys;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
 
 fn keys() -> Keys {
     Keys::unchecked(&[0x42; 32])
@@ -224,24 +225,70 @@ fn garbage_never_panics_and_is_rejected() {
 }
 
 #[test]
-fn cipher_sizes_stay_small_to_move() {
-    // Guards the boxing above; the unboxed key schedule is far larger.
-    assert!(std::mem::size_of::<DataCipher>() <= 64);
-    assert!(std::mem::size_of::<Aes256Enc>() > 256);
+fn a_session_carries_its_data_key_not_its_key_schedule() {
+    // The key schedule is set up where it is used, never carried: 32 bytes are.
+    assert_eq!(std::mem::size_of::<DataCipher>(), 32);
+    assert!(std::mem::size_of::<Aes256Gcm>() > 256);
+}
+
+/// Data read without building the map: one key straight from the text, the
+/// last of a repeated key, a type mismatch as an error, and the map built (and
+/// equal) only when asked for.
+#[test]
+fn a_read_of_one_key_builds_no_map() {
+    let keys = keys();
+    let key = StoreKey::derive(keys.primary(), &[1; 16]);
+    let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+    let data = Data::from([
+        ("a".to_owned(), Value::from("x\"\u{e9}")),
+        ("n".to_owned(), Value::from(3)),
+        ("list".to_owned(), serde_json::json!([1, {"b": "c"}])),
+    ]);
+    let opened = cipher
+        .open(&key, &stored(BINDING, cipher.seal(&key, BINDING, &data)))
+        .unwrap()
+        .data;
+    assert!(!opened.is_parsed());
+    assert_eq!(opened.lookup::<u64>("n").unwrap().unwrap(), 3);
+    assert_eq!(opened.lookup::<String>("a").unwrap().unwrap(), "x\"\u{e9}");
+    assert!(opened.lookup::<u64>("missing").is_none());
+    assert!(opened.lookup::<u64>("a").unwrap().is_err(), "not a number");
+    assert_eq!(
+        opened.lookup::<Value>("list").unwrap().unwrap(),
+        serde_json::json!([1, {"b": "c"}])
+    );
+    assert!(!opened.is_parsed(), "reads built nothing");
+    assert_eq!(opened, data, "the map, built on demand, is the data");
+    assert!(opened.is_parsed());
+
+    let repeated = cipher.seal_with_nonce(&key, BINDING, br#"{"k":1,"k":2}"#, [0; NONCE_LEN]);
+    let opened = cipher.open(&key, &stored(BINDING, repeated)).unwrap().data;
+    assert_eq!(
+        opened.lookup::<u64>("k").unwrap().unwrap(),
+        2,
+        "the last, as the map"
+    );
+    assert_eq!(opened.get("k"), Some(&Value::from(2)));
+
+    let mut changed = cipher
+        .open(&key, &stored(BINDING, cipher.seal(&key, BINDING, &data)))
+        .unwrap()
+        .data;
+    changed.insert("n".to_owned(), Value::from(4));
+    assert_eq!(
+        changed.lookup::<u64>("n").unwrap().unwrap(),
+        4,
+        "a change is read back"
+    );
 }
 
 #[test]
-fn data_on_either_side_of_the_stack_buffer_round_trips() {
+fn data_of_any_length_round_trips() {
     let keys = keys();
     let key = StoreKey::derive(keys.primary(), &[1; 16]);
     let cipher = DataCipher::new(keys.primary(), &[2; 32]);
     // `{"k":"…"}` is 8 bytes of JSON around the string.
-    for json_len in [
-        STACK_PLAINTEXT - 1,
-        STACK_PLAINTEXT,
-        STACK_PLAINTEXT + 1,
-        5_000,
-    ] {
+    for json_len in [255, 256, 257, 5_000] {
         let data = Data::from([("k".to_owned(), Value::from("x".repeat(json_len - 8)))]);
         assert_eq!(serde_json::to_vec(&data).unwrap().len(), json_len);
         let sealed = cipher.seal(&key, BINDING, &data);

@@ -13,7 +13,7 @@ use crate::clock::Timestamp;
 use crate::cookie::Meta;
 use crate::error::SessionError;
 use crate::open::{Brought, Lines, Loaded, RecordSource, Start};
-use crate::record::{Data, StoreKey, USER_KEY, is_reserved, user_of, wipe};
+use crate::record::{Data, StoreKey, USER_KEY, is_reserved, user_in, user_of, wipe};
 use crate::settings::Settings;
 
 mod changes;
@@ -201,18 +201,17 @@ impl Session {
     /// [`SessionError::Deserialize`] when the stored value is not a `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let state = self.open()?;
-        match state.data.get(key) {
-            None => Ok(None),
-            Some(_) if is_reserved(key) => Ok(None),
-            Some(value) => {
-                T::deserialize(value)
-                    .map(Some)
-                    .map_err(|source| SessionError::Deserialize {
-                        key: key.to_owned(),
-                        source,
-                    })
-            }
+        if is_reserved(key) {
+            return Ok(None);
         }
+        state
+            .data
+            .lookup::<T>(key)
+            .transpose()
+            .map_err(|source| SessionError::Deserialize {
+                key: key.to_owned(),
+                source,
+            })
     }
 
     /// Stores `value` under `key`. Writing the value already there changes nothing.
@@ -421,7 +420,7 @@ impl Session {
 
     /// The user the session is tied to.
     pub fn user_id(&self) -> Option<String> {
-        user_of(&self.read("user_id").data).map(str::to_owned)
+        user_in(&self.read("user_id").data)
     }
 
     /// The session's [`Fingerprint`], as [`UserSessions::list`](crate::UserSessions::list)
