@@ -1,0 +1,63 @@
+//! The handlers of the compare bench over HTTP, for `benches/load.sh`: one server
+//! with a route outside any layer (`/bare`), the read and write routes under this
+//! crate (`/ours/...`, memory store) and under tower-sessions 0.15 (`/theirs/...`,
+//! memory store, plain cookie named `tsid`), so that wrk measures all three in one
+//! run against one process.
+//!
+//! ```text
+//! ADDR=127.0.0.1:3000 cargo run --release -p bench-compare --example serve
+//! ```
+
+use axum::Router;
+use axum::routing::get;
+
+async fn ours_read(session: tower_sealed_sessions::Session) -> String {
+    session.get::<u64>("n").unwrap().unwrap_or(0).to_string()
+}
+
+async fn ours_write(session: tower_sealed_sessions::Session) -> String {
+    let n = session.get::<u64>("n").unwrap().unwrap_or(0) + 1;
+    session.insert("n", n).unwrap();
+    n.to_string()
+}
+
+async fn theirs_read(session: tower_sessions::Session) -> String {
+    let n: Option<u64> = session.get("n").await.unwrap();
+    n.unwrap_or(0).to_string()
+}
+
+async fn theirs_write(session: tower_sessions::Session) -> String {
+    let n = session.get::<u64>("n").await.unwrap().unwrap_or(0) + 1;
+    session.insert("n", n).await.unwrap();
+    n.to_string()
+}
+
+#[tokio::main]
+async fn main() {
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+    let ours = Router::new()
+        .route("/ours/read", get(ours_read))
+        .route("/ours/write", get(ours_write))
+        .layer(
+            tower_sealed_sessions::SessionLayer::new(
+                tower_sealed_sessions::MemoryStore::default(),
+                tower_sealed_sessions::Keys::generate(),
+            )
+            .with_secure(false),
+        );
+    let theirs = Router::new()
+        .route("/theirs/read", get(theirs_read))
+        .route("/theirs/write", get(theirs_write))
+        .layer(
+            tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
+                .with_name("tsid")
+                .with_secure(false),
+        );
+    let app = Router::new()
+        .route("/bare", get(|| async { "0" }))
+        .merge(ours)
+        .merge(theirs);
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    eprintln!("serving on {addr}");
+    axum::serve(listener, app).await.unwrap();
+}
