@@ -178,3 +178,188 @@ pub(super) const PROBE: &str = r"return redis.call('PEXPIRETIME', KEYS[1])";
 /// first requests pay no `NOSCRIPT` round trip (a server that lost them, after a
 /// restart, gets them again on demand).
 pub(super) const ALL: [&str; 6] = [LOAD, CREATE, SWAP, DELETE_VERSION, TOUCH, INDEX];
+
+/// The scripts on a real server (a `redis-server` of its own, on a free loopback
+/// port): every write run twice, as a client may send it again after a dropped
+/// connection, reports success the second time, in both written formats; a
+/// rival's write is still refused.
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use redis::aio::MultiplexedConnection;
+    use redis::{Script, Value};
+
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::record::{Deadlines, Record};
+    use crate::store::redis::codec::{RECORD_V2, RECORD_V3, encode, tombstone};
+
+    /// A `redis-server` stopped (by its process id) when dropped.
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn connect() -> Option<(Server, MultiplexedConnection)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn();
+        let server = match spawned {
+            Ok(child) => Server(child),
+            Err(err) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI is set but redis-server cannot be started: {err}"
+                );
+                eprintln!("skipped: redis-server cannot be started: {err}");
+                return None;
+            }
+        };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        // Bounded: 100 tries, 50 ms apart.
+        for _ in 0..100 {
+            if let Ok(conn) = client.get_multiplexed_async_connection().await {
+                return Some((server, conn));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {port} did not answer within 5 s");
+    }
+
+    fn record(version: u64, data: &'static [u8]) -> Record {
+        let deadlines = Deadlines {
+            idle: Timestamp::from_unix_millis(4_000_000_000_000),
+            lifespan: Timestamp::from_unix_millis(4_100_000_000_000),
+            active: Timestamp::from_unix_millis(1),
+        };
+        Record::new(version, deadlines, bytes::Bytes::from_static(data))
+    }
+
+    async fn run(conn: &mut MultiplexedConnection, body: &str, key: &str, args: &[&[u8]]) -> Value {
+        let script = Script::new(body);
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        invocation.invoke_async(conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_write_run_twice_reports_success_and_a_rival_is_refused() {
+        let Some((_server, mut conn)) = connect().await else {
+            return;
+        };
+        for format in [RECORD_V2, RECORD_V3] {
+            let key = format!("session:{format}");
+            let expiry = b"4000000000000";
+            let first = encode(&record(1, b"one"), &[1; 16], format);
+            let rival = encode(&record(1, b"two"), &[2; 16], format);
+            assert_eq!(
+                run(&mut conn, CREATE, &key, &[&first, expiry]).await,
+                Value::Int(1)
+            );
+            assert_eq!(
+                run(&mut conn, CREATE, &key, &[&first, expiry]).await,
+                Value::Int(1),
+                "format {format}: the same create again is its own"
+            );
+            assert_eq!(
+                run(&mut conn, CREATE, &key, &[&rival, expiry]).await,
+                Value::Int(0),
+                "format {format}: another create finds the key taken"
+            );
+
+            let second = encode(&record(2, b"three"), &[3; 16], format);
+            let v1 = 1u64.to_be_bytes();
+            assert_eq!(
+                run(&mut conn, SWAP, &key, &[&v1, &second, expiry]).await,
+                Value::Int(1)
+            );
+            assert_eq!(
+                run(&mut conn, SWAP, &key, &[&v1, &second, expiry]).await,
+                Value::Int(1),
+                "format {format}: the same update again is its own"
+            );
+            let late = encode(&record(2, b"four"), &[4; 16], format);
+            assert!(
+                matches!(
+                    run(&mut conn, SWAP, &key, &[&v1, &late, expiry]).await,
+                    Value::Array(_)
+                ),
+                "format {format}: a rival on the old version gets the current record"
+            );
+
+            let v2 = 2u64.to_be_bytes();
+            let idle = 4_050_000_000_000u64.to_be_bytes();
+            let active = 7u64.to_be_bytes();
+            let touched = run(
+                &mut conn,
+                TOUCH,
+                &key,
+                &[&v2, b"4050000000000", &active, &idle, &[b'0' + format]],
+            )
+            .await;
+            assert_eq!(touched, Value::Int(1));
+            let stored: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(stored[0], format, "a touch keeps the format written");
+            assert_eq!(&stored[17..25], &active, "the last activity moved");
+            if format == RECORD_V3 {
+                assert_eq!(&stored[25..33], &idle, "and the idle deadline with it");
+            }
+            assert_eq!(
+                run(&mut conn, TOUCH, &key, &[&v1, b"1", &active, &idle, b"3"]).await,
+                Value::Int(0),
+                "a stale touch does nothing"
+            );
+
+            let stone = tombstone(&[9; 16]);
+            assert_eq!(
+                run(&mut conn, DELETE_VERSION, &key, &[&v2, &stone]).await,
+                Value::Int(1)
+            );
+            assert_eq!(
+                run(&mut conn, DELETE_VERSION, &key, &[&v2, &stone]).await,
+                Value::Int(1),
+                "format {format}: the same delete again is its own"
+            );
+            assert_eq!(
+                run(&mut conn, LOAD, &key, &[]).await,
+                Value::Nil,
+                "a tombstone reads as nothing"
+            );
+            let other = tombstone(&[8; 16]);
+            assert_eq!(
+                run(&mut conn, DELETE_VERSION, &key, &[&v2, &other]).await,
+                Value::Nil,
+                "another delete finds nothing"
+            );
+            let _: i64 = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
