@@ -104,21 +104,23 @@
 //! another format. In header mode the token has the same format, bound to the
 //! header's name.
 //!
-//! The **record's data** (format v2) is the version byte `2`, a flags byte (bit 0:
+//! The **record's data** (format v3) is the version byte `3`, a flags byte (bit 0:
 //! remember-me; other bits must be zero), a 12-byte random nonce, then the
 //! ciphertext and tag of the session's JSON object, sealed with AES-256-GCM under
-//! `HMAC-SHA256(record key, record secret)`. Its associated data is
-//! `"tower-sealed-sessions record v2"`, the store key, the record's version and
-//! lifespan deadline (big-endian, Unix milliseconds for the deadline) and the
+//! the record secret (which only the sealed cookie carries). Its associated data
+//! is `"tower-sealed-sessions record v3"`, the store key, the record's version
+//! and lifespan deadline (big-endian, Unix milliseconds for the deadline) and the
 //! flags byte: what the store keeps beside the sealed bytes and the layer trusts.
 //! So the record, not the cookie, says whether a session is remembered and when it
-//! ends, and sealed data cannot be paired with another version. Format v1 (the
+//! ends, and sealed data cannot be paired with another version. Format v2 (the
+//! version byte `2`, `"tower-sealed-sessions record v2"` in the associated data,
+//! and the data key `HMAC-SHA256(record key, record secret)`) and format v1 (the
 //! version byte `1`, the nonce, the ciphertext and tag, with
-//! `"tower-sealed-sessions record v1"` and the store key as associated data)
-//! still opens, its remember-me flag taken from the cookie unless the record's
-//! idle deadline comes before its lifespan; every write seals v2. Fixed test
-//! vectors in the crate's tests make sure later versions still open what earlier
-//! ones sealed.
+//! `"tower-sealed-sessions record v1"` and the store key as associated data, and
+//! v2's data key) still open, v1's remember-me flag taken from the cookie unless
+//! the record's idle deadline comes before its lifespan; every write seals v3.
+//! Fixed test vectors in the crate's tests, reproduced with another
+//! implementation, make sure later versions still open what earlier ones sealed.
 //!
 //! [tower]: https://docs.rs/tower
 

@@ -263,8 +263,8 @@ pub(crate) fn open_record(
         return fresh(Brought::Nothing);
     }
     let key_set = &settings.keys.ring[opened.key_index];
-    let cipher = DataCipher::new(key_set, &opened.data.record_secret);
-    let data = match cipher.open(&store_key, &record) {
+    let cipher = DataCipher::new(&opened.data.record_secret);
+    let data = match cipher.open(key_set, &store_key, &record) {
         Ok(inside) => {
             // The record, not the cookie, says whether the session is remembered
             // and when it ends: a copy of the cookie from before a change of either
@@ -465,7 +465,7 @@ mod tests {
         let (sealed, _) = token(settings, Duration::from_secs(3600));
         let opened = cookie::open(&settings.keys, settings.token_name(), &sealed).unwrap();
         let key = store_key(settings, &opened);
-        let cipher = DataCipher::new(settings.keys.primary(), &opened.data.record_secret);
+        let cipher = DataCipher::new(&opened.data.record_secret);
         let deadlines = Deadlines {
             idle: now().saturating_add(Duration::from_secs(60)),
             lifespan: opened.data.lifespan_deadline,

@@ -196,7 +196,7 @@ mod tests {
         let keys = settings.keys.primary();
         Loaded {
             store_key: StoreKey::derive(keys, &cookie.sid),
-            cipher: DataCipher::new(keys, &cookie.record_secret),
+            cipher: DataCipher::new(&cookie.record_secret),
             cookie,
             key_index: 0,
             version: 3,

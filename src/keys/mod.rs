@@ -6,7 +6,7 @@
 //! | key | used for |
 //! | --- | --- |
 //! | cookie key | AES-256-GCM sealing of the session cookie |
-//! | record key | deriving each session's data key (with the cookie's record secret) |
+//! | record key | the data key of records in formats v1 and v2, `HMAC-SHA256(record key, record secret)` (v3 seals under the record secret itself) |
 //! | store-id key | HMAC-SHA256 of the session id, the key a record is stored under |
 //! | user key | HMAC-SHA256 of a user id, the tag a user's session index is kept under |
 //! | key id | 4 bytes carried in the cookie, so the right key opens it after a rotation |

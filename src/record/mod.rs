@@ -3,20 +3,27 @@
 //!
 //! A record is stored under `HMAC-SHA256(store-id key, session id)`, never under the
 //! session id itself, so a dump of the store yields nothing that can be replayed as a
-//! cookie. Its data is sealed with AES-256-GCM under a per-session key,
-//! `HMAC-SHA256(record key, record secret)`, where the record secret travels only in
-//! the cookie: the store plus the server key still cannot read a session without its
-//! cookie. The store key is part of the associated data, so a record moved to another
-//! key no longer opens.
+//! cookie. Its data is sealed with AES-256-GCM under a per-session key, the
+//! record secret: 256 random bits that travel only inside the sealed cookie, so
+//! the store plus the server key still cannot read a session without its cookie.
+//! The store key is part of the associated data, so a record moved to another key
+//! no longer opens.
 //!
-//! Sealed data, format v2: version byte `2`, a flags byte (bit 0: remember-me),
+//! Sealed data, format v3: version byte `3`, a flags byte (bit 0: remember-me),
 //! 12-byte random nonce, ciphertext and tag of the JSON object that maps keys to
 //! values. The associated data binds, besides the store key, what the store keeps
 //! beside the sealed bytes and the layer trusts: the record's version and lifespan,
 //! and the flags. So the record, not the cookie, says whether the session is
 //! remembered and when it ends, and a store writer can neither change those nor
-//! pair sealed data with another version. Format v1 (version byte `1`, no flags,
-//! only the store key bound) still opens; every write seals v2.
+//! pair sealed data with another version.
+//!
+//! Earlier formats still open, and every write seals v3. Format v2 is v3 with
+//! version byte `2`, its own associated-data prefix, and the data key
+//! `HMAC-SHA256(record key, record secret)`. The HMAC bought nothing the cookie's
+//! seal does not already give (the secret is only ever had by opening a cookie,
+//! which takes the same master secret) and cost about 150 ns a request, so v3
+//! uses the secret itself. Format v1 (version byte `1`, no flags, only the store
+//! key bound) has the v2 data key.
 
 use std::fmt;
 
@@ -36,15 +43,17 @@ mod data;
 use data::Text;
 pub(crate) use data::{Data, USER_KEY, is_reserved, user_in, user_of, wipe};
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+const V2: u8 = 2;
 const V1: u8 = 1;
 /// Version and flags.
 const HEADER_LEN: usize = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const AAD_PREFIX_V1: &[u8] = b"tower-sealed-sessions record v1";
-const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v2";
-/// The AAD of format v2: prefix, store key, version, lifespan, flags.
+const AAD_PREFIX_V2: &[u8] = b"tower-sealed-sessions record v2";
+const AAD_PREFIX: &[u8] = b"tower-sealed-sessions record v3";
+/// The AAD of formats v2 and v3: prefix, store key, version, lifespan, flags.
 const AAD_LEN: usize = AAD_PREFIX.len() + 32 + 8 + 8 + 1;
 const REMEMBER_ME: u8 = 1;
 
@@ -213,23 +222,30 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// One session's data key, `HMAC-SHA256(record key, record secret)`, wiped when
-/// dropped. The AES-GCM cipher is set up from it where it is used, on the stack:
-/// its key schedule (about 1 KB) is never boxed, nor moved from the load through
-/// the session to the write.
+/// One session's record secret, from its cookie (wiped when dropped): the data
+/// key of format v3, and what the data key of v1 and v2 was derived from. The
+/// AES-GCM cipher is set up from the key where it is used, on the stack: its key
+/// schedule (about 1 KB) is never boxed, nor moved from the load through the
+/// session to the write.
 pub(crate) struct DataCipher(Zeroizing<[u8; 32]>);
 
 impl DataCipher {
-    pub(crate) fn new(keys: &KeySet, record_secret: &[u8; 32]) -> Self {
-        let key = keys.record.clone().chain_update(record_secret).finalize();
-        DataCipher(Zeroizing::new(<[u8; 32]>::from(key.into_bytes())))
+    pub(crate) fn new(record_secret: &[u8; 32]) -> Self {
+        DataCipher(Zeroizing::new(*record_secret))
     }
 
-    /// The AEAD under this key (its key schedule is wiped when it is dropped).
-    fn aead(&self) -> Aes256Gcm {
+    /// The AEAD under `key` (its key schedule is wiped when it is dropped).
+    fn aead(key: &[u8; 32]) -> Aes256Gcm {
         // `new` over a fixed-size key: `new_from_slice` returns the 1 KB cipher
         // inside a `Result`, which costs it one more copy.
-        Aes256Gcm::new(self.0.as_ref().into())
+        Aes256Gcm::new(key.into())
+    }
+
+    /// The data key of formats v1 and v2: `HMAC-SHA256(record key, record secret)`
+    /// under the keys that sealed the cookie.
+    fn derived_key(&self, keys: &KeySet) -> Zeroizing<[u8; 32]> {
+        let key = keys.record.clone().chain_update(self.0.as_ref()).finalize();
+        Zeroizing::new(<[u8; 32]>::from(key.into_bytes()))
     }
 
     /// Seals `data` as the record of `store_key` with what `binding` says.
@@ -257,9 +273,8 @@ impl DataCipher {
         mut out: Vec<u8>,
         nonce: [u8; NONCE_LEN],
     ) -> Bytes {
-        let aad = aad(store_key, binding);
-        let tag = self
-            .aead()
+        let aad = aad(AAD_PREFIX, store_key, binding);
+        let tag = Self::aead(&self.0)
             .encrypt_in_place_detached(
                 Nonce::from_slice(&nonce),
                 &aad,
@@ -290,16 +305,18 @@ impl DataCipher {
         self.seal_tail(store_key, binding, out, nonce)
     }
 
-    /// Opens the data of `record`, stored under `store_key`.
+    /// Opens the data of `record`, stored under `store_key`; `keys` (those that
+    /// opened the cookie) derive the data key of a record in format v1 or v2.
     pub(crate) fn open(
         &self,
+        keys: &KeySet,
         store_key: &StoreKey,
         record: &Record,
     ) -> Result<OpenedRecord, RecordError> {
         let sealed = &record.data[..];
         let (&version, rest) = sealed.split_first().ok_or(RecordError::Truncated)?;
         let (remember_me, rest, aad) = match version {
-            VERSION => {
+            VERSION | V2 => {
                 let (&flags, rest) = rest.split_first().ok_or(RecordError::Truncated)?;
                 if flags & !REMEMBER_ME != 0 {
                     return Err(RecordError::Tampered);
@@ -309,10 +326,15 @@ impl DataCipher {
                     lifespan: record.deadlines.lifespan,
                     remember_me: flags == REMEMBER_ME,
                 };
+                let prefix = if version == VERSION {
+                    AAD_PREFIX
+                } else {
+                    AAD_PREFIX_V2
+                };
                 (
                     Some(binding.remember_me),
                     rest,
-                    Aad::V2(aad(store_key, binding)),
+                    Aad::V2(aad(prefix, store_key, binding)),
                 )
             }
             V1 => (None, rest, Aad::V1(aad_v1(store_key))),
@@ -324,9 +346,17 @@ impl DataCipher {
         let (nonce, rest) = rest.split_at(NONCE_LEN);
         let (msg, tag) = rest.split_at(rest.len() - TAG_LEN);
         let aad = aad.as_bytes();
+        let derived;
+        let key = match version {
+            VERSION => &self.0,
+            _ => {
+                derived = self.derived_key(keys);
+                &derived
+            }
+        };
         // Decrypted in place, in the buffer the session keeps.
         let mut text = Text::new(msg.to_vec());
-        self.aead()
+        Self::aead(key)
             .decrypt_in_place_detached(
                 Nonce::from_slice(nonce),
                 aad,
@@ -368,10 +398,11 @@ impl Aad {
     }
 }
 
-fn aad(store_key: &StoreKey, binding: Binding) -> [u8; AAD_LEN] {
+/// The associated data of formats v2 and v3 (`prefix` tells them apart).
+fn aad(prefix: &[u8], store_key: &StoreKey, binding: Binding) -> [u8; AAD_LEN] {
     let mut aad = [0u8; AAD_LEN];
-    let (prefix, rest) = aad.split_at_mut(AAD_PREFIX.len());
-    prefix.copy_from_slice(AAD_PREFIX);
+    let (head, rest) = aad.split_at_mut(AAD_PREFIX.len());
+    head.copy_from_slice(prefix);
     let (key, rest) = rest.split_at_mut(32);
     key.copy_from_slice(&store_key.0);
     rest[..8].copy_from_slice(&binding.version.to_be_bytes());

@@ -46,7 +46,7 @@ fn v1_test_vector_still_opens_whatever_the_record_says() {
     let keys = keys();
     let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
     assert_eq!(store_key.to_string(), V1_STORE_KEY);
-    let cipher = DataCipher::new(keys.primary(), &[0x22; 32]);
+    let cipher = DataCipher::new(&[0x22; 32]);
     let sealed = STANDARD.decode(V1_VECTOR).unwrap();
     for binding in [
         BINDING,
@@ -57,7 +57,7 @@ fn v1_test_vector_still_opens_whatever_the_record_says() {
         },
     ] {
         let opened = cipher
-            .open(&store_key, &stored(binding, sealed.clone()))
+            .open(keys.primary(), &store_key, &stored(binding, sealed.clone()))
             .unwrap();
         assert_eq!(opened.data, Data::from([("n".to_owned(), Value::from(3))]));
         assert_eq!(opened.remember_me, None, "v1 did not keep the flag");
@@ -65,20 +65,61 @@ fn v1_test_vector_still_opens_whatever_the_record_says() {
 }
 
 #[test]
-fn v2_test_vector_is_stable_and_opens() {
+fn v2_test_vector_still_opens() {
     let keys = keys();
     let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[0x22; 32]);
-    let sealed = cipher.seal_with_nonce(&store_key, BINDING, br#"{"n":3}"#, [9; 12]);
-    assert_eq!(STANDARD.encode(&sealed), V2_VECTOR);
+    let cipher = DataCipher::new(&[0x22; 32]);
     let opened = cipher
         .open(
+            keys.primary(),
             &store_key,
             &stored(BINDING, STANDARD.decode(V2_VECTOR).unwrap()),
         )
         .unwrap();
     assert_eq!(opened.data, Data::from([("n".to_owned(), Value::from(3))]));
     assert_eq!(opened.remember_me, Some(true));
+}
+
+/// The same data sealed by format v3 (the record secret as the data key), with
+/// nonce `[9; 12]` and [`BINDING`]. Never change it. Reproduced outside this
+/// crate, with Python's `cryptography` (HKDF-SHA256 for the store-id key, HMAC
+/// for the store key, AES-GCM over the associated data the crate documents), as
+/// were [`V1_STORE_KEY`] and [`V2_VECTOR`].
+const V3_VECTOR: &str = "AwEJCQkJCQkJCQkJCQktWv/mfFfLEtpXTqHr/JbzWkGU2HoRfg==";
+
+#[test]
+fn v3_test_vector_is_stable_and_opens_without_the_record_key() {
+    let keys = keys();
+    let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
+    let cipher = DataCipher::new(&[0x22; 32]);
+    let sealed = cipher.seal_with_nonce(&store_key, BINDING, br#"{"n":3}"#, [9; 12]);
+    assert_eq!(STANDARD.encode(&sealed), V3_VECTOR);
+    assert_eq!(sealed[0], 3, "the version byte");
+    // The key schedule is the record secret's: any keyring opens it (the secret
+    // is the credential, and only this server's cookies carry it).
+    let any = Keys::unchecked(&[0x43; 32]);
+    let opened = cipher
+        .open(
+            any.primary(),
+            &store_key,
+            &stored(BINDING, STANDARD.decode(V3_VECTOR).unwrap()),
+        )
+        .unwrap();
+    assert_eq!(opened.data, Data::from([("n".to_owned(), Value::from(3))]));
+    assert_eq!(opened.remember_me, Some(true));
+    // A v3 record relabelled v2 (or the reverse) does not open.
+    let mut relabelled = sealed.to_vec();
+    relabelled[0] = 2;
+    assert_eq!(
+        cipher.open(keys.primary(), &store_key, &stored(BINDING, relabelled)),
+        Err(RecordError::Tampered)
+    );
+    let mut relabelled = STANDARD.decode(V2_VECTOR).unwrap();
+    relabelled[0] = 3;
+    assert_eq!(
+        cipher.open(keys.primary(), &store_key, &stored(BINDING, relabelled)),
+        Err(RecordError::Tampered)
+    );
 }
 
 #[test]
@@ -110,7 +151,7 @@ fn a_v1_record_keeps_the_cookies_remember_me_only_without_an_earlier_idle_deadli
 fn round_trip_and_ciphertext_holds_no_plaintext() {
     let keys = keys();
     let store_key = StoreKey::derive(keys.primary(), &[1; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+    let cipher = DataCipher::new(&[2; 32]);
     for binding in [
         BINDING,
         Binding {
@@ -120,7 +161,9 @@ fn round_trip_and_ciphertext_holds_no_plaintext() {
     ] {
         let sealed = cipher.seal(&store_key, binding, &sample());
         assert!(!sealed.windows(3).any(|w| w == b"ada"));
-        let opened = cipher.open(&store_key, &stored(binding, sealed)).unwrap();
+        let opened = cipher
+            .open(keys.primary(), &store_key, &stored(binding, sealed))
+            .unwrap();
         assert_eq!(opened.data, sample());
         assert_eq!(opened.remember_me, Some(binding.remember_me));
     }
@@ -131,21 +174,35 @@ fn record_moved_to_another_key_or_opened_with_another_secret_fails() {
     let keys = keys();
     let a = StoreKey::derive(keys.primary(), &[1; 16]);
     let b = StoreKey::derive(keys.primary(), &[2; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[3; 32]);
+    let cipher = DataCipher::new(&[3; 32]);
     let sealed = stored(BINDING, cipher.seal(&a, BINDING, &sample()));
-    assert_eq!(cipher.open(&b, &sealed), Err(RecordError::Tampered));
-    let wrong_secret = DataCipher::new(keys.primary(), &[4; 32]);
-    assert_eq!(wrong_secret.open(&a, &sealed), Err(RecordError::Tampered));
+    assert_eq!(
+        cipher.open(keys.primary(), &b, &sealed),
+        Err(RecordError::Tampered)
+    );
+    let wrong_secret = DataCipher::new(&[4; 32]);
+    assert_eq!(
+        wrong_secret.open(keys.primary(), &a, &sealed),
+        Err(RecordError::Tampered)
+    );
+    // A v2 record's data key was derived under the server's record key too; a v3
+    // record's is the secret alone, which only this server's cookies carry.
     let other_server = Keys::unchecked(&[0x43; 32]);
-    let other = DataCipher::new(other_server.primary(), &[3; 32]);
-    assert_eq!(other.open(&a, &sealed), Err(RecordError::Tampered));
+    let store_key = StoreKey::derive(keys.primary(), &[0x11; 16]);
+    let v2 = stored(BINDING, STANDARD.decode(V2_VECTOR).unwrap());
+    let cipher = DataCipher::new(&[0x22; 32]);
+    assert!(cipher.open(keys.primary(), &store_key, &v2).is_ok());
+    assert_eq!(
+        cipher.open(other_server.primary(), &store_key, &v2),
+        Err(RecordError::Tampered)
+    );
 }
 
 #[test]
 fn a_record_whose_version_lifespan_or_flag_changed_in_the_store_fails() {
     let keys = keys();
     let key = StoreKey::derive(keys.primary(), &[1; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+    let cipher = DataCipher::new(&[2; 32]);
     let sealed = cipher.seal(&key, BINDING, &sample());
     let later = BINDING
         .lifespan
@@ -166,7 +223,7 @@ fn a_record_whose_version_lifespan_or_flag_changed_in_the_store_fails() {
     ] {
         let record = stored(changed, sealed.clone());
         assert_eq!(
-            cipher.open(&key, &record),
+            cipher.open(keys.primary(), &key, &record),
             Err(RecordError::Tampered),
             "{changed:?}"
         );
@@ -177,7 +234,7 @@ fn a_record_whose_version_lifespan_or_flag_changed_in_the_store_fails() {
         bytes[1] = flags;
         let record = stored(BINDING, bytes);
         assert_eq!(
-            cipher.open(&key, &record),
+            cipher.open(keys.primary(), &key, &record),
             Err(RecordError::Tampered),
             "{flags}"
         );
@@ -187,15 +244,15 @@ fn a_record_whose_version_lifespan_or_flag_changed_in_the_store_fails() {
     let mut touched = stored(BINDING, sealed);
     touched.deadlines.idle = Timestamp::from_unix_millis(1);
     touched.deadlines.active = Timestamp::from_unix_millis(2);
-    assert!(cipher.open(&key, &touched).is_ok());
+    assert!(cipher.open(keys.primary(), &key, &touched).is_ok());
 }
 
 #[test]
 fn garbage_never_panics_and_is_rejected() {
     let keys = keys();
     let key = StoreKey::derive(keys.primary(), &[1; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[2; 32]);
-    let open = |bytes: &[u8]| cipher.open(&key, &stored(BINDING, bytes.to_vec()));
+    let cipher = DataCipher::new(&[2; 32]);
+    let open = |bytes: &[u8]| cipher.open(keys.primary(), &key, &stored(BINDING, bytes.to_vec()));
     assert_eq!(open(b""), Err(RecordError::Truncated));
     assert_eq!(open(&[2]), Err(RecordError::Truncated));
     assert_eq!(open(&[1; 28]), Err(RecordError::Truncated), "v1: one short");
@@ -205,7 +262,12 @@ fn garbage_never_panics_and_is_rejected() {
         "v2: unknown flag"
     );
     assert_eq!(open(&[2, 1, 0, 0]), Err(RecordError::Truncated));
-    assert_eq!(open(&[3; 64]), Err(RecordError::UnknownVersion(3)));
+    assert_eq!(open(&[4; 64]), Err(RecordError::UnknownVersion(4)));
+    assert_eq!(
+        open(&[3; 29]),
+        Err(RecordError::Tampered),
+        "v3: unknown flag"
+    );
     assert_eq!(open(&[0; 64]), Err(RecordError::UnknownVersion(0)));
     assert_eq!(open(&[1; 64]), Err(RecordError::Tampered));
     let mut shortest = vec![0u8; HEADER_LEN + NONCE_LEN + TAG_LEN];
@@ -219,7 +281,7 @@ fn garbage_never_panics_and_is_rejected() {
     // Authentic but not a JSON object.
     let sealed = cipher.seal_with_nonce(&key, BINDING, b"[1,2]", [0; 12]);
     assert_eq!(
-        cipher.open(&key, &stored(BINDING, sealed)),
+        cipher.open(keys.primary(), &key, &stored(BINDING, sealed)),
         Err(RecordError::Malformed)
     );
 }
@@ -238,14 +300,18 @@ fn a_session_carries_its_data_key_not_its_key_schedule() {
 fn a_read_of_one_key_builds_no_map() {
     let keys = keys();
     let key = StoreKey::derive(keys.primary(), &[1; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+    let cipher = DataCipher::new(&[2; 32]);
     let data = Data::from([
         ("a".to_owned(), Value::from("x\"\u{e9}")),
         ("n".to_owned(), Value::from(3)),
         ("list".to_owned(), serde_json::json!([1, {"b": "c"}])),
     ]);
     let opened = cipher
-        .open(&key, &stored(BINDING, cipher.seal(&key, BINDING, &data)))
+        .open(
+            keys.primary(),
+            &key,
+            &stored(BINDING, cipher.seal(&key, BINDING, &data)),
+        )
         .unwrap()
         .data;
     assert!(!opened.is_parsed());
@@ -262,7 +328,10 @@ fn a_read_of_one_key_builds_no_map() {
     assert!(opened.is_parsed());
 
     let repeated = cipher.seal_with_nonce(&key, BINDING, br#"{"k":1,"k":2}"#, [0; NONCE_LEN]);
-    let opened = cipher.open(&key, &stored(BINDING, repeated)).unwrap().data;
+    let opened = cipher
+        .open(keys.primary(), &key, &stored(BINDING, repeated))
+        .unwrap()
+        .data;
     assert_eq!(
         opened.lookup::<u64>("k").unwrap().unwrap(),
         2,
@@ -271,7 +340,11 @@ fn a_read_of_one_key_builds_no_map() {
     assert_eq!(opened.get("k"), Some(&Value::from(2)));
 
     let mut changed = cipher
-        .open(&key, &stored(BINDING, cipher.seal(&key, BINDING, &data)))
+        .open(
+            keys.primary(),
+            &key,
+            &stored(BINDING, cipher.seal(&key, BINDING, &data)),
+        )
         .unwrap()
         .data;
     changed.insert("n".to_owned(), Value::from(4));
@@ -286,7 +359,7 @@ fn a_read_of_one_key_builds_no_map() {
 fn data_of_any_length_round_trips() {
     let keys = keys();
     let key = StoreKey::derive(keys.primary(), &[1; 16]);
-    let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+    let cipher = DataCipher::new(&[2; 32]);
     // `{"k":"…"}` is 8 bytes of JSON around the string.
     for json_len in [255, 256, 257, 5_000] {
         let data = Data::from([("k".to_owned(), Value::from("x".repeat(json_len - 8)))]);
@@ -294,7 +367,10 @@ fn data_of_any_length_round_trips() {
         let sealed = cipher.seal(&key, BINDING, &data);
         assert_eq!(sealed.len(), HEADER_LEN + NONCE_LEN + json_len + TAG_LEN);
         assert_eq!(
-            cipher.open(&key, &stored(BINDING, sealed)).unwrap().data,
+            cipher
+                .open(keys.primary(), &key, &stored(BINDING, sealed))
+                .unwrap()
+                .data,
             data,
             "{json_len} bytes"
         );
@@ -308,8 +384,8 @@ proptest::proptest! {
     ) {
         let keys = keys();
         let key = StoreKey::derive(keys.primary(), &[1; 16]);
-        let cipher = DataCipher::new(keys.primary(), &[2; 32]);
-        proptest::prop_assert!(cipher.open(&key, &stored(BINDING, bytes)).is_err());
+        let cipher = DataCipher::new(&[2; 32]);
+        proptest::prop_assert!(cipher.open(keys.primary(),&key, &stored(BINDING, bytes)).is_err());
     }
 
     #[test]
@@ -318,12 +394,12 @@ proptest::proptest! {
     ) {
         let keys = keys();
         let key = StoreKey::derive(keys.primary(), &[1; 16]);
-        let cipher = DataCipher::new(keys.primary(), &[2; 32]);
+        let cipher = DataCipher::new(&[2; 32]);
         let entries_len = entries.len();
         let data: Data = entries.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
         proptest::prop_assert_eq!(data.len(), entries_len);
         let sealed = stored(BINDING, cipher.seal(&key, BINDING, &data));
-        proptest::prop_assert_eq!(cipher.open(&key, &sealed).unwrap().data, data);
+        proptest::prop_assert_eq!(cipher.open(keys.primary(),&key, &sealed).unwrap().data, data);
     }
 }
 

@@ -367,7 +367,11 @@ fn rebase(
     let loaded = &edit.loaded;
     let inside = loaded
         .cipher
-        .open(&loaded.store_key, current)
+        .open(
+            &settings.keys.ring[loaded.key_index],
+            &loaded.store_key,
+            current,
+        )
         .map_err(|reason| {
             let fingerprint = Fingerprint::of(&loaded.store_key);
             tracing::warn!(target: TARGET, %reason, %fingerprint, "concurrently written record rejected");
@@ -457,7 +461,7 @@ async fn create_with<St: SessionStore>(
     let mut identity = CookieData::generate(meta.created_at, deadlines.lifespan, meta.remember_me);
     for _ in 0..MAX_CREATE_ATTEMPTS {
         let store_key = StoreKey::derive(key_set, &identity.sid);
-        let cipher = DataCipher::new(key_set, &identity.record_secret);
+        let cipher = DataCipher::new(&identity.record_secret);
         let binding = Binding {
             version: 1,
             lifespan: deadlines.lifespan,

@@ -156,7 +156,7 @@ async fn a_failed_save_answers_503_never_success() {
     );
 }
 
-/// The version is sealed into the record (format v2): a record whose version was
+/// The version is sealed into the record (formats v2 and v3): a record whose version was
 /// changed in the store, here to the maximum, does not open. The session is
 /// refused and the write goes to a new one; the record is left as it was.
 #[tokio::test]
