@@ -174,15 +174,31 @@ async fn redis_down_answers_503_promptly_and_recovers_by_itself() {
 }
 
 /// A session written before Redis values carried a format marker (the fixture was
-/// made by that version): it opens, its user's index lists it, and its next write
-/// stores it in today's format.
+/// made by that version; its record is in record format v1): it opens, its user's
+/// index lists it, and its next write stores it in today's formats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stored_in_format_1_still_opens_and_is_rewritten_in_format_3() {
     if !available() {
         return;
     }
-    let fixture: Value =
-        serde_json::from_str(include_str!("../fixtures/redis-format-1.json")).unwrap();
+    stored_session_opens_and_is_rewritten(include_str!("../fixtures/redis-format-1.json"), 1).await;
+}
+
+/// A session written by the release before value format 3 and record format v3
+/// (value format 2, record format v2, its data key derived with an HMAC): it
+/// opens, and its next write stores it in value format 3 with record format v3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stored_in_format_2_with_a_v2_record_still_opens_and_is_rewritten() {
+    if !available() {
+        return;
+    }
+    stored_session_opens_and_is_rewritten(include_str!("../fixtures/redis-format-2.json"), 2).await;
+}
+
+/// Puts a fixture's raw value and index entry in a fresh Redis, reads the session
+/// through the layer with the fixture's cookie, writes it, and reads it back.
+async fn stored_session_opens_and_is_rewritten(fixture: &str, record_format: u8) {
+    let fixture: Value = serde_json::from_str(fixture).unwrap();
     let text = |field: &str| fixture[field].as_str().unwrap().to_owned();
     let hex = |field: &str| {
         let text = text(field);
@@ -200,9 +216,15 @@ async fn a_session_stored_in_format_1_still_opens_and_is_rewritten_in_format_3()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    let value = hex("value_hex");
+    let record_at = if value[0] == 2 { 41 } else { 24 };
+    assert_eq!(
+        value[record_at], record_format,
+        "the fixture's record format"
+    );
     let _: () = redis::cmd("SET")
         .arg(&key)
-        .arg(hex("value_hex"))
+        .arg(value)
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -235,7 +257,8 @@ async fn a_session_stored_in_format_1_still_opens_and_is_rewritten_in_format_3()
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(stored[0], 3, "rewritten with today's format marker");
+    assert_eq!(stored[0], 3, "rewritten in value format 3");
+    assert_eq!(stored[49], 3, "with record format v3");
     assert_eq!(read(&base, &cookie, "cart").await, fixture["data"]["cart"]);
     assert_eq!(read(&base, &cookie, "paid").await, json!("yes"));
 }
