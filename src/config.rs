@@ -14,6 +14,7 @@
 //! cleanup_interval: 1h
 //! max_sessions_per_user: 5  # absent: no limit
 //! eager_load: false         # true: every request with a cookie loads its session
+//! record_format: 3          # 2 while a release that opens no v3 shares the store
 //! secret: "generate:/var/lib/app/session.key"
 //! previous_secrets: ["env:OLD_SESSION_SECRET"]
 //! store: { type: memory }
@@ -98,6 +99,9 @@ pub struct SessionConfig {
     /// [`SessionLayer::with_eager_load`](crate::SessionLayer::with_eager_load).
     #[serde(default)]
     eager_load: bool,
+    /// [`SessionLayer::with_record_format`](crate::SessionLayer::with_record_format).
+    #[serde(default)]
+    record_format: Option<u8>,
     #[serde(default)]
     store: StoreConfig,
 }
@@ -210,6 +214,7 @@ impl SessionConfig {
         );
         settings.allow_unbounded = self.allow_unbounded_sessions;
         settings.eager_load = self.eager_load;
+        set(&mut settings.record_format, self.record_format);
         set(
             &mut settings.max_sessions_per_user,
             self.max_sessions_per_user.map(Some),

@@ -263,7 +263,7 @@ pub(crate) fn open_record(
         return fresh(Brought::Nothing);
     }
     let key_set = &settings.keys.ring[opened.key_index];
-    let cipher = DataCipher::new(&opened.data.record_secret);
+    let cipher = settings.data_cipher(&opened.data.record_secret);
     let data = match cipher.open(key_set, &store_key, &record) {
         Ok(inside) => {
             // The record, not the cookie, says whether the session is remembered

@@ -10,7 +10,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::cookie::{CookieConfig, Meta};
 use crate::error::ConfigError;
 use crate::keys::Keys;
-use crate::record::Deadlines;
+use crate::record::{DataCipher, Deadlines};
 
 /// The settings a layer carries: the keys, the token's carrier and attributes, the
 /// expiry model and the clock. Shared behind an `Arc` by the layer, its services,
@@ -32,6 +32,9 @@ pub(crate) struct Settings {
     /// Every request that brings a token opens it and loads its record before the
     /// inner service runs, instead of on the session's first use.
     pub(crate) eager_load: bool,
+    /// The record format writes seal: 3, or 2 during a rolling upgrade from a
+    /// release that opens no v3.
+    pub(crate) record_format: u8,
     pub(crate) clock: Clock,
 }
 
@@ -53,6 +56,7 @@ impl Settings {
             allow_unbounded: false,
             max_sessions_per_user: None,
             eager_load: false,
+            record_format: 3,
             clock: Clock::system(),
         }
     }
@@ -103,6 +107,15 @@ impl Settings {
         }
     }
 
+    /// The cipher of a session's data, sealing the record format in force.
+    pub(crate) fn data_cipher(&self, record_secret: &[u8; 32]) -> DataCipher {
+        let cipher = DataCipher::new(record_secret);
+        match self.record_format {
+            2 => cipher.sealing_v2(self.keys.primary()),
+            _ => cipher,
+        }
+    }
+
     /// The touch interval in force: never more than half the idle timeout, or a
     /// session in steady use could expire between two touches.
     #[inline]
@@ -132,6 +145,15 @@ impl Settings {
     /// Checks that the settings work together; every rule in one place.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.cookie.validate()?;
+        if !matches!(self.record_format, 2 | 3) {
+            return Err(ConfigError::new(
+                "record_format",
+                format!(
+                    "{} is not a record format: write 3 (the default) or 2",
+                    self.record_format
+                ),
+            ));
+        }
         let cookie = &self.cookie;
         if cookie.same_site == SameSite::None && !cookie.secure {
             return Err(ConfigError::new(

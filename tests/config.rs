@@ -40,6 +40,7 @@ remember_me: 30d          # -1 disables
 touch_interval: 1m
 write_deadline: 500ms
 eager_load: true
+record_format: 2
 cleanup_interval: 1h
 max_sessions_per_user: 5
 secret: "generate:{}"
@@ -64,6 +65,7 @@ store: {{ type: memory }}
         "write_deadline: 500ms",
         "max_sessions_per_user: Some(5)",
         "eager_load: true",
+        "record_format: 2",
     ] {
         assert!(shown.contains(part), "{shown} lacks {part}");
     }
@@ -191,6 +193,12 @@ fn every_validation_error_names_its_field_and_says_what_to_do() {
             "lifespan",
             "invalid session setting `lifespan`: 0 would end every session at once; disable it \
              with -1 instead",
+        ),
+        (
+            "record_format: 4",
+            "record_format",
+            "invalid session setting `record_format`: 4 is not a record format: write 3 (the \
+             default) or 2",
         ),
     ];
     for (body, field, message) in cases {

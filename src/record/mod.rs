@@ -227,11 +227,25 @@ impl fmt::Display for RecordError {
 /// AES-GCM cipher is set up from the key where it is used, on the stack: its key
 /// schedule (about 1 KB) is never boxed, nor moved from the load through the
 /// session to the write.
-pub(crate) struct DataCipher(Zeroizing<[u8; 32]>);
+pub(crate) struct DataCipher {
+    secret: Zeroizing<[u8; 32]>,
+    /// Set when writes seal format v2 (`record_format: 2`, for a rolling upgrade
+    /// from a release that opens no v3): the v2 data key.
+    v2: Option<Zeroizing<[u8; 32]>>,
+}
 
 impl DataCipher {
     pub(crate) fn new(record_secret: &[u8; 32]) -> Self {
-        DataCipher(Zeroizing::new(*record_secret))
+        DataCipher {
+            secret: Zeroizing::new(*record_secret),
+            v2: None,
+        }
+    }
+
+    /// The same, sealing format v2 with the data key derived under `keys`.
+    pub(crate) fn sealing_v2(mut self, keys: &KeySet) -> Self {
+        self.v2 = Some(self.derived_key(keys));
+        self
     }
 
     /// The AEAD under `key` (its key schedule is wiped when it is dropped).
@@ -241,10 +255,19 @@ impl DataCipher {
         Aes256Gcm::new(key.into())
     }
 
+    /// The format a write seals.
+    fn sealed_version(&self) -> u8 {
+        if self.v2.is_some() { V2 } else { VERSION }
+    }
+
     /// The data key of formats v1 and v2: `HMAC-SHA256(record key, record secret)`
     /// under the keys that sealed the cookie.
     fn derived_key(&self, keys: &KeySet) -> Zeroizing<[u8; 32]> {
-        let key = keys.record.clone().chain_update(self.0.as_ref()).finalize();
+        let key = keys
+            .record
+            .clone()
+            .chain_update(self.secret.as_ref())
+            .finalize();
         Zeroizing::new(<[u8; 32]>::from(key.into_bytes()))
     }
 
@@ -258,7 +281,7 @@ impl DataCipher {
         let mut counter = Counter(0);
         serde_json::to_writer(&mut counter, data).expect("a map of JSON values always serializes");
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + counter.0 + TAG_LEN);
-        out.extend_from_slice(&[VERSION, binding.flags()]);
+        out.extend_from_slice(&[self.sealed_version(), binding.flags()]);
         out.extend_from_slice(&nonce);
         serde_json::to_writer(&mut out, data).expect("a map of JSON values always serializes");
         self.seal_tail(store_key, binding, out, nonce)
@@ -273,8 +296,12 @@ impl DataCipher {
         mut out: Vec<u8>,
         nonce: [u8; NONCE_LEN],
     ) -> Bytes {
-        let aad = aad(AAD_PREFIX, store_key, binding);
-        let tag = Self::aead(&self.0)
+        let (prefix, key) = match &self.v2 {
+            Some(key) => (AAD_PREFIX_V2, key),
+            None => (AAD_PREFIX, &self.secret),
+        };
+        let aad = aad(prefix, store_key, binding);
+        let tag = Self::aead(key)
             .encrypt_in_place_detached(
                 Nonce::from_slice(&nonce),
                 &aad,
@@ -299,7 +326,7 @@ impl DataCipher {
         nonce: [u8; NONCE_LEN],
     ) -> Bytes {
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + msg.len() + TAG_LEN);
-        out.extend_from_slice(&[VERSION, binding.flags()]);
+        out.extend_from_slice(&[self.sealed_version(), binding.flags()]);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(msg);
         self.seal_tail(store_key, binding, out, nonce)
@@ -348,7 +375,7 @@ impl DataCipher {
         let aad = aad.as_bytes();
         let derived;
         let key = match version {
-            VERSION => &self.0,
+            VERSION => &self.secret,
             _ => {
                 derived = self.derived_key(keys);
                 &derived

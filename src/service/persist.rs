@@ -461,7 +461,7 @@ async fn create_with<St: SessionStore>(
     let mut identity = CookieData::generate(meta.created_at, deadlines.lifespan, meta.remember_me);
     for _ in 0..MAX_CREATE_ATTEMPTS {
         let store_key = StoreKey::derive(key_set, &identity.sid);
-        let cipher = DataCipher::new(&identity.record_secret);
+        let cipher = settings.data_cipher(&identity.record_secret);
         let binding = Binding {
             version: 1,
             lifespan: deadlines.lifespan,

@@ -281,7 +281,7 @@ async fn format_2_values_read_during_a_rolling_upgrade_and_a_touch_upgrades_them
         l.with_touch_interval(Duration::from_secs(1))
             .with_clock(hand.clone())
     };
-    let base = serve(app(store, clocked)).await;
+    let base = serve(app(store, |l| clocked(l).with_record_format(2))).await;
     let mut monitor = Monitor::start(server.port);
     let res = send(reqwest::Method::POST, &base, "/set/a/1", None).await;
     let cookie = cookie_pair(&res);
@@ -294,7 +294,8 @@ async fn format_2_values_read_during_a_rolling_upgrade_and_a_touch_upgrades_them
             .unwrap()
             .stdout
     };
-    assert_eq!(raw()[0], 2, "written in format 2");
+    assert_eq!(raw()[0], 2, "written in value format 2");
+    assert_eq!(raw()[41], 2, "with record format v2 inside");
     monitor.take();
     assert_eq!(read(&base, &cookie, "a").await, json!("1"));
     assert_eq!(
