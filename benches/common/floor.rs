@@ -4,8 +4,8 @@
 //! schedule, so the floor is as low as these crates go.
 //!
 //! - `request(false)`, a read: decode and open the cookie (AES-256-GCM, 65-byte
-//!   plaintext), HMAC the session id into the store key, HMAC the record secret
-//!   into the data key, set that AES key up, open a small sealed record.
+//!   plaintext), HMAC the session id into the store key, set the record secret up
+//!   as the data key (record format v3), open a small sealed record.
 //! - `request(true)`, a read+write: the read, plus sealing the record again (fresh
 //!   nonce).
 
@@ -27,7 +27,6 @@ type Aes256Gcm = AesGcm<Aes256Enc, U12>;
 
 pub struct Floor {
     cookie_key: Aes256Gcm,
-    record_key: HmacSha256,
     store_id_key: HmacSha256,
     cookie: String,
     record: Vec<u8>,
@@ -40,7 +39,6 @@ const DATA: &[u8] = br#"{"n":12345}"#;
 impl Floor {
     pub fn new() -> Self {
         let cookie_key = Aes256Gcm::new_from_slice(&[1; 32]).unwrap();
-        let record_key = <HmacSha256 as Mac>::new_from_slice(&[2; 32]).unwrap();
         let store_id_key = <HmacSha256 as Mac>::new_from_slice(&[3; 32]).unwrap();
         let plaintext = [7u8; 65];
         let sealed = cookie_key
@@ -54,12 +52,7 @@ impl Floor {
             .unwrap();
         let mut cookie = vec![0u8; 17];
         cookie.extend_from_slice(&sealed);
-        let data_key = record_key
-            .clone()
-            .chain_update([7u8; 32])
-            .finalize()
-            .into_bytes();
-        let cipher = Aes256Gcm::new_from_slice(&data_key).unwrap();
+        let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).unwrap();
         let record = cipher
             .encrypt(
                 Nonce::from_slice(&[5; 12]),
@@ -71,7 +64,6 @@ impl Floor {
             .unwrap();
         Floor {
             cookie_key,
-            record_key,
             store_id_key,
             cookie: URL_SAFE_NO_PAD.encode(cookie),
             record,
@@ -102,12 +94,7 @@ impl Floor {
             .chain_update(&ciphertext[..16])
             .finalize();
         black_box(store_key);
-        let data_key = self
-            .record_key
-            .clone()
-            .chain_update(&ciphertext[16..48])
-            .finalize();
-        let aes = Aes256Enc::new_from_slice(&data_key.into_bytes()).unwrap();
+        let aes = Aes256Enc::new_from_slice(&ciphertext[16..48]).unwrap();
         let cipher = AesGcm::<&Aes256Enc, U12>::from(&aes);
         let (msg, tag) = self.record.split_at(self.record.len() - 16);
         let mut data = [0u8; 64];
