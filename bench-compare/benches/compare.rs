@@ -25,60 +25,12 @@
 use std::hint::black_box;
 
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Request, header};
+use http::{HeaderValue, header};
 use tower::ServiceExt;
 
-mod ours {
-    use tower_sealed_sessions::Session;
-
-    pub async fn read(session: Session) -> String {
-        session.get::<u64>("n").unwrap().unwrap_or(0).to_string()
-    }
-
-    pub async fn write(session: Session) -> String {
-        let n = session.get::<u64>("n").unwrap().unwrap_or(0) + 1;
-        session.insert("n", n).unwrap();
-        n.to_string()
-    }
-}
-
-/// The handlers for tower-sessions, for each of its versions here.
-macro_rules! their_handlers {
-    ($name:ident, $crate_name:ident) => {
-        mod $name {
-            use $crate_name::Session;
-
-            pub async fn read(session: Session) -> String {
-                session
-                    .get::<u64>("n")
-                    .await
-                    .unwrap()
-                    .unwrap_or(0)
-                    .to_string()
-            }
-
-            pub async fn write(session: Session) -> String {
-                let n = session.get::<u64>("n").await.unwrap().unwrap_or(0) + 1;
-                session.insert("n", n).await.unwrap();
-                n.to_string()
-            }
-        }
-    };
-}
-
-their_handlers!(theirs, tower_sessions);
-their_handlers!(theirs_14, tower_sessions_14);
-
-fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<Body> {
-    let mut req = Request::get(path).body(Body::empty()).unwrap();
-    if let Some(cookie) = cookie {
-        req.headers_mut().insert(header::COOKIE, cookie.clone());
-    }
-    req
-}
+use bench_compare::{ours, request, theirs_14};
 
 /// The `name=value` of the cookie a first write sets.
 fn cookie(rt: &tokio::runtime::Runtime, app: &Router) -> HeaderValue {
@@ -93,42 +45,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let plain = || Router::new().route("/plain", get(|| async { "ok" }));
-
-    let ours_app = plain()
-        .route("/read", get(ours::read))
-        .route("/write", get(ours::write))
-        .layer(tower_sealed_sessions::SessionLayer::new(
-            tower_sealed_sessions::MemoryStore::default(),
-            tower_sealed_sessions::Keys::generate(),
-        ));
-    let theirs_routes = || {
-        plain()
-            .route("/read", get(theirs::read))
-            .route("/write", get(theirs::write))
-    };
-    let theirs_layer = || {
-        tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
-            .with_secure(false)
-    };
-    let theirs_plain = theirs_routes().layer(theirs_layer());
-    let theirs_private =
-        theirs_routes().layer(theirs_layer().with_private(tower_sessions::cookie::Key::generate()));
-    let bare = || {
-        plain()
-            .route("/read", get(|| async { "0" }))
-            .route("/write", get(|| async { "1" }))
-    };
-    let apps = [
-        ("bare", bare()),
-        (
-            "axum_noop_layer",
-            bare().layer(tower::layer::util::Identity::new()),
-        ),
-        ("ours", ours_app),
-        ("tower_sessions", theirs_plain),
-        ("tower_sessions_private", theirs_private),
-    ];
+    let apps = bench_compare::apps();
 
     // As `axum::serve` runs a router: handlers and layers turned into services once,
     // not on every request (which `Router<()>` called directly would do).

@@ -10,34 +10,14 @@
 
 use axum::Router;
 use axum::routing::get;
-
-async fn ours_read(session: tower_sealed_sessions::Session) -> String {
-    session.get::<u64>("n").unwrap().unwrap_or(0).to_string()
-}
-
-async fn ours_write(session: tower_sealed_sessions::Session) -> String {
-    let n = session.get::<u64>("n").unwrap().unwrap_or(0) + 1;
-    session.insert("n", n).unwrap();
-    n.to_string()
-}
-
-async fn theirs_read(session: tower_sessions::Session) -> String {
-    let n: Option<u64> = session.get("n").await.unwrap();
-    n.unwrap_or(0).to_string()
-}
-
-async fn theirs_write(session: tower_sessions::Session) -> String {
-    let n = session.get::<u64>("n").await.unwrap().unwrap_or(0) + 1;
-    session.insert("n", n).await.unwrap();
-    n.to_string()
-}
+use bench_compare::{ours, theirs};
 
 #[tokio::main]
 async fn main() {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let ours = Router::new()
-        .route("/ours/read", get(ours_read))
-        .route("/ours/write", get(ours_write))
+        .route("/ours/read", get(ours::read))
+        .route("/ours/write", get(ours::write))
         .layer(
             tower_sealed_sessions::SessionLayer::new(
                 tower_sealed_sessions::MemoryStore::default(),
@@ -46,8 +26,8 @@ async fn main() {
             .with_secure(false),
         );
     let theirs = Router::new()
-        .route("/theirs/read", get(theirs_read))
-        .route("/theirs/write", get(theirs_write))
+        .route("/theirs/read", get(theirs::read))
+        .route("/theirs/write", get(theirs::write))
         .layer(
             tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
                 .with_name("tsid")
