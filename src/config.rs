@@ -220,7 +220,29 @@ impl SessionConfig {
             self.max_sessions_per_user.map(Some),
         );
         check_interval(self.cleanup_interval())?;
-        Ok(())
+        self.check_rolling_upgrade(settings.record_format)
+    }
+
+    /// A rolling upgrade on Redis needs both older formats: a release that reads no
+    /// value format 3 opens no record format v3 either, so one without the other
+    /// still logs its users out.
+    fn check_rolling_upgrade(&self, record_format: u8) -> Result<(), ConfigError> {
+        let StoreConfig::Redis(redis) = &self.store else {
+            return Ok(());
+        };
+        match (redis.value_format(), record_format) {
+            (2, 3) => Err(ConfigError::new(
+                "store.value_format",
+                "2 is for a rolling upgrade, and the older release refuses record format v3 as \
+                 well: set record_format: 2 with it",
+            )),
+            (3, 2) => Err(ConfigError::new(
+                "record_format",
+                "2 is for a rolling upgrade, and the older release refuses Redis value format 3 \
+                 as well: set store.value_format: 2 with it",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -195,6 +195,18 @@ fn every_validation_error_names_its_field_and_says_what_to_do() {
              with -1 instead",
         ),
         (
+            "store: { type: redis, url: \"redis://127.0.0.1:6379\", value_format: 2 }",
+            "store.value_format",
+            "invalid session setting `store.value_format`: 2 is for a rolling upgrade, and the \
+             older release refuses record format v3 as well: set record_format: 2 with it",
+        ),
+        (
+            "record_format: 2\nstore: { type: redis, url: \"redis://127.0.0.1:6379\" }",
+            "record_format",
+            "invalid session setting `record_format`: 2 is for a rolling upgrade, and the older \
+             release refuses Redis value format 3 as well: set store.value_format: 2 with it",
+        ),
+        (
             "record_format: 4",
             "record_format",
             "invalid session setting `record_format`: 4 is not a record format: write 3 (the \
@@ -397,4 +409,15 @@ proptest::proptest! {
             let _ = SessionLayer::from_config(&config, MemoryStore::default());
         }
     }
+}
+
+/// A rolling upgrade on Redis sets both older formats, and builds.
+#[test]
+fn both_older_formats_together_build() {
+    let config = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\nrecord_format: 2\nstore: {{ type: redis, url: \"redis://127.0.0.1:6379\", value_format: 2 }}"
+    ))
+    .unwrap();
+    let layer = SessionLayer::from_config(&config, MemoryStore::default()).unwrap();
+    assert!(format!("{layer:?}").contains("record_format: 2"));
 }
