@@ -71,6 +71,7 @@
 //! | `memory-store` | yes | [`MemoryStore`], the embedded store (hashlink, tokio timer) |
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
 //! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster, TLS (redis-rs, rustls) |
+//! | `postgres` | no | `PostgresStore`: records and user indexes in PostgreSQL tables (sqlx) |
 //! | `test-util` | no | the store conformance suite ([`store_conformance_tests!`]) and inspection hooks for tests |
 //!
 //! # Where things are
@@ -162,6 +163,8 @@ pub use layer::SessionLayer;
 pub use session::Session;
 #[cfg(feature = "memory-store")]
 pub use store::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use users::UserSessions;

@@ -81,6 +81,8 @@ pub mod conformance;
 mod index;
 #[cfg(feature = "memory-store")]
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub(crate) mod redis;
 
 pub use crate::clock::Timestamp;
@@ -92,6 +94,8 @@ pub(crate) use index::INDEX_GRACE;
 pub use index::{IndexEntry, UserTag};
 #[cfg(feature = "memory-store")]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 

@@ -1,0 +1,507 @@
+//! [`PostgresStore`]: records and user indexes in PostgreSQL tables, on sqlx.
+//!
+//! Two tables, their names prefixed (default `session_`): `records` (the store
+//! key, the version, the three deadlines and the earlier of the two that end a
+//! session, and the sealed data) and `user_index` (one row per session of a user,
+//! keyed by the user's tag and the store key). No column holds a session id, a
+//! cookie or plaintext. A third table, `schema`, holds the schema's version, so a
+//! later release can migrate.
+//!
+//! Every operation is one statement, except a failed compare-and-set, which reads
+//! the current record after it: a read-only request costs one query.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{Executor, Postgres, Row};
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::StoreError;
+use crate::record::{Deadlines, Record, StoreKey};
+use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
+
+/// The schema this release creates and reads.
+const SCHEMA_VERSION: i32 = 1;
+/// Rows the cleanup deletes per statement, so that no statement holds locks on
+/// many rows for long.
+const CLEANUP_BATCH: i64 = 1_000;
+
+/// A [`SessionStore`] in PostgreSQL.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    tables: Tables,
+    clock: Clock,
+}
+
+/// The statements, with the tables' names in them.
+#[derive(Clone)]
+struct Tables {
+    prefix: String,
+    load: String,
+    create: String,
+    update: String,
+    touch: String,
+    delete: String,
+    delete_version: String,
+    expired: String,
+    index_add: String,
+    index_remove: String,
+    index_prune: String,
+    index_list: String,
+}
+
+impl Tables {
+    fn new(prefix: &str) -> Self {
+        let r = format!("{prefix}records");
+        let u = format!("{prefix}user_index");
+        Tables {
+            prefix: prefix.to_owned(),
+            load: format!(
+                "SELECT version, idle_at, lifespan_at, active_at, data FROM {r} \
+                 WHERE key = $1 AND expires_at > $2"
+            ),
+            create: format!(
+                "INSERT INTO {r} (key, version, idle_at, lifespan_at, active_at, expires_at, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, \
+                 idle_at = EXCLUDED.idle_at, lifespan_at = EXCLUDED.lifespan_at, \
+                 active_at = EXCLUDED.active_at, expires_at = EXCLUDED.expires_at, \
+                 data = EXCLUDED.data WHERE {r}.expires_at <= $8"
+            ),
+            update: format!(
+                "UPDATE {r} SET version = $3, idle_at = $4, lifespan_at = $5, active_at = $6, \
+                 expires_at = $7, data = $8 WHERE key = $1 AND version = $2 AND expires_at > $9"
+            ),
+            touch: format!(
+                "UPDATE {r} SET idle_at = $3, lifespan_at = $4, active_at = $5, expires_at = $6 \
+                 WHERE key = $1 AND version = $2 AND expires_at > $7"
+            ),
+            delete: format!("DELETE FROM {r} WHERE key = ANY($1)"),
+            delete_version: format!(
+                "DELETE FROM {r} WHERE key = $1 AND version = $2 AND expires_at > $3"
+            ),
+            expired: format!(
+                "DELETE FROM {r} WHERE key IN \
+                 (SELECT key FROM {r} WHERE expires_at <= $1 LIMIT {CLEANUP_BATCH})"
+            ),
+            index_add: format!(
+                "INSERT INTO {u} (user_tag, key, created_at, expires_at, indexed_at, remember_me) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (user_tag, key) DO UPDATE SET created_at = EXCLUDED.created_at, \
+                 expires_at = GREATEST({u}.expires_at, EXCLUDED.expires_at), \
+                 indexed_at = LEAST({u}.indexed_at, EXCLUDED.indexed_at), \
+                 remember_me = EXCLUDED.remember_me"
+            ),
+            index_remove: format!("DELETE FROM {u} WHERE user_tag = $1 AND key = ANY($2)"),
+            index_prune: format!(
+                "DELETE FROM {u} WHERE ctid IN \
+                 (SELECT ctid FROM {u} WHERE expires_at <= $1 LIMIT {CLEANUP_BATCH})"
+            ),
+            // One statement: the user's expired entries go, the rest are listed (the
+            // SELECT sees the table as the statement began, hence its own filter).
+            index_list: format!(
+                "WITH gone AS (DELETE FROM {u} WHERE user_tag = $1 AND expires_at <= $2) \
+                 SELECT key, created_at, expires_at, indexed_at, remember_me FROM {u} \
+                 WHERE user_tag = $1 AND expires_at > $2"
+            ),
+        }
+    }
+
+    /// The statements that create the schema, in order; each may run again.
+    fn schema(&self) -> [String; 6] {
+        let p = &self.prefix;
+        [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}records (key BYTEA PRIMARY KEY, \
+                 version BIGINT NOT NULL, idle_at BIGINT NOT NULL, lifespan_at BIGINT NOT NULL, \
+                 active_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, data BYTEA NOT NULL)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {p}records_expires ON {p}records (expires_at)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}user_index (user_tag BYTEA NOT NULL, \
+                 key BYTEA NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, \
+                 indexed_at BIGINT NOT NULL, remember_me BOOLEAN NOT NULL, \
+                 PRIMARY KEY (user_tag, key))"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {p}user_index_expires ON {p}user_index (expires_at)"
+            ),
+            format!("CREATE TABLE IF NOT EXISTS {p}schema (version INT NOT NULL)"),
+            format!(
+                "INSERT INTO {p}schema (version) SELECT {SCHEMA_VERSION} \
+                 WHERE NOT EXISTS (SELECT 1 FROM {p}schema)"
+            ),
+        ]
+    }
+}
+
+/// Milliseconds as PostgreSQL keeps them: [`Timestamp::NEVER`] is `i64::MAX`.
+fn ms(t: Timestamp) -> i64 {
+    i64::try_from(t.unix_millis()).unwrap_or(i64::MAX)
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    match ms {
+        i64::MAX => Timestamp::NEVER,
+        ms => Timestamp::from_unix_millis(u64::try_from(ms).unwrap_or(0)),
+    }
+}
+
+/// `query` with `deadlines` bound next, in the columns' order: idle, lifespan,
+/// last activity, and the earlier of the two that end the session.
+fn deadlines<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    deadlines: &Deadlines,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(ms(deadlines.idle))
+        .bind(ms(deadlines.lifespan))
+        .bind(ms(deadlines.active))
+        .bind(ms(deadlines.expires_at()))
+}
+
+/// A version as a `BIGINT`: the same 64 bits.
+fn version(v: u64) -> i64 {
+    v as i64
+}
+
+fn backend(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut => StoreError::backend("no PostgreSQL connection in time"),
+        other => StoreError::backend(other),
+    }
+}
+
+fn record(row: &PgRow) -> Result<Record, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("a session row: {e}"));
+    let data: Vec<u8> = row.try_get("data").map_err(corrupt)?;
+    let lifespan = timestamp(row.try_get("lifespan_at").map_err(corrupt)?);
+    let idle = timestamp(row.try_get("idle_at").map_err(corrupt)?);
+    Ok(Record::new(
+        row.try_get::<i64, _>("version").map_err(corrupt)? as u64,
+        Deadlines {
+            idle: idle.min(lifespan),
+            lifespan,
+            active: timestamp(row.try_get("active_at").map_err(corrupt)?),
+        },
+        Bytes::from(data),
+    ))
+}
+
+impl PostgresStore {
+    /// The default prefix of the tables' names.
+    pub const DEFAULT_PREFIX: &'static str = "session_";
+
+    /// Connects to `url` (`postgres://user@host/db`) and creates the schema
+    /// (tables prefixed `session_`) if it is not there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the server cannot be reached, or the schema cannot be
+    /// created.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect(url)
+            .await
+            .map_err(backend)?;
+        Self::from_pool(pool, Self::DEFAULT_PREFIX).await
+    }
+
+    /// A store on `pool`, its tables' names starting with `prefix` (letters,
+    /// digits and `_`); the schema is created if it is not there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the prefix is not a plain identifier or the schema
+    /// cannot be created.
+    pub async fn from_pool(pool: PgPool, prefix: &str) -> Result<Self, StoreError> {
+        let plain = !prefix.is_empty()
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !prefix.as_bytes()[0].is_ascii_digit();
+        if !plain {
+            return Err(StoreError::backend(format!(
+                "table prefix {prefix:?}: use letters, digits and _ only, not starting with a digit"
+            )));
+        }
+        let tables = Tables::new(prefix);
+        let mut tx = pool.begin().await.map_err(backend)?;
+        // One process creates the schema at a time: concurrent `CREATE ... IF NOT
+        // EXISTS` of one table can fail on PostgreSQL's catalog.
+        tx.execute("SELECT pg_advisory_xact_lock(7290450102943810173)")
+            .await
+            .map_err(backend)?;
+        for statement in tables.schema() {
+            tx.execute(statement.as_str()).await.map_err(backend)?;
+        }
+        let found: i32 = sqlx::query_scalar(&format!("SELECT max(version) FROM {prefix}schema"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::backend(format!(
+                "the session tables are at schema version {found}, newer than this release's \
+                 {SCHEMA_VERSION}"
+            )));
+        }
+        Ok(PostgresStore {
+            pool,
+            tables,
+            clock: Clock::system(),
+        })
+    }
+
+    fn now(&self) -> i64 {
+        ms(self.clock.now())
+    }
+
+    async fn current(&self, key: &StoreKey) -> Result<CompareAndSet, StoreError> {
+        Ok(match self.load(key).await? {
+            Some(record) => CompareAndSet::Conflict(record),
+            None => CompareAndSet::Missing,
+        })
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("prefix", &self.tables.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionStore for PostgresStore {
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let key = *key;
+        async move {
+            let row = sqlx::query(&self.tables.load)
+                .bind(&key.as_bytes()[..])
+                .bind(self.now())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            row.as_ref().map(record).transpose()
+        }
+    }
+
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let (key, record) = (*key, record.clone());
+        async move {
+            let query = sqlx::query(&self.tables.create)
+                .bind(&key.as_bytes()[..])
+                .bind(version(record.version));
+            let done = deadlines(query, &record.deadlines)
+                .bind(&record.data[..])
+                .bind(self.now())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(done.rows_affected() == 1)
+        }
+    }
+
+    fn update(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
+        let (key, record) = (*key, record.clone());
+        async move {
+            let query = sqlx::query(&self.tables.update)
+                .bind(&key.as_bytes()[..])
+                .bind(version(expected_version))
+                .bind(version(record.version));
+            let done = deadlines(query, &record.deadlines)
+                .bind(&record.data[..])
+                .bind(self.now())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            if done.rows_affected() == 1 {
+                return Ok(CompareAndSet::Done);
+            }
+            self.current(&key).await
+        }
+    }
+
+    fn touch(
+        &self,
+        key: &StoreKey,
+        moved: Deadlines,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let key = *key;
+        async move {
+            let query = sqlx::query(&self.tables.touch)
+                .bind(&key.as_bytes()[..])
+                .bind(version(expected_version));
+            let done = deadlines(query, &moved)
+                .bind(self.now())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(done.rows_affected() == 1)
+        }
+    }
+
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let key = *key;
+        async move { self.delete_many(&[key]).await }
+    }
+
+    fn delete_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        async move {
+            sqlx::query(&self.tables.delete)
+                .bind(&keys)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+    }
+
+    fn delete_version(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
+        let key = *key;
+        async move {
+            let done = sqlx::query(&self.tables.delete_version)
+                .bind(&key.as_bytes()[..])
+                .bind(version(expected_version))
+                .bind(self.now())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            if done.rows_affected() == 1 {
+                return Ok(CompareAndSet::Done);
+            }
+            self.current(&key).await
+        }
+    }
+
+    /// Deletes expired records, then expired index entries, in batches of
+    /// 1,000 rows per statement (the expiry columns are indexed).
+    async fn delete_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let now = ms(now);
+        let mut deleted = 0;
+        for statement in [&self.tables.expired, &self.tables.index_prune] {
+            loop {
+                let done = sqlx::query(statement)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                if statement == &self.tables.expired {
+                    deleted += done.rows_affected();
+                }
+                if done.rows_affected() < CLEANUP_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn index_add(
+        &self,
+        user: &UserTag,
+        entry: &IndexEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (user, entry) = (*user, *entry);
+        async move {
+            sqlx::query(&self.tables.index_add)
+                .bind(&user.as_bytes()[..])
+                .bind(&entry.store_key.as_bytes()[..])
+                .bind(ms(entry.created_at))
+                .bind(ms(entry.expires_at))
+                .bind(ms(entry.indexed_at))
+                .bind(entry.remember_me)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+    }
+
+    fn index_remove(
+        &self,
+        user: &UserTag,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let user = *user;
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        async move {
+            sqlx::query(&self.tables.index_remove)
+                .bind(&user.as_bytes()[..])
+                .bind(&keys)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+    }
+
+    fn index_list(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
+        let user = *user;
+        async move {
+            let rows = sqlx::query(&self.tables.index_list)
+                .bind(&user.as_bytes()[..])
+                .bind(ms(now))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("a user index row: {e}"));
+            rows.iter()
+                .map(|row| {
+                    let key: Vec<u8> = row.try_get("key").map_err(corrupt)?;
+                    let key: [u8; 32] = key.try_into().map_err(|_| {
+                        StoreError::Corrupt("a user index row's key is not 32 bytes".into())
+                    })?;
+                    Ok(IndexEntry::new(
+                        StoreKey::from_bytes(key),
+                        timestamp(row.try_get("created_at").map_err(corrupt)?),
+                        timestamp(row.try_get("expires_at").map_err(corrupt)?),
+                        timestamp(row.try_get("indexed_at").map_err(corrupt)?),
+                        row.try_get("remember_me").map_err(corrupt)?,
+                    ))
+                })
+                .collect()
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
