@@ -318,8 +318,25 @@ async fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
             // Redis expires sessions itself: no cleanup task.
             SessionLayer::from_config(&config, store).map_err(|e| e.to_string())
         }
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(settings) => {
+            let store = tower_sealed_sessions::PostgresStore::from_settings(settings)
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let sessions =
+                SessionLayer::from_config(&config, store.clone()).map_err(|e| e.to_string())?;
+            let cleanup = tower_sealed_sessions::store::cleanup_task(
+                store,
+                config.cleanup_interval(),
+                tower_sealed_sessions::Clock::system(),
+            )
+            .map_err(|e| e.to_string())?;
+            tokio::spawn(cleanup);
+            Ok(sessions)
+        }
         other => Err(format!(
-            "this build cannot use the store {other:?}; for Redis run it with `--features redis`"
+            "this build cannot use the store {other:?}; for Redis run it with `--features \
+             redis`, for PostgreSQL with `--features postgres`"
         )),
     }
 }

@@ -48,6 +48,7 @@ use crate::settings::Settings;
 use crate::store::{DEFAULT_CLEANUP_INTERVAL, check_interval};
 
 pub use crate::duration::{DurationError, parse_duration};
+pub use crate::store::postgres::PostgresSettings;
 pub use crate::store::redis::{
     ClusterSettings, ReconnectSettings, RedisSettings, SentinelSettings, TlsSettings, WaitSettings,
 };
@@ -148,6 +149,8 @@ pub enum StoreConfig {
     },
     /// Redis (the [`RedisStore`](crate::RedisStore) of the `redis` feature).
     Redis(Box<RedisSettings>),
+    /// PostgreSQL (the `PostgresStore` of the `postgres` feature).
+    Postgres(Box<PostgresSettings>),
 }
 
 impl Default for StoreConfig {

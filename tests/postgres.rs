@@ -121,3 +121,79 @@ async fn cleanup_deletes_expired_rows_in_batches_and_nothing_else() {
     );
     assert_eq!(store.delete_expired(later).await.unwrap(), 0);
 }
+
+/// The `store:` section builds the store, and a login outlives the process that
+/// made it: a second store and layer, built from the same file, open its cookie.
+#[tokio::test]
+async fn a_file_configured_store_keeps_a_login_across_a_restart() {
+    use axum::Router;
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+    use tower_sealed_sessions::config::StoreConfig;
+    use tower_sealed_sessions::{Session, SessionConfig, SessionLayer};
+
+    let Some((_, tables)) = fixture().await else {
+        return;
+    };
+    let yaml = format!(
+        "secret: \"base64:c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz\"\n\
+         cookie: {{ secure: false }}\n\
+         store: {{ type: postgres, url: \"{}\", table_prefix: \"{}\" }}",
+        tables.url, tables.prefix
+    );
+    let config: SessionConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    let app = || async {
+        let StoreConfig::Postgres(settings) = config.store() else {
+            panic!("a postgres section")
+        };
+        let store = PostgresStore::from_settings(settings).await.unwrap();
+        Router::new()
+            .route(
+                "/login",
+                post(|s: Session| async move {
+                    s.cycle_id();
+                    s.set_user_id("ada");
+                }),
+            )
+            .route(
+                "/me",
+                get(|s: Session| async move { s.user_id().unwrap_or_default() }),
+            )
+            .layer(SessionLayer::from_config(&config, store).unwrap())
+    };
+    let request = |method: &str, path: &str, cookie: Option<&str>| {
+        let mut req = http::Request::builder().method(method).uri(path);
+        if let Some(cookie) = cookie {
+            req = req.header(http::header::COOKIE, cookie);
+        }
+        req.body(axum::body::Body::empty()).unwrap()
+    };
+    let first = app().await;
+    let res = first
+        .oneshot(request("POST", "/login", None))
+        .await
+        .unwrap();
+    let cookie = res.headers()[http::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let second = app().await;
+    let res = second
+        .oneshot(request("GET", "/me", Some(&cookie)))
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"ada", "the login outlived the first store");
+}
+
+/// A password reference that cannot be read fails the connection, naming it.
+#[tokio::test]
+async fn an_unreadable_password_reference_is_named() {
+    use tower_sealed_sessions::config::PostgresSettings;
+    let settings = PostgresSettings::url(url()).with_password("env:TSS_TEST_UNSET_PASSWORD");
+    let err = PostgresStore::from_settings(&settings).await.unwrap_err();
+    assert!(err.to_string().contains("store.password"), "{err}");
+}

@@ -14,6 +14,7 @@ fn quickstart() -> PathBuf {
         ("memory-store", cfg!(feature = "memory-store")),
         ("axum", cfg!(feature = "axum")),
         ("redis", cfg!(feature = "redis")),
+        ("postgres", cfg!(feature = "postgres")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -252,6 +253,66 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
     assert!(up, "healthy again once Redis is back, without a restart");
     drop(second);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The quickstart on PostgreSQL (the server on 127.0.0.1:5432, or
+/// `POSTGRES_URL`), on tables of this test's own: a login survives a restart of
+/// the process.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn on_postgres_a_login_survives_a_restart_of_the_process() {
+    let url = std::env::var("POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+    let pool = match sqlx::PgPool::connect(&url).await {
+        Ok(pool) => pool,
+        Err(err) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but PostgreSQL is not reachable at {url}: {err}"
+            );
+            eprintln!("skipped: no PostgreSQL at {url}: {err}");
+            return;
+        }
+    };
+    let prefix = format!("qs_{:016x}_", rand::random::<u64>());
+    let exe = quickstart();
+    let dir = temp_dir();
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
+             store: {{ type: postgres, url: \"{url}\", table_prefix: \"{prefix}\" }}\n",
+            dir.join("session.key").display(),
+        ),
+    )
+    .unwrap();
+    let first = start(&exe, &config);
+    let res = login(&first.base).await;
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    drop(first);
+
+    let second = start(&exe, &config);
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/session", second.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    drop(second);
+    for table in ["records", "user_index", "schema"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+    assert_eq!(
+        body["user"], "ada",
+        "still logged in after the restart: {body}"
+    );
 }
 
 /// An anonymous flood of ten times `store.max_sessions` (1,000) visits, each of which

@@ -52,7 +52,7 @@ mod secret;
 
 pub use crate::error::KeyError;
 pub use secret::Secret;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use secret::credential;
 
 /// AES-256-GCM over the encryption half of the AES key schedule only: GCM never

@@ -81,8 +81,7 @@ pub mod conformance;
 mod index;
 #[cfg(feature = "memory-store")]
 mod memory;
-#[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 pub(crate) mod redis;
 
 pub use crate::clock::Timestamp;

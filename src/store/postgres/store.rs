@@ -15,12 +15,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{Executor, Postgres, Row};
 
 use crate::clock::{Clock, Timestamp};
+use crate::config::PostgresSettings;
 use crate::error::StoreError;
+use crate::keys::credential;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 
@@ -212,6 +214,32 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         Self::from_pool(pool, Self::DEFAULT_PREFIX).await
+    }
+
+    /// Connects as `settings` say (the password reference is read now) and
+    /// creates the schema if it is not there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the settings do not validate, the password cannot be
+    /// read, the server cannot be reached, or the schema cannot be created.
+    pub async fn from_settings(settings: &PostgresSettings) -> Result<Self, StoreError> {
+        settings.validate().map_err(StoreError::backend)?;
+        let mut options: PgConnectOptions = settings.url.parse().map_err(backend)?;
+        if let Some(reference) = &settings.password {
+            let password = credential(reference)
+                .map_err(|e| StoreError::backend(format!("store.password: {e}")))?;
+            let password = std::str::from_utf8(&password)
+                .map_err(|_| StoreError::backend("store.password is not UTF-8"))?;
+            options = options.password(password);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Self::from_pool(pool, settings.table_prefix()).await
     }
 
     /// A store on `pool`, its tables' names starting with `prefix` (letters,
