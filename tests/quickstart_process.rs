@@ -99,6 +99,26 @@ async fn login(base: &str) -> reqwest::Response {
     request.json(&body).send().await.unwrap()
 }
 
+/// Logs in on a quickstart started with `config`, restarts it, and returns what
+/// `/api/session` says with the first process's cookie.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn session_after_a_restart(exe: &Path, config: &Path) -> (serde_json::Value, Running) {
+    let first = start(exe, config);
+    let res = login(&first.base).await;
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    drop(first);
+
+    let second = start(exe, config);
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/session", second.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    (res.json().await.unwrap(), second)
+}
+
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tss-qs-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -202,20 +222,7 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
         ),
     )
     .unwrap();
-    let first = start(&exe, &config);
-    let res = login(&first.base).await;
-    let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    drop(first);
-
-    let second = start(&exe, &config);
-    let res = reqwest::Client::new()
-        .get(format!("{}/api/session", second.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = res.json().await.unwrap();
+    let (body, second) = session_after_a_restart(&exe, &config).await;
     assert_eq!(
         body["user"], "ada",
         "still logged in after the restart: {body}"
@@ -287,20 +294,7 @@ async fn on_postgres_a_login_survives_a_restart_of_the_process() {
         ),
     )
     .unwrap();
-    let first = start(&exe, &config);
-    let res = login(&first.base).await;
-    let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    drop(first);
-
-    let second = start(&exe, &config);
-    let res = reqwest::Client::new()
-        .get(format!("{}/api/session", second.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = res.json().await.unwrap();
+    let (body, second) = session_after_a_restart(&exe, &config).await;
     drop(second);
     for table in ["records", "user_index", "schema"] {
         sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))

@@ -66,20 +66,25 @@ impl PostgresSettings {
                 ),
             ));
         }
-        let prefix = self.table_prefix();
-        let plain = !prefix.is_empty()
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !prefix.as_bytes()[0].is_ascii_digit();
-        if !plain {
-            return Err(ConfigError::new(
-                "store.table_prefix",
-                format!("{prefix:?}: use letters, digits and _ only, not starting with a digit"),
-            ));
-        }
-        Ok(())
+        check_prefix(self.table_prefix())
     }
+}
+
+/// A table prefix goes into SQL as it is: letters, digits and `_` only, not
+/// starting with a digit.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let plain = !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !prefix.as_bytes()[0].is_ascii_digit();
+    if !plain {
+        return Err(ConfigError::new(
+            "store.table_prefix",
+            format!("{prefix:?}: use letters, digits and _ only, not starting with a digit"),
+        ));
+    }
+    Ok(())
 }
 
 /// A URL with any password in it hidden.

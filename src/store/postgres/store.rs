@@ -250,16 +250,7 @@ impl PostgresStore {
     /// [`StoreError`] when the prefix is not a plain identifier or the schema
     /// cannot be created.
     pub async fn from_pool(pool: PgPool, prefix: &str) -> Result<Self, StoreError> {
-        let plain = !prefix.is_empty()
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !prefix.as_bytes()[0].is_ascii_digit();
-        if !plain {
-            return Err(StoreError::backend(format!(
-                "table prefix {prefix:?}: use letters, digits and _ only, not starting with a digit"
-            )));
-        }
+        super::check_prefix(prefix).map_err(StoreError::backend)?;
         let tables = Tables::new(prefix);
         let mut tx = pool.begin().await.map_err(backend)?;
         // One process creates the schema at a time: concurrent `CREATE ... IF NOT
