@@ -9,7 +9,7 @@ use crate::audit::{AUDIT_TARGET, Fingerprint, audit_expired, audit_rejected_reco
 use crate::clock::Timestamp;
 use crate::cookie::{self, CookieData, Opened};
 use crate::error::StoreError;
-use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey, user_in};
+use crate::record::{Data, DataCipher, Deadlines, Record, StoreKey};
 use crate::settings::Settings;
 use crate::store::{BoxFuture, UserTag};
 
@@ -264,7 +264,7 @@ pub(crate) fn open_record(
     }
     let key_set = &settings.keys.ring[opened.key_index];
     let cipher = settings.data_cipher(&opened.data.record_secret);
-    let data = match cipher.open(key_set, &store_key, &record) {
+    let (data, user) = match cipher.open(key_set, &store_key, &record) {
         Ok(inside) => {
             // The record, not the cookie, says whether the session is remembered
             // and when it ends: a copy of the cookie from before a change of either
@@ -272,7 +272,7 @@ pub(crate) fn open_record(
             opened.data.remember_me =
                 inside.remember_me(opened.data.remember_me, &record.deadlines);
             opened.data.lifespan_deadline = record.deadlines.lifespan;
-            inside.data
+            (inside.data, inside.user)
         }
         Err(reason) => {
             // The AEAD already vouched for the cookie, so this is the store's side:
@@ -281,7 +281,6 @@ pub(crate) fn open_record(
             return fresh(Brought::Refused);
         }
     };
-    let user = user_in(&data);
     let loaded = Loaded {
         cookie: opened.data,
         key_index: opened.key_index,

@@ -13,7 +13,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
 
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -46,15 +46,24 @@ impl Data {
         }
     }
 
-    /// The data of a record whose plaintext is `text`, or `None` when `text` is
-    /// not one JSON object. Checked here, without building anything, so that a
-    /// malformed record is refused when it is opened, as before.
-    pub(crate) fn from_text(text: Text) -> Option<Self> {
-        serde_json::from_slice::<Shape>(&text).ok()?;
-        Some(Data {
+    /// The data of a record whose plaintext is `text`, and the user it names;
+    /// `None` when `text` is not one JSON object. Checked here, in the one pass
+    /// that finds the user and builds nothing, so that a malformed record is
+    /// refused when it is opened.
+    pub(crate) fn from_text(text: Text) -> Option<(Self, Option<String>)> {
+        let mut de = serde_json::Deserializer::from_slice(&text);
+        let user = de
+            .deserialize_map(Find::<String> {
+                key: USER_KEY,
+                value: PhantomData,
+            })
+            .ok()?;
+        de.end().ok()?;
+        let data = Data {
             text,
             map: OnceLock::new(),
-        })
+        };
+        Some((data, user))
     }
 
     /// The value under `key` as a `T`, read from the map if it was built, else
@@ -216,28 +225,6 @@ pub(crate) fn user_of(data: &Data) -> Option<&str> {
 /// The user id a session's data ties it to, read without building the map.
 pub(crate) fn user_in(data: &Data) -> Option<String> {
     data.lookup::<String>(USER_KEY).and_then(Result::ok)
-}
-
-/// One JSON object, checked and skipped.
-struct Shape;
-
-impl<'de> Deserialize<'de> for Shape {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = Shape;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Shape)
-            }
-        }
-        deserializer.deserialize_map(Entries)
-    }
 }
 
 /// The value under one key of a JSON object, as a `T`; the last one when the key

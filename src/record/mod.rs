@@ -189,6 +189,8 @@ pub(crate) struct OpenedRecord {
     /// The remember-me flag the record was sealed with; `None` for format v1,
     /// which did not keep it.
     pub(crate) remember_me: Option<bool>,
+    /// The user the data ties the session to, found while the data was checked.
+    pub(crate) user: Option<String>,
 }
 
 impl OpenedRecord {
@@ -392,7 +394,11 @@ impl DataCipher {
             )
             .map_err(|_| RecordError::Tampered)?;
         let opened = Data::from_text(text).ok_or(RecordError::Malformed);
-        opened.map(|data| OpenedRecord { data, remember_me })
+        opened.map(|(data, user)| OpenedRecord {
+            data,
+            remember_me,
+            user,
+        })
     }
 }
 

@@ -144,6 +144,7 @@ fn a_v1_record_keeps_the_cookies_remember_me_only_without_an_earlier_idle_deadli
     let v1 = OpenedRecord {
         data: Data::new(),
         remember_me: None,
+        user: None,
     };
     let lifespan = Timestamp::from_unix_millis(1_000_000);
     let deadlines = |idle| Deadlines {
@@ -157,6 +158,7 @@ fn a_v1_record_keeps_the_cookies_remember_me_only_without_an_earlier_idle_deadli
     let v2 = OpenedRecord {
         data: Data::new(),
         remember_me: Some(false),
+        user: None,
     };
     assert!(
         !v2.remember_me(true, &deadlines(lifespan)),
@@ -342,6 +344,24 @@ fn a_read_of_one_key_builds_no_map() {
         serde_json::json!([1, {"b": "c"}])
     );
     assert!(!opened.is_parsed(), "reads built nothing");
+
+    let tied = Data::from([
+        (USER_KEY.to_owned(), Value::from("ada")),
+        ("n".to_owned(), Value::from(1)),
+    ]);
+    let inside = cipher
+        .open(
+            keys.primary(),
+            &key,
+            &stored(BINDING, cipher.seal(&key, BINDING, &tied)),
+        )
+        .unwrap();
+    assert_eq!(
+        inside.user.as_deref(),
+        Some("ada"),
+        "the user, found while checking"
+    );
+    assert!(!inside.data.is_parsed());
     assert_eq!(opened, data, "the map, built on demand, is the data");
     assert!(opened.is_parsed());
 
