@@ -197,3 +197,29 @@ async fn an_unreadable_password_reference_is_named() {
     let err = PostgresStore::from_settings(&settings).await.unwrap_err();
     assert!(err.to_string().contains("store.password"), "{err}");
 }
+
+/// Creating the schema again changes nothing; a schema newer than this release
+/// knows is refused rather than written to.
+#[tokio::test]
+async fn the_schema_is_created_once_and_a_newer_one_is_refused() {
+    let Some((_, tables)) = fixture().await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&tables.url).await.unwrap();
+    PostgresStore::from_pool(pool.clone(), &tables.prefix)
+        .await
+        .expect("a second start finds the schema");
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}schema", tables.prefix))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "one version row, however many starts");
+    sqlx::query(&format!("UPDATE {}schema SET version = 99", tables.prefix))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = PostgresStore::from_pool(pool, &tables.prefix)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
