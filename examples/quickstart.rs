@@ -17,7 +17,9 @@
 //! With `SESSION_CONFIG=examples/session.yaml` it reads its session settings from
 //! that YAML file; an invalid file stops it before it listens. With
 //! `--features redis` and `SESSION_CONFIG=examples/session-redis.yaml` its sessions
-//! live in Redis and survive a restart.
+//! live in Redis and survive a restart; likewise in PostgreSQL
+//! (`--features postgres`, `examples/session-postgres.yaml`) and in a SQLite
+//! file (`--features sqlite`, `examples/session-sqlite.yaml`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -323,22 +325,39 @@ async fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
             let store = tower_sealed_sessions::PostgresStore::from_settings(settings)
                 .await
                 .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
-            let sessions =
-                SessionLayer::from_config(&config, store.clone()).map_err(|e| e.to_string())?;
-            let cleanup = tower_sealed_sessions::store::cleanup_task(
-                store,
-                config.cleanup_interval(),
-                tower_sealed_sessions::Clock::system(),
-            )
-            .map_err(|e| e.to_string())?;
-            tokio::spawn(cleanup);
-            Ok(sessions)
+            with_cleanup(&config, store)
+        }
+        #[cfg(feature = "sqlite")]
+        StoreConfig::Sqlite(settings) => {
+            let store = tower_sealed_sessions::SqliteStore::from_settings(settings)
+                .await
+                .map_err(|e| format!("cannot open the SQLite database: {e}"))?;
+            with_cleanup(&config, store)
         }
         other => Err(format!(
             "this build cannot use the store {other:?}; for Redis run it with `--features \
-             redis`, for PostgreSQL with `--features postgres`"
+             redis`, for PostgreSQL with `--features postgres`, for SQLite with `--features \
+             sqlite`"
         )),
     }
+}
+
+/// The layer on a store that keeps expired rows until a cleanup task removes
+/// them, and that task, spawned.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn with_cleanup<St: tower_sealed_sessions::store::SessionStore + Clone>(
+    config: &SessionConfig,
+    store: St,
+) -> Result<SessionLayer, String> {
+    let sessions = SessionLayer::from_config(config, store.clone()).map_err(|e| e.to_string())?;
+    let cleanup = tower_sealed_sessions::store::cleanup_task(
+        store,
+        config.cleanup_interval(),
+        tower_sealed_sessions::Clock::system(),
+    )
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(cleanup);
+    Ok(sessions)
 }
 
 /// Who is logged in, without counting a visit: a read-only session request.

@@ -52,6 +52,7 @@ pub use crate::store::postgres::PostgresSettings;
 pub use crate::store::redis::{
     ClusterSettings, ReconnectSettings, RedisSettings, SentinelSettings, TlsSettings, WaitSettings,
 };
+pub use crate::store::sqlite::SqliteSettings;
 
 /// Session settings as read from a configuration file: YAML, TOML or JSON, with
 /// serde.
@@ -151,6 +152,8 @@ pub enum StoreConfig {
     Redis(Box<RedisSettings>),
     /// PostgreSQL (the `PostgresStore` of the `postgres` feature).
     Postgres(Box<PostgresSettings>),
+    /// A SQLite file (the `SqliteStore` of the `sqlite` feature).
+    Sqlite(Box<SqliteSettings>),
 }
 
 impl Default for StoreConfig {

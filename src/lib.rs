@@ -72,6 +72,7 @@
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
 //! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster, TLS (redis-rs, rustls) |
 //! | `postgres` | no | `PostgresStore`: records and user indexes in PostgreSQL tables (sqlx) |
+//! | `sqlite` | no | `SqliteStore`: records and user indexes in one SQLite file (sqlx, SQLite bundled) |
 //! | `test-util` | no | the store conformance suite ([`store_conformance_tests!`]) and inspection hooks for tests |
 //!
 //! # Where things are
@@ -167,4 +168,6 @@ pub use store::MemoryStore;
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
 pub use users::UserSessions;

@@ -26,6 +26,38 @@ fn refused(body: &str) -> (String, String) {
     (err.field().to_owned(), err.to_string())
 }
 
+/// Every configuration file among the examples parses and builds a layer (on
+/// the memory store: the store sections are checked by their stores' tests),
+/// and names the store its comment says.
+#[test]
+fn every_example_configuration_builds_a_layer() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let kind = match config.store() {
+            StoreConfig::Memory { .. } => "memory",
+            StoreConfig::Redis(_) => "redis",
+            StoreConfig::Postgres(_) => "postgres",
+            StoreConfig::Sqlite(_) => "sqlite",
+            other => panic!("{other:?}"),
+        };
+        let dir = temp_dir();
+        let config = yaml(&text.replace("target/", &format!("{}/", dir.display()))).unwrap();
+        SessionLayer::from_config(&config, MemoryStore::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::remove_dir_all(dir).unwrap();
+        seen.push(kind);
+    }
+    seen.sort();
+    assert_eq!(seen, ["memory", "postgres", "redis", "sqlite"]);
+}
+
 #[test]
 fn the_documented_yaml_builds_a_layer() {
     let dir = temp_dir();

@@ -15,6 +15,7 @@ fn quickstart() -> PathBuf {
         ("axum", cfg!(feature = "axum")),
         ("redis", cfg!(feature = "redis")),
         ("postgres", cfg!(feature = "postgres")),
+        ("sqlite", cfg!(feature = "sqlite")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -101,7 +102,7 @@ async fn login(base: &str) -> reqwest::Response {
 
 /// Logs in on a quickstart started with `config`, restarts it, and returns what
 /// `/api/session` says with the first process's cookie.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 async fn session_after_a_restart(exe: &Path, config: &Path) -> (serde_json::Value, Running) {
     let first = start(exe, config);
     let res = login(&first.base).await;
@@ -302,6 +303,37 @@ async fn on_postgres_a_login_survives_a_restart_of_the_process() {
             .await
             .unwrap();
     }
+    std::fs::remove_dir_all(dir).unwrap();
+    assert_eq!(
+        body["user"], "ada",
+        "still logged in after the restart: {body}"
+    );
+}
+
+/// The quickstart on a SQLite file of this test's own: a login survives a
+/// restart of the process.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn on_sqlite_a_login_survives_a_restart_of_the_process() {
+    let exe = quickstart();
+    let dir = temp_dir();
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
+             store: {{ type: sqlite, path: \"{}\" }}\n",
+            dir.join("session.key").display(),
+            dir.join("data/sessions.db").display(),
+        ),
+    )
+    .unwrap();
+    let (body, second) = session_after_a_restart(&exe, &config).await;
+    drop(second);
+    assert!(
+        dir.join("data/sessions.db").exists(),
+        "the file named in store.path"
+    );
     std::fs::remove_dir_all(dir).unwrap();
     assert_eq!(
         body["user"], "ada",

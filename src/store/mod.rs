@@ -83,6 +83,8 @@ mod index;
 mod memory;
 pub(crate) mod postgres;
 pub(crate) mod redis;
+pub(crate) mod sql;
+pub(crate) mod sqlite;
 
 pub use crate::clock::Timestamp;
 pub use crate::error::StoreError;
@@ -97,6 +99,8 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// A boxed future, for store work awaited through a `dyn`.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

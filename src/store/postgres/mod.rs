@@ -4,8 +4,6 @@
 mod settings;
 
 pub use settings::PostgresSettings;
-#[cfg(feature = "postgres")]
-use settings::check_prefix;
 
 #[cfg(feature = "postgres")]
 mod store;

@@ -1,15 +1,19 @@
 //! [`PostgresSettings`]: the `store:` section of `type: postgres`.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::duration::span_option;
 use crate::error::ConfigError;
+use crate::store::sql::{DEFAULT_PREFIX, check_prefix};
 
 /// Where a [`PostgresStore`](crate::store::PostgresStore) keeps its tables.
 ///
 /// ```yaml
 /// store: { type: postgres, url: "postgres://app@db.internal/app", password: "env:PGPASSWORD", table_prefix: "session_" }
+/// store: { type: postgres, url: "postgres://app@db.internal/app", timeout: 2s, pool_size: 8 }
 /// ```
 ///
 /// The password is a reference (`env:NAME`, `file:/path`, `base64:VALUE`, or the
@@ -25,6 +29,12 @@ pub struct PostgresSettings {
     /// Prepended to the tables' names (default `session_`): letters, digits and
     /// `_`, not starting with a digit.
     pub table_prefix: Option<String>,
+    /// How long one operation (getting a connection, and its statement) may take
+    /// before the request gets 503 (default `2s`).
+    #[serde(default, deserialize_with = "span_option")]
+    pub timeout: Option<Duration>,
+    /// Connections in the pool (default 8).
+    pub pool_size: Option<u32>,
 }
 
 impl PostgresSettings {
@@ -49,9 +59,34 @@ impl PostgresSettings {
         self
     }
 
+    /// How long one operation may take (default 2 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Connections in the pool (default 8).
+    pub fn with_pool_size(mut self, size: u32) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    /// The default operation timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
     /// The table prefix in force.
     pub fn table_prefix(&self) -> &str {
-        self.table_prefix.as_deref().unwrap_or("session_")
+        self.table_prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
+
+    /// The operation timeout in force.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+
+    /// The pool size in force.
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size.unwrap_or(8)
     }
 
     /// Checks the settings; each error names its field as a file spells it.
@@ -66,25 +101,20 @@ impl PostgresSettings {
                 ),
             ));
         }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "store.timeout",
+                "0s would fail every operation: give it a time above 0",
+            ));
+        }
+        if self.pool_size == Some(0) {
+            return Err(ConfigError::new(
+                "store.pool_size",
+                "0 connections would fail every operation: give it 1 or more",
+            ));
+        }
         check_prefix(self.table_prefix())
     }
-}
-
-/// A table prefix goes into SQL as it is: letters, digits and `_` only, not
-/// starting with a digit.
-pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
-    let plain = !prefix.is_empty()
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !prefix.as_bytes()[0].is_ascii_digit();
-    if !plain {
-        return Err(ConfigError::new(
-            "store.table_prefix",
-            format!("{prefix:?}: use letters, digits and _ only, not starting with a digit"),
-        ));
-    }
-    Ok(())
 }
 
 /// A URL with any password in it hidden.
@@ -108,6 +138,8 @@ impl fmt::Debug for PostgresSettings {
             .field("url", &redact(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<reference>"))
             .field("table_prefix", &self.table_prefix())
+            .field("timeout", &self.timeout())
+            .field("pool_size", &self.pool_size())
             .finish()
     }
 }
@@ -139,6 +171,14 @@ mod tests {
             field(PostgresSettings::url("postgres://db/app").with_table_prefix("1s_")),
             "store.table_prefix"
         );
+        assert_eq!(
+            field(PostgresSettings::url("postgres://db/app").with_timeout(Duration::ZERO)),
+            "store.timeout"
+        );
+        assert_eq!(
+            field(PostgresSettings::url("postgres://db/app").with_pool_size(0)),
+            "store.pool_size"
+        );
         let shown = format!(
             "{:?}",
             PostgresSettings::url("postgres://app:hunter2@db/app").with_password("hunter3")
@@ -151,5 +191,11 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.table_prefix(), "session_");
         assert_eq!(parsed.password.as_deref(), Some("env:PGPASSWORD"));
+        assert_eq!(parsed.timeout(), PostgresSettings::DEFAULT_TIMEOUT);
+        let parsed: PostgresSettings =
+            serde_yaml_ng::from_str("{ url: \"postgres://db/app\", timeout: 500ms, pool_size: 2 }")
+                .unwrap();
+        assert_eq!(parsed.timeout(), Duration::from_millis(500));
+        assert_eq!(parsed.pool_size(), 2);
     }
 }

@@ -7,14 +7,17 @@
 //! cookie or plaintext. A third table, `schema`, holds the schema's version, so a
 //! later release can migrate.
 //!
-//! Every operation is one statement, except a failed compare-and-set, which reads
-//! the current record after it: a read-only request costs one query.
+//! Every operation is one statement: a compare-and-set that loses reads the
+//! record as it is now in the same statement (a second query only when a
+//! concurrent write committed after the statement began). A read-only request
+//! costs one query, a write one more.
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::collections::HashMap;
+
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{Executor, Postgres, Row};
@@ -24,13 +27,11 @@ use crate::config::PostgresSettings;
 use crate::error::StoreError;
 use crate::keys::credential;
 use crate::record::{Deadlines, Record, StoreKey};
+use crate::store::sql::{
+    CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
+    version,
+};
 use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
-
-/// The schema this release creates and reads.
-const SCHEMA_VERSION: i32 = 1;
-/// Rows the cleanup deletes per statement, so that no statement holds locks on
-/// many rows for long.
-const CLEANUP_BATCH: i64 = 1_000;
 
 /// A [`SessionStore`] in PostgreSQL.
 #[derive(Clone)]
@@ -38,6 +39,7 @@ pub struct PostgresStore {
     pool: PgPool,
     tables: Tables,
     clock: Clock,
+    timeout: Duration,
 }
 
 /// The statements, with the tables' names in them.
@@ -45,6 +47,7 @@ pub struct PostgresStore {
 struct Tables {
     prefix: String,
     load: String,
+    load_many: String,
     create: String,
     update: String,
     touch: String,
@@ -67,6 +70,10 @@ impl Tables {
                 "SELECT version, idle_at, lifespan_at, active_at, data FROM {r} \
                  WHERE key = $1 AND expires_at > $2"
             ),
+            load_many: format!(
+                "SELECT key, version, idle_at, lifespan_at, active_at, data FROM {r} \
+                 WHERE key = ANY($1) AND expires_at > $2"
+            ),
             create: format!(
                 "INSERT INTO {r} (key, version, idle_at, lifespan_at, active_at, expires_at, data) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -75,17 +82,24 @@ impl Tables {
                  active_at = EXCLUDED.active_at, expires_at = EXCLUDED.expires_at, \
                  data = EXCLUDED.data WHERE {r}.expires_at <= $8"
             ),
-            update: format!(
-                "UPDATE {r} SET version = $3, idle_at = $4, lifespan_at = $5, active_at = $6, \
-                 expires_at = $7, data = $8 WHERE key = $1 AND version = $2 AND expires_at > $9"
+            update: lost_or_done(
+                &r,
+                &format!(
+                    "UPDATE {r} SET version = $3, idle_at = $4, lifespan_at = $5, \
+                     active_at = $6, expires_at = $7, data = $8 \
+                     WHERE key = $1 AND version = $2 AND expires_at > $9"
+                ),
+                "$9",
             ),
             touch: format!(
                 "UPDATE {r} SET idle_at = $3, lifespan_at = $4, active_at = $5, expires_at = $6 \
                  WHERE key = $1 AND version = $2 AND expires_at > $7"
             ),
             delete: format!("DELETE FROM {r} WHERE key = ANY($1)"),
-            delete_version: format!(
-                "DELETE FROM {r} WHERE key = $1 AND version = $2 AND expires_at > $3"
+            delete_version: lost_or_done(
+                &r,
+                &format!("DELETE FROM {r} WHERE key = $1 AND version = $2 AND expires_at > $3"),
+                "$3",
             ),
             expired: format!(
                 "DELETE FROM {r} WHERE key IN \
@@ -142,34 +156,53 @@ impl Tables {
     }
 }
 
-/// Milliseconds as PostgreSQL keeps them: [`Timestamp::NEVER`] is `i64::MAX`.
-fn ms(t: Timestamp) -> i64 {
-    i64::try_from(t.unix_millis()).unwrap_or(i64::MAX)
+/// A compare-and-set statement (`write`, on the row `key = $1 AND version = $2`,
+/// with the time bound at `now`) that answers one row: whether it wrote
+/// (`done`), and when it did not, the record as the statement sees it (its
+/// columns `NULL` when there is none).
+fn lost_or_done(records: &str, write: &str, now: &str) -> String {
+    format!(
+        "WITH done AS ({write} RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM done) AS done, \
+         found.version, found.idle_at, found.lifespan_at, found.active_at, found.data \
+         FROM (SELECT 1) AS one LEFT JOIN \
+         (SELECT version, idle_at, lifespan_at, active_at, data FROM {records} \
+          WHERE key = $1 AND expires_at > {now} AND NOT EXISTS (SELECT 1 FROM done)) AS found \
+         ON true"
+    )
 }
 
-fn timestamp(ms: i64) -> Timestamp {
-    match ms {
-        i64::MAX => Timestamp::NEVER,
-        ms => Timestamp::from_unix_millis(u64::try_from(ms).unwrap_or(0)),
-    }
-}
-
-/// `query` with `deadlines` bound next, in the columns' order: idle, lifespan,
-/// last activity, and the earlier of the two that end the session.
+/// `query` with `deadlines` bound next, in the columns' order.
 fn deadlines<'q>(
     query: Query<'q, Postgres, PgArguments>,
     deadlines: &Deadlines,
 ) -> Query<'q, Postgres, PgArguments> {
-    query
-        .bind(ms(deadlines.idle))
-        .bind(ms(deadlines.lifespan))
-        .bind(ms(deadlines.active))
-        .bind(ms(deadlines.expires_at()))
+    deadline_columns(deadlines)
+        .into_iter()
+        .fold(query, |query, at| query.bind(at))
 }
 
-/// A version as a `BIGINT`: the same 64 bits.
-fn version(v: u64) -> i64 {
-    v as i64
+/// What a compare-and-set that did not write found: the record as the
+/// statement saw it, or nothing. `None` when what it saw is the version it
+/// expected, which a statement sees when a concurrent write committed after
+/// the statement's snapshot was taken: the caller reads the record again.
+fn lost(found: Option<Record>, expected_version: u64) -> Option<CompareAndSet> {
+    match found {
+        None => Some(CompareAndSet::Missing),
+        Some(record) if record.version == expected_version => None,
+        Some(record) => Some(CompareAndSet::Conflict(record)),
+    }
+}
+
+/// The store key of a row's `key` column.
+fn store_key(row: &PgRow) -> Result<StoreKey, StoreError> {
+    let key: Vec<u8> = row
+        .try_get("key")
+        .map_err(|e| StoreError::Corrupt(format!("a session row: {e}")))?;
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a session row's key is not 32 bytes".into()))?;
+    Ok(StoreKey::from_bytes(key))
 }
 
 fn backend(err: sqlx::Error) -> StoreError {
@@ -179,41 +212,27 @@ fn backend(err: sqlx::Error) -> StoreError {
     }
 }
 
-fn record(row: &PgRow) -> Result<Record, StoreError> {
-    let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("a session row: {e}"));
-    let data: Vec<u8> = row.try_get("data").map_err(corrupt)?;
-    let lifespan = timestamp(row.try_get("lifespan_at").map_err(corrupt)?);
-    let idle = timestamp(row.try_get("idle_at").map_err(corrupt)?);
-    Ok(Record::new(
-        row.try_get::<i64, _>("version").map_err(corrupt)? as u64,
-        Deadlines {
-            idle: idle.min(lifespan),
-            lifespan,
-            active: timestamp(row.try_get("active_at").map_err(corrupt)?),
-        },
-        Bytes::from(data),
-    ))
+/// A pool as the settings ask: `pool_size` connections, and no longer than the
+/// timeout to get one.
+fn pool_options(settings: &PostgresSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(settings.pool_size())
+        .acquire_timeout(settings.timeout())
 }
 
 impl PostgresStore {
     /// The default prefix of the tables' names.
-    pub const DEFAULT_PREFIX: &'static str = "session_";
+    pub const DEFAULT_PREFIX: &'static str = crate::store::sql::DEFAULT_PREFIX;
 
-    /// Connects to `url` (`postgres://user@host/db`) and creates the schema
-    /// (tables prefixed `session_`) if it is not there.
+    /// Connects to `url` (`postgres://user@host/db`) with the default settings
+    /// and creates the schema (tables prefixed `session_`) if it is not there.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the server cannot be reached, or the schema cannot be
     /// created.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(1))
-            .connect(url)
-            .await
-            .map_err(backend)?;
-        Self::from_pool(pool, Self::DEFAULT_PREFIX).await
+        Self::from_settings(&PostgresSettings::url(url)).await
     }
 
     /// Connects as `settings` say (the password reference is read now) and
@@ -233,24 +252,26 @@ impl PostgresStore {
                 .map_err(|_| StoreError::backend("store.password is not UTF-8"))?;
             options = options.password(password);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(1))
+        let pool = pool_options(settings)
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Self::from_pool(pool, settings.table_prefix()).await
+        Ok(Self::from_pool(pool, settings.table_prefix())
+            .await?
+            .with_timeout(settings.timeout()))
     }
 
     /// A store on `pool`, its tables' names starting with `prefix` (letters,
-    /// digits and `_`); the schema is created if it is not there.
+    /// digits and `_`); the schema is created if it is not there. Every
+    /// operation is given the default timeout (2 s); see
+    /// [`with_timeout`](Self::with_timeout).
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the prefix is not a plain identifier or the schema
     /// cannot be created.
     pub async fn from_pool(pool: PgPool, prefix: &str) -> Result<Self, StoreError> {
-        super::check_prefix(prefix).map_err(StoreError::backend)?;
+        crate::store::sql::check_prefix(prefix).map_err(StoreError::backend)?;
         let tables = Tables::new(prefix);
         let mut tx = pool.begin().await.map_err(backend)?;
         // One process creates the schema at a time: concurrent `CREATE ... IF NOT
@@ -266,24 +287,59 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::backend(format!(
-                "the session tables are at schema version {found}, newer than this release's \
-                 {SCHEMA_VERSION}"
-            )));
-        }
+        check_schema_version(found)?;
         Ok(PostgresStore {
             pool,
             tables,
             clock: Clock::system(),
+            timeout: PostgresSettings::DEFAULT_TIMEOUT,
         })
+    }
+
+    /// How long one operation (getting a connection and its statement) may take
+    /// before it fails, and the request with it (503).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn now(&self) -> i64 {
         ms(self.clock.now())
     }
 
-    async fn current(&self, key: &StoreKey) -> Result<CompareAndSet, StoreError> {
+    /// `work`, failed once the timeout has passed.
+    async fn within<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| {
+                StoreError::backend(format!(
+                    "PostgreSQL did not answer within {:?}",
+                    self.timeout
+                ))
+            })?
+    }
+
+    /// Runs a compare-and-set statement made by [`lost_or_done`].
+    async fn compare_and_set(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> Result<CompareAndSet, StoreError> {
+        let row = query.fetch_one(&self.pool).await.map_err(backend)?;
+        let done: bool = row
+            .try_get("done")
+            .map_err(|e| StoreError::Corrupt(format!("a compare-and-set answer: {e}")))?;
+        if done {
+            return Ok(CompareAndSet::Done);
+        }
+        if let Some(outcome) = lost(record(&row)?, expected_version) {
+            return Ok(outcome);
+        }
+        // A write committed after the statement began: read what it left.
         Ok(match self.load(key).await? {
             Some(record) => CompareAndSet::Conflict(record),
             None => CompareAndSet::Missing,
@@ -295,6 +351,7 @@ impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
             .field("prefix", &self.tables.prefix)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -305,15 +362,42 @@ impl SessionStore for PostgresStore {
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let key = *key;
-        async move {
+        self.within(async move {
             let row = sqlx::query(&self.tables.load)
                 .bind(&key.as_bytes()[..])
                 .bind(self.now())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-            row.as_ref().map(record).transpose()
-        }
+            Ok(match row {
+                Some(row) => record(&row)?,
+                None => None,
+            })
+        })
+    }
+
+    /// One query for all of `keys`.
+    fn load_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send {
+        let keys = keys.to_vec();
+        self.within(async move {
+            let bytes: Vec<&[u8]> = keys.iter().map(|k| &k.as_bytes()[..]).collect();
+            let rows = sqlx::query(&self.tables.load_many)
+                .bind(&bytes)
+                .bind(self.now())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            let mut found = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                if let Some(record) = record(row)? {
+                    found.insert(store_key(row)?, record);
+                }
+            }
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+        })
     }
 
     fn create(
@@ -322,7 +406,7 @@ impl SessionStore for PostgresStore {
         record: &Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let (key, record) = (*key, record.clone());
-        async move {
+        self.within(async move {
             let query = sqlx::query(&self.tables.create)
                 .bind(&key.as_bytes()[..])
                 .bind(version(record.version));
@@ -333,7 +417,7 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             Ok(done.rows_affected() == 1)
-        }
+        })
     }
 
     fn update(
@@ -343,22 +427,16 @@ impl SessionStore for PostgresStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let (key, record) = (*key, record.clone());
-        async move {
+        self.within(async move {
             let query = sqlx::query(&self.tables.update)
                 .bind(&key.as_bytes()[..])
                 .bind(version(expected_version))
                 .bind(version(record.version));
-            let done = deadlines(query, &record.deadlines)
+            let query = deadlines(query, &record.deadlines)
                 .bind(&record.data[..])
-                .bind(self.now())
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
-            if done.rows_affected() == 1 {
-                return Ok(CompareAndSet::Done);
-            }
-            self.current(&key).await
-        }
+                .bind(self.now());
+            self.compare_and_set(query, &key, expected_version).await
+        })
     }
 
     fn touch(
@@ -368,7 +446,7 @@ impl SessionStore for PostgresStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let key = *key;
-        async move {
+        self.within(async move {
             let query = sqlx::query(&self.tables.touch)
                 .bind(&key.as_bytes()[..])
                 .bind(version(expected_version));
@@ -378,7 +456,7 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             Ok(done.rows_affected() == 1)
-        }
+        })
     }
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
@@ -391,14 +469,14 @@ impl SessionStore for PostgresStore {
         keys: &[StoreKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
-        async move {
+        self.within(async move {
             sqlx::query(&self.tables.delete)
                 .bind(&keys)
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
             Ok(())
-        }
+        })
     }
 
     fn delete_version(
@@ -407,33 +485,32 @@ impl SessionStore for PostgresStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let key = *key;
-        async move {
-            let done = sqlx::query(&self.tables.delete_version)
+        self.within(async move {
+            let query = sqlx::query(&self.tables.delete_version)
                 .bind(&key.as_bytes()[..])
                 .bind(version(expected_version))
-                .bind(self.now())
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
-            if done.rows_affected() == 1 {
-                return Ok(CompareAndSet::Done);
-            }
-            self.current(&key).await
-        }
+                .bind(self.now());
+            self.compare_and_set(query, &key, expected_version).await
+        })
     }
 
     /// Deletes expired records, then expired index entries, in batches of
-    /// 1,000 rows per statement (the expiry columns are indexed).
+    /// 1,000 rows per statement (the expiry columns are indexed). Each
+    /// statement has the timeout, not the whole cleanup.
     async fn delete_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let now = ms(now);
         let mut deleted = 0;
         for statement in [&self.tables.expired, &self.tables.index_prune] {
             loop {
-                let done = sqlx::query(statement)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(backend)?;
+                let done = self
+                    .within(async {
+                        sqlx::query(statement)
+                            .bind(now)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(backend)
+                    })
+                    .await?;
                 if statement == &self.tables.expired {
                     deleted += done.rows_affected();
                 }
@@ -451,7 +528,7 @@ impl SessionStore for PostgresStore {
         entry: &IndexEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (user, entry) = (*user, *entry);
-        async move {
+        self.within(async move {
             sqlx::query(&self.tables.index_add)
                 .bind(&user.as_bytes()[..])
                 .bind(&entry.store_key.as_bytes()[..])
@@ -463,7 +540,7 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             Ok(())
-        }
+        })
     }
 
     fn index_remove(
@@ -473,7 +550,7 @@ impl SessionStore for PostgresStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let user = *user;
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
-        async move {
+        self.within(async move {
             sqlx::query(&self.tables.index_remove)
                 .bind(&user.as_bytes()[..])
                 .bind(&keys)
@@ -481,7 +558,7 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             Ok(())
-        }
+        })
     }
 
     fn index_list(
@@ -490,37 +567,25 @@ impl SessionStore for PostgresStore {
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
         let user = *user;
-        async move {
+        self.within(async move {
             let rows = sqlx::query(&self.tables.index_list)
                 .bind(&user.as_bytes()[..])
                 .bind(ms(now))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(backend)?;
-            let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("a user index row: {e}"));
-            rows.iter()
-                .map(|row| {
-                    let key: Vec<u8> = row.try_get("key").map_err(corrupt)?;
-                    let key: [u8; 32] = key.try_into().map_err(|_| {
-                        StoreError::Corrupt("a user index row's key is not 32 bytes".into())
-                    })?;
-                    Ok(IndexEntry::new(
-                        StoreKey::from_bytes(key),
-                        timestamp(row.try_get("created_at").map_err(corrupt)?),
-                        timestamp(row.try_get("expires_at").map_err(corrupt)?),
-                        timestamp(row.try_get("indexed_at").map_err(corrupt)?),
-                        row.try_get("remember_me").map_err(corrupt)?,
-                    ))
-                })
-                .collect()
-        }
+            rows.iter().map(index_entry).collect()
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        self.within(async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
     }
 }

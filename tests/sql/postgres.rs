@@ -2,9 +2,10 @@
 //! database, trust auth; `POSTGRES_URL` names another). Each test gets tables of
 //! its own (a random prefix), dropped when it ends. Without the server the tests
 //! fail when `CI` is set, and otherwise skip with a printed reason.
-#![cfg(feature = "postgres")]
 
 use tower_sealed_sessions::store::PostgresStore;
+
+use super::*;
 
 fn url() -> String {
     std::env::var("POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
@@ -63,130 +64,88 @@ mod conformance {
     tower_sealed_sessions::store_conformance_tests!(fixture());
 }
 
-/// The cleanup deletes every expired record, in batches of 1,000, and nothing
-/// else; expired index entries go with them.
 #[tokio::test]
 async fn cleanup_deletes_expired_rows_in_batches_and_nothing_else() {
-    use tower_sealed_sessions::store::{
-        Deadlines, IndexEntry, Record, SessionStore, StoreKey, Timestamp, UserTag,
-    };
     let Some((store, _tables)) = fixture().await else {
         return;
     };
-    let now = Timestamp::from_unix_millis(
-        u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap(),
-    );
-    let record = |expires: Timestamp| {
-        let deadlines = Deadlines {
-            idle: expires,
-            lifespan: expires,
-            active: now,
-        };
-        Record::new(1, deadlines, bytes::Bytes::from_static(b"sealed"))
-    };
-    let past = Timestamp::from_unix_millis(now.unix_millis() - 60_000);
-    let future = now.saturating_add(std::time::Duration::from_secs(3600));
-    // Expired rows cannot be created through the store (a create replaces an
-    // expired row), so they are created live and then expire by the clock the
-    // cleanup is given.
-    let keys: Vec<StoreKey> = (0..2_503)
-        .map(|_| StoreKey::from_bytes(rand::random()))
-        .collect();
-    for (i, key) in keys.iter().enumerate() {
-        let expires = if i < 3 {
-            future.saturating_add(std::time::Duration::from_secs(3600))
-        } else {
-            future
-        };
-        assert!(store.create(key, &record(expires)).await.unwrap());
-    }
-    let user = UserTag::from_bytes(rand::random());
-    let entry = IndexEntry::new(keys[10], past, future, past, false);
-    store.index_add(&user, &entry).await.unwrap();
-    let later = future.saturating_add(std::time::Duration::from_secs(1));
-    assert_eq!(store.delete_expired(later).await.unwrap(), 2_500);
-    for key in &keys[..3] {
-        assert!(store.load(key).await.unwrap().is_some(), "live rows stay");
-    }
-    assert!(store.load(&keys[3]).await.unwrap().is_none());
-    assert!(
-        store.index_list(&user, now).await.unwrap().is_empty(),
-        "the expired index entry went too"
-    );
-    assert_eq!(store.delete_expired(later).await.unwrap(), 0);
+    super::cleanup_deletes_expired_rows_in_batches_and_nothing_else(&store).await;
 }
 
 /// The `store:` section builds the store, and a login outlives the process that
 /// made it: a second store and layer, built from the same file, open its cookie.
 #[tokio::test]
 async fn a_file_configured_store_keeps_a_login_across_a_restart() {
-    use axum::Router;
-    use axum::routing::{get, post};
-    use tower::ServiceExt;
     use tower_sealed_sessions::config::StoreConfig;
-    use tower_sealed_sessions::{Session, SessionConfig, SessionLayer};
-
     let Some((_, tables)) = fixture().await else {
         return;
     };
     let yaml = format!(
         "secret: \"base64:c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz\"\n\
          cookie: {{ secure: false }}\n\
-         store: {{ type: postgres, url: \"{}\", table_prefix: \"{}\" }}",
+         store: {{ type: postgres, url: \"{}\", table_prefix: \"{}\", timeout: 3s, pool_size: 2 }}",
         tables.url, tables.prefix
     );
-    let config: SessionConfig = serde_yaml_ng::from_str(&yaml).unwrap();
-    let app = || async {
+    a_login_outlives_the_layer(&yaml, async |config: &SessionConfig| {
         let StoreConfig::Postgres(settings) = config.store() else {
             panic!("a postgres section")
         };
-        let store = PostgresStore::from_settings(settings).await.unwrap();
-        Router::new()
-            .route(
-                "/login",
-                post(|s: Session| async move {
-                    s.cycle_id();
-                    s.set_user_id("ada");
-                }),
-            )
-            .route(
-                "/me",
-                get(|s: Session| async move { s.user_id().unwrap_or_default() }),
-            )
-            .layer(SessionLayer::from_config(&config, store).unwrap())
+        PostgresStore::from_settings(settings).await.unwrap()
+    })
+    .await;
+}
+
+/// A read-only request is one query, a write one more (a compare-and-set that
+/// reads the record it lost to in the same statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_one_query_and_a_write_one_more() {
+    let Some((store, tables)) = fixture().await else {
+        return;
     };
-    let request = |method: &str, path: &str, cookie: Option<&str>| {
-        let mut req = http::Request::builder().method(method).uri(path);
-        if let Some(cookie) = cookie {
-            req = req.header(http::header::COOKIE, cookie);
+    queries_per_request(store, &tables.prefix, "WITH").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
+    let Some((store, _tables)) = fixture().await else {
+        return;
+    };
+    common::hundred_concurrent_increments(&serve(app(store, |l| l)).await).await;
+}
+
+/// No column holds the session's data, its user, its cookie or its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_column_holds_plaintext_an_id_or_a_cookie() {
+    let Some((store, tables)) = fixture().await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&tables.url).await.unwrap();
+    let prefix = tables.prefix.clone();
+    nothing_readable_is_stored(store, || async {
+        let mut bytes = Vec::new();
+        for table in ["records", "user_index"] {
+            let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
+                "SELECT convert_to(t::text, 'UTF8') FROM {prefix}{table} t"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let raw: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
+                "SELECT {} FROM {prefix}{table}",
+                if table == "records" {
+                    "data"
+                } else {
+                    "user_tag"
+                }
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            bytes.extend(rows.into_iter().chain(raw).flat_map(|(b,)| b));
         }
-        req.body(axum::body::Body::empty()).unwrap()
-    };
-    let first = app().await;
-    let res = first
-        .oneshot(request("POST", "/login", None))
-        .await
-        .unwrap();
-    let cookie = res.headers()[http::header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let second = app().await;
-    let res = second
-        .oneshot(request("GET", "/me", Some(&cookie)))
-        .await
-        .unwrap();
-    let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
-    assert_eq!(&body[..], b"ada", "the login outlived the first store");
+        bytes
+    })
+    .await;
 }
 
 /// A password reference that cannot be read fails the connection, naming it.

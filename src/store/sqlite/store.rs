@@ -1,0 +1,553 @@
+//! [`SqliteStore`]: records and user indexes in one SQLite file, on sqlx.
+//!
+//! The tables are those of [`PostgresStore`](crate::store::PostgresStore)
+//! (`{prefix}records`, `{prefix}user_index`, `{prefix}schema`), with the same
+//! columns: no session id, cookie or plaintext in any of them.
+//!
+//! **Why no "database is locked".** SQLite lets one writer at a time into a
+//! file. A pool of connections that all write makes them queue inside SQLite,
+//! and a transaction that reads before it writes cannot be helped by the busy
+//! timeout at all: SQLite answers `SQLITE_BUSY` at once to avoid a deadlock.
+//! So this store gives its writes **one connection** of their own, which
+//! requests of this process queue for in order, and never reads before writing
+//! in a transaction; reads have a pool of their own and, in WAL mode, never wait
+//! for the writer. Only another process writing the same file can make a write
+//! wait, for at most the busy timeout, then 503.
+//!
+//! A compare-and-set is its `UPDATE` (or `DELETE`), and when that writes
+//! nothing, the read of the record as it is now, on the same writer connection
+//! before any other write of this process: a read-only request costs one query,
+//! a write one more.
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Executor, QueryBuilder, Sqlite};
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::SqliteSettings;
+use crate::error::StoreError;
+use crate::record::{Deadlines, Record, StoreKey};
+use crate::store::sql::{
+    CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
+    version,
+};
+use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
+
+/// Keys per `IN (...)` list when many are deleted at once, well under SQLite's
+/// limit on bound parameters.
+const KEYS_PER_STATEMENT: usize = 500;
+/// Connections for reads.
+const READERS: u32 = 4;
+
+/// A [`SessionStore`] in a SQLite file: sessions survive a restart without a
+/// server.
+#[derive(Clone)]
+pub struct SqliteStore {
+    reads: SqlitePool,
+    /// One connection: this process's writes queue here, not in SQLite.
+    writes: SqlitePool,
+    tables: Tables,
+    clock: Clock,
+    path: PathBuf,
+}
+
+/// The statements, with the tables' names in them.
+#[derive(Clone)]
+struct Tables {
+    prefix: String,
+    records: String,
+    user_index: String,
+    load: String,
+    create: String,
+    update: String,
+    touch: String,
+    delete_version: String,
+    expired: String,
+    index_add: String,
+    index_prune: String,
+    index_list: String,
+    index_drop_expired: String,
+}
+
+impl Tables {
+    fn new(prefix: &str) -> Self {
+        let r = format!("{prefix}records");
+        let u = format!("{prefix}user_index");
+        Tables {
+            prefix: prefix.to_owned(),
+            load: format!(
+                "SELECT version, idle_at, lifespan_at, active_at, data FROM {r} \
+                 WHERE key = ?1 AND expires_at > ?2"
+            ),
+            create: format!(
+                "INSERT INTO {r} (key, version, idle_at, lifespan_at, active_at, expires_at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (key) DO UPDATE SET version = excluded.version, \
+                 idle_at = excluded.idle_at, lifespan_at = excluded.lifespan_at, \
+                 active_at = excluded.active_at, expires_at = excluded.expires_at, \
+                 data = excluded.data WHERE {r}.expires_at <= ?8"
+            ),
+            update: format!(
+                "UPDATE {r} SET version = ?3, idle_at = ?4, lifespan_at = ?5, active_at = ?6, \
+                 expires_at = ?7, data = ?8 WHERE key = ?1 AND version = ?2 AND expires_at > ?9"
+            ),
+            touch: format!(
+                "UPDATE {r} SET idle_at = ?3, lifespan_at = ?4, active_at = ?5, expires_at = ?6 \
+                 WHERE key = ?1 AND version = ?2 AND expires_at > ?7"
+            ),
+            delete_version: format!(
+                "DELETE FROM {r} WHERE key = ?1 AND version = ?2 AND expires_at > ?3"
+            ),
+            expired: format!(
+                "DELETE FROM {r} WHERE key IN \
+                 (SELECT key FROM {r} WHERE expires_at <= ?1 LIMIT {CLEANUP_BATCH})"
+            ),
+            index_add: format!(
+                "INSERT INTO {u} (user_tag, key, created_at, expires_at, indexed_at, remember_me) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (user_tag, key) DO UPDATE SET created_at = excluded.created_at, \
+                 expires_at = max({u}.expires_at, excluded.expires_at), \
+                 indexed_at = min({u}.indexed_at, excluded.indexed_at), \
+                 remember_me = excluded.remember_me"
+            ),
+            index_prune: format!(
+                "DELETE FROM {u} WHERE (user_tag, key) IN \
+                 (SELECT user_tag, key FROM {u} WHERE expires_at <= ?1 LIMIT {CLEANUP_BATCH})"
+            ),
+            // Every entry of the user: the expired ones are dropped only when
+            // there are any, so that a listing is usually a read alone.
+            index_list: format!(
+                "SELECT key, created_at, expires_at, indexed_at, remember_me FROM {u} \
+                 WHERE user_tag = ?1"
+            ),
+            index_drop_expired: format!("DELETE FROM {u} WHERE user_tag = ?1 AND expires_at <= ?2"),
+            records: r,
+            user_index: u,
+        }
+    }
+
+    /// The statements that create the schema, in order; each may run again.
+    fn schema(&self) -> [String; 6] {
+        let (p, r, u) = (&self.prefix, &self.records, &self.user_index);
+        [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {r} (key BLOB PRIMARY KEY NOT NULL, \
+                 version INTEGER NOT NULL, idle_at INTEGER NOT NULL, \
+                 lifespan_at INTEGER NOT NULL, active_at INTEGER NOT NULL, \
+                 expires_at INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {p}records_expires ON {r} (expires_at)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {u} (user_tag BLOB NOT NULL, key BLOB NOT NULL, \
+                 created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, \
+                 indexed_at INTEGER NOT NULL, remember_me INTEGER NOT NULL, \
+                 PRIMARY KEY (user_tag, key)) WITHOUT ROWID"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {p}user_index_expires ON {u} (expires_at)"),
+            format!("CREATE TABLE IF NOT EXISTS {p}schema (version INTEGER NOT NULL)"),
+            format!(
+                "INSERT INTO {p}schema (version) SELECT {SCHEMA_VERSION} \
+                 WHERE NOT EXISTS (SELECT 1 FROM {p}schema)"
+            ),
+        ]
+    }
+}
+
+fn backend(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut => StoreError::backend("no SQLite connection in time"),
+        other => StoreError::backend(other),
+    }
+}
+
+/// Creates the database file (mode 0600) and its missing parent directories
+/// (mode 0700), so that SQLite opens a file only its owner reads.
+fn prepare(path: &Path) -> Result<(), StoreError> {
+    let failed = |what: &str, at: &Path, e: std::io::Error| {
+        StoreError::backend(format!(
+            "store.path: cannot create {what} {}: {e}",
+            at.display()
+        ))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            let mut dirs = std::fs::DirBuilder::new();
+            dirs.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut dirs, 0o700);
+            dirs.create(parent)
+                .map_err(|e| failed("the directory", parent, e))?;
+        }
+    }
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    match file.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(failed("the database file", path, e)),
+    }
+}
+
+impl SqliteStore {
+    /// The default prefix of the tables' names.
+    pub const DEFAULT_PREFIX: &'static str = crate::store::sql::DEFAULT_PREFIX;
+
+    /// Opens (or creates) the database file at `path` with the default settings,
+    /// and creates the schema (tables prefixed `session_`) if it is not there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the file cannot be created or opened, or the schema
+    /// cannot be created.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::from_settings(&SqliteSettings::path(path.as_ref())).await
+    }
+
+    /// Opens (or creates) the database file as `settings` say, in WAL mode, and
+    /// creates the schema if it is not there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the settings do not validate, the file cannot be
+    /// created or opened, or the schema cannot be created (or is newer than
+    /// this release knows).
+    pub async fn from_settings(settings: &SqliteSettings) -> Result<Self, StoreError> {
+        settings.validate().map_err(StoreError::backend)?;
+        prepare(settings.file())?;
+        let wait = settings.busy_timeout();
+        let options = SqliteConnectOptions::new()
+            .filename(settings.file())
+            .busy_timeout(wait)
+            // In WAL mode, NORMAL loses no commit when the process dies, only
+            // the last ones when the machine loses power; and it spares an fsync
+            // per write.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(false);
+        // The writer sets WAL mode, which stays with the file; the readers then
+        // need not (setting it takes a lock the busy timeout cannot wait for).
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(wait)
+            .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
+            .await
+            .map_err(backend)?;
+        let prefix = settings.table_prefix();
+        crate::store::sql::check_prefix(prefix).map_err(StoreError::backend)?;
+        let tables = Tables::new(prefix);
+        // BEGIN IMMEDIATE takes the write lock first (waiting for it as the busy
+        // timeout allows), so processes starting together create the schema one
+        // after another.
+        let mut tx = writes
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        for statement in tables.schema() {
+            tx.execute(statement.as_str()).await.map_err(backend)?;
+        }
+        let found: i32 = sqlx::query_scalar(&format!("SELECT max(version) FROM {prefix}schema"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        check_schema_version(found)?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(wait)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            reads,
+            writes,
+            tables,
+            clock: Clock::system(),
+            path: settings.file().to_owned(),
+        })
+    }
+
+    fn now(&self) -> i64 {
+        ms(self.clock.now())
+    }
+
+    /// Runs a compare-and-set statement (`?1` the key, `?2` the expected
+    /// version); when it writes nothing, reads the record as it is now on the
+    /// same connection, before any other write of this process.
+    async fn compare_and_set<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        key: &StoreKey,
+    ) -> Result<CompareAndSet, StoreError> {
+        let mut writer = self.writes.acquire().await.map_err(backend)?;
+        let done = query.execute(&mut *writer).await.map_err(backend)?;
+        if done.rows_affected() == 1 {
+            return Ok(CompareAndSet::Done);
+        }
+        let row = sqlx::query(&self.tables.load)
+            .bind(&key.as_bytes()[..])
+            .bind(self.now())
+            .fetch_optional(&mut *writer)
+            .await
+            .map_err(backend)?;
+        Ok(match row.as_ref().map(record).transpose()?.flatten() {
+            Some(record) => CompareAndSet::Conflict(record),
+            None => CompareAndSet::Missing,
+        })
+    }
+
+    /// Deletes `keys` with `head` (a statement ending in `key IN (`), a bounded
+    /// number of keys per statement.
+    async fn delete_keys(
+        &self,
+        head: &str,
+        user: Option<&UserTag>,
+        keys: &[StoreKey],
+    ) -> Result<(), StoreError> {
+        for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+            let mut statement = QueryBuilder::<Sqlite>::new(head);
+            if let Some(user) = user {
+                statement.push_bind(user.as_bytes().to_vec());
+                statement.push(" AND key IN (");
+            }
+            let mut list = statement.separated(", ");
+            for key in chunk {
+                list.push_bind(key.as_bytes().to_vec());
+            }
+            list.push_unseparated(")");
+            statement
+                .build()
+                .execute(&self.writes)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("prefix", &self.tables.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `query` with `deadlines` bound next, in the columns' order.
+fn deadlines<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    deadlines: &Deadlines,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    deadline_columns(deadlines)
+        .into_iter()
+        .fold(query, |query, at| query.bind(at))
+}
+
+impl SessionStore for SqliteStore {
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let key = *key;
+        async move {
+            let row = sqlx::query(&self.tables.load)
+                .bind(key.as_bytes().to_vec())
+                .bind(self.now())
+                .fetch_optional(&self.reads)
+                .await
+                .map_err(backend)?;
+            Ok(row.as_ref().map(record).transpose()?.flatten())
+        }
+    }
+
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let (key, record) = (*key, record.clone());
+        async move {
+            let query = sqlx::query(&self.tables.create)
+                .bind(key.as_bytes().to_vec())
+                .bind(version(record.version));
+            let done = deadlines(query, &record.deadlines)
+                .bind(record.data.to_vec())
+                .bind(self.now())
+                .execute(&self.writes)
+                .await
+                .map_err(backend)?;
+            Ok(done.rows_affected() == 1)
+        }
+    }
+
+    fn update(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
+        let (key, record) = (*key, record.clone());
+        async move {
+            let query = sqlx::query(&self.tables.update)
+                .bind(key.as_bytes().to_vec())
+                .bind(version(expected_version))
+                .bind(version(record.version));
+            let query = deadlines(query, &record.deadlines)
+                .bind(record.data.to_vec())
+                .bind(self.now());
+            self.compare_and_set(query, &key).await
+        }
+    }
+
+    fn touch(
+        &self,
+        key: &StoreKey,
+        moved: Deadlines,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let key = *key;
+        async move {
+            let query = sqlx::query(&self.tables.touch)
+                .bind(key.as_bytes().to_vec())
+                .bind(version(expected_version));
+            let done = deadlines(query, &moved)
+                .bind(self.now())
+                .execute(&self.writes)
+                .await
+                .map_err(backend)?;
+            Ok(done.rows_affected() == 1)
+        }
+    }
+
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let key = *key;
+        async move { self.delete_many(&[key]).await }
+    }
+
+    fn delete_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let keys = keys.to_vec();
+        async move {
+            let head = format!("DELETE FROM {} WHERE key IN (", self.tables.records);
+            self.delete_keys(&head, None, &keys).await
+        }
+    }
+
+    fn delete_version(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
+        let key = *key;
+        async move {
+            let query = sqlx::query(&self.tables.delete_version)
+                .bind(key.as_bytes().to_vec())
+                .bind(version(expected_version))
+                .bind(self.now());
+            self.compare_and_set(query, &key).await
+        }
+    }
+
+    /// Deletes expired records, then expired index entries, in batches of
+    /// 1,000 rows per statement (the expiry columns are indexed); requests'
+    /// writes go between the batches.
+    async fn delete_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let now = ms(now);
+        let mut deleted = 0;
+        for statement in [&self.tables.expired, &self.tables.index_prune] {
+            loop {
+                let done = sqlx::query(statement)
+                    .bind(now)
+                    .execute(&self.writes)
+                    .await
+                    .map_err(backend)?;
+                if statement == &self.tables.expired {
+                    deleted += done.rows_affected();
+                }
+                if done.rows_affected() < CLEANUP_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn index_add(
+        &self,
+        user: &UserTag,
+        entry: &IndexEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (user, entry) = (*user, *entry);
+        async move {
+            sqlx::query(&self.tables.index_add)
+                .bind(user.as_bytes().to_vec())
+                .bind(entry.store_key.as_bytes().to_vec())
+                .bind(ms(entry.created_at))
+                .bind(ms(entry.expires_at))
+                .bind(ms(entry.indexed_at))
+                .bind(entry.remember_me)
+                .execute(&self.writes)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+    }
+
+    fn index_remove(
+        &self,
+        user: &UserTag,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (user, keys) = (*user, keys.to_vec());
+        async move {
+            let head = format!("DELETE FROM {} WHERE user_tag = ", self.tables.user_index);
+            self.delete_keys(&head, Some(&user), &keys).await
+        }
+    }
+
+    fn index_list(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
+        let user = *user;
+        async move {
+            let rows = sqlx::query(&self.tables.index_list)
+                .bind(user.as_bytes().to_vec())
+                .fetch_all(&self.reads)
+                .await
+                .map_err(backend)?;
+            let mut entries = rows
+                .iter()
+                .map(index_entry)
+                .collect::<Result<Vec<_>, _>>()?;
+            let listed = entries.len();
+            entries.retain(|entry| entry.expires_at > now);
+            if entries.len() < listed {
+                sqlx::query(&self.tables.index_drop_expired)
+                    .bind(user.as_bytes().to_vec())
+                    .bind(ms(now))
+                    .execute(&self.writes)
+                    .await
+                    .map_err(backend)?;
+            }
+            Ok(entries)
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reads)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
