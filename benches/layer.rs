@@ -3,13 +3,18 @@
 //!
 //! ```text
 //! cargo bench --bench layer
-//! REDIS_URL=redis://127.0.0.1:6379/0 cargo bench --bench layer --features redis
+//! REDIS_URL=redis://127.0.0.1:6379/0 POSTGRES_URL=postgres://root@127.0.0.1:5432/test \
+//!   cargo bench --bench layer --features redis,postgres,sqlite -- 'redis|postgres|sqlite'
 //! ```
 //!
-//! Subtract `bare` from each case for the layer's own cost per request. With
-//! `REDIS_URL` set (and the `redis` feature), the `redis` group measures the cases
-//! that use the store (a new session, and the existing-session cases) on a Redis
-//! store, loopback round trips included.
+//! Subtract `bare` from each case for the layer's own cost per request. The
+//! store groups measure the cases that use the store (a new session, and the
+//! existing-session cases) on a real backend, round trips included, side by side
+//! in one run: `redis` with `REDIS_URL` set (and the `redis` feature), `postgres`
+//! with `POSTGRES_URL` set (tables prefixed `bench_`; feature `postgres`), and
+//! `sqlite` on a file in the temporary directory (feature `sqlite`). Each group
+//! starts with its backend's floor: one round trip of the client library
+//! (`ping`, `select_1`). A read is one round trip on each; a write one more.
 //!
 //! Cases: `bare` (no layer), `no_cookie` (the handler never touches the session),
 //! `new_session` (one key written, session created), and for an existing session
@@ -127,7 +132,6 @@ fn bench_redis(c: &mut Criterion) {
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
         .expect("connect to REDIS_URL");
     let layer = SessionLayer::new(store, Keys::generate());
-    let app = routes().layer(layer.clone()).with_state(());
     let mut group = c.benchmark_group("redis");
     group.bench_function("ping", |b| {
         b.to_async(&rt).iter(|| {
@@ -136,13 +140,87 @@ fn bench_redis(c: &mut Criterion) {
         })
     });
     drop(raw);
-    one_request(&mut group, &rt, "new_session", &app, "/write", None);
-    existing_session(&mut group, &rt, layer);
+    store_cases(&mut group, &rt, layer);
     group.finish();
 }
 
 #[cfg(not(feature = "redis"))]
 fn bench_redis(_: &mut Criterion) {}
+
+#[cfg(feature = "postgres")]
+fn bench_postgres(c: &mut Criterion) {
+    let Ok(url) = std::env::var("POSTGRES_URL") else {
+        eprintln!("postgres group skipped: set POSTGRES_URL to run it");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = rt
+        .block_on(sqlx::PgPool::connect(&url))
+        .expect("connect to POSTGRES_URL");
+    let store = rt
+        .block_on(tower_sealed_sessions::PostgresStore::from_pool(
+            pool.clone(),
+            "bench_",
+        ))
+        .expect("the bench_ tables");
+    rt.block_on(sqlx::query("TRUNCATE bench_records, bench_user_index").execute(&pool))
+        .unwrap();
+    let mut group = c.benchmark_group("postgres");
+    group.bench_function("select_1", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(sqlx::query("SELECT 1").execute(&pool).await) })
+    });
+    store_cases(&mut group, &rt, SessionLayer::new(store, Keys::generate()));
+    group.finish();
+}
+
+#[cfg(not(feature = "postgres"))]
+fn bench_postgres(_: &mut Criterion) {}
+
+#[cfg(feature = "sqlite")]
+fn bench_sqlite(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("tss-bench-{}", std::process::id()));
+    let file = dir.join("sessions.db");
+    let store = rt
+        .block_on(tower_sealed_sessions::SqliteStore::open(&file))
+        .expect("a SQLite file in the temporary directory");
+    let pool = rt
+        .block_on(sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            file.display()
+        )))
+        .unwrap();
+    let mut group = c.benchmark_group("sqlite");
+    group.bench_function("select_1", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(sqlx::query("SELECT 1").execute(&pool).await) })
+    });
+    store_cases(&mut group, &rt, SessionLayer::new(store, Keys::generate()));
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn bench_sqlite(_: &mut Criterion) {}
+
+/// The cases that reach the store: a new session, then an existing one's.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+fn store_cases(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    layer: SessionLayer,
+) {
+    let app = routes().layer(layer.clone()).with_state(());
+    one_request(group, rt, "new_session", &app, "/write", None);
+    existing_session(group, rt, layer);
+}
 
 /// Measures the requests of an existing session under `layer`: read-only,
 /// read+write, a read due for a touch, and destroy.
@@ -221,5 +299,12 @@ fn one_request(
     });
 }
 
-criterion_group!(benches, bench, bench_store_size, bench_redis);
+criterion_group!(
+    benches,
+    bench,
+    bench_store_size,
+    bench_redis,
+    bench_postgres,
+    bench_sqlite
+);
 criterion_main!(benches);

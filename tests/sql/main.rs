@@ -226,6 +226,16 @@ where
     }
 }
 
+/// The per-user suite every store passes (limit 2), then a thousand sessions of
+/// one user listed and revoked (`users.list` is one query for all of them).
+async fn user_sessions<St: SessionStore + Clone>(store: St, name: &str) {
+    let layer =
+        || SessionLayer::new(store.clone(), Keys::from_secret(SECRET).unwrap()).with_secure(false);
+    common::users::run(layer().with_max_sessions_per_user(Some(2))).await;
+    let costs = common::users::at_scale(layer(), 1_000).await;
+    println!("{name}, 1,000 sessions of one user: {costs:?}");
+}
+
 /// Every statement sqlx sends, as its tracing events tell (target `sqlx::query`),
 /// for the whole test binary.
 fn statements() -> &'static Captured {

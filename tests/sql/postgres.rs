@@ -106,6 +106,14 @@ async fn a_read_is_one_query_and_a_write_one_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_user_sessions_suite_and_lists_a_thousand_of_one_user() {
+    let Some((store, _tables)) = fixture().await else {
+        return;
+    };
+    user_sessions(store, "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
     let Some((store, _tables)) = fixture().await else {
         return;

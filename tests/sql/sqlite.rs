@@ -83,6 +83,12 @@ async fn a_read_is_one_query_and_a_write_one_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_user_sessions_suite_and_lists_a_thousand_of_one_user() {
+    let (store, _dir) = fixture().await;
+    user_sessions(store, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
     let (store, _dir) = fixture().await;
     common::hundred_concurrent_increments(&serve(app(store, |l| l)).await).await;
