@@ -8,9 +8,23 @@
 
 use crate::error::ConfigError;
 
+/// The longest table prefix: PostgreSQL cuts identifiers at 63 bytes, and the
+/// longest name made from a prefix adds 19 (`user_index_expires`).
+const MAX_PREFIX: usize = 40;
+
 /// A table prefix goes into SQL as it is: letters, digits and `_` only, not
-/// starting with a digit.
+/// starting with a digit, at most 40 bytes.
 pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.len() > MAX_PREFIX {
+        return Err(ConfigError::new(
+            "store.table_prefix",
+            format!(
+                "is {} bytes long: at most {MAX_PREFIX}, so that every table and index name \
+                 fits PostgreSQL's 63",
+                prefix.len()
+            ),
+        ));
+    }
     let plain = !prefix.is_empty()
         && prefix
             .bytes()

@@ -190,3 +190,105 @@ async fn the_schema_is_created_once_and_a_newer_one_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+/// A compare-and-set that waits for a concurrent writer's lock, and loses to
+/// it once that commits, reports the record the writer left (its statement's
+/// snapshot still shows the old one: the store reads again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_and_set_that_loses_to_a_later_commit_reports_what_it_left() {
+    use tower_sealed_sessions::store::CompareAndSet;
+    let Some((store, tables)) = fixture().await else {
+        return;
+    };
+    let far = now().saturating_add(Duration::from_secs(3600));
+    let deadlines = Deadlines {
+        idle: far,
+        lifespan: far,
+        active: now(),
+    };
+    let key = StoreKey::from_bytes(rand::random());
+    assert!(
+        store
+            .create(&key, &Record::new(1, deadlines, Bytes::from_static(b"one")))
+            .await
+            .unwrap()
+    );
+    let pool = sqlx::PgPool::connect(&tables.url).await.unwrap();
+    let mut rival = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE {}records SET version = 2, data = 'two' WHERE key = $1",
+        tables.prefix
+    ))
+    .bind(&key.as_bytes()[..])
+    .execute(&mut *rival)
+    .await
+    .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mine = Record::new(2, deadlines, Bytes::from_static(b"mine"));
+            store.update(&key, &mine, 1).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the update waits for the rival's lock"
+    );
+    rival.commit().await.unwrap();
+    match waiting.await.unwrap().unwrap() {
+        CompareAndSet::Conflict(record) => {
+            assert_eq!(record.version, 2);
+            assert_eq!(&record.data[..], b"two");
+        }
+        other => panic!("expected the rival's record, got {other:?}"),
+    }
+}
+
+/// A role that may read and write the tables, and create nothing, starts a
+/// store on tables that are there, and uses it.
+#[tokio::test]
+async fn a_role_without_create_rights_starts_on_existing_tables() {
+    let Some((store, tables)) = fixture().await else {
+        return;
+    };
+    drop(store);
+    let admin = sqlx::PgPool::connect(&tables.url).await.unwrap();
+    let role = format!("tss_dml_{:08x}", rand::random::<u32>());
+    let p = &tables.prefix;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'dml'"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {p}records, {p}user_index, {p}schema TO {role}"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&admin).await.unwrap();
+    }
+    // The admin URL with the role's name and password.
+    let (scheme, rest) = tables.url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{role}:dml@{host}");
+    let outcome = async {
+        let store = PostgresStore::from_settings(
+            &tower_sealed_sessions::config::PostgresSettings::url(url.as_str())
+                .with_table_prefix(p.as_str()),
+        )
+        .await?;
+        let key = StoreKey::from_bytes(rand::random());
+        let far = now().saturating_add(Duration::from_secs(60));
+        let deadlines = Deadlines {
+            idle: far,
+            lifespan: far,
+            active: now(),
+        };
+        store
+            .create(&key, &Record::new(1, deadlines, Bytes::from_static(b"x")))
+            .await?;
+        store.load(&key).await
+    }
+    .await;
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&statement).execute(&admin).await.unwrap();
+    }
+    assert!(outcome.expect("the store starts and works").is_some());
+}

@@ -198,6 +198,20 @@ async fn the_file_is_private_in_wal_mode_and_holds_nothing_readable() {
     nothing_readable_is_stored(store, read).await;
 }
 
+/// Processes starting together on a new file (here, eight stores opened at
+/// once) all start: switching the file to WAL mode, and creating the schema,
+/// wait for each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_together_on_a_new_file_all_start() {
+    let dir = Dir::new();
+    let opening: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(SqliteStore::open(dir.file())))
+        .collect();
+    for store in opening {
+        store.await.unwrap().expect("every store starts");
+    }
+}
+
 /// Settings that cannot work are refused, naming the field.
 #[tokio::test]
 async fn unusable_settings_are_refused_naming_the_field() {

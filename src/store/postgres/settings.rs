@@ -172,6 +172,10 @@ mod tests {
             "store.table_prefix"
         );
         assert_eq!(
+            field(PostgresSettings::url("postgres://db/app").with_table_prefix("a".repeat(41))),
+            "store.table_prefix"
+        );
+        assert_eq!(
             field(PostgresSettings::url("postgres://db/app").with_timeout(Duration::ZERO)),
             "store.timeout"
         );

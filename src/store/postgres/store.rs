@@ -7,9 +7,10 @@
 //! cookie or plaintext. A third table, `schema`, holds the schema's version, so a
 //! later release can migrate.
 //!
-//! Every operation is one statement: a compare-and-set that loses reads the
-//! record as it is now in the same statement (a second query only when a
-//! concurrent write committed after the statement began). A read-only request
+//! Every operation is one statement: a compare-and-set that loses reads, in the
+//! same statement, the record as the statement's snapshot shows it (a second
+//! query only when that snapshot still shows the expected version, because the
+//! write it lost to committed after the statement began). A read-only request
 //! costs one query, a write one more.
 
 use std::fmt;
@@ -101,9 +102,12 @@ impl Tables {
                 &format!("DELETE FROM {r} WHERE key = $1 AND version = $2 AND expires_at > $3"),
                 "$3",
             ),
+            // SKIP LOCKED: two instances cleaning at once take different rows; the
+            // outer condition: a row extended meanwhile is not deleted.
             expired: format!(
                 "DELETE FROM {r} WHERE key IN \
-                 (SELECT key FROM {r} WHERE expires_at <= $1 LIMIT {CLEANUP_BATCH})"
+                 (SELECT key FROM {r} WHERE expires_at <= $1 LIMIT {CLEANUP_BATCH} \
+                 FOR UPDATE SKIP LOCKED) AND expires_at <= $1"
             ),
             index_add: format!(
                 "INSERT INTO {u} (user_tag, key, created_at, expires_at, indexed_at, remember_me) \
@@ -116,7 +120,8 @@ impl Tables {
             index_remove: format!("DELETE FROM {u} WHERE user_tag = $1 AND key = ANY($2)"),
             index_prune: format!(
                 "DELETE FROM {u} WHERE ctid IN \
-                 (SELECT ctid FROM {u} WHERE expires_at <= $1 LIMIT {CLEANUP_BATCH})"
+                 (SELECT ctid FROM {u} WHERE expires_at <= $1 LIMIT {CLEANUP_BATCH} \
+                 FOR UPDATE SKIP LOCKED) AND expires_at <= $1"
             ),
             // One statement: the user's expired entries go, the rest are listed (the
             // SELECT sees the table as the statement began, hence its own filter).
@@ -252,7 +257,26 @@ impl PostgresStore {
                 .map_err(|_| StoreError::backend("store.password is not UTF-8"))?;
             options = options.password(password);
         }
+        // Compare-and-set relies on READ COMMITTED (a stricter default would
+        // answer conflicts with serialization failures); and a statement the
+        // store gave up on (its timeout) should not go on holding locks.
+        let limit = format!("{}ms", settings.timeout().as_millis());
+        options = options.options([
+            ("statement_timeout", limit.as_str()),
+            ("lock_timeout", limit.as_str()),
+        ]);
         let pool = pool_options(settings)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection
+                        .execute(
+                            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL \
+                             READ COMMITTED",
+                        )
+                        .await
+                        .map(drop)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(backend)?;
@@ -266,6 +290,12 @@ impl PostgresStore {
     /// operation is given the default timeout (2 s); see
     /// [`with_timeout`](Self::with_timeout).
     ///
+    /// The pool's connections must use the READ COMMITTED isolation level
+    /// (PostgreSQL's default): under a stricter one, concurrent writes of a
+    /// session fail with serialization errors (503) instead of being merged.
+    /// [`from_settings`](Self::from_settings) sets it, and `statement_timeout`
+    /// and `lock_timeout` to the timeout, on its connections.
+    ///
     /// # Errors
     ///
     /// [`StoreError`] when the prefix is not a plain identifier or the schema
@@ -273,20 +303,42 @@ impl PostgresStore {
     pub async fn from_pool(pool: PgPool, prefix: &str) -> Result<Self, StoreError> {
         crate::store::sql::check_prefix(prefix).map_err(StoreError::backend)?;
         let tables = Tables::new(prefix);
-        let mut tx = pool.begin().await.map_err(backend)?;
-        // One process creates the schema at a time: concurrent `CREATE ... IF NOT
-        // EXISTS` of one table can fail on PostgreSQL's catalog.
-        tx.execute("SELECT pg_advisory_xact_lock(7290450102943810173)")
+        // A role that may only read and write the tables (no CREATE) starts on a
+        // schema that is there: the DDL runs only when it is missing.
+        let version = format!("SELECT max(version) FROM {prefix}schema");
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{prefix}schema"))
+            .fetch_one(&pool)
             .await
             .map_err(backend)?;
-        for statement in tables.schema() {
-            tx.execute(statement.as_str()).await.map_err(backend)?;
-        }
-        let found: i32 = sqlx::query_scalar(&format!("SELECT max(version) FROM {prefix}schema"))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let found: Option<i32> = if exists {
+            sqlx::query_scalar(&version)
+                .fetch_one(&pool)
+                .await
+                .map_err(backend)?
+        } else {
+            None
+        };
+        let found = match found {
+            Some(found) => found,
+            None => {
+                let mut tx = pool.begin().await.map_err(backend)?;
+                // One process creates the schema at a time: concurrent `CREATE ...
+                // IF NOT EXISTS` of one table can fail on PostgreSQL's catalog.
+                tx.execute("SELECT pg_advisory_xact_lock(7290450102943810173)")
+                    .await
+                    .map_err(backend)?;
+                for statement in tables.schema() {
+                    tx.execute(statement.as_str()).await.map_err(backend)?;
+                }
+                let found: i32 = sqlx::query_scalar(&version)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                found
+            }
+        };
         check_schema_version(found)?;
         Ok(PostgresStore {
             pool,

@@ -27,8 +27,8 @@ pub struct SqliteSettings {
     /// `_`, not starting with a digit.
     pub table_prefix: Option<String>,
     /// How long a write waits for another process's write to the same file
-    /// before the request gets 503 (default `5s`). Writers of one process never
-    /// wait on each other: the store sends them through one connection.
+    /// before the request gets 503 (default `5s`). Writes of one process queue
+    /// for the store's one writer connection, for at most as long.
     #[serde(default, deserialize_with = "span_option")]
     pub busy_timeout: Option<Duration>,
 }

@@ -9,10 +9,10 @@
 //! and a transaction that reads before it writes cannot be helped by the busy
 //! timeout at all: SQLite answers `SQLITE_BUSY` at once to avoid a deadlock.
 //! So this store gives its writes **one connection** of their own, which
-//! requests of this process queue for in order, and never reads before writing
-//! in a transaction; reads have a pool of their own and, in WAL mode, never wait
-//! for the writer. Only another process writing the same file can make a write
-//! wait, for at most the busy timeout, then 503.
+//! requests of this process queue for in order (for at most the busy timeout),
+//! and never reads before writing in a transaction; reads have a pool of their
+//! own and, in WAL mode, never wait for the writer. Another process writing the
+//! same file makes a write wait, for at most the busy timeout, then 503.
 //!
 //! A compare-and-set is its `UPDATE` (or `DELETE`), and when that writes
 //! nothing, the read of the record as it is now, on the same writer connection
@@ -23,9 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, QueryBuilder, Sqlite};
 
 use crate::clock::{Clock, Timestamp};
@@ -195,6 +193,38 @@ fn prepare(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Puts the file in WAL mode (which stays with the file, so the readers need
+/// not), and refuses one that cannot be (a file system without shared memory).
+/// Switching takes a lock the busy timeout does not wait for, so a process
+/// starting beside another that is switching tries again, for at most `wait`.
+async fn wal_mode(writes: &SqlitePool, wait: std::time::Duration) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+            .fetch_one(writes)
+            .await
+        {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(StoreError::backend(format!(
+                    "store.path: SQLite cannot use WAL mode on this file (it stays in {mode} \
+                     mode); put the file on a local file system"
+                )));
+            }
+            // SQLITE_BUSY (5) or SQLITE_LOCKED (6), in their extended forms too.
+            Err(sqlx::Error::Database(e))
+                if e.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+                    && started.elapsed() < wait =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
+}
+
 impl SqliteStore {
     /// The default prefix of the tables' names.
     pub const DEFAULT_PREFIX: &'static str = crate::store::sql::DEFAULT_PREFIX;
@@ -230,14 +260,13 @@ impl SqliteStore {
             // per write.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(false);
-        // The writer sets WAL mode, which stays with the file; the readers then
-        // need not (setting it takes a lock the busy timeout cannot wait for).
         let writes = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(wait)
-            .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
+            .connect_with(options.clone())
             .await
             .map_err(backend)?;
+        wal_mode(&writes, wait).await?;
         let prefix = settings.table_prefix();
         crate::store::sql::check_prefix(prefix).map_err(StoreError::backend)?;
         let tables = Tables::new(prefix);
