@@ -72,6 +72,7 @@
 //! | `axum` | yes | `Session` and `Option<Session>` extractors |
 //! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster, TLS (redis-rs, rustls) |
 //! | `postgres` | no | `PostgresStore`: records and user indexes in PostgreSQL tables (sqlx) |
+//! | `tower-sessions-compat` | no | `compat`: a tower-sessions 0.14 `Session` backed by the sealed session, for axum-login 0.18 |
 //! | `sqlite` | no | `SqliteStore`: records and user indexes in one SQLite file (sqlx, SQLite bundled) |
 //! | `test-util` | no | the store conformance suite ([`store_conformance_tests!`]) and inspection hooks for tests |
 //!
@@ -132,6 +133,8 @@
 
 pub mod audit;
 pub mod clock;
+#[cfg(feature = "tower-sessions-compat")]
+pub mod compat;
 pub mod config;
 mod cookie;
 mod duration;

@@ -397,6 +397,22 @@ impl Session {
         }
     }
 
+    /// Every key handlers wrote, with its value (not the layer's own keys).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoaded`] before the session was loaded.
+    #[cfg(feature = "tower-sessions-compat")]
+    pub(crate) fn entries(&self) -> Result<Vec<(String, Value)>, SessionError> {
+        let state = self.open()?;
+        Ok(state
+            .data
+            .iter()
+            .filter(|(key, _)| !is_reserved(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
     /// Whether the session holds no data (its user does not count).
     pub fn is_empty(&self) -> bool {
         self.read("is_empty").data.keys().all(|k| is_reserved(k))
