@@ -6,15 +6,18 @@
 //!
 //! | event | when | fields |
 //! | --- | --- | --- |
-//! | `created` | a new session was stored | `fingerprint` |
-//! | `cycled` | a session moved to a new id (login, or a key rotation) | `fingerprint`, `previous` |
-//! | `destroyed` | a session was ended by logout | `fingerprint` |
+//! | `created` | a new session was stored | `fingerprint`, `user` when it has one |
+//! | `cycled` | a session moved to a new id (login, or a key rotation) | `fingerprint`, `previous`, `user` when it has one |
+//! | `destroyed` | a session was ended by logout | `fingerprint`, `user` when known |
 //! | `expired` | a request found its session ended | `fingerprint`, `reason`: `idle`, `lifespan` or `missing` |
-//! | `revoked` | [`UserSessions`](crate::UserSessions) ended it | `fingerprint` |
-//! | `limit_evicted` | a login pushed its user past the per-user limit | `fingerprint` |
+//! | `revoked` | [`UserSessions`](crate::UserSessions) ended it | `fingerprint`, `user` |
+//! | `limit_evicted` | a login pushed its user past the per-user limit | `fingerprint`, `user` |
 //! | `rejected` | a token or record was refused | `reason`, and `fingerprint` or `count` |
 //!
-//! Events name sessions by [`Fingerprint`], never by id, cookie or user id.
+//! Every event also has an `outcome`: `success`, or `failure` for `expired` and
+//! `rejected` (the Elastic Common Schema's `event.outcome`). Events name sessions
+//! by [`Fingerprint`], and users by [`Fingerprint::of_user`] (a hash of the keyed
+//! user tag), never by id, cookie or user id.
 //! `missing` is how an idle expiry shows in Redis, which drops the record itself.
 //!
 //! ```
@@ -32,6 +35,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use crate::record::StoreKey;
+use crate::store::UserTag;
 
 /// The tracing target of audit events.
 ///
@@ -58,6 +62,21 @@ impl Fingerprint {
         let digest = Sha256::new()
             .chain_update(b"tower-sealed-sessions fingerprint v1")
             .chain_update(key.as_bytes())
+            .finalize();
+        let mut out = [0u8; 12];
+        out.copy_from_slice(&digest[..12]);
+        Fingerprint(out)
+    }
+}
+
+impl Fingerprint {
+    /// The public name of a user in the audit trail: a hash of the user's
+    /// [`UserTag`] (itself a keyed HMAC of the user id), so events of one user
+    /// can be followed without the user id being written anywhere.
+    pub fn of_user(tag: &UserTag) -> Self {
+        let digest = Sha256::new()
+            .chain_update(b"tower-sealed-sessions user fingerprint v1")
+            .chain_update(tag.as_bytes())
             .finalize();
         let mut out = [0u8; 12];
         out.copy_from_slice(&digest[..12]);
@@ -112,21 +131,36 @@ impl fmt::Display for FingerprintError {
 impl std::error::Error for FingerprintError {}
 
 /// Emits an audit event about the session stored under `key`.
-pub(crate) fn audit(key: &StoreKey, event: &'static str) {
-    tracing::info!(target: AUDIT_TARGET, event, fingerprint = %Fingerprint::of(key));
+/// `user`, when known, appears as `user`: the [`Fingerprint::of_user`] of its
+/// tag, never the user id.
+pub(crate) fn audit(key: &StoreKey, event: &'static str, user: Option<&UserTag>) {
+    crate::metrics::event(event);
+    let user = user.map(Fingerprint::of_user);
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event,
+        outcome = "success",
+        fingerprint = %Fingerprint::of(key),
+        user = user.as_ref().map(tracing::field::display),
+    );
 }
 
 /// Emits an `expired` audit event with its reason.
 pub(crate) fn audit_expired(key: &StoreKey, reason: &'static str) {
-    tracing::info!(target: AUDIT_TARGET, event = "expired", reason, fingerprint = %Fingerprint::of(key));
+    crate::metrics::expired(reason);
+    tracing::info!(target: AUDIT_TARGET, event = "expired", outcome = "failure", reason, fingerprint = %Fingerprint::of(key));
 }
 
 /// Emits a `rejected` event for a record the store could not decode or that did
 /// not open with its cookie, and a warning for the operator.
-pub(crate) fn audit_rejected_record(key: &StoreKey, what: &str, reason: &dyn fmt::Display) {
+pub(crate) fn audit_rejected_record(key: &StoreKey, what: &'static str, reason: &dyn fmt::Display) {
+    crate::metrics::rejected(match what {
+        "corrupt" => "corrupt_record",
+        _ => "refused_record",
+    });
     let fingerprint = Fingerprint::of(key);
     tracing::warn!(target: "tower_sealed_sessions", %reason, %fingerprint, "session record {what}");
-    tracing::info!(target: AUDIT_TARGET, event = "rejected", %fingerprint, %reason);
+    tracing::info!(target: AUDIT_TARGET, event = "rejected", outcome = "failure", %fingerprint, %reason);
 }
 
 #[cfg(test)]

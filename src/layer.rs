@@ -16,6 +16,7 @@ use crate::keys::Keys;
 use crate::service::{DynStore, Erased, Layered, SessionService};
 use crate::settings::Settings;
 use crate::store::SessionStore;
+use crate::store::observed::Observed;
 use crate::users::UserSessions;
 use crate::users::index::UserIndex;
 
@@ -57,7 +58,7 @@ pub struct SessionLayer {
 impl SessionLayer {
     /// Sessions kept in `store`, sealed with `keys`.
     pub fn new<St: SessionStore>(store: St, keys: Keys) -> Self {
-        let store = Arc::new(store);
+        let store = Arc::new(Observed(store));
         SessionLayer {
             settings: Arc::new(Settings::new(keys)),
             users: Arc::new(store.clone()),

@@ -73,6 +73,7 @@
 //! | `redis` | no | `RedisStore`: standalone, Sentinel and Cluster, TLS (redis-rs, rustls) |
 //! | `postgres` | no | `PostgresStore`: records and user indexes in PostgreSQL tables (sqlx) |
 //! | `tower-sessions-compat` | no | `compat`: a tower-sessions 0.14 `Session` backed by the sealed session, for axum-login 0.18 |
+//! | `metrics` | no | counters, a histogram and a gauge on the `metrics` facade (see [`metrics`]) |
 //! | `sqlite` | no | `SqliteStore`: records and user indexes in one SQLite file (sqlx, SQLite bundled) |
 //! | `test-util` | no | the store conformance suite ([`store_conformance_tests!`]) and inspection hooks for tests |
 //!
@@ -143,6 +144,7 @@ mod error;
 mod extract;
 pub mod keys;
 mod layer;
+pub mod metrics;
 mod open;
 mod plan;
 mod record;

@@ -179,7 +179,8 @@ fn open_all<'a>(
     let mut others: Vec<StoreKey> = Vec::new();
     for (i, value) in values.enumerate() {
         if i == MAX_TOKENS {
-            tracing::info!(target: AUDIT_TARGET, event = "rejected", reason = "too many session tokens in one request", limit = MAX_TOKENS);
+            crate::metrics::rejected("too_many_tokens");
+            tracing::info!(target: AUDIT_TARGET, event = "rejected", outcome = "failure", reason = "too many session tokens in one request", limit = MAX_TOKENS);
             return Tokens::Read(Brought::Ambiguous(Vec::new()));
         }
         match cookie::open(&settings.keys, name, value) {
@@ -202,7 +203,8 @@ fn open_all<'a>(
     if let Some(reason) = first_reason {
         // One event per request, however many tokens it carries. Not authentic, so
         // there is no session to name.
-        tracing::info!(target: AUDIT_TARGET, event = "rejected", %reason, count = invalid);
+        crate::metrics::rejected("invalid_token");
+        tracing::info!(target: AUDIT_TARGET, event = "rejected", outcome = "failure", %reason, count = invalid);
     }
     let Some(opened) = found else {
         return Tokens::Read(if invalid > 0 {
@@ -218,7 +220,8 @@ fn open_all<'a>(
             .map(|k| Fingerprint::of(k).to_string())
             .collect();
         tracing::warn!(target: TARGET, "session cookies name different sessions (cookie tossing, or a changed cookie Domain or Path): the request's session is not saved");
-        tracing::info!(target: AUDIT_TARGET, event = "rejected", reason = "several sessions in one request", fingerprints = ?fingerprints);
+        crate::metrics::rejected("ambiguous");
+        tracing::info!(target: AUDIT_TARGET, event = "rejected", outcome = "failure", reason = "several sessions in one request", fingerprints = ?fingerprints);
         return Tokens::Read(Brought::Ambiguous(others));
     }
     if now >= opened.data.lifespan_deadline {
@@ -281,6 +284,7 @@ pub(crate) fn open_record(
             return fresh(Brought::Refused);
         }
     };
+    crate::metrics::loaded();
     let loaded = Loaded {
         cookie: opened.data,
         key_index: opened.key_index,

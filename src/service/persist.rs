@@ -122,7 +122,7 @@ pub(super) async fn destroy_all<St: SessionStore>(
     // Their index entries, if any, go once a read finds the records gone.
     for store_key in store_keys {
         store.delete(store_key).await?;
-        audit(store_key, "destroyed");
+        audit(store_key, "destroyed", None);
     }
     Ok(TokenChange::Clear)
 }
@@ -144,7 +144,7 @@ pub(super) async fn destroy<St: SessionStore>(
     if let Some(tag) = user {
         store.index_remove(&tag, &[store_key]).await?;
     }
-    audit(&store_key, "destroyed");
+    audit(&store_key, "destroyed", user.as_ref());
     match then_create {
         Some((data, meta)) => create(store, settings, now, &data, meta).await,
         None => Ok(TokenChange::Clear),
@@ -162,8 +162,10 @@ pub(super) async fn create<St: SessionStore>(
 ) -> Result<TokenChange, StoreError> {
     let deadlines = settings.deadlines(now, meta);
     let created = create_with(store, settings, now, data, meta, deadlines).await?;
-    audit(&created.store_key, "created");
-    if let Some(user) = user_of(data) {
+    let user = user_of(data);
+    let tag = user.map(|u| UserTag::derive(settings.keys.primary(), u));
+    audit(&created.store_key, "created", tag.as_ref());
+    if let Some(user) = user {
         after_login(store, settings, user, now).await?;
     }
     Ok(set_token(settings, now, &created.identity))
@@ -263,11 +265,19 @@ pub(super) async fn move_session<St: SessionStore>(
             CompareAndSet::Done => {
                 old_index.settle(store, None).await?;
                 index.settle(store, index.last).await?;
+                crate::metrics::event("cycled");
+                let user = match edit.changes.user() {
+                    Some(Some(user)) => Some(UserTag::derive(settings.keys.primary(), user)),
+                    Some(None) => None,
+                    None => loaded.user_tag(settings),
+                };
                 tracing::info!(
                     target: AUDIT_TARGET,
                     event = "cycled",
+                    outcome = "success",
                     fingerprint = %Fingerprint::of(&new.store_key),
                     previous = %Fingerprint::of(&old),
+                    user = user.as_ref().map(Fingerprint::of_user).map(tracing::field::display),
                 );
                 if let Some(Some(user)) = edit.changes.user() {
                     after_login(store, settings, user, now).await?;

@@ -81,6 +81,7 @@ pub mod conformance;
 mod index;
 #[cfg(feature = "memory-store")]
 mod memory;
+pub(crate) mod observed;
 pub(crate) mod postgres;
 pub(crate) mod redis;
 pub(crate) mod sql;
@@ -144,6 +145,10 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// Leave it `false` for any store that does I/O.
     const IMMEDIATE: bool = false;
+
+    /// What kind of store this is, as traces and metrics name it (`memory`,
+    /// `redis`, `postgres`, `sqlite`; `custom` unless a store says otherwise).
+    const KIND: &'static str = "custom";
 
     /// The records under `keys`, in their order (`None` where there is none): how
     /// a user's index is checked. The default loads one after another; a store

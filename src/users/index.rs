@@ -136,8 +136,8 @@ async fn end_sessions<St: SessionStore>(
             .collect();
         store.index_remove(&tag, &of_tag).await?;
     }
-    for key in &keys {
-        audit(key, event);
+    for (tag, key) in sessions {
+        audit(key, event, Some(tag));
     }
     Ok(())
 }

@@ -143,6 +143,7 @@ impl MemoryStore {
         } else {
             self.total.fetch_sub(before - after, Ordering::Relaxed);
         }
+
         // One eviction per unit over the bound, claimed atomically, so writers on
         // two shards never both evict for the same excess. The record just used
         // never goes.
@@ -164,6 +165,8 @@ impl MemoryStore {
                 gone => self.total.fetch_sub(gone - 1, Ordering::Relaxed),
             };
         }
+        #[cfg(feature = "metrics")]
+        crate::metrics::memory_sessions(self.total.load(Ordering::Relaxed));
         result
     }
 
@@ -234,6 +237,8 @@ impl MemoryStore {
             self.total.fetch_sub(gone, Ordering::Relaxed);
             removed += gone;
         }
+        #[cfg(feature = "metrics")]
+        crate::metrics::memory_sessions(self.total.load(Ordering::Relaxed));
         // Entries of sessions that are gone (expired, deleted or evicted) go too;
         // one just written for a session being created is spared for a moment.
         let grace = INDEX_GRACE;
@@ -312,6 +317,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SessionStore for MemoryStore {
+    const KIND: &'static str = "memory";
+
     /// Every operation is done under a lock before its future is returned.
     const IMMEDIATE: bool = true;
 

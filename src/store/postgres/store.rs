@@ -409,6 +409,8 @@ impl fmt::Debug for PostgresStore {
 }
 
 impl SessionStore for PostgresStore {
+    const KIND: &'static str = "postgres";
+
     fn load(
         &self,
         key: &StoreKey,

@@ -314,6 +314,8 @@ fn expiry_arg(deadlines: &Deadlines) -> String {
 }
 
 impl SessionStore for RedisStore {
+    const KIND: &'static str = "redis";
+
     /// One `GET`; a value in a format without the idle deadline (written by an
     /// older release, or with `value_format: 2`) is read again with the `LOAD`
     /// script, which returns the key's expiry with it.

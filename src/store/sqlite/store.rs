@@ -379,6 +379,8 @@ fn deadlines<'q>(
 }
 
 impl SessionStore for SqliteStore {
+    const KIND: &'static str = "sqlite";
+
     fn load(
         &self,
         key: &StoreKey,
