@@ -15,6 +15,7 @@
 //! max_sessions_per_user: 5  # absent: no limit
 //! eager_load: false         # true: every request with a cookie loads its session
 //! record_format: 3          # 2 while a release that opens no v3 shares the store
+//! header: { name: authorization, also_cookie: true }  # absent: the cookie only
 //! secret: "generate:/var/lib/app/session.key"
 //! previous_secrets: ["env:OLD_SESSION_SECRET"]
 //! store: { type: memory }
@@ -106,6 +107,20 @@ pub struct SessionConfig {
     record_format: Option<u8>,
     #[serde(default)]
     store: StoreConfig,
+    /// The token in a header: [`SessionLayer::with_header`](crate::SessionLayer::with_header),
+    /// or with `also_cookie: true`
+    /// [`with_header_or_cookie`](crate::SessionLayer::with_header_or_cookie).
+    #[serde(default)]
+    header: Option<HeaderSettings>,
+}
+
+/// The `header:` section: `{ name: authorization, also_cookie: true }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderSettings {
+    name: String,
+    #[serde(default)]
+    also_cookie: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,6 +209,22 @@ impl SessionConfig {
 
     /// Writes these settings over the defaults in `settings`.
     pub(crate) fn apply(&self, settings: &mut Settings) -> Result<(), ConfigError> {
+        if let Some(header) = &self.header {
+            let name = http::HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    "header.name",
+                    format!("{:?} is not a valid header name", header.name),
+                )
+            })?;
+            if name == http::header::COOKIE || name == http::header::SET_COOKIE {
+                return Err(ConfigError::new(
+                    "header.name",
+                    "the cookie is the default carrier: leave `header` out, or name another header",
+                ));
+            }
+            settings.header = Some(name);
+            settings.also_cookie = header.also_cookie;
+        }
         let c = &self.cookie;
         let cookie = &mut settings.cookie;
         set(&mut cookie.name, c.name.clone());

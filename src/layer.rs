@@ -163,7 +163,36 @@ impl SessionLayer {
                 ConfigError::new("header", format!("{name:?} is not a valid header name"))
             ),
         };
-        self.edit(|s| s.header = Some(header))
+        self.edit(|s| {
+            s.header = Some(header);
+            s.also_cookie = false;
+        })
+    }
+
+    /// Accepts the session token in the cookie **or** in the header `name`
+    /// (`authorization` for `Authorization: Bearer <token>`), for browsers and
+    /// API clients on one layer. Each request is answered in the carrier it came
+    /// with: a request that sends the header (for `authorization`, a `Bearer`
+    /// one, even without a token, which is how an API client asks for its first
+    /// one) or that is a gRPC request uses the header, any other the cookie. A
+    /// token is sealed for its carrier: one presented in the other is refused.
+    ///
+    /// ```
+    /// use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+    ///
+    /// // Browsers keep the cookie; API clients send `Authorization: Bearer <token>`,
+    /// // and get their first token by sending `Authorization: Bearer` alone.
+    /// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+    ///     .with_header_or_cookie("authorization");
+    /// ```
+    ///
+    /// In a configuration file: `header: { name: authorization, also_cookie: true }`.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header name.
+    pub fn with_header_or_cookie(self, name: &str) -> Self {
+        self.with_header(name).edit(|s| s.also_cookie = true)
     }
 
     /// Whether the cookie is `Secure`: sent over HTTPS only (default `true`).
@@ -347,6 +376,7 @@ impl<S> Layer<S> for SessionLayer {
         }
         let layered = Layered {
             settings: self.settings.clone(),
+            cookie_settings: self.settings.cookie_variant().map(Arc::new),
             store: self.store.clone(),
         };
         SessionService::new(inner, Arc::new(layered))
@@ -360,6 +390,7 @@ impl fmt::Debug for SessionLayer {
             .field("keys", &s.keys)
             .field("cookie", &s.cookie)
             .field("header", &s.header)
+            .field("also_cookie", &s.also_cookie)
             .field("idle_timeout", &s.idle_timeout)
             .field("lifespan", &s.lifespan)
             .field("remember_me", &s.remember_me)

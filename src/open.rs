@@ -159,12 +159,58 @@ pub(crate) fn read_tokens<'a>(
             cookie::request_values(lines, &settings.cookie.name),
             now,
         ),
+        Some(header) if *header == header::AUTHORIZATION => open_all(
+            settings,
+            lines
+                .into_iter()
+                .filter_map(|v| bearer(v.as_bytes()))
+                .filter(|t| !t.is_empty()),
+            now,
+        ),
         Some(_) => open_all(
             settings,
-            lines.into_iter().map(|v| v.as_bytes().trim_ascii()),
+            lines
+                .into_iter()
+                .map(|v| v.as_bytes().trim_ascii())
+                .filter(|t| !t.is_empty()),
             now,
         ),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any
+/// case, RFC 6750); `None` for another scheme (`Basic`, ...), which is no
+/// session token and is left alone.
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, token) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    match token.first() {
+        None => Some(token),
+        Some(b' ') => Some(token.trim_ascii()),
+        Some(_) => None,
+    }
+}
+
+/// Whether a request wants its session in the header (when the cookie is
+/// accepted too): it sent the header (for `Authorization`, a `Bearer` one, even
+/// without a token: how an API client asks for its first token), or it is a
+/// gRPC request.
+pub(crate) fn wants_header<B>(header: &http::HeaderName, req: &http::Request<B>) -> bool {
+    let headers = req.headers();
+    let sent = if *header == header::AUTHORIZATION {
+        headers
+            .get_all(header)
+            .iter()
+            .any(|v| bearer(v.as_bytes()).is_some())
+    } else {
+        headers.contains_key(header)
+    };
+    sent || headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn open_all<'a>(

@@ -21,6 +21,9 @@ pub(crate) struct Settings {
     pub(crate) cookie: CookieConfig,
     /// Header mode: the token travels in this header instead of the cookie.
     pub(crate) header: Option<HeaderName>,
+    /// With a header: the cookie is accepted too, each request answered in the
+    /// carrier it came with.
+    pub(crate) also_cookie: bool,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) lifespan: Option<Duration>,
     pub(crate) remember_me: Option<Duration>,
@@ -48,6 +51,7 @@ impl Settings {
             keys,
             cookie: CookieConfig::default(),
             header: None,
+            also_cookie: false,
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             lifespan: Some(Duration::from_secs(24 * 3600)),
             remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
@@ -74,6 +78,11 @@ impl Settings {
     pub(crate) fn carried(&self, token: &str, max_age: Option<Duration>) -> HeaderValue {
         match &self.header {
             None => self.cookie.set(token, max_age),
+            // `Authorization` carries it as a bearer token (RFC 6750).
+            Some(header) if *header == http::header::AUTHORIZATION => {
+                HeaderValue::try_from(format!("Bearer {token}"))
+                    .expect("base64 is a valid header value")
+            }
             // URL-safe base64 is always a valid header value.
             Some(_) => HeaderValue::try_from(token).expect("base64 is a valid header value"),
         }
@@ -86,6 +95,17 @@ impl Settings {
             None => self.cookie.clear(),
             Some(_) => HeaderValue::from_static(""),
         }
+    }
+
+    /// These settings with the cookie as the carrier: what a request that came
+    /// with the cookie is answered with, when the cookie is accepted beside the
+    /// header.
+    pub(crate) fn cookie_variant(&self) -> Option<Settings> {
+        (self.header.is_some() && self.also_cookie).then(|| Settings {
+            header: None,
+            also_cookie: false,
+            ..self.clone()
+        })
     }
 
     #[inline]

@@ -66,7 +66,7 @@ use response::{grpc_content_type, unavailable};
 
 use crate::clock::Timestamp;
 use crate::error::StoreError;
-use crate::open::{Brought, Lines, Start, carrier};
+use crate::open::{Brought, Lines, Start, carrier, wants_header};
 use crate::session::Session;
 use crate::settings::Settings;
 
@@ -80,6 +80,9 @@ pub struct SessionService<S> {
 /// by side. One `Arc` for both, since axum clones the service for every request.
 pub(crate) struct Layered {
     pub(crate) settings: Arc<Settings>,
+    /// When the cookie is accepted beside the header: the settings of a request
+    /// that came with the cookie.
+    pub(crate) cookie_settings: Option<Arc<Settings>>,
     pub(crate) store: Arc<dyn DynStore>,
 }
 
@@ -121,7 +124,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let Layered { settings, store } = &*self.layered;
+        let Layered {
+            settings,
+            cookie_settings,
+            store,
+        } = &*self.layered;
+        // Header and cookie both accepted: the request is answered in the carrier
+        // it came with.
+        let settings = match (cookie_settings, &settings.header) {
+            (Some(cookie), Some(header)) if !wants_header(header, &req) => cookie,
+            _ => settings,
+        };
         let now = settings.clock.now();
         let grpc = grpc_content_type(&req);
         // The session is opened on first use: a request whose handler never looks
