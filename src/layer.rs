@@ -14,7 +14,8 @@ use crate::cookie::CookieConfig;
 use crate::error::ConfigError;
 use crate::keys::Keys;
 use crate::service::{DynStore, Erased, Layered, SessionService};
-use crate::settings::Settings;
+use crate::service::{Unavailable, UnavailableFn};
+use crate::settings::{Settings, UnavailableHook};
 use crate::store::SessionStore;
 use crate::store::observed::Observed;
 use crate::users::UserSessions;
@@ -193,6 +194,45 @@ impl SessionLayer {
     /// When `name` is not a valid header name.
     pub fn with_header_or_cookie(self, name: &str) -> Self {
         self.with_header(name).edit(|s| s.also_cookie = true)
+    }
+
+    /// The answer to a request when the store fails, instead of the default (503
+    /// with `Retry-After: 1`, or for a gRPC request a trailers-only
+    /// `grpc-status: 14`): a JSON body, a page, another status. `answer` returns
+    /// `None` to keep the default for a request (a gRPC one, say).
+    ///
+    /// `B` is the body type of the responses of the service the layer wraps
+    /// (`axum::body::Body` for an axum `Router`). A layer given an answer for
+    /// another body type keeps the default answer, and logs an error when it
+    /// gives it.
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use http::{Response, StatusCode, header};
+    /// use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+    ///     .with_unavailable_response(|failure| {
+    ///         (!failure.grpc).then(|| {
+    ///             Response::builder()
+    ///                 .status(StatusCode::SERVICE_UNAVAILABLE)
+    ///                 .header(header::CONTENT_TYPE, "application/json")
+    ///                 .header(header::RETRY_AFTER, "5")
+    ///                 .body(Body::from(r#"{"error":"sessions unavailable, retry shortly"}"#))
+    ///                 .unwrap()
+    ///         })
+    ///     });
+    /// ```
+    pub fn with_unavailable_response<B: 'static>(
+        self,
+        answer: impl Fn(&Unavailable) -> Option<http::Response<B>> + Send + Sync + 'static,
+    ) -> Self {
+        let answer: UnavailableFn<B> = Arc::new(answer);
+        let hook = UnavailableHook {
+            hook: Arc::new(answer),
+            body: std::any::type_name::<B>(),
+        };
+        self.edit(|s| s.unavailable = Some(hook))
     }
 
     /// Whether the cookie is `Secure`: sent over HTTPS only (default `true`).

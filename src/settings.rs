@@ -1,6 +1,7 @@
 //! [`Settings`]: what a layer is configured with, the deadlines they give a
 //! session, and the rules they must keep together.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
@@ -39,6 +40,18 @@ pub(crate) struct Settings {
     /// release that opens no v3.
     pub(crate) record_format: u8,
     pub(crate) clock: Clock,
+    /// The application's answer when the store fails, if it gave one.
+    pub(crate) unavailable: Option<UnavailableHook>,
+}
+
+/// The answer the application builds when the store fails:
+/// `Arc<dyn Fn(&Unavailable) -> Option<Response<B>>>` for the `B` it named, kept
+/// behind `Any` (the layer is not generic over response bodies), and the name
+/// of `B` for the error when a service answers another body type.
+#[derive(Clone)]
+pub(crate) struct UnavailableHook {
+    pub(crate) hook: Arc<dyn std::any::Any + Send + Sync>,
+    pub(crate) body: &'static str,
 }
 
 impl Settings {
@@ -61,6 +74,7 @@ impl Settings {
             max_sessions_per_user: None,
             eager_load: false,
             record_format: 3,
+            unavailable: None,
             clock: Clock::system(),
         }
     }

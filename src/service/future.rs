@@ -125,7 +125,7 @@ const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: Default,
+    B: Default + 'static,
 {
     type Output = Result<Response<B>, E>;
 
@@ -137,8 +137,9 @@ where
                     let loaded = ready!(load.as_mut().poll(cx));
                     let Pending { call, session } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     if loaded.is_err() {
+                        let response = unavailable(session.settings(), this.grpc);
                         this.step.set(Step::Done);
-                        return Poll::Ready(Ok(unavailable(this.grpc)));
+                        return Poll::Ready(Ok(response));
                     }
                     let fut = call();
                     this.step.set(Step::Calling { fut, session });
@@ -154,8 +155,9 @@ where
                     if session.load_failed() {
                         // The handler met a store that failed: whatever it made of
                         // that, the answer is the layer's own, and nothing is saved.
+                        let response = unavailable(session.settings(), this.grpc);
                         this.step.set(Step::Done);
-                        return Poll::Ready(Ok(unavailable(this.grpc)));
+                        return Poll::Ready(Ok(response));
                     }
                     let failed = response.status().is_server_error() || is_grpc_error(&response);
                     let decision = if failed {

@@ -60,6 +60,8 @@ pub(crate) use erased::{DynStore, Erased};
 
 use erased::run_now;
 pub use future::ResponseFuture;
+pub use response::Unavailable;
+pub(crate) use response::UnavailableFn;
 
 use future::Pending;
 use response::{grpc_content_type, unavailable};
@@ -113,7 +115,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default,
+    ResBody: Default + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -155,7 +157,7 @@ where
                 loaded.map_err(|err| StoreError::backend(err.to_string()))
             });
             if loaded.is_err() {
-                return ResponseFuture::answered(unavailable(&grpc), store, now, grpc);
+                return ResponseFuture::answered(unavailable(settings, &grpc), store, now, grpc);
             }
         }
         ResponseFuture::calling(self.inner.call(req), session, store, now, grpc)

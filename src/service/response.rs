@@ -29,9 +29,52 @@ pub(super) fn is_grpc_error<B>(res: &Response<B>) -> bool {
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
-/// The answer when the store cannot be used: 503 with `Retry-After`, or for a gRPC
-/// request (whose content type is `grpc`) a trailers-only `UNAVAILABLE`.
-pub(super) fn unavailable<B: Default>(grpc: &Option<HeaderValue>) -> Response<B> {
+/// What the application's answer to a store failure is given (see
+/// [`SessionLayer::with_unavailable_response`](crate::SessionLayer::with_unavailable_response)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Unavailable {
+    /// The request is a gRPC one (its content type is `application/grpc...`):
+    /// its client reads `grpc-status`, not a page.
+    pub grpc: bool,
+}
+
+/// The application's answer to a store failure, for services whose responses
+/// have bodies of type `B`.
+pub(crate) type UnavailableFn<B> =
+    std::sync::Arc<dyn Fn(&Unavailable) -> Option<Response<B>> + Send + Sync>;
+
+/// The answer when the store cannot be used: the application's, when it gave
+/// one (for this body type) and it answers; otherwise 503 with `Retry-After`,
+/// or for a gRPC request (whose content type is `grpc`) a trailers-only
+/// `UNAVAILABLE`.
+pub(super) fn unavailable<B: Default + 'static>(
+    settings: &Settings,
+    grpc: &Option<HeaderValue>,
+) -> Response<B> {
+    if let Some(hook) = &settings.unavailable {
+        match hook.hook.downcast_ref::<UnavailableFn<B>>() {
+            Some(answer) => {
+                let failure = Unavailable {
+                    grpc: grpc.is_some(),
+                };
+                if let Some(res) = answer(&failure) {
+                    return res;
+                }
+            }
+            None => tracing::error!(
+                target: TARGET,
+                hook_body = hook.body,
+                service_body = std::any::type_name::<B>(),
+                "with_unavailable_response was given for responses of another body type than \
+                 this service's: the default answer is used"
+            ),
+        }
+    }
+    default_unavailable(grpc)
+}
+
+fn default_unavailable<B: Default>(grpc: &Option<HeaderValue>) -> Response<B> {
     let mut res = Response::new(B::default());
     if let Some(content_type) = grpc {
         let headers = res.headers_mut();
@@ -54,7 +97,7 @@ pub(super) fn unavailable<B: Default>(grpc: &Option<HeaderValue>) -> Response<B>
 
 /// Once the store has been written: the response's token set or cleared, or the
 /// response replaced by 503 when the write failed.
-pub(super) fn after_save<B: Default>(
+pub(super) fn after_save<B: Default + 'static>(
     response: &mut Response<B>,
     saved: Result<TokenChange, StoreError>,
     settings: &Settings,
@@ -64,7 +107,7 @@ pub(super) fn after_save<B: Default>(
         Ok(change) => change_token(response, change, settings),
         Err(err) => {
             tracing::error!(target: TARGET, error = %err, "session save failed");
-            *response = unavailable(grpc);
+            *response = unavailable(settings, grpc);
         }
     }
 }
