@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! cargo run --example grpc                 # serves on 127.0.0.1:50051 (ADDR overrides)
+//! cargo run --example grpc -- client       # a client: login, three increments, logout
 //! ```
 //!
 //! The `Counter` service (proto/counter.proto) keeps a counter per session behind a
 //! login. `SessionLayer` wraps the whole server through `Server::builder().layer`,
-//! and handlers read the session from `request.extensions()`. A gRPC client carries
-//! the session by sending back, as `cookie` metadata, the `set-cookie` metadata it
-//! receives (see tests/grpc.rs); or, with `SESSION_HEADER=x-session`, the token
-//! travels in that metadata key both ways.
+//! and handlers read the session from `request.extensions()`. The client (the
+//! `client` argument, see [`client`]) wraps its channel in
+//! `client::SessionClientLayer`, which keeps the `set-cookie` metadata the server
+//! sends and sends it back as `cookie`; or, with `SESSION_HEADER=x-session` on
+//! both sides, the token travels in that metadata key both ways.
 //!
 //! The protobuf code is generated without `protoc`: examples/grpc/counter.v1.rs is
 //! the output of protox and tonic-prost-build, and tests/grpc_codegen.rs checks it
@@ -133,8 +135,55 @@ pub async fn serve(listener: tokio::net::TcpListener, sessions: SessionLayer) {
         .expect("the gRPC server runs");
 }
 
+/// A client of the `Counter` service at `addr` that keeps its session with
+/// `SessionClientLayer`: login, three increments, logout, each printed.
+pub async fn client(addr: &str) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+    use tower::ServiceBuilder;
+    use tower_sealed_sessions::client::SessionClientLayer;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let session = match std::env::var("SESSION_HEADER") {
+        Ok(header) => SessionClientLayer::header(&header),
+        Err(_) => SessionClientLayer::cookie("id"),
+    };
+    let channel = ServiceBuilder::new().layer(session).service(channel);
+    let mut counter = pb::counter_client::CounterClient::new(channel);
+    let mut seen = vec![
+        counter
+            .login(LoginRequest {
+                username: "ada".into(),
+            })
+            .await?
+            .into_inner()
+            .value,
+    ];
+    println!("logged in as ada, counter at {}", seen[0]);
+    for _ in 0..3 {
+        let value = counter
+            .increment(IncrementRequest {})
+            .await?
+            .into_inner()
+            .value;
+        println!("incremented: {value}");
+        seen.push(value);
+    }
+    counter.logout(LogoutRequest {}).await?;
+    println!("logged out");
+    Ok(seen)
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("client") {
+        let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
+        if let Err(err) = client(&addr).await {
+            eprintln!("the client failed: {err}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let store = MemoryStore::default();
     tokio::spawn(
         store

@@ -133,6 +133,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+pub mod client;
 pub mod clock;
 #[cfg(feature = "tower-sessions-compat")]
 pub mod compat;

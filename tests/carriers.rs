@@ -194,3 +194,39 @@ async fn the_header_mode_comes_from_the_configuration_file() {
         assert_eq!(err.field(), field, "{err}");
     }
 }
+
+/// `SessionClientLayer` on a plain tower HTTP client (here the router itself):
+/// it asks for a bearer token, sends it on every call, and drops it when the
+/// server clears it.
+#[tokio::test]
+async fn the_client_layer_keeps_a_bearer_token() {
+    use tower::{Service, ServiceBuilder};
+    use tower_sealed_sessions::client::SessionClientLayer;
+
+    let session = SessionClientLayer::header("authorization");
+    let mut client = ServiceBuilder::new().layer(session.clone()).service(both());
+    let mut send = async |method: &str, path: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let res = ServiceExt::<Request<Body>>::ready(&mut client)
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap();
+        text(res).await
+    };
+    send("POST", "/set/kept").await;
+    let token = session.token().expect("the server's bearer token is kept");
+    assert_eq!(send("GET", "/get").await, "kept");
+    assert_eq!(session.token(), Some(token), "unchanged");
+    send("POST", "/logout").await;
+    assert!(
+        session.token().is_none(),
+        "dropped when the server clears it"
+    );
+    assert_eq!(send("GET", "/get").await, "");
+}

@@ -1,5 +1,6 @@
-//! The layer on a tonic server, with a tonic client that carries the session:
-//! cookie mode and header mode alike, store failures, server streaming.
+//! The layer on a tonic server, with a tonic client that carries the session
+//! through `client::SessionClientLayer`: cookie mode and header mode alike,
+//! store failures, server streaming, concurrent calls sharing one token.
 
 mod common;
 
@@ -10,8 +11,9 @@ mod example;
 use example::pb::counter_client::CounterClient;
 use example::pb::{IncrementRequest, LoginRequest, LogoutRequest, WatchRequest};
 use tonic::Code;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
+use tower::ServiceBuilder;
+use tower_sealed_sessions::client::{SessionClient, SessionClientLayer};
 use tower_sealed_sessions::{Keys, MemoryStore, SessionLayer};
 
 use common::TestStore;
@@ -25,11 +27,11 @@ enum Mode {
     Header(&'static str),
 }
 
-/// A tonic client that keeps its session token between calls.
+/// A tonic client whose channel is wrapped in `SessionClientLayer`: the layer
+/// keeps the session token between calls.
 struct Client {
-    inner: CounterClient<Channel>,
-    mode: Mode,
-    token: Option<String>,
+    inner: CounterClient<SessionClient<Channel>>,
+    session: SessionClientLayer,
 }
 
 impl Client {
@@ -39,63 +41,41 @@ impl Client {
             .connect()
             .await
             .unwrap();
+        let session = match mode {
+            Mode::Cookie => SessionClientLayer::cookie("id"),
+            Mode::Header(name) => SessionClientLayer::header(name),
+        };
+        let channel = ServiceBuilder::new()
+            .layer(session.clone())
+            .service(channel);
         Client {
             inner: CounterClient::new(channel),
-            mode,
-            token: None,
+            session,
         }
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(token) = &self.token {
-            let (key, value) = match self.mode {
-                Mode::Cookie => ("cookie", format!("id={token}")),
-                Mode::Header(name) => (name, token.clone()),
-            };
-            request.metadata_mut().insert(key, value.parse().unwrap());
-        }
-        request
-    }
-
-    /// Keeps what the server sent: a new token, or the order to drop it.
-    fn keep(&mut self, metadata: &MetadataMap) {
-        let sent = match self.mode {
-            Mode::Cookie => metadata.get("set-cookie").map(|v| {
-                let cookie = v.to_str().unwrap();
-                let pair = cookie.split(';').next().unwrap();
-                pair.strip_prefix("id=").unwrap().to_owned()
-            }),
-            Mode::Header(name) => metadata.get(name).map(|v| v.to_str().unwrap().to_owned()),
-        };
-        match sent {
-            Some(token) if token.is_empty() => self.token = None,
-            Some(token) => self.token = Some(token),
-            None => {}
-        }
+    fn token(&self) -> Option<String> {
+        self.session.token()
     }
 
     async fn login(&mut self, name: &str) -> Result<u64, tonic::Status> {
-        let request = self.request(LoginRequest {
+        let request = LoginRequest {
             username: name.into(),
-        });
-        let response = self.inner.login(request).await?;
-        self.keep(response.metadata());
-        Ok(response.into_inner().value)
+        };
+        Ok(self.inner.login(request).await?.into_inner().value)
     }
 
     async fn increment(&mut self) -> Result<u64, tonic::Status> {
-        let response = self
+        Ok(self
             .inner
-            .increment(self.request(IncrementRequest {}))
-            .await?;
-        self.keep(response.metadata());
-        Ok(response.into_inner().value)
+            .increment(IncrementRequest {})
+            .await?
+            .into_inner()
+            .value)
     }
 
     async fn logout(&mut self) -> Result<(), tonic::Status> {
-        let response = self.inner.logout(self.request(LogoutRequest {})).await?;
-        self.keep(response.metadata());
+        self.inner.logout(LogoutRequest {}).await?;
         Ok(())
     }
 }
@@ -122,12 +102,12 @@ async fn login_increment_logout(mode: Mode) {
     let err = client.increment().await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "no session yet");
     assert!(
-        client.token.is_none(),
+        client.token().is_none(),
         "an untouched new session hands out no token"
     );
 
     assert_eq!(client.login("ada").await.unwrap(), 0);
-    let first = client.token.clone().expect("login hands out a token");
+    let first = client.token().expect("login hands out a token");
     for expected in 1..=3 {
         assert_eq!(
             client.increment().await.unwrap(),
@@ -136,7 +116,7 @@ async fn login_increment_logout(mode: Mode) {
         );
     }
     assert_eq!(
-        client.token.as_ref(),
+        client.token().as_ref(),
         Some(&first),
         "no new token without a change"
     );
@@ -146,10 +126,10 @@ async fn login_increment_logout(mode: Mode) {
         3,
         "the counter survives a re-login"
     );
-    let second = client.token.clone().unwrap();
+    let second = client.token().unwrap();
     assert_ne!(first, second, "login cycles the id");
     let mut replay = Client::connect(addr, mode).await;
-    replay.token = Some(first);
+    replay.session.set_token(first);
     assert_eq!(
         replay.increment().await.unwrap_err().code(),
         Code::Unauthenticated
@@ -157,10 +137,10 @@ async fn login_increment_logout(mode: Mode) {
 
     client.logout().await.unwrap();
     assert!(
-        client.token.is_none(),
+        client.token().is_none(),
         "logout tells the client to drop its token"
     );
-    replay.token = Some(second);
+    replay.session.set_token(second);
     let err = replay.increment().await.unwrap_err();
     assert_eq!(
         err.code(),
@@ -187,7 +167,7 @@ async fn the_header_token_has_the_cookie_format_bound_to_the_header_name() {
     let addr = start(header_mode).await;
     let mut client = Client::connect(addr, Mode::Header("x-session")).await;
     client.login("ada").await.unwrap();
-    let token = client.token.clone().unwrap();
+    let token = client.token().unwrap();
     assert_eq!(
         token.len(),
         131,
@@ -250,11 +230,49 @@ async fn server_streaming_works_through_the_layer() {
     client.login("ada").await.unwrap();
     client.increment().await.unwrap();
     client.increment().await.unwrap();
-    let request = client.request(WatchRequest { count: 5 });
+    let request = WatchRequest { count: 5 };
     let mut stream = client.inner.watch(request).await.unwrap().into_inner();
     let mut seen = Vec::new();
     while let Some(item) = stream.message().await.unwrap() {
         seen.push((item.user, item.value));
     }
     assert_eq!(seen, vec![("ada".to_owned(), 2); 5]);
+}
+
+/// Clones of one client, calling at once, share the token: every call lands in
+/// the one session, and a logout through any clone ends it for all.
+#[tokio::test]
+async fn concurrent_calls_share_the_token() {
+    let addr = start(layer(MemoryStore::default())).await;
+    let mut client = Client::connect(addr, Mode::Cookie).await;
+    client.login("ada").await.unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let mut inner = client.inner.clone();
+            tokio::spawn(async move { inner.increment(IncrementRequest {}).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("every clone sends the session");
+    }
+    assert_eq!(client.increment().await.unwrap(), 21);
+    let mut other = client.inner.clone();
+    other.logout(LogoutRequest {}).await.unwrap();
+    assert!(
+        client.token().is_none(),
+        "the logout cleared the shared token"
+    );
+    assert_eq!(
+        client.increment().await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+/// The example's own client (`cargo run --example grpc -- client`), against the
+/// example's server: login, three increments, logout.
+#[tokio::test]
+async fn the_examples_client_keeps_its_session() {
+    let addr = start(layer(MemoryStore::default())).await;
+    let seen = example::client(&addr.to_string()).await.unwrap();
+    assert_eq!(seen, [0, 1, 2, 3]);
 }
