@@ -13,7 +13,11 @@
 //! axum's own cost of a layer), `no_cookie`, `untouched` (a valid cookie to a
 //! route that never takes the session), `read_only`, `read_write`,
 //! `new_session`, `touch_due` (a read after the clock moved past the touch
-//! interval). It prints
+//! interval), and the bridges' reads: `bearer_read` (the token in
+//! `Authorization: Bearer`, on a layer that accepts the cookie too),
+//! `client_read` (the router called through `client::SessionClientLayer`, which
+//! adds the cookie), `compat_read` (the value read through a tower-sessions
+//! `Session`, feature `tower-sessions-compat`). It prints
 //! nothing but the count of requests made; divide callgrind's total by it (after
 //! subtracting a run with 0 requests, which counts the set-up).
 
@@ -36,6 +40,12 @@ fn main() {
         .unwrap();
     let store = MemoryStore::builder().max_sessions(100_000).build();
     let layer = SessionLayer::new(store, Keys::generate());
+    let layer_for_bridges = layer.clone();
+    if let Some(bridged) = bridges(&rt, &kind, &layer_for_bridges) {
+        rt.block_on(bridged(count));
+        println!("{count} {kind} requests");
+        return;
+    }
     let layered: Router = routes().layer(layer.clone()).with_state(());
     // For `touch_due`: a clock that moves past the touch interval before each request.
     let clock = ManualClock::new();
@@ -68,6 +78,7 @@ fn main() {
         "read_write" => (layered, "/write", Some(&cookie)),
         "new_session" => (layered, "/write", None),
         "touch_due" => (ticking, "/read", Some(&ticking_cookie)),
+        "compat_read" => panic!("compat_read needs --features tower-sessions-compat"),
         other => panic!("unknown kind {other}"),
     };
     rt.block_on(async {
@@ -78,4 +89,94 @@ fn main() {
         }
     });
     println!("{count} {kind} requests");
+}
+
+type Run = Box<dyn FnOnce(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
+
+/// The bridges' kinds: `count` reads each, through what `kind` names.
+fn bridges(rt: &tokio::runtime::Runtime, kind: &str, layer: &SessionLayer) -> Option<Run> {
+    use http::{HeaderValue, header};
+    use tower::{Service, ServiceBuilder};
+    match kind {
+        "bearer_read" => {
+            let app: Router = routes()
+                .layer(layer.clone().with_header_or_cookie("authorization"))
+                .with_state(());
+            let token = rt.block_on(async {
+                let mut req = request("/write", None);
+                req.headers_mut()
+                    .insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));
+                let res = app.clone().oneshot(req).await.unwrap();
+                res.headers()[header::AUTHORIZATION].clone()
+            });
+            Some(Box::new(move |count| {
+                Box::pin(async move {
+                    for _ in 0..count {
+                        let mut req = request("/read", None);
+                        req.headers_mut()
+                            .insert(header::AUTHORIZATION, token.clone());
+                        let res = app.clone().oneshot(req).await.unwrap();
+                        assert!(res.status().is_success());
+                    }
+                })
+            }))
+        }
+        "client_read" => {
+            let app: Router = routes().layer(layer.clone()).with_state(());
+            let cookie = session_cookie(rt, &app);
+            let value = cookie
+                .to_str()
+                .unwrap()
+                .split_once('=')
+                .unwrap()
+                .1
+                .to_owned();
+            let session = tower_sealed_sessions::client::SessionClientLayer::cookie("id");
+            session.set_token(value);
+            let client = ServiceBuilder::new().layer(session).service(app);
+            Some(Box::new(move |count| {
+                Box::pin(async move {
+                    let mut client = client;
+                    for _ in 0..count {
+                        let res = ServiceExt::<http::Request<axum::body::Body>>::ready(&mut client)
+                            .await
+                            .unwrap()
+                            .call(request("/read", None))
+                            .await
+                            .unwrap();
+                        assert!(res.status().is_success());
+                    }
+                })
+            }))
+        }
+        #[cfg(feature = "tower-sessions-compat")]
+        "compat_read" => {
+            use axum::routing::get;
+            use tower_sealed_sessions::compat::TowerSessionsLayer;
+            let app: Router = routes()
+                .route(
+                    "/compat_read",
+                    get(|s: tower_sessions::Session| async move {
+                        s.get::<u64>("n").await.unwrap().unwrap_or(0).to_string()
+                    }),
+                )
+                .layer(TowerSessionsLayer::new())
+                .layer(layer.clone())
+                .with_state(());
+            let cookie = session_cookie(rt, &app);
+            Some(Box::new(move |count| {
+                Box::pin(async move {
+                    for _ in 0..count {
+                        let res = app
+                            .clone()
+                            .oneshot(request("/compat_read", Some(&cookie)))
+                            .await
+                            .unwrap();
+                        assert!(res.status().is_success());
+                    }
+                })
+            }))
+        }
+        _ => None,
+    }
 }

@@ -82,6 +82,7 @@ mod index;
 #[cfg(feature = "memory-store")]
 mod memory;
 pub(crate) mod observed;
+pub use observed::STORE_TARGET;
 pub(crate) mod postgres;
 pub(crate) mod redis;
 pub(crate) mod sql;

@@ -17,8 +17,17 @@ use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 
-/// The target of the store spans.
-pub(crate) const STORE_TARGET: &str = "tower_sealed_sessions::store";
+/// The tracing target of the `session_store` spans, one per store operation
+/// (fields `operation`, `store`, `outcome`; never a session, key or user).
+///
+/// ```
+/// use tower_sealed_sessions::store::STORE_TARGET;
+///
+/// // For example with tracing-subscriber: `EnvFilter::new(format!("{STORE_TARGET}=info"))`,
+/// // and tracing-opentelemetry to export them as child spans of the request's.
+/// assert_eq!(STORE_TARGET, "tower_sealed_sessions::store");
+/// ```
+pub const STORE_TARGET: &str = "tower_sealed_sessions::store";
 
 /// A store whose every operation is observed.
 pub(crate) struct Observed<St>(pub(crate) St);
