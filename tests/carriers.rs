@@ -2,6 +2,8 @@
 //! `Authorization: Bearer` (or a named header), each request answered in the
 //! carrier it came with, and a token presented in the other carrier refused.
 
+mod common;
+
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
@@ -28,14 +30,7 @@ fn app(layer: SessionLayer) -> Router {
 }
 
 async fn call(app: &Router, method: &str, path: &str, headers: &[(&str, &str)]) -> Response<Body> {
-    let mut request = Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    app.clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap()
+    common::oneshot(app, method, path, headers).await
 }
 
 async fn text(res: Response<Body>) -> String {
@@ -44,9 +39,7 @@ async fn text(res: Response<Body>) -> String {
 }
 
 fn set_cookie(res: &Response<Body>) -> Option<String> {
-    res.headers()
-        .get(header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+    common::set_cookie_pair(res)
 }
 
 fn bearer(res: &Response<Body>) -> Option<&HeaderValue> {

@@ -10,9 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
-use http::{Request, header};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tower::ServiceExt;
 use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionLayer};
 
 use common::TestStore;
@@ -43,19 +41,12 @@ async fn call(
     path: &str,
     cookie: Option<&str>,
 ) -> http::Response<Body> {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    app.clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap()
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    common::oneshot(app, method, path, &headers).await
 }
 
 fn cookie(res: &http::Response<Body>) -> String {
-    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
-    set.split(';').next().unwrap().to_owned()
+    common::set_cookie_pair(res).expect("a Set-Cookie")
 }
 
 #[tokio::test]

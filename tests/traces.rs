@@ -2,14 +2,14 @@
 //! outcome, never an id), and audit events with an `outcome` and the user's
 //! tag fingerprint (never the user id), as a subscriber sees them.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
-use http::{Request, header};
-use tower::ServiceExt;
 use tower_sealed_sessions::{Keys, MemoryStore, Session, SessionLayer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -78,19 +78,12 @@ async fn call(
     path: &str,
     cookie: Option<&str>,
 ) -> http::Response<Body> {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    app.clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap()
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    common::oneshot(app, method, path, &headers).await
 }
 
 fn cookie(res: &http::Response<Body>) -> String {
-    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
-    set.split(';').next().unwrap().to_owned()
+    common::set_cookie_pair(res).expect("a Set-Cookie")
 }
 
 #[tokio::test(flavor = "current_thread")]

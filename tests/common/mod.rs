@@ -457,3 +457,27 @@ pub fn decode_sid(secret: &[u8], value: &str) -> Vec<u8> {
     assert_eq!(plaintext.len(), 65);
     plaintext[..16].to_vec()
 }
+
+/// Sends one request to `app` (as `oneshot`), with `headers`.
+pub async fn oneshot(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<axum::body::Body> {
+    use tower::ServiceExt;
+    let mut request = http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    app.clone()
+        .oneshot(request.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The `name=value` of a response's (first) `Set-Cookie`, if it has one.
+pub fn set_cookie_pair(res: &http::Response<axum::body::Body>) -> Option<String> {
+    let set = res.headers().get(http::header::SET_COOKIE)?.to_str().ok()?;
+    Some(set.split(';').next()?.to_owned())
+}
