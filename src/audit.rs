@@ -72,7 +72,9 @@ impl Fingerprint {
 impl Fingerprint {
     /// The public name of a user in the audit trail: a hash of the user's
     /// [`UserTag`] (itself a keyed HMAC of the user id), so events of one user
-    /// can be followed without the user id being written anywhere.
+    /// can be followed without the user id being written anywhere. The tag is
+    /// made with the key that sealed the session, so a user's fingerprint
+    /// changes when the primary key is rotated.
     pub fn of_user(tag: &UserTag) -> Self {
         let digest = Sha256::new()
             .chain_update(b"tower-sealed-sessions user fingerprint v1")

@@ -19,8 +19,14 @@
 //! It keeps the token from responses in the carrier the server uses (the
 //! cookie's `Set-Cookie`, or a header: `Authorization: Bearer`, or a named one),
 //! drops it when the server clears it (an expired removal cookie, an empty
-//! header), and adds it to every request. Clones of the layer, and the services
-//! it builds, share one token: concurrent calls all send the latest.
+//! header), and adds it to every request (a header the caller set itself is
+//! left alone). Clones of the layer, and the services it builds, share one
+//! token: concurrent calls all send the latest.
+//!
+//! **One server per layer.** Like a cookie jar with one cookie, it keeps no
+//! Domain, Path or `Secure`: it sends the token on every call of the client it
+//! wraps, and takes a token from any response. Wrap a client of one origin
+//! (a tonic channel is one) in a layer of its own.
 
 use std::fmt;
 use std::future::Future;
@@ -108,24 +114,36 @@ impl SessionClientLayer {
         match &self.carrier {
             Carrier::Cookie(name) => {
                 let Some(token) = token else { return };
-                let pair = format!("{name}={token}");
-                // One Cookie header (RFC 6265, 5.4): joined to one already there.
-                let value = match headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) {
-                    Some(existing) if !existing.is_empty() => format!("{existing}; {pair}"),
-                    _ => pair,
-                };
-                if let Ok(value) = HeaderValue::try_from(value) {
+                // One Cookie header (RFC 6265, 5.4): the request's own cookies
+                // (from every line) and this one.
+                let mut pairs: Vec<String> = headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .map(str::trim)
+                    .filter(|pair| !pair.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                pairs.push(format!("{name}={token}"));
+                if let Ok(mut value) = HeaderValue::try_from(pairs.join("; ")) {
+                    value.set_sensitive(true);
                     headers.insert(header::COOKIE, value);
                 }
             }
             Carrier::Header(name) => {
+                // A header the caller set itself is left alone.
+                if headers.contains_key(name) {
+                    return;
+                }
                 let value = match (name == header::AUTHORIZATION, token) {
                     (true, Some(token)) => format!("Bearer {token}"),
                     (true, None) => "Bearer".to_owned(),
                     (false, Some(token)) => token,
                     (false, None) => return,
                 };
-                if let Ok(value) = HeaderValue::try_from(value) {
+                if let Ok(mut value) = HeaderValue::try_from(value) {
+                    value.set_sensitive(true);
                     headers.insert(name.clone(), value);
                 }
             }

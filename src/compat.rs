@@ -72,14 +72,15 @@
 //! session's store is the one given to `SessionLayer`), its expiry
 //! (`with_expiry`, `set_expiry`: the layer's idle timeout, lifespan and
 //! remember-me govern, and `expiry_date` reads two weeks ahead), its cookie
-//! settings (`SessionManagerLayer::with_name`, `with_secure`, ...: its cookie
-//! never leaves the server; `SessionLayer`'s cookie settings apply), its session
+//! settings (`with_secure`, `with_same_site`, ...: its cookie never leaves the
+//! server; `SessionLayer`'s cookie settings apply; but do not rename it, or
+//! sign or encrypt it: the bridge supplies it, by [`COOKIE_NAME`], in the
+//! clear), its session
 //! id (`Session::id` is the same placeholder for every session: use
 //! [`Session::fingerprint`] to tell sessions apart) and `always_save` (a session
 //! is written when it changed, or when its idle deadline must move). Log out
-//! with `flush` (axum-login does): a `clear` alone leaves the sealed session's
-//! data in place under axum-login's session manager, which saves no empty
-//! session.
+//! with `flush` (axum-login does): a `clear` alone removes the data and unties
+//! the user, but keeps the session and its id.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -123,6 +124,9 @@ struct Current {
     /// `flush` (none does).
     deleted: AtomicBool,
     created: AtomicBool,
+    /// The data as tower-sessions was given it: writes apply only what differs,
+    /// so keys that native code wrote meanwhile are kept.
+    seen: std::sync::Mutex<Option<HashMap<String, Value>>>,
 }
 
 /// The tower-sessions `SessionStore` of the bridge: every call reads or writes
@@ -141,32 +145,67 @@ fn current() -> StoreResult<Arc<Current>> {
     })
 }
 
-/// Makes the sealed session hold exactly `data`, and ties it to the user that
-/// axum-login's data names.
+/// The user that axum-login's data names: a string id as it is, any other
+/// (a number, a struct) as its JSON text.
+fn user_in(current: &Current, data: &HashMap<String, Value>) -> Option<String> {
+    match data.get(current.user_key)?.get("user_id")? {
+        Value::Null => None,
+        Value::String(user) => Some(user.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Writes into the sealed session what tower-sessions changed in `data` since
+/// it read it (keys native code wrote meanwhile stay), and ties the session to
+/// the user axum-login's data names, or unties it: a change of user cycles the
+/// id, whatever axum-login did.
 async fn write(current: &Current, data: &HashMap<String, Value>) -> StoreResult<()> {
     let session = &current.session;
     session
         .load()
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    let stale = session
-        .entries()
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-    for (key, _) in stale {
-        if !data.contains_key(&key) {
-            session.remove(&key);
+    let seen = current
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let seen = match seen {
+        Some(seen) => seen,
+        None => session
+            .entries()
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .into_iter()
+            .collect(),
+    };
+    for key in seen.keys() {
+        if !data.contains_key(key) {
+            session.remove(key);
         }
     }
     for (key, value) in data {
-        session
-            .insert(key, value)
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        if seen.get(key) != Some(value) {
+            session
+                .insert(key, value)
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+        }
     }
-    match data.get(current.user_key).and_then(|d| d.get("user_id")) {
-        Some(Value::String(user)) => session.set_user_id(user),
-        Some(Value::Null) | None => {}
-        Some(other) => session.set_user_id(&other.to_string()),
+    match user_in(current, data) {
+        Some(user) => {
+            if session.user_id().as_deref() != Some(user.as_str()) {
+                // A login on top of another user's (or a planted) session: a new
+                // id, even where axum-login does not cycle.
+                session.cycle_id();
+                session.set_user_id(&user);
+            }
+        }
+        None => {
+            if session.user_id().is_some() {
+                session.clear_user_id();
+            }
+        }
     }
+    *current.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(data.clone());
     Ok(())
 }
 
@@ -176,8 +215,19 @@ impl SessionStore for SealedStore {
     /// gets a new id (when it had one), and the data.
     async fn create(&self, record: &mut Record) -> StoreResult<()> {
         let current = current()?;
-        if current.deleted.swap(false, Ordering::AcqRel) || !current.session.is_new() {
-            current.session.cycle_id();
+        let session = &current.session;
+        session
+            .load()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let deleted = current.deleted.swap(false, Ordering::AcqRel);
+        if deleted && user_in(&current, &record.data).is_none() && session.user_id().is_some() {
+            // A logout (`flush`) and then new data (a "logged out" message): the
+            // old session ends, and the data starts a new one.
+            session.destroy();
+            *current.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashMap::new());
+        } else if deleted || !session.is_new() {
+            session.cycle_id();
         }
         current.created.store(true, Ordering::Release);
         record.id = PLACEHOLDER;
@@ -201,6 +251,7 @@ impl SessionStore for SealedStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?
             .into_iter()
             .collect();
+        *current.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(data.clone());
         if data.is_empty() {
             return Ok(None);
         }
@@ -353,6 +404,7 @@ where
             user_key: self.user_key,
             deleted: AtomicBool::new(false),
             created: AtomicBool::new(false),
+            seen: std::sync::Mutex::new(None),
         });
         let bridged = tower_sessions::Session::new(Some(PLACEHOLDER), Arc::new(SealedStore), None);
         req.extensions_mut().insert(bridged.clone());
@@ -368,8 +420,16 @@ where
                 if bridged.is_modified() && !flushed && !res.status().is_server_error() {
                     if let Err(err) = bridged.save().await {
                         tracing::error!(error = %err, "the bridged tower-sessions session was not saved");
+                        // The store's failure is a 503; data the session cannot
+                        // hold (a reserved key, say) is the application's, a 500.
+                        let status = match err {
+                            tower_sessions::session::Error::Store(StoreError::Encode(_)) => {
+                                StatusCode::INTERNAL_SERVER_ERROR
+                            }
+                            _ => StatusCode::SERVICE_UNAVAILABLE,
+                        };
                         let mut failed = Response::new(ResBody::default());
-                        *failed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        *failed.status_mut() = status;
                         return Ok(failed);
                     }
                 }

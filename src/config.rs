@@ -216,12 +216,6 @@ impl SessionConfig {
                     format!("{:?} is not a valid header name", header.name),
                 )
             })?;
-            if name == http::header::COOKIE || name == http::header::SET_COOKIE {
-                return Err(ConfigError::new(
-                    "header.name",
-                    "the cookie is the default carrier: leave `header` out, or name another header",
-                ));
-            }
             settings.header = Some(name);
             settings.also_cookie = header.also_cookie;
         }

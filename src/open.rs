@@ -208,9 +208,13 @@ pub(crate) fn wants_header<B>(header: &http::HeaderName, req: &http::Request<B>)
     } else {
         headers.contains_key(header)
     };
-    sent || headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+    // gRPC proper (`application/grpc`, `application/grpc+proto`...), not
+    // gRPC-web, whose browser clients keep the cookie.
+    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        let ct = ct.as_bytes();
+        ct == b"application/grpc" || ct.starts_with(b"application/grpc+")
+    });
+    sent || grpc
 }
 
 fn open_all<'a>(

@@ -93,12 +93,19 @@ impl Settings {
         match &self.header {
             None => self.cookie.set(token, max_age),
             // `Authorization` carries it as a bearer token (RFC 6750).
-            Some(header) if *header == http::header::AUTHORIZATION => {
-                HeaderValue::try_from(format!("Bearer {token}"))
-                    .expect("base64 is a valid header value")
+            Some(header) => {
+                let mut value = if *header == http::header::AUTHORIZATION {
+                    HeaderValue::try_from(format!("Bearer {token}"))
+                } else {
+                    HeaderValue::try_from(token)
+                }
+                // URL-safe base64 is always a valid header value.
+                .expect("base64 is a valid header value");
+                // Not indexed by HTTP/2 header compression, not printed by logs
+                // that honour it.
+                value.set_sensitive(true);
+                value
             }
-            // URL-safe base64 is always a valid header value.
-            Some(_) => HeaderValue::try_from(token).expect("base64 is a valid header value"),
         }
     }
 
@@ -179,6 +186,26 @@ impl Settings {
     /// Checks that the settings work together; every rule in one place.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.cookie.validate()?;
+        if let Some(header) = &self.header {
+            // A token is sealed for its carrier's name: the header must not be the
+            // cookie's own headers, nor share the cookie's name (a token would
+            // then open in both).
+            if *header == http::header::COOKIE || *header == http::header::SET_COOKIE {
+                return Err(ConfigError::new(
+                    "header.name",
+                    "the cookie is the default carrier: leave the header out, or name another",
+                ));
+            }
+            if header.as_str().eq_ignore_ascii_case(&self.cookie.name) {
+                return Err(ConfigError::new(
+                    "header.name",
+                    format!(
+                        "{header} is also the cookie's name: tokens are sealed for their \
+                         carrier's name, so give the header and the cookie different names"
+                    ),
+                ));
+            }
+        }
         if !matches!(self.record_format, 2 | 3) {
             return Err(ConfigError::new(
                 "record_format",

@@ -85,6 +85,14 @@ fn app() -> (Router, UserSessions) {
             password_hash: b"lovelace".to_vec(),
         },
     );
+    backend.users.insert(
+        8,
+        User {
+            id: 8,
+            name: "bob".into(),
+            password_hash: b"builder".to_vec(),
+        },
+    );
     let auth = AuthManagerLayerBuilder::new(backend, session_manager_layer()).build();
     let sessions = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
     let users = sessions.users();
@@ -119,6 +127,35 @@ fn app() -> (Router, UserSessions) {
                     Ok(_) => StatusCode::OK,
                     Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 }
+            }),
+        )
+        // A logout, then a message for the next page in the same request.
+        .route(
+            "/logout-with-message",
+            post(|mut auth: AuthSession<Backend>| async move {
+                auth.logout().await.unwrap();
+                auth.session.insert("message", "bye").await.unwrap();
+                StatusCode::OK
+            }),
+        )
+        // A login beside a key written through this crate's own `Session`.
+        .route(
+            "/login-and-note/{name}/{password}",
+            post(
+                |mut auth: AuthSession<Backend>,
+                 sealed: tower_sealed_sessions::Session,
+                 Path(creds): Path<(String, String)>| async move {
+                    let user = auth.authenticate(creds).await.unwrap().unwrap();
+                    auth.login(&user).await.unwrap();
+                    sealed.insert("note", "native").unwrap();
+                    StatusCode::OK
+                },
+            ),
+        )
+        .route(
+            "/note",
+            get(|sealed: tower_sealed_sessions::Session| async move {
+                sealed.get::<String>("note").unwrap().unwrap_or_default()
             }),
         )
         // Anonymous data, through tower-sessions' own `Session`, before a login.
@@ -285,4 +322,64 @@ async fn the_bridged_session_alone_keeps_clears_and_flushes() {
     );
     let seen = call(Method::GET, "/seen").await;
     assert_eq!(seen.text().await.unwrap(), "None");
+}
+
+/// A login on top of another user's session gets a new id, although
+/// axum-login does not cycle it there (its session already has an auth hash):
+/// the bridge cycles it whenever the user changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_over_another_users_session_gets_a_new_id() {
+    use reqwest::Method;
+    let (app, users) = app();
+    let base = serve(app).await;
+    let res = send(&base, Method::POST, "/login/ada/lovelace", None).await;
+    let ada = cookie_pair(&res);
+    let res = send(&base, Method::POST, "/login/bob/builder", Some(&ada)).await;
+    assert_eq!(res.status(), 200);
+    let bob = cookie_pair(&res);
+    assert_ne!(bob, ada, "a new id for the new user");
+    let res = send(&base, Method::GET, "/protected", Some(&bob)).await;
+    assert_eq!(res.text().await.unwrap(), "hello bob");
+    let res = send(&base, Method::GET, "/protected", Some(&ada)).await;
+    assert_eq!(res.status(), 401, "the old id is dead");
+    assert!(users.list("7").await.unwrap().is_empty(), "no longer ada's");
+    assert_eq!(users.list("8").await.unwrap().len(), 1);
+}
+
+/// A logout followed by new data in the same request: the logged-in session
+/// ends, and the data starts a new one tied to no user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_after_logout_starts_a_new_anonymous_session() {
+    use reqwest::Method;
+    let (app, users) = app();
+    let base = serve(app).await;
+    let res = send(&base, Method::POST, "/login/ada/lovelace", None).await;
+    let ada = cookie_pair(&res);
+    let res = send(&base, Method::POST, "/logout-with-message", Some(&ada)).await;
+    assert_eq!(res.status(), 200);
+    let after = cookie_pair(&res);
+    assert_ne!(after, ada);
+    assert!(
+        users.list("7").await.unwrap().is_empty(),
+        "the login is over"
+    );
+    let res = send(&base, Method::GET, "/protected", Some(&after)).await;
+    assert_eq!(res.status(), 401, "the new session has no user");
+    let res = send(&base, Method::GET, "/protected", Some(&ada)).await;
+    assert_eq!(res.status(), 401, "the old cookie is dead");
+}
+
+/// What native code writes in a request where axum-login logs in is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_writes_beside_a_login_are_kept() {
+    use reqwest::Method;
+    let (app, _) = app();
+    let base = serve(app).await;
+    let res = send(&base, Method::POST, "/login-and-note/ada/lovelace", None).await;
+    assert_eq!(res.status(), 200);
+    let cookie = cookie_pair(&res);
+    let res = send(&base, Method::GET, "/note", Some(&cookie)).await;
+    assert_eq!(res.text().await.unwrap(), "native");
+    let res = send(&base, Method::GET, "/protected", Some(&cookie)).await;
+    assert_eq!(res.text().await.unwrap(), "hello ada");
 }

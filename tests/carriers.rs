@@ -223,3 +223,23 @@ async fn the_client_layer_keeps_a_bearer_token() {
     );
     assert_eq!(send("GET", "/get").await, "");
 }
+
+/// A header that is the cookie's own, or shares the cookie's name, is refused:
+/// a token would then open in both carriers.
+#[test]
+fn a_header_named_like_the_cookie_is_refused() {
+    let layer = || SessionLayer::new(MemoryStore::default(), Keys::generate());
+    for bad in [
+        layer().with_header("cookie"),
+        layer().with_header_or_cookie("set-cookie"),
+        layer()
+            .with_cookie_name("x-session")
+            .with_header_or_cookie("x-session"),
+        layer()
+            .with_cookie_name("X-Session")
+            .with_header("x-session"),
+    ] {
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field(), "header.name", "{err}");
+    }
+}
