@@ -1,9 +1,12 @@
-//! The duration notation of configuration files, `<count>[ms|s|m|h|d|w|M|Y]`, and
-//! its serde forms.
+//! The duration notation of configuration files, `<count><unit>` (several in a
+//! row add up: `1h30m`), and its serde forms.
 //!
-//! The same notation as Kibana's and Authelia's settings: `20m`, `24h`, `7d`, `1w`.
-//! `M` is a month of 30 days and `Y` a year of 365 days; units are case-sensitive
-//! (`m` is minutes, `M` months).
+//! The same notation as Kibana's and Authelia's settings: `20m`, `24h`, `7d`, `1w`,
+//! `1h30m`, and Authelia's long unit names (`2 weeks`, `1 hour 30 minutes`).
+//! Short units: `ms`, `s`, `m`, `h`, `d`, `w`, `M` (a month of 30 days), `y` or
+//! `Y` (a year of 365 days); they are case-sensitive (`m` is minutes, `M`
+//! months). Long names are not: `millisecond`, `second`, `minute`, `hour`,
+//! `day`, `week`, `month`, `year`, each also plural.
 //!
 //! ```
 //! use std::time::Duration;
@@ -11,6 +14,9 @@
 //!
 //! assert_eq!(parse_duration("20m").unwrap(), Duration::from_secs(20 * 60));
 //! assert_eq!(parse_duration("1M").unwrap(), Duration::from_secs(30 * 24 * 3600));
+//! assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(90 * 60));
+//! assert_eq!(parse_duration("1 hour 30 minutes").unwrap(), Duration::from_secs(90 * 60));
+//! assert_eq!(parse_duration("2 Weeks").unwrap(), Duration::from_secs(14 * 86_400));
 //! let err = parse_duration("20x").unwrap_err();
 //! assert!(err.to_string().contains("\"20x\""));
 //! ```
@@ -21,47 +27,90 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+const DAY: u64 = 86_400_000;
+
+/// Short units, case-sensitive.
 const UNITS: &[(&str, u64)] = &[
     ("ms", 1),
     ("s", 1_000),
     ("m", 60_000),
     ("h", 3_600_000),
-    ("d", 86_400_000),
-    ("w", 7 * 86_400_000),
-    ("M", 30 * 86_400_000),
-    ("Y", 365 * 86_400_000),
+    ("d", DAY),
+    ("w", 7 * DAY),
+    ("M", 30 * DAY),
+    ("y", 365 * DAY),
+    ("Y", 365 * DAY),
 ];
 
-/// Parses `<count><unit>`, for example `30m`.
+/// Long unit names (Authelia's), any case, singular or plural.
+const NAMES: &[(&str, u64)] = &[
+    ("millisecond", 1),
+    ("second", 1_000),
+    ("minute", 60_000),
+    ("hour", 3_600_000),
+    ("day", DAY),
+    ("week", 7 * DAY),
+    ("month", 30 * DAY),
+    ("year", 365 * DAY),
+];
+
+fn unit_millis(unit: &str) -> Option<u64> {
+    if let Some(&(_, millis)) = UNITS.iter().find(|(name, _)| *name == unit) {
+        return Some(millis);
+    }
+    let lower = unit.to_ascii_lowercase();
+    let singular = lower.strip_suffix('s').unwrap_or(&lower);
+    NAMES
+        .iter()
+        .find(|(name, _)| *name == singular)
+        .map(|&(_, millis)| millis)
+}
+
+/// Parses `<count><unit>`, for example `30m`, or several in a row, which add up
+/// (`1h30m`, `1 hour 30 minutes`).
 ///
 /// # Errors
 ///
-/// [`DurationError`], which quotes the value, when the count is missing or not a
-/// whole number, the unit is unknown, or the result overflows.
+/// [`DurationError`], which quotes the value, when a count is missing or not a
+/// whole number, a unit is missing or unknown, or the result overflows.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError {
         value: text.to_owned(),
         reason,
     };
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (count, unit) = text.split_at(digits);
-    if count.is_empty() {
+    let mut rest = text.trim();
+    if rest.is_empty() {
         return Err(err(Reason::NoCount));
     }
-    let &(_, millis) = UNITS
-        .iter()
-        .find(|(name, _)| *name == unit)
-        .ok_or_else(|| {
-            err(if unit.is_empty() {
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(err(if total == 0 {
+                Reason::NoCount
+            } else {
+                Reason::Unit
+            }));
+        }
+        let count: u64 = rest[..digits].parse().map_err(|_| err(Reason::TooLarge))?;
+        rest = rest[digits..].trim_start();
+        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        if letters == 0 {
+            return Err(err(if rest.is_empty() {
                 Reason::NoUnit
             } else {
                 Reason::Unit
-            })
-        })?;
-    let count: u64 = count.parse().map_err(|_| err(Reason::TooLarge))?;
-    let total = count
-        .checked_mul(millis)
-        .ok_or_else(|| err(Reason::TooLarge))?;
+            }));
+        }
+        let millis = unit_millis(&rest[..letters]).ok_or_else(|| err(Reason::Unit))?;
+        let part = count
+            .checked_mul(millis)
+            .ok_or_else(|| err(Reason::TooLarge))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| err(Reason::TooLarge))?;
+        rest = rest[letters..].trim_start();
+    }
     Ok(Duration::from_millis(total))
 }
 
@@ -85,12 +134,16 @@ impl fmt::Display for DurationError {
         let why = match self.reason {
             Reason::NoCount => "it does not start with a whole number",
             Reason::NoUnit => "it has no unit",
-            Reason::Unit => "its unit is not one of ms, s, m, h, d, w, M (30 days), Y (365 days)",
+            Reason::Unit => {
+                "its unit is not one of ms, s, m, h, d, w, M (30 days), y (365 days), or their \
+                 long names (minutes, hours, days...)"
+            }
             Reason::TooLarge => "it is too large",
         };
         write!(
             f,
-            "invalid duration {:?}: {why}; write <count><unit>, for example 20m, 24h, 7d or 1w",
+            "invalid duration {:?}: {why}; write <count><unit>, for example 20m, 24h, 7d, \
+             1h30m or \"2 weeks\"",
             self.value
         )
     }
@@ -187,6 +240,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compound_durations_and_long_unit_names() {
+        let ms = |t: &str| parse_duration(t).map(|d| d.as_millis() as u64);
+        assert_eq!(ms("1h30m"), Ok(90 * 60_000));
+        assert_eq!(ms("1d12h"), Ok(36 * 3_600_000));
+        assert_eq!(ms("1m30s500ms"), Ok(90_500));
+        assert_eq!(ms("1 hour 30 minutes"), Ok(90 * 60_000));
+        assert_eq!(ms("2 Weeks"), Ok(14 * DAY));
+        assert_eq!(ms("1 day"), Ok(DAY));
+        assert_eq!(ms("1y"), Ok(365 * DAY));
+        assert_eq!(ms("3 months"), Ok(90 * DAY));
+        assert_eq!(ms(" 5m "), Ok(300_000));
+        for bad in ["", "h", "1h30", "1 fortnight", "1h x", "30mm", "1h-5m"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(
+            parse_duration("18446744073709551615ms1ms").is_err(),
+            "an overflowing sum"
+        );
+    }
+
+    #[test]
     fn every_unit_parses() {
         let cases = [
             ("250ms", 250),
@@ -228,9 +304,7 @@ mod tests {
             ("", "whole number"),
             ("m", "whole number"),
             ("-5m", "whole number"),
-            (" 5m", "whole number"),
             ("5", "no unit"),
-            ("5 m", "unit is not"),
             ("5x", "unit is not"),
             ("5H", "unit is not"),
             ("1.5h", "unit is not"),

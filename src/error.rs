@@ -22,7 +22,7 @@ use std::time::Duration;
 /// let err = layer.validate().unwrap_err();
 /// assert_eq!(err.field(), "cookie.same_site");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigError {
     field: String,
     reason: String,
@@ -72,7 +72,6 @@ impl StdError for ConfigError {
 }
 
 /// Why a master secret was refused or could not be loaded.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum KeyError {
     /// The secret is shorter than the minimum.
@@ -281,6 +280,31 @@ impl StdError for SessionError {
             | SessionError::NotLoaded
             | SessionError::Unavailable { .. } => None,
         }
+    }
+}
+
+/// `Debug` reads as `Display`, the cause included: what
+/// `fn main() -> Result<(), Box<dyn Error>>` prints for an error it returns.
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)?;
+        let mut source = StdError::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            // A cause whose text the message already holds adds nothing.
+            if !self.reason.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// `Debug` reads as `Display`, for the same reason as [`ConfigError`]'s.
+impl fmt::Debug for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

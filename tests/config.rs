@@ -335,12 +335,24 @@ fn bad_secrets_name_their_field_and_keep_the_cause() {
     assert_eq!(err.field(), "previous_secrets[1]");
     assert!(err.to_string().contains("No such file"), "{err}");
 
+    // A directory that cannot be made (a file stands where it would go): the
+    // error names the path and why.
+    std::fs::write(dir.join("plainfile"), b"").unwrap();
     let err = SessionLayer::from_config(
-        &yaml(&format!("secret: \"generate:{}/nodir/key\"", dir.display())).unwrap(),
+        &yaml(&format!(
+            "secret: \"generate:{}/plainfile/sub/key\"",
+            dir.display()
+        ))
+        .unwrap(),
         MemoryStore::default(),
     )
     .unwrap_err();
     assert_eq!(err.field(), "secret");
+    assert!(
+        err.to_string().contains("plainfile/sub/key")
+            && err.to_string().contains("Not a directory"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

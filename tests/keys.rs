@@ -30,3 +30,48 @@ fn environment_variable_is_read_as_is_and_errors_name_it() {
          variable TSS_TEST_SECRET_ENV)"
     );
 }
+
+/// `generate:` creates the directories the key file needs, for its owner only.
+#[test]
+fn generate_creates_missing_directories_private() {
+    use tower_sealed_sessions::Secret;
+    let root = std::env::temp_dir().join(format!("tss-keys-{:016x}", rand::random::<u64>()));
+    let path = root.join("a/b/session.key");
+    let first = Secret::from_reference(&format!("generate:{}", path.display())).unwrap();
+    let again = Secret::from_reference(&format!("generate:{}", path.display())).unwrap();
+    assert_eq!(
+        first.as_bytes(),
+        again.as_bytes(),
+        "created once, then read"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(root.join("a")), 0o700);
+        assert_eq!(mode(root.join("a/b")), 0o700);
+        assert_eq!(mode(path.clone()), 0o600);
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// What `fn main() -> Result<(), Box<dyn Error>>` prints (`Debug`) reads as well
+/// as `Display`: no `Context { origin: ..., source: TooShort { ... } }`.
+#[test]
+fn key_and_config_errors_debug_as_they_display() {
+    use tower_sealed_sessions::{MemoryStore, Secret, SessionConfig, SessionLayer};
+    let err = Secret::from_reference("base64:c2hvcnQ=").unwrap_err();
+    let shown = format!("{err:?}");
+    assert_eq!(shown, err.to_string());
+    assert!(!shown.contains("Context {"), "{shown}");
+    let config: SessionConfig = serde_yaml_ng::from_str("secret: \"base64:c2hvcnQ=\"").unwrap();
+    let err = SessionLayer::from_config(&config, MemoryStore::default()).unwrap_err();
+    let shown = format!("{err:?}");
+    assert!(
+        shown.starts_with("invalid session setting `secret`"),
+        "{shown}"
+    );
+    assert!(!shown.contains("ConfigError {"), "{shown}");
+    assert!(!shown.contains("TooShort"), "{shown}");
+}

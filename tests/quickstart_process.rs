@@ -188,6 +188,15 @@ fn invalid_configuration_stops_it_before_it_listens() {
         assert!(stderr.contains(needle), "{text}: {stderr}");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!stdout.contains("listening"), "{text}: {stdout}");
+        if text.starts_with("secret: short") {
+            assert_eq!(
+                stderr
+                    .matches("warning: the session secret is written into the configuration")
+                    .count(),
+                1,
+                "the inline-secret warning reaches stderr once, without a subscriber: {stderr}"
+            );
+        }
     }
     let missing = Command::new(&exe)
         .env("SESSION_CONFIG", dir.join("nope.yaml"))

@@ -182,11 +182,12 @@ impl Secret {
             // `File:/path` or `ENV:NAME` must not silently become the secret itself.
             Err(KeyError::UnknownReference(scheme.to_owned()))
         } else {
-            tracing::warn!(
-                target: "tower_sealed_sessions",
-                "the session secret is written into the configuration: for testing only; \
-                 use env:NAME, file:/path or generate:/path in production"
-            );
+            const WARNING: &str = "the session secret is written into the configuration: for \
+                 testing only; use env:NAME, file:/path or generate:/path in production";
+            tracing::warn!(target: "tower_sealed_sessions", "{WARNING}");
+            // Also where it is seen without a tracing subscriber, once a process.
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| eprintln!("warning: {WARNING}"));
             Self::from_bytes(reference.as_bytes())
                 .map_err(|e| e.context("an inline value".to_owned()))
         }
@@ -295,6 +296,19 @@ fn looks_low_entropy(bytes: &[u8]) -> bool {
 /// not at all, and an existing file is never replaced (`AlreadyExists`).
 fn publish(path: &Path, contents: &[u8]) -> io::Result<()> {
     let (dir, tmp) = temp_beside(path)?;
+    if !dir.exists() {
+        // Missing directories are created, for the key's owner only.
+        let mut dirs = fs::DirBuilder::new();
+        dirs.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dirs, 0o700);
+        dirs.create(dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create the directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
     let written = write_private(&tmp, contents).and_then(|()| fs::hard_link(&tmp, path));
     let _ = fs::remove_file(&tmp);
     written?;
