@@ -32,7 +32,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tower_http::services::ServeDir;
-use tower_sealed_sessions::config::StoreConfig;
 use tower_sealed_sessions::{
     Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreError, UserSessions,
 };
@@ -295,69 +294,14 @@ fn default_sessions() -> SessionLayer {
         .with_secure(false)
 }
 
-/// Sessions as a YAML configuration file describes them.
+/// Sessions as a YAML configuration file describes them: its store (built by
+/// `SessionConfig::build`, which connects to it), keys, settings, and the
+/// store's cleanup task, spawned.
 async fn sessions_from_file(path: &Path) -> Result<SessionLayer, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let config: SessionConfig = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
-    match config.store() {
-        StoreConfig::Memory { max_sessions } => {
-            let store = MemoryStore::builder()
-                .max_sessions(max_sessions.unwrap_or(MemoryStore::DEFAULT_MAX_SESSIONS))
-                .build();
-            let sessions =
-                SessionLayer::from_config(&config, store.clone()).map_err(|e| e.to_string())?;
-            let cleanup = store
-                .cleanup_task(config.cleanup_interval())
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(cleanup);
-            Ok(sessions)
-        }
-        #[cfg(feature = "redis")]
-        StoreConfig::Redis(settings) => {
-            let store = tower_sealed_sessions::RedisStore::from_settings(settings)
-                .await
-                .map_err(|e| format!("cannot connect to Redis: {e}"))?;
-            // Redis expires sessions itself: no cleanup task.
-            SessionLayer::from_config(&config, store).map_err(|e| e.to_string())
-        }
-        #[cfg(feature = "postgres")]
-        StoreConfig::Postgres(settings) => {
-            let store = tower_sealed_sessions::PostgresStore::from_settings(settings)
-                .await
-                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
-            with_cleanup(&config, store)
-        }
-        #[cfg(feature = "sqlite")]
-        StoreConfig::Sqlite(settings) => {
-            let store = tower_sealed_sessions::SqliteStore::from_settings(settings)
-                .await
-                .map_err(|e| format!("cannot open the SQLite database: {e}"))?;
-            with_cleanup(&config, store)
-        }
-        other => Err(format!(
-            "this build cannot use the store {other:?}; for Redis run it with `--features \
-             redis`, for PostgreSQL with `--features postgres`, for SQLite with `--features \
-             sqlite`"
-        )),
-    }
-}
-
-/// The layer on a store that keeps expired rows until a cleanup task removes
-/// them, and that task, spawned.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-fn with_cleanup<St: tower_sealed_sessions::store::SessionStore + Clone>(
-    config: &SessionConfig,
-    store: St,
-) -> Result<SessionLayer, String> {
-    let sessions = SessionLayer::from_config(config, store.clone()).map_err(|e| e.to_string())?;
-    let cleanup = tower_sealed_sessions::store::cleanup_task(
-        store,
-        config.cleanup_interval(),
-        tower_sealed_sessions::Clock::system(),
-    )
-    .map_err(|e| e.to_string())?;
-    tokio::spawn(cleanup);
-    Ok(sessions)
+    let built = config.build().await.map_err(|e| e.to_string())?;
+    Ok(built.spawn_cleanup())
 }
 
 /// Who is logged in, without counting a visit: a read-only session request.

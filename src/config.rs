@@ -105,8 +105,9 @@ pub struct SessionConfig {
     /// [`SessionLayer::with_record_format`](crate::SessionLayer::with_record_format).
     #[serde(default)]
     record_format: Option<u8>,
+    /// Absent: the memory store, and any store given in code.
     #[serde(default)]
-    store: StoreConfig,
+    store: Option<StoreConfig>,
     /// The token in a header: [`SessionLayer::with_header`](crate::SessionLayer::with_header),
     /// or with `also_cookie: true`
     /// [`with_header_or_cookie`](crate::SessionLayer::with_header_or_cookie).
@@ -171,6 +172,19 @@ pub enum StoreConfig {
     Sqlite(Box<SqliteSettings>),
 }
 
+impl StoreConfig {
+    /// The store's kind as `type:` spells it (and as
+    /// [`SessionStore::KIND`](crate::store::SessionStore::KIND) names it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory { .. } => "memory",
+            StoreConfig::Redis(_) => "redis",
+            StoreConfig::Postgres(_) => "postgres",
+            StoreConfig::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig::Memory { max_sessions: None }
@@ -180,7 +194,8 @@ impl Default for StoreConfig {
 impl SessionConfig {
     /// The `store:` section.
     pub fn store(&self) -> &StoreConfig {
-        &self.store
+        static MEMORY: StoreConfig = StoreConfig::Memory { max_sessions: None };
+        self.store.as_ref().unwrap_or(&MEMORY)
     }
 
     /// The `cleanup_interval` for stores without native expiry (default 1 hour).
@@ -205,6 +220,25 @@ impl SessionConfig {
             keys = keys.with_previous(&previous);
         }
         Ok(keys)
+    }
+
+    /// Whether the file's `store:` section (when it has one) names a store of
+    /// `kind` (a store of kind `custom`, the application's own, goes with any).
+    pub(crate) fn check_store_kind(&self, kind: &str) -> Result<(), ConfigError> {
+        let Some(named) = &self.store else {
+            return Ok(());
+        };
+        if kind == "custom" || named.kind() == kind {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "store.type",
+            format!(
+                "the file names a `{}` store, and the layer was given a {kind} store: build the \
+                 store the file names with SessionConfig::build, or make the section say `{kind}`",
+                named.kind()
+            ),
+        ))
     }
 
     /// Writes these settings over the defaults in `settings`.
@@ -258,7 +292,7 @@ impl SessionConfig {
     /// value format 3 opens no record format v3 either, so one without the other
     /// still logs its users out.
     fn check_rolling_upgrade(&self, record_format: u8) -> Result<(), ConfigError> {
-        let StoreConfig::Redis(redis) = &self.store else {
+        let StoreConfig::Redis(redis) = self.store() else {
             return Ok(());
         };
         match (redis.value_format(), record_format) {

@@ -38,6 +38,11 @@ impl ConfigError {
         }
     }
 
+    pub(crate) fn with_source(mut self, source: Arc<dyn StdError + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
     pub(crate) fn key(field: String, err: KeyError) -> Self {
         ConfigError {
             field,

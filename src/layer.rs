@@ -68,7 +68,11 @@ impl SessionLayer {
     }
 
     /// A layer configured by `config`, keeping sessions in `store`. Loads the keys
-    /// (which may read or create a key file) and validates every setting.
+    /// (which may read or create a key file) and validates every setting. A
+    /// file whose `store:` section names another kind of store than `store`'s
+    /// [`KIND`](SessionStore::KIND) is refused (`store.type`): build what the
+    /// file names with [`SessionConfig::build`]. A store of kind `custom` goes
+    /// with any section.
     ///
     /// # Errors
     ///
@@ -77,6 +81,7 @@ impl SessionLayer {
         config: &SessionConfig,
         store: St,
     ) -> Result<Self, ConfigError> {
+        config.check_store_kind(St::KIND)?;
         let mut layer = SessionLayer::new(store, config.load_keys()?);
         config.apply(Arc::make_mut(&mut layer.settings))?;
         layer.validate()?;

@@ -133,6 +133,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+mod build;
 pub mod client;
 pub mod clock;
 #[cfg(feature = "tower-sessions-compat")]
@@ -160,6 +161,7 @@ mod testing;
 
 pub use ::cookie::SameSite;
 pub use audit::Fingerprint;
+pub use build::Built;
 pub use clock::{Clock, ManualClock};
 pub use config::SessionConfig;
 pub use error::{ConfigError, KeyError, SessionError, StoreError};

@@ -1,5 +1,7 @@
 //! `SessionConfig` from YAML and TOML, and every validation error it can give.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,10 +21,16 @@ fn yaml(text: &str) -> Result<SessionConfig, String> {
     serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
 }
 
+/// A store of no particular kind (`custom`), which goes with any `store:`
+/// section: for checking the other settings of files that name Redis or SQL.
+fn any_store() -> common::TestStore {
+    common::TestStore::new(MemoryStore::default())
+}
+
 /// The error `from_config` gives for `body` plus a valid secret.
 fn refused(body: &str) -> (String, String) {
     let config = yaml(&format!("secret: \"{SECRET_B64}\"\n{body}")).expect("parses");
-    let err = SessionLayer::from_config(&config, MemoryStore::default()).unwrap_err();
+    let err = SessionLayer::from_config(&config, any_store()).unwrap_err();
     (err.field().to_owned(), err.to_string())
 }
 
@@ -49,7 +57,7 @@ fn every_example_configuration_builds_a_layer() {
         };
         let dir = temp_dir();
         let config = yaml(&text.replace("target/", &format!("{}/", dir.display()))).unwrap();
-        SessionLayer::from_config(&config, MemoryStore::default())
+        SessionLayer::from_config(&config, any_store())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         std::fs::remove_dir_all(dir).unwrap();
         seen.push(kind);
@@ -462,6 +470,59 @@ fn both_older_formats_together_build() {
         "secret: \"{SECRET_B64}\"\nrecord_format: 2\nstore: {{ type: redis, url: \"redis://127.0.0.1:6379\", value_format: 2 }}"
     ))
     .unwrap();
-    let layer = SessionLayer::from_config(&config, MemoryStore::default()).unwrap();
+    let layer = SessionLayer::from_config(&config, any_store()).unwrap();
     assert!(format!("{layer:?}").contains("record_format: 2"));
+}
+
+/// A file whose `store:` section names one store, given another in code, is
+/// refused (it was silently ignored); a file without a section, or a store of
+/// the application's own (`custom`), goes with any.
+#[test]
+fn a_store_section_the_code_does_not_follow_is_refused() {
+    let redis = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\nstore: {{ type: redis, url: \"redis://127.0.0.1:6379\" }}"
+    ))
+    .unwrap();
+    let err = SessionLayer::from_config(&redis, MemoryStore::default()).unwrap_err();
+    assert_eq!(err.field(), "store.type");
+    assert!(err.to_string().contains("SessionConfig::build"), "{err}");
+    assert!(SessionLayer::from_config(&redis, any_store()).is_ok());
+    let none = yaml(&format!("secret: \"{SECRET_B64}\"")).unwrap();
+    assert!(SessionLayer::from_config(&none, MemoryStore::default()).is_ok());
+}
+
+/// `SessionConfig::build` makes the store the file names, with its cleanup
+/// task; a store this build lacks is an error naming `store.type`.
+#[tokio::test]
+async fn build_makes_the_named_store_and_its_cleanup_task() {
+    let memory = yaml(&format!(
+        "secret: \"{SECRET_B64}\"\ncleanup_interval: 1m\nstore: {{ type: memory, max_sessions: 10 }}"
+    ))
+    .unwrap();
+    let built = memory.build().await.unwrap();
+    assert!(built.cleanup.is_some());
+    let layer = built.spawn_cleanup();
+    assert!(format!("{layer:?}").contains("SessionLayer"));
+    #[cfg(feature = "sqlite")]
+    {
+        let dir = temp_dir();
+        let sqlite = yaml(&format!(
+            "secret: \"{SECRET_B64}\"\nstore: {{ type: sqlite, path: \"{}\" }}",
+            dir.join("s.db").display()
+        ))
+        .unwrap();
+        let built = sqlite.build().await.unwrap();
+        assert!(built.cleanup.is_some());
+        assert!(dir.join("s.db").exists(), "the file the section names");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    #[cfg(feature = "redis")]
+    {
+        let unreachable = yaml(&format!(
+            "secret: \"{SECRET_B64}\"\nstore: {{ type: redis, url: \"redis://127.0.0.1:1\", timeout: 200ms }}"
+        ))
+        .unwrap();
+        let err = unreachable.build().await.unwrap_err();
+        assert_eq!(err.field(), "store", "{err}");
+    }
 }

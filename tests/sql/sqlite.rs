@@ -91,7 +91,10 @@ async fn passes_the_user_sessions_suite_and_lists_a_thousand_of_one_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_increments_of_one_counter_add_a_hundred() {
     let (store, _dir) = fixture().await;
-    common::hundred_concurrent_increments(&serve(app(store, |l| l)).await).await;
+    // A hundred writers of one session retry their compare-and-sets; on a
+    // busy CI machine they may need more than the default 2 s write deadline.
+    let slow = |l: SessionLayer| l.with_write_deadline(Duration::from_secs(15));
+    common::hundred_concurrent_increments(&serve(app(store, slow)).await).await;
 }
 
 /// 64 tasks on each of two stores opened on one file (two processes, as far as
