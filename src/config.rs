@@ -211,15 +211,25 @@ impl SessionConfig {
     /// A [`ConfigError`] naming `secret` or `previous_secrets[i]`, with the
     /// [`KeyError`](crate::KeyError) as its source.
     pub fn load_keys(&self) -> Result<Keys, ConfigError> {
+        let mut errors = Vec::new();
         let primary = Secret::from_reference(&self.secret)
-            .map_err(|e| ConfigError::key("secret".to_owned(), e))?;
-        let mut keys = Keys::new(&primary);
-        for (i, reference) in self.previous_secrets.iter().enumerate() {
-            let previous = Secret::from_reference(reference)
-                .map_err(|e| ConfigError::key(format!("previous_secrets[{i}]"), e))?;
-            keys = keys.with_previous(&previous);
-        }
-        Ok(keys)
+            .map_err(|e| errors.push(ConfigError::key("secret".to_owned(), e)))
+            .ok();
+        let previous: Vec<Secret> = self
+            .previous_secrets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, reference)| {
+                Secret::from_reference(reference)
+                    .map_err(|e| errors.push(ConfigError::key(format!("previous_secrets[{i}]"), e)))
+                    .ok()
+            })
+            .collect();
+        ConfigError::all(errors)?;
+        let primary = primary.expect("no error, so the primary secret loaded");
+        Ok(previous.iter().fold(Keys::new(&primary), |keys, previous| {
+            keys.with_previous(previous)
+        }))
     }
 
     /// Whether the file's `store:` section (when it has one) names a store of
@@ -242,16 +252,20 @@ impl SessionConfig {
     }
 
     /// Writes these settings over the defaults in `settings`.
+    /// Every failing setting is reported, not only the first.
     pub(crate) fn apply(&self, settings: &mut Settings) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         if let Some(header) = &self.header {
-            let name = http::HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
-                ConfigError::new(
+            match http::HeaderName::from_bytes(header.name.as_bytes()) {
+                Ok(name) => {
+                    settings.header = Some(name);
+                    settings.also_cookie = header.also_cookie;
+                }
+                Err(_) => errors.push(ConfigError::new(
                     "header.name",
                     format!("{:?} is not a valid header name", header.name),
-                )
-            })?;
-            settings.header = Some(name);
-            settings.also_cookie = header.also_cookie;
+                )),
+            }
         }
         let c = &self.cookie;
         let cookie = &mut settings.cookie;
@@ -284,8 +298,9 @@ impl SessionConfig {
             &mut settings.max_sessions_per_user,
             self.max_sessions_per_user.map(Some),
         );
-        check_interval(self.cleanup_interval())?;
-        self.check_rolling_upgrade(settings.record_format)
+        errors.extend(check_interval(self.cleanup_interval()).err());
+        errors.extend(self.check_rolling_upgrade(settings.record_format).err());
+        ConfigError::all(errors)
     }
 
     /// A rolling upgrade on Redis needs both older formats: a release that reads no

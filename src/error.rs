@@ -27,6 +27,8 @@ pub struct ConfigError {
     field: String,
     reason: String,
     source: Option<Arc<dyn StdError + Send + Sync>>,
+    /// The other settings at fault, found in the same check.
+    more: Vec<ConfigError>,
 }
 
 impl ConfigError {
@@ -35,7 +37,31 @@ impl ConfigError {
             field: field.into(),
             reason: reason.into(),
             source: None,
+            more: Vec::new(),
         }
+    }
+
+    /// Every error of `errors` in one, the first leading; `Ok` when there are
+    /// none.
+    pub(crate) fn all(errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        let mut errors = errors.into_iter().flat_map(ConfigError::into_each);
+        let Some(mut first) = errors.next() else {
+            return Ok(());
+        };
+        first.more = errors.collect();
+        Err(first)
+    }
+
+    /// This error and the others found with it, one by one.
+    fn into_each(mut self) -> Vec<ConfigError> {
+        let more = std::mem::take(&mut self.more);
+        std::iter::once(self).chain(more).collect()
+    }
+
+    /// Every setting at fault that one check found, this one first: a file
+    /// with four mistakes reports four.
+    pub fn errors(&self) -> impl Iterator<Item = &ConfigError> {
+        std::iter::once(self).chain(self.more.iter())
     }
 
     pub(crate) fn with_source(mut self, source: Arc<dyn StdError + Send + Sync>) -> Self {
@@ -48,6 +74,7 @@ impl ConfigError {
             field,
             reason: err.to_string(),
             source: Some(Arc::new(err)),
+            more: Vec::new(),
         }
     }
 
@@ -60,11 +87,18 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid session setting `{}`: {}",
-            self.field, self.reason
-        )
+        if self.more.is_empty() {
+            return write!(
+                f,
+                "invalid session setting `{}`: {}",
+                self.field, self.reason
+            );
+        }
+        write!(f, "{} invalid session settings:", self.more.len() + 1)?;
+        for error in self.errors() {
+            write!(f, "\n  - `{}`: {}", error.field, error.reason)?;
+        }
+        Ok(())
     }
 }
 

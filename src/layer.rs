@@ -76,15 +76,20 @@ impl SessionLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first field at fault.
+    /// A [`ConfigError`] naming every field at fault ([`ConfigError::errors`]).
     pub fn from_config<St: SessionStore>(
         config: &SessionConfig,
         store: St,
     ) -> Result<Self, ConfigError> {
-        config.check_store_kind(St::KIND)?;
-        let mut layer = SessionLayer::new(store, config.load_keys()?);
-        config.apply(Arc::make_mut(&mut layer.settings))?;
-        layer.validate()?;
+        // Every mistake at once: the keys, the store section, and every setting.
+        let mut errors = Vec::new();
+        errors.extend(config.check_store_kind(St::KIND).err());
+        let keys = config.load_keys().map_err(|e| errors.push(e)).ok();
+        // Without the keys, a stand-in lets the other settings be checked too.
+        let mut layer = SessionLayer::new(store, keys.unwrap_or_else(Keys::generate));
+        errors.extend(config.apply(Arc::make_mut(&mut layer.settings)).err());
+        errors.extend(layer.validate().err());
+        ConfigError::all(errors)?;
         Ok(layer)
     }
 
@@ -94,7 +99,7 @@ impl SessionLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first field at fault.
+    /// A [`ConfigError`] naming every field at fault ([`ConfigError::errors`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.settings.validate()
     }

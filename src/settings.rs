@@ -184,20 +184,24 @@ impl Settings {
     }
 
     /// Checks that the settings work together; every rule in one place.
+    /// Every failing setting is reported, not only the first.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        self.cookie.validate()?;
+        let mut errors = Vec::new();
+        if let Err(err) = self.cookie.validate() {
+            errors.push(err);
+        }
         if let Some(header) = &self.header {
             // A token is sealed for its carrier's name: the header must not be the
             // cookie's own headers, nor share the cookie's name (a token would
             // then open in both).
             if *header == http::header::COOKIE || *header == http::header::SET_COOKIE {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "header.name",
                     "the cookie is the default carrier: leave the header out, or name another",
                 ));
             }
             if header.as_str().eq_ignore_ascii_case(&self.cookie.name) {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "header.name",
                     format!(
                         "{header} is also the cookie's name: tokens are sealed for their \
@@ -207,7 +211,7 @@ impl Settings {
             }
         }
         if !matches!(self.record_format, 2 | 3) {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "record_format",
                 format!(
                     "{} is not a record format: write 3 (the default) or 2",
@@ -217,7 +221,7 @@ impl Settings {
         }
         let cookie = &self.cookie;
         if cookie.same_site == SameSite::None && !cookie.secure {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "cookie.same_site",
                 "`none` requires `secure: true`: browsers drop SameSite=None cookies that are not \
                  Secure",
@@ -227,26 +231,26 @@ impl Settings {
         // these rules, so a misconfigured one would silently never be stored.
         if cookie.name.starts_with("__Host-") {
             if !cookie.secure {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "cookie.secure",
                     "a `__Host-` cookie must be Secure",
                 ));
             }
             if cookie.domain.is_some() {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "cookie.domain",
                     "a `__Host-` cookie must not have a Domain",
                 ));
             }
             if cookie.path != "/" {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "cookie.path",
                     "a `__Host-` cookie must have the path /",
                 ));
             }
         }
         if cookie.name.starts_with("__Secure-") && !cookie.secure {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "cookie.secure",
                 "a `__Secure-` cookie must be Secure",
             ));
@@ -257,15 +261,17 @@ impl Settings {
             ("remember_me", self.remember_me),
         ] {
             if value == Some(Duration::ZERO) {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     field,
                     "0 would end every session at once; disable it with -1 instead",
                 ));
             }
         }
-        if let (Some(remember), Some(lifespan)) = (self.remember_me, self.lifespan) {
+        // A zero was reported above; comparing it would only report it again.
+        let set = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+        if let (Some(remember), Some(lifespan)) = (set(self.remember_me), set(self.lifespan)) {
             if remember < lifespan {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "remember_me",
                     format!(
                         "{remember:?} is shorter than the lifespan of {lifespan:?}, so ticking \
@@ -275,31 +281,30 @@ impl Settings {
             }
         }
         if self.max_sessions_per_user == Some(0) {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "max_sessions_per_user",
                 "0 would end every session at login; leave it out for no limit",
             ));
         }
-        match (self.idle_timeout, self.lifespan) {
-            (None, None) if !self.allow_unbounded => {
-                return Err(ConfigError::new(
-                    "idle_timeout",
-                    "neither an idle timeout nor a lifespan is set, so sessions never expire and \
-                     the store grows without bound; set one, or set allow_unbounded_sessions: true",
-                ));
-            }
-            (Some(idle), Some(lifespan)) if idle > lifespan => {
-                return Err(ConfigError::new(
+        if self.idle_timeout.is_none() && self.lifespan.is_none() && !self.allow_unbounded {
+            errors.push(ConfigError::new(
+                "idle_timeout",
+                "neither an idle timeout nor a lifespan is set, so sessions never expire and \
+                 the store grows without bound; set one, or set allow_unbounded_sessions: true",
+            ));
+        }
+        if let (Some(idle), Some(lifespan)) = (set(self.idle_timeout), set(self.lifespan)) {
+            if idle > lifespan {
+                errors.push(ConfigError::new(
                     "idle_timeout",
                     format!(
-                        "{idle:?} is longer than the lifespan of {lifespan:?}, so it never applies; \
-                         shorten it or disable it with -1"
+                        "{idle:?} is longer than the lifespan of {lifespan:?}, so it never \
+                         applies; shorten it or disable it with -1"
                     ),
                 ));
             }
-            _ => {}
         }
-        Ok(())
+        ConfigError::all(errors)
     }
 }
 

@@ -526,3 +526,35 @@ async fn build_makes_the_named_store_and_its_cleanup_task() {
         assert_eq!(err.field(), "store", "{err}");
     }
 }
+
+/// A file with four mistakes reports all four in one run, each naming its
+/// field, in the order of the checks; `errors()` lists them one by one.
+#[test]
+fn every_mistake_is_reported_in_one_run() {
+    let config = yaml(
+        "secret: \"base64:c2hvcnQ=\"\n\
+         previous_secrets: [\"env:TSS_TEST_NOT_SET_ANYWHERE\"]\n\
+         cookie: { name: \"bad name\", same_site: none, secure: false }\n\
+         max_sessions_per_user: 0\n\
+         cleanup_interval: 1s\n",
+    )
+    .unwrap();
+    let err = SessionLayer::from_config(&config, MemoryStore::default()).unwrap_err();
+    let fields: Vec<&str> = err.errors().map(|e| e.field()).collect();
+    assert_eq!(
+        fields,
+        [
+            "secret",
+            "previous_secrets[0]",
+            "cleanup_interval",
+            "cookie.name",
+            "cookie.same_site",
+            "max_sessions_per_user",
+        ],
+        "{err}"
+    );
+    let shown = err.to_string();
+    assert!(shown.starts_with("6 invalid session settings:"), "{shown}");
+    assert_eq!(err.field(), "secret", "the first leads");
+    assert_eq!(format!("{err:?}").lines().count(), 7, "{err:?}");
+}

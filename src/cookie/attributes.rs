@@ -36,10 +36,11 @@ impl CookieConfig {
     /// Checks that every attribute renders into a valid `Set-Cookie` header, so no
     /// request can ever fail on it.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         // RFC 6265, section 4.1.1: a cookie name is an RFC 7230 token.
         let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if self.name.is_empty() || !self.name.chars().all(is_tchar) {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "cookie.name",
                 format!(
                     "{:?} is not a valid cookie name: use letters, digits and !#$%&'*+-.^_`|~",
@@ -50,7 +51,7 @@ impl CookieConfig {
         if let Some(domain) = &self.domain {
             let ok = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
             if domain.is_empty() || !domain.chars().all(ok) {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "cookie.domain",
                     format!("{domain:?} is not a host name like example.com"),
                 ));
@@ -63,7 +64,7 @@ impl CookieConfig {
                 .chars()
                 .any(|c| c.is_control() || c == ';' || !c.is_ascii())
         {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "cookie.path",
                 format!(
                     "{:?} is not a cookie path: it starts with / and has no ; or control characters",
@@ -71,7 +72,7 @@ impl CookieConfig {
                 ),
             ));
         }
-        Ok(())
+        ConfigError::all(errors)
     }
 
     fn build<'c>(&'c self, value: &'c str) -> Cookie<'c> {
