@@ -255,6 +255,7 @@ impl SessionConfig {
     /// Every failing setting is reported, not only the first.
     pub(crate) fn apply(&self, settings: &mut Settings) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        settings.from_file = true;
         if let Some(header) = &self.header {
             match http::HeaderName::from_bytes(header.name.as_bytes()) {
                 Ok(name) => {

@@ -114,6 +114,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_millis(total))
 }
 
+/// `d` in the notation of configuration files, largest units first: `48h`
+/// reads `2d`, `5400s` reads `1h30m`, `1500ms` reads `1s500ms`.
+pub(crate) fn written(d: Duration) -> String {
+    let mut left = d.as_millis();
+    if left == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, millis) in [
+        ("d", DAY),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        let millis = u128::from(millis);
+        if left >= millis {
+            out.push_str(&format!("{}{unit}", left / millis));
+            left %= millis;
+        }
+    }
+    out
+}
+
 /// A duration that did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DurationError {
@@ -238,6 +262,20 @@ pub(crate) fn span_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_back_in_the_files_notation() {
+        for (ms, text) in [
+            (172_800_000, "2d"),
+            (5_400_000, "1h30m"),
+            (1_500, "1s500ms"),
+            (0, "0s"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(written(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d, "{text} reads back");
+        }
+    }
 
     #[test]
     fn compound_durations_and_long_unit_names() {

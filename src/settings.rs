@@ -42,6 +42,9 @@ pub(crate) struct Settings {
     pub(crate) clock: Clock,
     /// The application's answer when the store fails, if it gave one.
     pub(crate) unavailable: Option<UnavailableHook>,
+    /// Built from a configuration file: errors speak of `-1` and durations as
+    /// files write them; otherwise of `None`, as code does.
+    pub(crate) from_file: bool,
 }
 
 /// The answer the application builds when the store fails:
@@ -75,6 +78,7 @@ impl Settings {
             eager_load: false,
             record_format: 3,
             unavailable: None,
+            from_file: false,
             clock: Clock::system(),
         }
     }
@@ -255,6 +259,15 @@ impl Settings {
                 "a `__Secure-` cookie must be Secure",
             ));
         }
+        // A file's user reads `-1` and `30m`; code's, `None` and `1800s`.
+        let (off, show) = if self.from_file {
+            ("-1", crate::duration::written as fn(Duration) -> String)
+        } else {
+            (
+                "None",
+                (|d: Duration| format!("{d:?}")) as fn(Duration) -> String,
+            )
+        };
         for (field, value) in [
             ("idle_timeout", self.idle_timeout),
             ("lifespan", self.lifespan),
@@ -263,7 +276,7 @@ impl Settings {
             if value == Some(Duration::ZERO) {
                 errors.push(ConfigError::new(
                     field,
-                    "0 would end every session at once; disable it with -1 instead",
+                    format!("0 would end every session at once; disable it with {off} instead"),
                 ));
             }
         }
@@ -274,8 +287,10 @@ impl Settings {
                 errors.push(ConfigError::new(
                     "remember_me",
                     format!(
-                        "{remember:?} is shorter than the lifespan of {lifespan:?}, so ticking \
-                         remember-me would end sessions sooner; lengthen it or disable it with -1"
+                        "{} is shorter than the lifespan of {}, so ticking remember-me would end \
+                         sessions sooner; lengthen it or disable it with {off}",
+                        show(remember),
+                        show(lifespan)
                     ),
                 ));
             }
@@ -298,8 +313,10 @@ impl Settings {
                 errors.push(ConfigError::new(
                     "idle_timeout",
                     format!(
-                        "{idle:?} is longer than the lifespan of {lifespan:?}, so it never \
-                         applies; shorten it or disable it with -1"
+                        "{} is longer than the lifespan of {}, so it never applies; shorten it or \
+                         disable it with {off}",
+                        show(idle),
+                        show(lifespan)
                     ),
                 ));
             }

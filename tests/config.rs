@@ -212,8 +212,8 @@ fn every_validation_error_names_its_field_and_says_what_to_do() {
         (
             "idle_timeout: 2d\nlifespan: 1d",
             "idle_timeout",
-            "invalid session setting `idle_timeout`: 172800s is longer than the lifespan of \
-             86400s, so it never applies; shorten it or disable it with -1",
+            "invalid session setting `idle_timeout`: 2d is longer than the lifespan of 1d, so it \
+             never applies; shorten it or disable it with -1",
         ),
         (
             "idle_timeout: -1\nlifespan: -1",
@@ -225,8 +225,8 @@ fn every_validation_error_names_its_field_and_says_what_to_do() {
         (
             "remember_me: 1h",
             "remember_me",
-            "invalid session setting `remember_me`: 3600s is shorter than the lifespan of 86400s, \
-             so ticking remember-me would end sessions sooner; lengthen it or disable it with -1",
+            "invalid session setting `remember_me`: 1h is shorter than the lifespan of 1d, so \
+             ticking remember-me would end sessions sooner; lengthen it or disable it with -1",
         ),
         (
             "lifespan: 0s",
@@ -557,4 +557,18 @@ fn every_mistake_is_reported_in_one_run() {
     assert!(shown.starts_with("6 invalid session settings:"), "{shown}");
     assert_eq!(err.field(), "secret", "the first leads");
     assert_eq!(format!("{err:?}").lines().count(), 7, "{err:?}");
+}
+
+/// A layer built in code is told in code's terms: `None`, not `-1`.
+#[test]
+fn a_layer_built_in_code_hears_of_none() {
+    use std::time::Duration;
+    let err = SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_idle_timeout(Some(Duration::ZERO))
+        .with_remember_me(Some(Duration::from_secs(60)))
+        .validate()
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("disable it with None"), "{shown}");
+    assert!(!shown.contains("-1"), "{shown}");
 }

@@ -63,7 +63,11 @@ pub(crate) fn check_interval(interval: Duration) -> Result<(), ConfigError> {
     if interval < MIN_CLEANUP_INTERVAL {
         return Err(ConfigError::new(
             "cleanup_interval",
-            format!("{interval:?} is shorter than the minimum of {MIN_CLEANUP_INTERVAL:?}"),
+            format!(
+                "{} is shorter than the minimum of {}",
+                crate::duration::written(interval),
+                crate::duration::written(MIN_CLEANUP_INTERVAL)
+            ),
         ));
     }
     Ok(())
