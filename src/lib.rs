@@ -31,6 +31,78 @@
 //! let app: Router = Router::new().route("/", get(handler)).layer(layer);
 //! ```
 //!
+//! # Users: login, logout, "your devices"
+//!
+//! A handler ties a session to its user at login (cycling the id), reads it
+//! back, and reaches [`UserSessions`] (from [`SessionLayer::users`], shared
+//! through axum's state) to list the user's sessions and end one or all. The
+//! cookie is configured on the layer.
+//!
+//! ```
+//! use axum::extract::{Path, State};
+//! use axum::{Json, Router, routing::{get, post}};
+//! use tower_sealed_sessions::{
+//!     Fingerprint, Keys, MemoryStore, SameSite, Session, SessionLayer, UserSessions,
+//! };
+//!
+//! async fn login(session: Session) {
+//!     // ...after checking the password:
+//!     session.cycle_id(); // a new id on every privilege change
+//!     session.set_user_id("ada");
+//! }
+//!
+//! async fn logout(session: Session) {
+//!     session.destroy();
+//! }
+//!
+//! /// "Your devices": this session's fingerprint, and every live session's.
+//! async fn devices(
+//!     State(users): State<UserSessions>,
+//!     session: Session,
+//! ) -> Json<Vec<(String, bool)>> {
+//!     let (Some(user), Some(this)) = (session.user_id(), session.fingerprint()) else {
+//!         return Json(Vec::new());
+//!     };
+//!     let listed = users.list(&user).await.unwrap_or_default();
+//!     Json(listed.iter().map(|s| (s.fingerprint.to_string(), s.fingerprint == this)).collect())
+//! }
+//!
+//! /// "Log out this one": the user's session with that fingerprint.
+//! async fn revoke(
+//!     State(users): State<UserSessions>,
+//!     session: Session,
+//!     Path(fingerprint): Path<String>,
+//! ) {
+//!     let (Some(user), Ok(fingerprint)) = (session.user_id(), fingerprint.parse::<Fingerprint>())
+//!     else {
+//!         return;
+//!     };
+//!     let _ = users.revoke(&user, &fingerprint).await;
+//! }
+//!
+//! /// "Log out everywhere".
+//! async fn revoke_all(State(users): State<UserSessions>, session: Session) {
+//!     if let Some(user) = session.user_id() {
+//!         let _ = users.revoke_all(&user).await;
+//!     }
+//! }
+//!
+//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+//!     .with_cookie_name("__Host-session") // Secure, no Domain, Path=/
+//!     .with_same_site(SameSite::Strict)
+//!     .with_http_only(true)
+//!     .with_secure(true)
+//!     .with_max_sessions_per_user(Some(5));
+//! let app: Router = Router::new()
+//!     .route("/login", post(login))
+//!     .route("/logout", post(logout))
+//!     .route("/devices", get(devices))
+//!     .route("/devices/{fingerprint}/revoke", post(revoke))
+//!     .route("/devices/revoke-all", post(revoke_all))
+//!     .with_state(layer.users())
+//!     .layer(layer);
+//! ```
+//!
 //! # When changes are saved
 //!
 //! The layer writes the session once the inner service has produced the response
@@ -46,9 +118,11 @@
 //! take the session with `request.extensions().get::<Session>()` and load it with
 //! [`Session::load`] before using it (or the layer loads every request's session,
 //! with [`SessionLayer::with_eager_load`]). A gRPC client
-//! carries the session by sending back, as `cookie` metadata, the `set-cookie`
-//! metadata it receives; or, with [`SessionLayer::with_header`], the token travels
-//! in one header both ways. When the store fails, a gRPC request gets a
+//! carries the session with [`client::SessionClientLayer`] around its channel,
+//! which sends back, as `cookie` metadata, the `set-cookie` metadata it
+//! receives; or, with [`SessionLayer::with_header`], the token travels in one
+//! header both ways. [`SessionLayer::with_header_or_cookie`] serves browsers and
+//! API clients on one layer. When the store fails, a gRPC request gets a
 //! trailers-only response with `grpc-status: 14` (UNAVAILABLE).
 //!
 //! # Expiry
