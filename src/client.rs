@@ -53,7 +53,14 @@ enum Carrier {
 #[derive(Clone)]
 pub struct SessionClientLayer {
     carrier: Carrier,
-    token: Arc<Mutex<Option<String>>>,
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+/// The token, and the header value that carries it, made once when the token
+/// arrives rather than on every call.
+struct Held {
+    token: String,
+    value: HeaderValue,
 }
 
 impl SessionClientLayer {
@@ -63,7 +70,7 @@ impl SessionClientLayer {
     pub fn cookie(name: impl Into<String>) -> Self {
         SessionClientLayer {
             carrier: Carrier::Cookie(name.into()),
-            token: Arc::default(),
+            held: Arc::default(),
         }
     }
 
@@ -82,19 +89,29 @@ impl SessionClientLayer {
             .unwrap_or_else(|_| panic!("{name:?} is not a valid header name"));
         SessionClientLayer {
             carrier: Carrier::Header(name),
-            token: Arc::default(),
+            held: Arc::default(),
         }
     }
 
     /// The token held now, if any.
     pub fn token(&self) -> Option<String> {
-        self.lock().clone()
+        self.lock().as_ref().map(|held| held.token.clone())
     }
 
     /// Holds `token` from now on, as if a server had sent it (a token kept
-    /// across restarts of the client, say).
+    /// across restarts of the client, say). A token that cannot travel in a
+    /// header (it has control characters) is not held.
     pub fn set_token(&self, token: impl Into<String>) {
-        *self.lock() = Some(token.into());
+        let token = token.into();
+        let value = match &self.carrier {
+            Carrier::Cookie(name) => format!("{name}={token}"),
+            Carrier::Header(name) if *name == header::AUTHORIZATION => format!("Bearer {token}"),
+            Carrier::Header(_) => token.clone(),
+        };
+        *self.lock() = HeaderValue::try_from(value).ok().map(|mut value| {
+            value.set_sensitive(true);
+            Held { token, value }
+        });
     }
 
     /// Forgets the token (the next call starts without a session).
@@ -102,33 +119,36 @@ impl SessionClientLayer {
         *self.lock() = None;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.token
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds the token (if any) to `headers`.
     fn send(&self, headers: &mut http::HeaderMap) {
-        let token = self.token();
+        let value = self.lock().as_ref().map(|held| held.value.clone());
         match &self.carrier {
-            Carrier::Cookie(name) => {
-                let Some(token) = token else { return };
+            Carrier::Cookie(_) => {
+                let Some(value) = value else { return };
+                if !headers.contains_key(header::COOKIE) {
+                    headers.insert(header::COOKIE, value);
+                    return;
+                }
                 // One Cookie header (RFC 6265, 5.4): the request's own cookies
                 // (from every line) and this one.
-                let mut pairs: Vec<String> = headers
+                let mut pairs: Vec<&str> = headers
                     .get_all(header::COOKIE)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .flat_map(|v| v.split(';'))
                     .map(str::trim)
                     .filter(|pair| !pair.is_empty())
-                    .map(str::to_owned)
                     .collect();
-                pairs.push(format!("{name}={token}"));
-                if let Ok(mut value) = HeaderValue::try_from(pairs.join("; ")) {
-                    value.set_sensitive(true);
-                    headers.insert(header::COOKIE, value);
+                pairs.extend(value.to_str().ok());
+                if let Ok(mut joined) = HeaderValue::try_from(pairs.join("; ")) {
+                    joined.set_sensitive(true);
+                    headers.insert(header::COOKIE, joined);
                 }
             }
             Carrier::Header(name) => {
@@ -136,15 +156,14 @@ impl SessionClientLayer {
                 if headers.contains_key(name) {
                     return;
                 }
-                let value = match (name == header::AUTHORIZATION, token) {
-                    (true, Some(token)) => format!("Bearer {token}"),
-                    (true, None) => "Bearer".to_owned(),
-                    (false, Some(token)) => token,
-                    (false, None) => return,
-                };
-                if let Ok(mut value) = HeaderValue::try_from(value) {
-                    value.set_sensitive(true);
-                    headers.insert(name.clone(), value);
+                match value {
+                    Some(value) => {
+                        headers.insert(name.clone(), value);
+                    }
+                    None if *name == header::AUTHORIZATION => {
+                        headers.insert(name.clone(), HeaderValue::from_static("Bearer"));
+                    }
+                    None => {}
                 }
             }
         }
@@ -166,20 +185,24 @@ impl SessionClientLayer {
                             .is_some_and(|age| age.is_zero() || age.is_negative());
                     (!removal).then(|| c.value().to_owned())
                 }),
-            Carrier::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
-                let v = v.trim();
-                let token = if *name == header::AUTHORIZATION {
-                    v.get(..6)
-                        .filter(|s| s.eq_ignore_ascii_case("bearer"))
-                        .map_or(v, |_| v[6..].trim())
+            Carrier::Header(name) => headers.get(name).and_then(|v| {
+                // For Authorization, the server's own parsing of a Bearer value;
+                // another scheme is no session token.
+                let value = v.as_bytes().trim_ascii();
+                let token = if *name == header::AUTHORIZATION && !value.is_empty() {
+                    crate::open::bearer(value)?
                 } else {
-                    v
+                    value
                 };
-                (!token.is_empty()).then(|| token.to_owned())
+                let token = std::str::from_utf8(token).ok()?;
+                Some((!token.is_empty()).then(|| token.to_owned()))
             }),
         };
-        if let Some(token) = sent {
-            *self.lock() = token;
+        match sent {
+            Some(Some(token)) if self.token().as_deref() != Some(&token) => self.set_token(token),
+            Some(Some(_)) => {}
+            Some(None) => self.clear(),
+            None => {}
         }
     }
 }
