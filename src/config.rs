@@ -16,6 +16,9 @@
 //! eager_load: false         # true: every request with a cookie loads its session
 //! record_format: 3          # 2 while a release that opens no v3 shares the store
 //! header: { name: authorization, also_cookie: true }  # absent: the cookie only
+//! cookies:                  # several cookie domains (then no cookie.domain); absent: one cookie
+//!   - { domain: example.com, name: id, same_site: lax, idle_timeout: 30m, lifespan: 1d, remember_me: 30d }
+//!   - { domain: example.org, name: id_org, idle_timeout: 5m }
 //! secret: "generate:/var/lib/app/session.key"
 //! previous_secrets: ["env:OLD_SESSION_SECRET"]
 //! store: { type: memory }
@@ -42,10 +45,11 @@ use std::time::Duration;
 use cookie::SameSite;
 use serde::Deserialize;
 
+use crate::cookie::CookieDomain;
 use crate::duration::{Limit, Span};
 use crate::error::ConfigError;
 use crate::keys::{Keys, Secret};
-use crate::settings::Settings;
+use crate::settings::{Settings, set};
 use crate::store::{DEFAULT_CLEANUP_INTERVAL, check_interval};
 
 pub use crate::duration::{DurationError, parse_duration};
@@ -113,6 +117,41 @@ pub struct SessionConfig {
     /// [`with_header_or_cookie`](crate::SessionLayer::with_header_or_cookie).
     #[serde(default)]
     header: Option<HeaderSettings>,
+    /// Several cookie domains, as Authelia's `session.cookies`:
+    /// [`SessionLayer::with_cookie_domains`](crate::SessionLayer::with_cookie_domains).
+    #[serde(default)]
+    cookies: Vec<CookieEntry>,
+}
+
+/// One entry of `cookies:`; what it leaves out is the top level's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CookieEntry {
+    domain: String,
+    name: Option<String>,
+    path: Option<String>,
+    same_site: Option<SameSiteSetting>,
+    secure: Option<bool>,
+    http_only: Option<bool>,
+    idle_timeout: Option<Limit>,
+    lifespan: Option<Limit>,
+    remember_me: Option<Limit>,
+}
+
+impl CookieEntry {
+    fn to_domain(&self) -> CookieDomain {
+        CookieDomain {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            same_site: self.same_site.map(SameSite::from),
+            secure: self.secure,
+            http_only: self.http_only,
+            idle_timeout: self.idle_timeout.map(Limit::get),
+            lifespan: self.lifespan.map(Limit::get),
+            remember_me: self.remember_me.map(Limit::get),
+            ..CookieDomain::new(&self.domain)
+        }
+    }
 }
 
 /// The `header:` section: `{ name: authorization, also_cookie: true }`.
@@ -292,6 +331,7 @@ impl SessionConfig {
             &mut settings.write_deadline,
             self.write_deadline.map(|Span(d)| d),
         );
+        settings.domains = self.cookies.iter().map(CookieEntry::to_domain).collect();
         settings.allow_unbounded = self.allow_unbounded_sessions;
         settings.eager_load = self.eager_load;
         set(&mut settings.record_format, self.record_format);
@@ -324,12 +364,6 @@ impl SessionConfig {
             )),
             _ => Ok(()),
         }
-    }
-}
-
-fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *slot = value;
     }
 }
 

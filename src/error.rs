@@ -21,10 +21,17 @@ use std::time::Duration;
 ///     .with_secure(false);
 /// let err = layer.validate().unwrap_err();
 /// assert_eq!(err.field(), "cookie.same_site");
+/// // Built in code: the message names the method too.
+/// assert!(err.to_string().starts_with(
+///     "invalid session setting `cookie.same_site` (`with_same_site`): `none` requires"
+/// ));
 /// ```
 #[derive(Clone)]
 pub struct ConfigError {
     field: String,
+    /// For a layer built in code: the builder method that sets `field`, which
+    /// the message names instead.
+    method: Option<String>,
     reason: String,
     source: Option<Arc<dyn StdError + Send + Sync>>,
     /// The other settings at fault, found in the same check.
@@ -35,6 +42,7 @@ impl ConfigError {
     pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
             field: field.into(),
+            method: None,
             reason: reason.into(),
             source: None,
             more: Vec::new(),
@@ -72,16 +80,58 @@ impl ConfigError {
     pub(crate) fn key(field: String, err: KeyError) -> Self {
         ConfigError {
             field,
+            method: None,
             reason: err.to_string(),
             source: Some(Arc::new(err)),
             more: Vec::new(),
         }
     }
 
-    /// The configuration field at fault, as it is spelt in a configuration file
-    /// (for example `cookie.same_site` or `previous_secrets[1]`).
+    /// The setting at fault, as a configuration file spells it (for example
+    /// `cookie.same_site` or `previous_secrets[1]`), whether the layer came from
+    /// a file or from code. The message of an error about a layer built in code
+    /// also names the builder method (`` `cookie.same_site` (`with_same_site`) ``).
     pub fn field(&self) -> &str {
         &self.field
+    }
+
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// This error and those found with it, each message naming the builder
+    /// method `method` gives for its field (if any) instead of the field.
+    pub(crate) fn in_code(mut self, method: impl Fn(&str) -> Option<String>) -> Self {
+        self.method = method(&self.field);
+        for error in &mut self.more {
+            error.method = method(&error.field);
+        }
+        self
+    }
+
+    /// This error, about the setting `rename` makes of its field.
+    pub(crate) fn renamed(mut self, rename: impl FnOnce(&str) -> String) -> Self {
+        self.field = rename(&self.field);
+        self
+    }
+}
+
+impl ConfigError {
+    /// The setting as the message names it: the field, and for a layer built in
+    /// code the method that sets it.
+    fn shown(&self) -> Shown<'_> {
+        Shown(self)
+    }
+}
+
+struct Shown<'a>(&'a ConfigError);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.method {
+            Some(method) => write!(f, "`{}` (`{method}`)", self.0.field),
+            None => write!(f, "`{}`", self.0.field),
+        }
     }
 }
 
@@ -90,13 +140,14 @@ impl fmt::Display for ConfigError {
         if self.more.is_empty() {
             return write!(
                 f,
-                "invalid session setting `{}`: {}",
-                self.field, self.reason
+                "invalid session setting {}: {}",
+                self.shown(),
+                self.reason
             );
         }
         write!(f, "{} invalid session settings:", self.more.len() + 1)?;
         for error in self.errors() {
-            write!(f, "\n  - `{}`: {}", error.field, error.reason)?;
+            write!(f, "\n  - {}: {}", error.shown(), error.reason)?;
         }
         Ok(())
     }

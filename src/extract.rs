@@ -32,6 +32,7 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 
+use crate::service::Withheld;
 use crate::session::Session;
 
 /// The request's session, loaded: the extractor is where a session loaded on first
@@ -40,8 +41,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let session = parts.extensions.get::<Session>().cloned();
-        let session = session.ok_or(SessionRejection::MissingLayer)?;
+        let Some(session) = parts.extensions.get::<Session>().cloned() else {
+            return Err(match parts.extensions.get::<Withheld>() {
+                Some(Withheld::UnknownHost) => SessionRejection::UnknownHost,
+                None => SessionRejection::MissingLayer,
+            });
+        };
         session
             .load()
             .await
@@ -59,7 +64,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
     ) -> Result<Option<Self>, Self::Rejection> {
         match <Session as FromRequestParts<S>>::from_request_parts(parts, state).await {
             Ok(session) => Ok(Some(session)),
-            Err(SessionRejection::MissingLayer) => Ok(None),
+            Err(SessionRejection::MissingLayer | SessionRejection::UnknownHost) => Ok(None),
             Err(rejection) => Err(rejection),
         }
     }
@@ -72,6 +77,11 @@ pub enum SessionRejection {
     /// No [`SessionLayer`](crate::SessionLayer) ran for this request: a bug in the
     /// application. Answers 500 (`Option<Session>` yields `None` instead).
     MissingLayer,
+    /// The layer serves several cookie domains
+    /// ([`with_cookie_domains`](crate::SessionLayer::with_cookie_domains)) and the
+    /// request's host is under none of them: it has no session. Answers 421
+    /// Misdirected Request (`Option<Session>` yields `None`).
+    UnknownHost,
     /// The session store failed while loading the session (the error is traced).
     /// Answers 503 with `Retry-After`, as the layer does when a write fails.
     Unavailable,
@@ -83,6 +93,9 @@ impl fmt::Display for SessionRejection {
             SessionRejection::MissingLayer => {
                 "No session found in the request extensions. Is `SessionLayer` added to the \
                  router with `.layer(SessionLayer::new(store, keys))`, after this route?"
+            }
+            SessionRejection::UnknownHost => {
+                "this host is under none of the session layer's cookie domains"
             }
             SessionRejection::Unavailable => "session store unavailable",
         })
@@ -96,6 +109,9 @@ impl IntoResponse for SessionRejection {
         match self {
             SessionRejection::MissingLayer => {
                 (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+            }
+            SessionRejection::UnknownHost => {
+                (StatusCode::MISDIRECTED_REQUEST, self.to_string()).into_response()
             }
             SessionRejection::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

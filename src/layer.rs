@@ -10,7 +10,7 @@ use tower_layer::Layer;
 
 use crate::clock::Clock;
 use crate::config::SessionConfig;
-use crate::cookie::CookieConfig;
+use crate::cookie::{CookieConfig, CookieDomain};
 use crate::error::ConfigError;
 use crate::keys::Keys;
 use crate::service::{DynStore, Erased, Layered, SessionService};
@@ -115,9 +115,26 @@ impl SessionLayer {
     fn edit_cookie(self, f: impl FnOnce(&mut CookieConfig)) -> Self {
         let this = self.edit(|s| f(&mut s.cookie));
         if let Err(err) = this.settings.cookie.validate() {
-            panic!("{err}");
+            panic!("{}", this.settings.in_callers_terms(err));
         }
         this
+    }
+
+    /// Several cookie domains in one layer, as Authelia's `session.cookies`
+    /// (`cookies:` in a configuration file): the request's host picks the entry
+    /// for the longest listed domain it is, or is under; that entry's cookie
+    /// (`Domain=` its domain) and settings serve the request, each setting it
+    /// leaves out being this layer's. A request for a host under no listed
+    /// domain gets no session: the handler finds none
+    /// ([`SessionRejection::UnknownHost`](crate::SessionRejection::UnknownHost),
+    /// 421), no store is read and no cookie is set.
+    ///
+    /// Each domain's sessions are its own: a cookie is sealed for its name and
+    /// domain. With domains, the layer's own [`with_domain`](Self::with_domain)
+    /// and header carriers are refused.
+    pub fn with_cookie_domains(self, domains: impl IntoIterator<Item = CookieDomain>) -> Self {
+        let domains = domains.into_iter().collect();
+        self.edit(|s| s.domains = domains)
     }
 
     /// The cookie's name (default `id`). Prefer `__Host-id` on HTTPS sites: browsers
@@ -424,9 +441,16 @@ impl<S> Layer<S> for SessionLayer {
         if let Err(err) = self.validate() {
             panic!("{err}");
         }
+        let settings = &self.settings;
         let layered = Layered {
-            settings: self.settings.clone(),
-            cookie_settings: self.settings.cookie_variant().map(Arc::new),
+            settings: settings.clone(),
+            cookie_settings: settings.cookie_variant().map(Arc::new),
+            domains: settings.domains.clone(),
+            by_domain: settings
+                .domains
+                .iter()
+                .map(|d| Arc::new(settings.for_domain(d)))
+                .collect(),
             store: self.store.clone(),
         };
         SessionService::new(inner, Arc::new(layered))
@@ -460,7 +484,7 @@ mod tests {
     use crate::MemoryStore;
 
     #[test]
-    #[should_panic(expected = "invalid session setting `cookie.name`")]
+    #[should_panic(expected = "invalid session setting `cookie.name` (`with_cookie_name`)")]
     fn an_unrenderable_cookie_name_is_refused_at_configuration() {
         let _ = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_cookie_name("a;b");
     }

@@ -33,75 +33,12 @@
 //!
 //! # Users: login, logout, "your devices"
 //!
-//! A handler ties a session to its user at login (cycling the id), reads it
-//! back, and reaches [`UserSessions`] (from [`SessionLayer::users`], shared
-//! through axum's state) to list the user's sessions and end one or all. The
-//! cookie is configured on the layer.
-//!
-//! ```
-//! use axum::extract::{Path, State};
-//! use axum::{Json, Router, routing::{get, post}};
-//! use tower_sealed_sessions::{
-//!     Fingerprint, Keys, MemoryStore, SameSite, Session, SessionLayer, UserSessions,
-//! };
-//!
-//! async fn login(session: Session) {
-//!     // ...after checking the password:
-//!     session.cycle_id(); // a new id on every privilege change
-//!     session.set_user_id("ada");
-//! }
-//!
-//! async fn logout(session: Session) {
-//!     session.destroy();
-//! }
-//!
-//! /// "Your devices": this session's fingerprint, and every live session's.
-//! async fn devices(
-//!     State(users): State<UserSessions>,
-//!     session: Session,
-//! ) -> Json<Vec<(String, bool)>> {
-//!     let (Some(user), Some(this)) = (session.user_id(), session.fingerprint()) else {
-//!         return Json(Vec::new());
-//!     };
-//!     let listed = users.list(&user).await.unwrap_or_default();
-//!     Json(listed.iter().map(|s| (s.fingerprint.to_string(), s.fingerprint == this)).collect())
-//! }
-//!
-//! /// "Log out this one": the user's session with that fingerprint.
-//! async fn revoke(
-//!     State(users): State<UserSessions>,
-//!     session: Session,
-//!     Path(fingerprint): Path<String>,
-//! ) {
-//!     let (Some(user), Ok(fingerprint)) = (session.user_id(), fingerprint.parse::<Fingerprint>())
-//!     else {
-//!         return;
-//!     };
-//!     let _ = users.revoke(&user, &fingerprint).await;
-//! }
-//!
-//! /// "Log out everywhere".
-//! async fn revoke_all(State(users): State<UserSessions>, session: Session) {
-//!     if let Some(user) = session.user_id() {
-//!         let _ = users.revoke_all(&user).await;
-//!     }
-//! }
-//!
-//! let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
-//!     .with_cookie_name("__Host-session") // Secure, no Domain, Path=/
-//!     .with_same_site(SameSite::Strict)
-//!     .with_http_only(true)
-//!     .with_secure(true)
-//!     .with_max_sessions_per_user(Some(5));
-//! let app: Router = Router::new()
-//!     .route("/login", post(login))
-//!     .route("/logout", post(logout))
-//!     .route("/devices", get(devices))
-//!     .route("/devices/{fingerprint}/revoke", post(revoke))
-//!     .route("/devices/revoke-all", post(revoke_all))
-//!     .with_state(layer.users())
-//!     .layer(layer);
-//! ```
+//! A handler ties a session to its user at login ([`Session::cycle_id`], then
+//! [`Session::set_user_id`]), reads it back ([`Session::user_id`],
+//! [`Session::fingerprint`]), and reaches [`UserSessions`] (from
+//! [`SessionLayer::users`], shared through axum's state) to list the user's
+//! sessions and end one or all. The README's "Log in, log out, your devices"
+//! shows it whole, compiled as a doc test.
 //!
 //! # When changes are saved
 //!
@@ -238,6 +175,7 @@ pub use audit::Fingerprint;
 pub use build::Built;
 pub use clock::{Clock, ManualClock};
 pub use config::SessionConfig;
+pub use cookie::CookieDomain;
 pub use error::{ConfigError, KeyError, SessionError, StoreError};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
@@ -253,3 +191,9 @@ pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use users::UserSessions;
+
+/// The README's Rust snippets, compiled and run as doc tests so that they
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

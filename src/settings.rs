@@ -8,7 +8,7 @@ use cookie::SameSite;
 use http::{HeaderName, HeaderValue};
 
 use crate::clock::{Clock, Timestamp};
-use crate::cookie::{CookieConfig, Meta};
+use crate::cookie::{CookieConfig, CookieDomain, Meta};
 use crate::error::ConfigError;
 use crate::keys::Keys;
 use crate::record::{DataCipher, Deadlines};
@@ -45,6 +45,12 @@ pub(crate) struct Settings {
     /// Built from a configuration file: errors speak of `-1` and durations as
     /// files write them; otherwise of `None`, as code does.
     pub(crate) from_file: bool,
+    /// Several cookie domains: the request's host picks one, whose settings are
+    /// [`for_domain`](Settings::for_domain) these.
+    pub(crate) domains: Vec<CookieDomain>,
+    /// Settings for one of several cookie domains: tokens are sealed for the
+    /// cookie's name and this domain, so one cannot move between domains.
+    pub(crate) scope: Option<Box<str>>,
 }
 
 /// The answer the application builds when the store fails:
@@ -79,6 +85,8 @@ impl Settings {
             record_format: 3,
             unavailable: None,
             from_file: false,
+            domains: Vec::new(),
+            scope: None,
             clock: Clock::system(),
         }
     }
@@ -86,10 +94,32 @@ impl Settings {
     /// or the header's.
     #[inline]
     pub(crate) fn token_name(&self) -> &str {
-        match &self.header {
-            Some(header) => header.as_str(),
-            None => &self.cookie.name,
+        match (&self.header, &self.scope) {
+            (Some(header), _) => header.as_str(),
+            (None, Some(scope)) => scope,
+            (None, None) => &self.cookie.name,
         }
+    }
+
+    /// The settings requests for `entry`'s domain are served with: these, with
+    /// the entry's own where it has them, and its domain as the cookie's.
+    pub(crate) fn for_domain(&self, entry: &CookieDomain) -> Settings {
+        let mut s = Settings {
+            domains: Vec::new(),
+            ..self.clone()
+        };
+        let cookie = &mut s.cookie;
+        cookie.domain = Some(entry.domain.clone());
+        set(&mut cookie.name, entry.name.clone());
+        set(&mut cookie.path, entry.path.clone());
+        set(&mut cookie.same_site, entry.same_site);
+        set(&mut cookie.secure, entry.secure);
+        set(&mut cookie.http_only, entry.http_only);
+        set(&mut s.idle_timeout, entry.idle_timeout);
+        set(&mut s.lifespan, entry.lifespan);
+        set(&mut s.remember_me, entry.remember_me);
+        s.scope = Some(format!("{}@{}", s.cookie.name, entry.domain).into());
+        s
     }
 
     /// A token rendered for its carrier: a `Set-Cookie` value, or the bare token.
@@ -188,8 +218,77 @@ impl Settings {
     }
 
     /// Checks that the settings work together; every rule in one place.
-    /// Every failing setting is reported, not only the first.
+    /// Every failing setting is reported, not only the first, named as the
+    /// caller wrote it: a file's field, or code's builder method.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = self.check();
+        let domains = self.check_domains(&errors);
+        errors.extend(domains);
+        ConfigError::all(errors).map_err(|e| self.in_callers_terms(e))
+    }
+
+    /// `err`, its fields named as the caller wrote them: as a file's fields, or
+    /// (for a layer built in code) as the builder methods.
+    pub(crate) fn in_callers_terms(&self, err: ConfigError) -> ConfigError {
+        if self.from_file {
+            err
+        } else {
+            err.in_code(builder_method)
+        }
+    }
+
+    /// The cookie domains' own rules, and each domain's settings checked as they
+    /// come out (what the layer's own settings got wrong is not reported again).
+    fn check_domains(&self, errors: &[ConfigError]) -> Vec<ConfigError> {
+        let mut found = Vec::new();
+        if self.domains.is_empty() {
+            return found;
+        }
+        if self.header.is_some() {
+            found.push(ConfigError::new(
+                "cookies",
+                "several cookie domains need the cookie as the carrier: leave the header out",
+            ));
+        }
+        if self.cookie.domain.is_some() {
+            found.push(ConfigError::new(
+                "cookie.domain",
+                "with several cookie domains each entry names its own: leave this one out",
+            ));
+        }
+        let already = |e: &ConfigError| {
+            errors
+                .iter()
+                .any(|o| o.field() == e.field() && o.reason() == e.reason())
+        };
+        for (i, entry) in self.domains.iter().enumerate() {
+            let at = |field: &str| {
+                // The entry's domain is the cookie's: `cookie.domain` is `domain`.
+                let field = if field == "cookie.domain" {
+                    "domain"
+                } else {
+                    field
+                };
+                let field = field.strip_prefix("cookie.").unwrap_or(field);
+                format!("cookies[{i}].{field}")
+            };
+            if self.domains[..i].iter().any(|d| d.domain == entry.domain) {
+                found.push(ConfigError::new(
+                    at("domain"),
+                    format!("{} is listed twice", entry.domain),
+                ));
+            }
+            let own = self.for_domain(entry).check();
+            found.extend(own.into_iter().filter(|e| !already(e)).map(|e| {
+                let field = at(e.field());
+                e.renamed(|_| field)
+            }));
+        }
+        found
+    }
+
+    /// Every rule the settings must keep, as the errors of those they break.
+    fn check(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         if let Err(err) = self.cookie.validate() {
             errors.push(err);
@@ -302,10 +401,17 @@ impl Settings {
             ));
         }
         if self.idle_timeout.is_none() && self.lifespan.is_none() && !self.allow_unbounded {
+            let allow = if self.from_file {
+                "set allow_unbounded_sessions: true"
+            } else {
+                "call with_unbounded_sessions(true)"
+            };
             errors.push(ConfigError::new(
                 "idle_timeout",
-                "neither an idle timeout nor a lifespan is set, so sessions never expire and \
-                 the store grows without bound; set one, or set allow_unbounded_sessions: true",
+                format!(
+                    "neither an idle timeout nor a lifespan is set, so sessions never expire and \
+                     the store grows without bound; set one, or {allow}"
+                ),
             ));
         }
         if let (Some(idle), Some(lifespan)) = (set(self.idle_timeout), set(self.lifespan)) {
@@ -321,72 +427,49 @@ impl Settings {
                 ));
             }
         }
-        ConfigError::all(errors)
+        errors
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> Settings {
-        Settings::new(Keys::generate())
+/// Writes `value` into `slot` when there is one.
+pub(crate) fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
     }
+}
 
-    #[test]
-    fn idle_deadline_never_passes_the_lifespan() {
-        let s = settings();
-        let now = Timestamp::from_unix_millis(1_000_000);
-        let meta = Meta {
-            created_at: now,
-            lifespan_deadline: now.saturating_add(Duration::from_secs(60)),
-            remember_me: false,
+/// The builder method that sets what a configuration file calls `field`: what
+/// an error about a layer built in code names.
+fn builder_method(field: &str) -> Option<String> {
+    if let Some((entry, rest)) = field
+        .strip_prefix("cookies[")
+        .and_then(|f| f.split_once("]."))
+    {
+        let method = match rest {
+            "domain" => "new".to_owned(),
+            other => builder_method(other)?,
         };
-        let d = s.deadlines(now, meta);
-        assert_eq!(
-            d.idle, meta.lifespan_deadline,
-            "30 min idle capped at 60 s lifespan"
-        );
+        return Some(format!(
+            "with_cookie_domains[{entry}]: CookieDomain::{method}"
+        ));
     }
-
-    #[test]
-    fn remember_me_sessions_are_not_ended_by_idleness() {
-        let s = settings();
-        let now = Timestamp::from_unix_millis(1_000_000);
-        let lifespan = s.lifespan_deadline(now, true);
-        assert_eq!(
-            lifespan,
-            now.saturating_add(Duration::from_secs(30 * 24 * 3600))
-        );
-        let meta = Meta {
-            created_at: now,
-            lifespan_deadline: lifespan,
-            remember_me: true,
-        };
-        assert_eq!(s.deadlines(now, meta).idle, lifespan);
-    }
-
-    #[test]
-    fn touch_interval_is_cut_to_half_the_idle_timeout() {
-        let mut s = settings();
-        s.idle_timeout = Some(Duration::from_secs(60));
-        s.touch_interval = Duration::from_secs(300);
-        assert_eq!(s.effective_touch_interval(), Duration::from_secs(30));
-        s.touch_interval = Duration::from_secs(10);
-        assert_eq!(s.effective_touch_interval(), Duration::from_secs(10));
-        s.idle_timeout = None;
-        s.touch_interval = Duration::from_secs(300);
-        assert_eq!(s.effective_touch_interval(), Duration::from_secs(300));
-    }
-
-    #[test]
-    fn no_timeouts_means_no_deadline() {
-        let mut s = settings();
-        s.allow_unbounded = true;
-        s.idle_timeout = None;
-        s.lifespan = None;
-        let now = Timestamp::from_unix_millis(5);
-        let d = s.deadlines(now, s.new_meta(now));
-        assert!(d.expires_at().is_never());
-    }
+    let method = match field {
+        "cookie.name" | "name" => "with_cookie_name",
+        "cookie.domain" => "with_domain",
+        "cookie.path" | "path" => "with_path",
+        "cookie.secure" | "secure" => "with_secure",
+        "cookie.http_only" | "http_only" => "with_http_only",
+        "cookie.same_site" | "same_site" => "with_same_site",
+        "header.name" => "with_header",
+        "cookies" => "with_cookie_domains",
+        "idle_timeout" => "with_idle_timeout",
+        "lifespan" => "with_lifespan",
+        "remember_me" => "with_remember_me",
+        "touch_interval" => "with_touch_interval",
+        "write_deadline" => "with_write_deadline",
+        "record_format" => "with_record_format",
+        "max_sessions_per_user" => "with_max_sessions_per_user",
+        _ => return None,
+    };
+    Some(method.to_owned())
 }

@@ -380,7 +380,7 @@ fn debug_of_a_config_hides_inline_secrets() {
 }
 
 #[test]
-#[should_panic(expected = "invalid session setting `cookie.same_site`")]
+#[should_panic(expected = "invalid session setting `cookie.same_site` (`with_same_site`)")]
 fn a_layer_built_in_code_with_broken_settings_refuses_to_start() {
     use tower::Layer;
     let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())

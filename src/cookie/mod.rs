@@ -36,9 +36,12 @@ use crate::clock::Timestamp;
 use crate::keys::{KeyId, Keys};
 
 mod attributes;
+mod domains;
 mod header;
 
 pub(crate) use attributes::CookieConfig;
+pub use domains::CookieDomain;
+pub(crate) use domains::{pick, request_host};
 pub(crate) use header::request_values;
 
 const VERSION: u8 = 1;

@@ -56,6 +56,11 @@ pin_project! {
             session: Session,
             response: Option<Response<B>>,
         },
+        /// The inner service is answering a request the layer gave no session.
+        Passing {
+            #[pin]
+            fut: F,
+        },
         /// Answered without calling the inner service.
         Answered {
             response: Option<Response<B>>,
@@ -89,6 +94,11 @@ impl<F, B> ResponseFuture<F, B> {
         grpc: Option<HeaderValue>,
     ) -> Self {
         Self::at(Step::Calling { fut, session }, store, now, grpc)
+    }
+
+    /// The inner service's answer, as it is: the request has no session.
+    pub(super) fn passing(fut: F, store: &Arc<dyn DynStore>, now: Timestamp) -> Self {
+        Self::at(Step::Passing { fut }, store, now, None)
     }
 
     pub(super) fn loading(
@@ -201,6 +211,11 @@ where
                     after_save(&mut response, saved, session.settings(), this.grpc);
                     this.step.set(Step::Done);
                     return Poll::Ready(Ok(response));
+                }
+                StepProj::Passing { fut } => {
+                    let answered = ready!(fut.poll(cx));
+                    this.step.set(Step::Done);
+                    return Poll::Ready(answered);
                 }
                 StepProj::Answered { response } => {
                     let response = response.take().expect(POLLED_AFTER_COMPLETION);

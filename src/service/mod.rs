@@ -67,10 +67,18 @@ use future::Pending;
 use response::{grpc_content_type, unavailable};
 
 use crate::clock::Timestamp;
+use crate::cookie::{CookieDomain, pick, request_host};
 use crate::error::StoreError;
 use crate::open::{Brought, Lines, Start, carrier, wants_header};
 use crate::session::Session;
 use crate::settings::Settings;
+
+/// Put into a request's extensions when the layer gives it no session, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Withheld {
+    /// Its host is under none of the layer's cookie domains.
+    UnknownHost,
+}
 
 /// The middleware built by [`SessionLayer`](crate::SessionLayer).
 pub struct SessionService<S> {
@@ -85,6 +93,10 @@ pub(crate) struct Layered {
     /// When the cookie is accepted beside the header: the settings of a request
     /// that came with the cookie.
     pub(crate) cookie_settings: Option<Arc<Settings>>,
+    /// Several cookie domains: each, and the settings its requests are served
+    /// with.
+    pub(crate) domains: Vec<CookieDomain>,
+    pub(crate) by_domain: Vec<Arc<Settings>>,
     pub(crate) store: Arc<dyn DynStore>,
 }
 
@@ -129,14 +141,28 @@ where
         let Layered {
             settings,
             cookie_settings,
+            domains,
+            by_domain,
             store,
         } = &*self.layered;
         // Header and cookie both accepted: the request is answered in the carrier
         // it came with.
-        let settings = match (cookie_settings, &settings.header) {
+        let mut settings = match (cookie_settings, &settings.header) {
             (Some(cookie), Some(header)) if !wants_header(header, &req) => cookie,
             _ => settings,
         };
+        // Several cookie domains: the host picks one, or the request has none.
+        if !domains.is_empty() {
+            let host = request_host(&req);
+            match host.and_then(|host| pick(domains.iter(), &host)) {
+                Some(at) => settings = &by_domain[at],
+                None => {
+                    req.extensions_mut().insert(Withheld::UnknownHost);
+                    let now = settings.clock.now();
+                    return ResponseFuture::passing(self.inner.call(req), store, now);
+                }
+            }
+        }
         let now = settings.clock.now();
         let grpc = grpc_content_type(&req);
         // The session is opened on first use: a request whose handler never looks

@@ -1,0 +1,200 @@
+//! Several cookie domains in one layer ([`CookieDomain`]), as Authelia's
+//! `session.cookies` list: the request's host picks the entry whose cookie it
+//! gets, and a host under no listed domain gets no session.
+
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::Request;
+
+/// One cookie domain of a layer that serves several
+/// ([`SessionLayer::with_cookie_domains`](crate::SessionLayer::with_cookie_domains),
+/// or `cookies:` in a configuration file). Requests for `domain` and its
+/// subdomains get this entry's cookie (`Domain=` `domain`); every setting the
+/// entry leaves out is the layer's own.
+///
+/// A session belongs to its domain: its cookie is sealed for the entry's cookie
+/// name and domain, so a cookie copied from one domain to another is refused
+/// there, even when both use the same cookie name.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sealed_sessions::{CookieDomain, Keys, MemoryStore, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_cookie_domains([
+///     CookieDomain::new("example.com"),
+///     CookieDomain::new("example.org")
+///         .with_cookie_name("id_org")
+///         .with_idle_timeout(Some(Duration::from_secs(5 * 60))),
+/// ]);
+/// assert!(layer.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieDomain {
+    pub(crate) domain: String,
+    pub(crate) name: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) same_site: Option<SameSite>,
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) idle_timeout: Option<Option<Duration>>,
+    pub(crate) lifespan: Option<Option<Duration>>,
+    pub(crate) remember_me: Option<Option<Duration>>,
+}
+
+impl CookieDomain {
+    /// The entry for `domain` (like `example.com`; a leading dot is ignored and
+    /// case does not matter), with every setting the layer's.
+    pub fn new(domain: impl Into<String>) -> Self {
+        let domain = domain.into();
+        let domain = domain.strip_prefix('.').unwrap_or(&domain);
+        CookieDomain {
+            domain: domain.to_ascii_lowercase(),
+            name: None,
+            path: None,
+            same_site: None,
+            secure: None,
+            http_only: None,
+            idle_timeout: None,
+            lifespan: None,
+            remember_me: None,
+        }
+    }
+
+    /// The domain this entry serves.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// This domain's cookie name.
+    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// This domain's cookie `Path`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// This domain's cookie `SameSite`.
+    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = Some(same_site);
+        self
+    }
+
+    /// Whether this domain's cookie is `Secure`.
+    pub fn with_secure(mut self, secure: bool) -> Self {
+        self.secure = Some(secure);
+        self
+    }
+
+    /// Whether this domain's cookie is `HttpOnly`.
+    pub fn with_http_only(mut self, http_only: bool) -> Self {
+        self.http_only = Some(http_only);
+        self
+    }
+
+    /// This domain's idle timeout (`None` disables it).
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// This domain's lifespan (`None` disables it).
+    pub fn with_lifespan(mut self, lifespan: Option<Duration>) -> Self {
+        self.lifespan = Some(lifespan);
+        self
+    }
+
+    /// This domain's remember-me lifespan (`None` disables remember-me).
+    pub fn with_remember_me(mut self, duration: Option<Duration>) -> Self {
+        self.remember_me = Some(duration);
+        self
+    }
+
+    /// Whether `host` (lower case, without port) is this domain or under it.
+    fn serves(&self, host: &str) -> bool {
+        host.strip_suffix(self.domain.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+    }
+}
+
+/// The host a request is for, lower case and without port or trailing dot: the
+/// URI's authority (HTTP/2's `:authority`, an absolute-form request), else the
+/// `Host` header.
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let host = match req.uri().host() {
+        Some(host) => host.to_owned(),
+        None => {
+            let value = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            value
+                .parse::<http::uri::Authority>()
+                .ok()?
+                .host()
+                .to_owned()
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    Some(host.to_ascii_lowercase())
+}
+
+/// The index of the entry that serves `host`: the longest domain it is under,
+/// so `app.example.com` takes precedence over `example.com` for its own hosts.
+pub(crate) fn pick<'a>(
+    domains: impl Iterator<Item = &'a CookieDomain>,
+    host: &str,
+) -> Option<usize> {
+    domains
+        .enumerate()
+        .filter(|(_, d)| d.serves(host))
+        .max_by_key(|(_, d)| d.domain.len())
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(uri: &str, host: Option<&str>) -> Option<String> {
+        let mut req = Request::builder().uri(uri);
+        if let Some(host) = host {
+            req = req.header(http::header::HOST, host);
+        }
+        request_host(&req.body(()).unwrap())
+    }
+
+    #[test]
+    fn the_host_comes_from_the_authority_or_the_host_header() {
+        assert_eq!(
+            host_of("http://App.Example.com:8080/x", None).as_deref(),
+            Some("app.example.com")
+        );
+        assert_eq!(
+            host_of("/x", Some("Example.ORG.:3000")).as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(host_of("/x", Some("[::1]:3000")).as_deref(), Some("[::1]"));
+        assert_eq!(host_of("/x", None), None);
+        assert_eq!(host_of("/x", Some("a b")), None);
+    }
+
+    #[test]
+    fn the_longest_domain_a_host_is_under_wins() {
+        let domains = [
+            CookieDomain::new("example.com"),
+            CookieDomain::new(".App.example.com"),
+            CookieDomain::new("example.org"),
+        ];
+        let pick = |host: &str| pick(domains.iter(), host);
+        assert_eq!(pick("example.com"), Some(0));
+        assert_eq!(pick("www.example.com"), Some(0));
+        assert_eq!(pick("app.example.com"), Some(1));
+        assert_eq!(pick("x.app.example.com"), Some(1));
+        assert_eq!(pick("example.org"), Some(2));
+        assert_eq!(pick("badexample.com"), None);
+        assert_eq!(pick("example.com.evil.net"), None);
+        assert_eq!(pick("com"), None);
+    }
+}
