@@ -5,10 +5,12 @@
 //! ADDR=127.0.0.1:8080 cargo run --example quickstart
 //! ```
 //!
-//! Routes: `GET /` (HTML page), `GET /api/session`, `GET /api/me`, `POST /api/login`
-//! with JSON `{"username": "...", "remember": true}`, `POST /api/logout`,
-//! `GET /api/sessions` (the caller's own sessions, at most 5 per user),
-//! `POST /api/logout-everywhere`, `GET /static/app.css` (a file served by tower-http's
+//! Routes: `GET /` (a page that explains what to try and shows the session as
+//! the browser, the store and the handler see it), `GET /api/session`,
+//! `GET /api/me`, `POST /api/login` with JSON `{"username": "...", "remember": true}`,
+//! `POST /api/logout`, `GET /api/sessions` (the caller's own sessions, at most 5
+//! per user), `POST /api/sessions/{fingerprint}/revoke` (end one of them),
+//! `POST /api/extend` (a new lifespan from now), `POST /api/logout-everywhere`, `GET /static/app.css` (a file served by tower-http's
 //! `ServeDir` under the session layer: it never loads the session, so it costs no
 //! store I/O), and `GET /healthz` (200 while the session store answers, 503 when
 //! it does not). It speaks HTTP/1.1 and cleartext HTTP/2 with
@@ -24,16 +26,19 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use axum::extract::State;
+use std::time::Duration;
+
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tower_http::services::ServeDir;
 use tower_sealed_sessions::{
-    Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreError, UserSessions,
+    Fingerprint, Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreError,
 };
 
 const VISITS: &str = "visits";
@@ -119,12 +124,12 @@ fn unix_ms(time: std::time::SystemTime) -> u128 {
 
 /// The caller's own sessions ("your devices"), newest first.
 async fn api_sessions(
-    State(users): State<UserSessions>,
+    State(sessions): State<SessionLayer>,
     session: Session,
 ) -> Result<Json<Vec<SessionEntry>>, AppError> {
     let user = session.user_id().ok_or(AppError::NotLoggedIn)?;
     let current = session.fingerprint();
-    let listed = users.list(&user).await?;
+    let listed = sessions.users().list(&user).await?;
     Ok(Json(
         listed
             .into_iter()
@@ -142,27 +147,163 @@ async fn api_sessions(
 
 /// Ends every session of the caller's user, this one included.
 async fn api_logout_everywhere(
-    State(users): State<UserSessions>,
+    State(sessions): State<SessionLayer>,
     session: Session,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let user = session.user_id().ok_or(AppError::NotLoggedIn)?;
-    let revoked = users.revoke_all(&user).await?;
+    let revoked = sessions.users().revoke_all(&user).await?;
     // The record is gone already; this clears the cookie.
     session.destroy();
     Ok(Json(serde_json::json!({ "revoked": revoked })))
 }
 
-async fn page(session: Session) -> Result<Html<String>, AppError> {
+/// `GET /`: the page that shows what a request looked like to the browser, the
+/// store and the handler (examples/templates/quickstart.html).
+async fn page(
+    State(sessions): State<SessionLayer>,
+    headers: HeaderMap,
+    session: Session,
+) -> Result<Html<String>, AppError> {
     let view = visit(&session)?;
     let who = match &view.user {
         Some(user) => format!("Logged in as <b>{}</b>.", escape_html(user)),
         None => "Not logged in.".to_owned(),
     };
-    // `{who}` last: a user name may itself contain `{visits}`.
-    Ok(Html(
-        PAGE.replace("{visits}", &view.visits.to_string())
-            .replace("{who}", &who),
-    ))
+    let sent = sent_cookie(&headers, sessions.cookie_name());
+    let cookie = match (&sent, session.is_new()) {
+        (None, _) => "(none yet: this was your first request; the response sets one)".to_owned(),
+        (Some(value), false) => format!("{}={value}", sessions.cookie_name()),
+        (Some(value), true) => format!(
+            "{}={value}\n(it opened no live session: altered, expired or logged out; the \
+             response replaces it)",
+            sessions.cookie_name()
+        ),
+    };
+    let flags = format!(
+        "HttpOnly; {}; {}",
+        if sessions.secure() {
+            "Secure"
+        } else {
+            "not Secure"
+        },
+        if session.remember_me() {
+            "persistent (remember me): it outlives the browser"
+        } else {
+            "a browser-session cookie: it ends when the browser closes"
+        }
+    );
+    let secure_note = if sessions.secure() {
+        "Secure is on: the browser sends this cookie over HTTPS only, and over \
+         http://localhost and http://127.0.0.1, which browsers and curl count as secure \
+         contexts. That is why this demo works on plain HTTP here; reached by any other \
+         name over plain HTTP, the browser would drop the cookie, so serve the app over TLS."
+    } else {
+        "Secure is off in this configuration (cookie.secure: false), so the cookie would \
+         also travel over plain HTTP to any host. Browsers keep Secure cookies on \
+         localhost, so a demo does not need this; behind TLS, keep it on (the default)."
+    };
+    let (store_key, store_version, store_bytes) = match session.store_key() {
+        Some(key) => match sessions.load_record(&key).await? {
+            Some(record) => (
+                key.to_string(),
+                record.version.to_string(),
+                format!(
+                    "{} ({} bytes, base64)",
+                    base64::engine::general_purpose::STANDARD.encode(&record.data),
+                    record.data.len()
+                ),
+            ),
+            None => (key.to_string(), "-".to_owned(), "(gone)".to_owned()),
+        },
+        None => (
+            "(none yet)".to_owned(),
+            "-".to_owned(),
+            "(the record is written as this response is sent: reload to see it)".to_owned(),
+        ),
+    };
+    let handler_data = serde_json::to_string_pretty(&serde_json::json!({
+        "visits": view.visits,
+        "user_id": view.user,
+        "remember_me": session.remember_me(),
+        "fingerprint": session.fingerprint().map(|f| f.to_string()),
+    }))
+    .expect("JSON of plain values");
+    let now = std::time::SystemTime::now();
+    let in_words = |at: Option<std::time::SystemTime>| match at {
+        None => "never".to_owned(),
+        Some(at) => format!("in {}s", at.duration_since(now).map_or(0, |d| d.as_secs())),
+    };
+    let prompt_before = sessions
+        .lifespan()
+        .map_or(EXTEND_PROMPT, |lifespan| EXTEND_PROMPT.min(lifespan / 2));
+    let expiry = serde_json::json!({
+        "idle_at": session.idle_expires_at().map(unix_ms),
+        "lifespan_at": session.expires_at().map(unix_ms),
+        "logged_in": view.user.is_some(),
+        "prompt_before_ms": prompt_before.as_millis(),
+    });
+    Ok(Html(render(
+        PAGE,
+        &[
+            ("who", who),
+            ("visits", view.visits.to_string()),
+            ("cookie", escape_html(&cookie)),
+            ("flags", flags),
+            ("secure_note", secure_note.to_owned()),
+            ("store_key", store_key),
+            ("store_version", store_version),
+            ("store_bytes", store_bytes),
+            ("handler_data", escape_html(&handler_data)),
+            ("idle_left", in_words(session.idle_expires_at())),
+            ("lifespan_left", in_words(session.expires_at())),
+            // Inside <script>: `<` escaped so no value can close the element.
+            ("expiry_json", expiry.to_string().replace('<', "\\u003c")),
+        ],
+    )))
+}
+
+/// How long before the lifespan ends the page asks to extend the session (or
+/// half the lifespan, if that is shorter).
+const EXTEND_PROMPT: Duration = Duration::from_secs(120);
+
+/// The value of the cookie `name` the request carried, as sent.
+fn sent_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// `template` with each `{name}` of `values` replaced, in one pass: a value is
+/// never itself searched for placeholders.
+fn render(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(template.len() + 1024);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let filled = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            let value = values.iter().find(|(n, _)| *n == name)?;
+            Some((value, close))
+        });
+        match filled {
+            Some(((_, value), close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn escape_html(text: &str) -> String {
@@ -180,58 +321,36 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-const PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tower-sealed-sessions quickstart</title>
-<link rel="stylesheet" href="/static/app.css"></head>
-<body>
-<h1>Sealed sessions</h1>
-<p id="who">{who}</p>
-<p>Visits in this session: <span id="visits">{visits}</span></p>
-<p id="error" role="alert"></p>
-<form id="login">
-  <label>Username <input name="username" id="username" required maxlength="64"></label>
-  <label><input type="checkbox" name="remember" id="remember"> Remember me</label>
-  <button type="submit" id="login-button">Log in</button>
-</form>
-<form id="logout"><button type="submit" id="logout-button">Log out</button></form>
-<button id="logout-everywhere">Log out everywhere</button>
-<h2>Your sessions</h2>
-<ul id="sessions"></ul>
-<script>
-fetch('/api/sessions').then(r => r.ok ? r.json() : []).then(list => {
-  for (const s of list) {
-    const li = document.createElement('li');
-    li.textContent = s.fingerprint + ', active ' + new Date(s.last_active).toISOString()
-      + (s.remember_me ? ', remembered' : '') + (s.current ? ' (this one)' : '');
-    document.getElementById('sessions').appendChild(li);
-  }
-});
-document.getElementById('logout-everywhere').addEventListener('click', async () => {
-  await fetch('/api/logout-everywhere', {method: 'POST'});
-  location.reload();
-});
-document.getElementById('login').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  const body = JSON.stringify({
-    username: document.getElementById('username').value,
-    remember: document.getElementById('remember').checked,
-  });
-  const res = await fetch('/api/login', {method: 'POST', headers: {'content-type': 'application/json'}, body});
-  if (!res.ok) {
-    const failure = await res.json().catch(() => ({}));
-    document.getElementById('error').textContent = failure.error || res.statusText;
-    return;
-  }
-  location.reload();
-});
-document.getElementById('logout').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  await fetch('/api/logout', {method: 'POST'});
-  location.reload();
-});
-</script>
-</body></html>
-"#;
+const PAGE: &str = include_str!("templates/quickstart.html");
+
+/// `POST /api/extend`: a new lifespan from now (the page's "extend your
+/// session?"); answers the new deadlines in Unix milliseconds.
+async fn api_extend(session: Session) -> Result<Json<serde_json::Value>, AppError> {
+    session.user_id().ok_or(AppError::NotLoggedIn)?;
+    session.extend();
+    Ok(Json(serde_json::json!({
+        "expires_at": session.expires_at().map(unix_ms),
+        "idle_expires_at": session.idle_expires_at().map(unix_ms),
+    })))
+}
+
+/// `POST /api/sessions/{fingerprint}/revoke`: ends one of the caller's own
+/// sessions ("log out" on another device).
+async fn api_revoke(
+    State(sessions): State<SessionLayer>,
+    session: Session,
+    UrlPath(fingerprint): UrlPath<String>,
+) -> Result<StatusCode, AppError> {
+    let user = session.user_id().ok_or(AppError::NotLoggedIn)?;
+    let fingerprint: Fingerprint = fingerprint
+        .parse()
+        .map_err(|_| AppError::BadRequest("not a session fingerprint".to_owned()))?;
+    if sessions.users().revoke(&user, &fingerprint).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Ok(StatusCode::NOT_FOUND)
+    }
+}
 
 enum AppError {
     BadRequest(String),
@@ -277,8 +396,10 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Sessions on a fresh memory store with a random key, over plain HTTP.
-fn default_sessions() -> SessionLayer {
+/// Sessions on a fresh memory store with a random key. The cookie stays
+/// `Secure` (the default): browsers and curl keep Secure cookies on
+/// http://localhost and http://127.0.0.1, where the demo listens.
+pub fn default_sessions() -> SessionLayer {
     let store = MemoryStore::default();
     tokio::spawn(
         store
@@ -287,11 +408,7 @@ fn default_sessions() -> SessionLayer {
     );
     // A random key: sessions end when the process does. Production code loads a
     // persisted secret; see examples/session.yaml.
-    SessionLayer::new(store, Keys::generate())
-        .with_max_sessions_per_user(Some(5))
-        // The demo serves plain HTTP on loopback, where browsers would drop a Secure
-        // cookie. Behind TLS, leave Secure on (the default).
-        .with_secure(false)
+    SessionLayer::new(store, Keys::generate()).with_max_sessions_per_user(Some(5))
 }
 
 /// Sessions as a YAML configuration file describes them: its store (built by
@@ -337,8 +454,10 @@ pub fn app(sessions: SessionLayer) -> Router {
         .route("/api/logout", post(api_logout))
         .route("/api/sessions", get(api_sessions))
         .route("/api/logout-everywhere", post(api_logout_everywhere))
+        .route("/api/sessions/{fingerprint}/revoke", post(api_revoke))
+        .route("/api/extend", post(api_extend))
         .nest_service("/static", ServeDir::new(STATIC_DIR))
-        .with_state(sessions.users())
+        .with_state(sessions.clone())
         .layer(sessions)
         .merge(health)
         .route("/bare", get(|| async { "ok" }))

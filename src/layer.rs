@@ -13,6 +13,8 @@ use crate::config::SessionConfig;
 use crate::cookie::{CookieConfig, CookieDomain};
 use crate::error::ConfigError;
 use crate::keys::Keys;
+use crate::open::Outcome;
+use crate::record::{Record, StoreKey};
 use crate::service::{DynStore, Erased, Layered, SessionService};
 use crate::service::{Unavailable, UnavailableFn};
 use crate::settings::{Settings, UnavailableHook};
@@ -412,6 +414,31 @@ impl SessionLayer {
     /// The [`StoreError`](crate::StoreError) of the failed check.
     pub async fn ping(&self) -> Result<(), crate::StoreError> {
         self.store.ping().await
+    }
+
+    /// The record the store keeps under `key` ([`Session::store_key`](crate::Session::store_key)),
+    /// as the store has it: its version, deadlines and sealed bytes. For
+    /// inspection (an operator's tool, the quickstart's page); it reads the
+    /// store and opens nothing.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`](crate::StoreError) of the failed read.
+    pub async fn load_record(&self, key: &StoreKey) -> Result<Option<Record>, crate::StoreError> {
+        match self.store.load(*key) {
+            Outcome::Done(loaded) => loaded,
+            Outcome::Later(loading) => loading.await,
+        }
+    }
+
+    /// The session cookie's name.
+    pub fn cookie_name(&self) -> &str {
+        &self.settings.cookie.name
+    }
+
+    /// Whether the session cookie is set `Secure`.
+    pub fn secure(&self) -> bool {
+        self.settings.cookie.secure
     }
 
     /// The keyring sessions are sealed with.

@@ -56,25 +56,32 @@ const NOT_LOGGED_IN: &str = "Not logged in.";
 
 #[tokio::test]
 async fn quickstart_page_in_chromium() {
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
+    let base = common::serve(quickstart::app(layer)).await;
+    in_chromium(|client| async move {
+        login_logout(&client, &base).await;
+        remember_me(&client, &base).await;
+    })
+    .await;
+}
+
+/// Runs `scenario` on a fresh headless Chromium, or skips (outside CI) when
+/// Chromium is missing. The scenario runs as its own task so that the browser
+/// is closed even when an assertion fails, and within a time limit so that a
+/// hung browser fails the test.
+async fn in_chromium<F, Fut>(scenario: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let Some(programs) = Programs::find() else {
         return;
     };
-    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false);
-    let base = common::serve(quickstart::app(layer)).await;
-
     let scratch = Scratch::new();
     let driver = Driver::start(&programs.chromedriver, &scratch.path).await;
     let client = connect(&driver, &programs.chromium, &scratch.path.join("profile")).await;
 
-    // The scenario runs as its own task so that the browser is closed even when an
-    // assertion fails, and within a time limit so that a hung browser fails the test.
-    let scenario = tokio::spawn({
-        let client = client.clone();
-        async move {
-            login_logout(&client, &base).await;
-            remember_me(&client, &base).await;
-        }
-    });
+    let scenario = tokio::spawn(scenario(client.clone()));
     let abort = scenario.abort_handle();
     let outcome = tokio::time::timeout(SCENARIO_LIMIT, scenario).await;
     abort.abort();
@@ -94,6 +101,246 @@ async fn quickstart_page_in_chromium() {
         Ok(Err(err)) => panic!("closing the browser session: {err}"),
         Err(_) => panic!("closing the browser session took over {WAIT:?}"),
     }
+}
+
+/// The demo as it ships (`Secure` on): the page explains itself, shows the
+/// sealed cookie, the store's sealed record and the handler's data, lists the
+/// user's devices and ends another one, and asks to extend a session near the
+/// end of its lifespan. Screenshots go to `target/tmp/screenshots/`.
+#[tokio::test]
+async fn the_demo_page_teaches_in_chromium() {
+    let base = common::serve(quickstart::app(quickstart::default_sessions())).await;
+    // Lifespan short enough to see the prompt: it shows in the last half.
+    let short = quickstart::default_sessions()
+        .with_idle_timeout(None)
+        .with_lifespan(Some(Duration::from_secs(12)));
+    let short_base = common::serve(quickstart::app(short)).await;
+    in_chromium(|client| async move {
+        client
+            .set_window_size(1280, 2600)
+            .await
+            .expect("size the window");
+        demo_panels(&client, &base).await;
+        demo_devices(&client, &base).await;
+        client.delete_all_cookies().await.expect("clear cookies");
+        demo_extend(&client, &short_base).await;
+    })
+    .await;
+}
+
+/// The first view, a reload, a login: what each panel says.
+async fn demo_panels(client: &Client, base: &str) {
+    client
+        .goto(&format!("{base}/"))
+        .await
+        .expect("open the page");
+    let tries = client
+        .find_all(Locator::Css("#try li"))
+        .await
+        .expect("the list of things to try");
+    assert!(tries.len() >= 5, "{} things to try", tries.len());
+    let first_view = text_of(client, "cookie-value").await;
+    assert!(first_view.starts_with("(none yet"), "{first_view}");
+    assert!(
+        text_of(client, "store-bytes")
+            .await
+            .contains("reload to see it")
+    );
+
+    client.refresh().await.expect("reload");
+    let cookie = session_cookie(client).await.expect("a session cookie");
+    assert!(
+        cookie.secure().unwrap_or(false),
+        "Chromium keeps a Secure cookie on http://127.0.0.1: {cookie}"
+    );
+    let shown = text_of(client, "cookie-value").await;
+    assert_eq!(
+        shown,
+        format!("{COOKIE}={}", cookie.value()),
+        "the sealed cookie as sent"
+    );
+    assert_eq!(cookie.value().len(), 131);
+    let flags = text_of(client, "cookie-flags").await;
+    assert!(flags.starts_with("HttpOnly; Secure;"), "{flags}");
+    let note = text_of(client, "secure-note").await;
+    assert!(
+        note.contains("http://localhost") && note.contains("TLS"),
+        "{note}"
+    );
+    let key = text_of(client, "store-key").await;
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the store key: {key}"
+    );
+    let data = text_of(client, "handler-data").await;
+    assert!(data.contains("\"visits\": 2"), "{data}");
+
+    log_in(client, "ada", false).await;
+    // The record as the store had it when the reloaded page's request came in.
+    let sealed = sealed_bytes(&text_of(client, "store-bytes").await);
+    for plain in [&b"ada"[..], b"visits", b"\"n\""] {
+        assert!(
+            !sealed.windows(plain.len()).any(|w| w == plain),
+            "the store holds {:?} in plaintext",
+            String::from_utf8_lossy(plain)
+        );
+    }
+    assert_ne!(
+        text_of(client, "store-key").await,
+        key,
+        "login moves the session to a new key"
+    );
+    let data = text_of(client, "handler-data").await;
+    assert!(data.contains("\"user_id\": \"ada\""), "{data}");
+    // A day's lifespan: no prompt.
+    assert!(!displayed(client, "extend-prompt").await);
+    let lifespan = text_of(client, "lifespan-left").await;
+    assert!(
+        lifespan.starts_with("in 23h") || lifespan.starts_with("in 24h"),
+        "{lifespan}"
+    );
+    screenshot(client, "quickstart").await;
+}
+
+/// A second device of the same user, listed and ended from the page.
+async fn demo_devices(client: &Client, base: &str) {
+    let other = common::jar_client();
+    let res = other
+        .post(format!("{base}/api/login"))
+        .json(&json!({ "username": "ada" }))
+        .send()
+        .await
+        .expect("log in elsewhere");
+    assert_eq!(res.status(), 200);
+    client.refresh().await.expect("reload");
+    let devices = wait_for_devices(client, 2).await;
+    let current: Vec<_> = devices
+        .iter()
+        .filter(|d| d.contains("(this device)"))
+        .collect();
+    assert_eq!(current.len(), 1, "{devices:?}");
+    screenshot(client, "quickstart-devices").await;
+
+    // "Log out" on the other one.
+    let buttons = client
+        .find_all(Locator::Css("li.device button.revoke"))
+        .await
+        .expect("the devices' buttons");
+    let mut clicked = false;
+    for button in buttons {
+        if button.text().await.expect("a button's text") == "Log out" {
+            button.click().await.expect("log the other device out");
+            clicked = true;
+            break;
+        }
+    }
+    assert!(clicked, "no Log out button for the other device");
+    wait_for_devices(client, 1).await;
+    let me: Option<String> = other
+        .get(format!("{base}/api/me"))
+        .send()
+        .await
+        .expect("the other device's next request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(me, None, "the other device is logged out");
+    assert_eq!(who(client).await, "Logged in as ada.", "this device is not");
+}
+
+/// A 12-second lifespan: the prompt shows in its last 6 seconds, and extending
+/// starts a new lifespan.
+async fn demo_extend(client: &Client, base: &str) {
+    client
+        .goto(&format!("{base}/"))
+        .await
+        .expect("open the page");
+    log_in(client, "grace", false).await;
+    let start = Instant::now();
+    while !displayed(client, "extend-prompt").await {
+        assert!(start.elapsed() < WAIT, "no extend prompt within {WAIT:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    let left = text_of(client, "prompt-left").await;
+    screenshot(client, "quickstart-extend").await;
+    let seconds: u64 = left.trim_end_matches('s').parse().expect("seconds left");
+    assert!(seconds <= 6, "the prompt came with {left} left");
+    click(client, "extend-button").await;
+    let start = Instant::now();
+    while displayed(client, "extend-prompt").await {
+        assert!(start.elapsed() < WAIT, "the prompt stayed after extending");
+        tokio::time::sleep(POLL).await;
+    }
+    let lifespan = text_of(client, "lifespan-left").await;
+    let seconds: u64 = lifespan
+        .trim_start_matches("in ")
+        .trim_end_matches('s')
+        .parse()
+        .expect("seconds left");
+    assert!(seconds > 6, "extended: {lifespan}");
+    client.refresh().await.expect("reload");
+    assert_eq!(
+        who(client).await,
+        "Logged in as grace.",
+        "the extended session lives"
+    );
+}
+
+/// The bytes of the page's "sealed bytes" (base64, then its length).
+fn sealed_bytes(shown: &str) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = shown.split_whitespace().next().expect("base64");
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_else(|e| panic!("the sealed bytes {shown:?}: {e}"))
+}
+
+async fn displayed(client: &Client, id: &str) -> bool {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("find #{id}: {e}"))
+        .is_displayed()
+        .await
+        .unwrap_or_else(|e| panic!("is #{id} displayed: {e}"))
+}
+
+/// The page's device entries, once there are `count` of them.
+async fn wait_for_devices(client: &Client, count: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let mut texts = Vec::new();
+        if let Ok(found) = client.find_all(Locator::Css("li.device")).await {
+            for device in found {
+                if let Ok(text) = device.text().await {
+                    texts.push(text);
+                }
+            }
+        }
+        if texts.len() == count {
+            return texts;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "expected {count} devices within {WAIT:?}, saw {texts:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Saves a screenshot of the window as `target/tmp/screenshots/{name}.png`,
+/// after checking that it is a PNG of the window's size.
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.expect("take a screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert!(width >= 800 && height >= 600, "{width}x{height}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).expect("a screenshots directory");
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, &png).expect("write the screenshot");
+    println!("screenshot: {} ({width}x{height})", path.display());
 }
 
 /// Log in without remember-me, reload, log out, reload.

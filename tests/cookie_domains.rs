@@ -304,5 +304,9 @@ fn a_header_carrier_is_refused_with_several_domains() {
         .with_cookie_domains([CookieDomain::new("example.org")])
         .validate()
         .unwrap_err();
-    assert!(err.to_string().contains("`cookies` (`with_cookie_domains`)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`cookies` (`with_cookie_domains`)"),
+        "{err}"
+    );
 }

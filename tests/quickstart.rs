@@ -259,3 +259,85 @@ async fn the_static_asset_costs_no_store_operation_with_a_valid_cookie() {
     page(&client, &base).await;
     assert_eq!(store.take_ops().first(), Some(&"load"), "the page loads it");
 }
+
+/// The page's own calls: extend and revoke need a login, revoke takes only the
+/// caller's own sessions, and a malformed fingerprint is refused.
+#[tokio::test]
+async fn extend_and_revoke_belong_to_the_logged_in_user() {
+    let base = start().await;
+    let anonymous = jar_client();
+    let res = anonymous
+        .post(format!("{base}/api/extend"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let log_in = |name: &'static str| {
+        let base = base.clone();
+        async move {
+            let client = jar_client();
+            let res = client
+                .post(format!("{base}/api/login"))
+                .json(&json!({ "username": name }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            client
+        }
+    };
+    let ada = log_in("ada").await;
+    let ada_too = log_in("ada").await;
+    let grace = log_in("grace").await;
+    let res = ada.post(format!("{base}/api/extend")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["expires_at"].as_u64().is_some(), "{body}");
+
+    let sessions: Value = ada_too
+        .get(format!("{base}/api/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == json!(false))
+        .expect("ada's other session")["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoke = |client: &reqwest::Client, fingerprint: &str| {
+        client
+            .post(format!("{base}/api/sessions/{fingerprint}/revoke"))
+            .send()
+    };
+    // Grace cannot end Ada's session, and a fingerprint must be one.
+    assert_eq!(revoke(&grace, &other).await.unwrap().status(), 404);
+    assert_eq!(revoke(&grace, "nonsense").await.unwrap().status(), 422);
+    let me: Value = ada
+        .get(format!("{base}/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me, json!("ada"));
+    // Ada's other device can.
+    assert_eq!(revoke(&ada_too, &other).await.unwrap().status(), 204);
+    let me: Value = ada
+        .get(format!("{base}/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me, Value::Null, "revoked");
+}

@@ -448,6 +448,17 @@ impl Session {
         Some(Fingerprint::of(&loaded.store_key))
     }
 
+    /// The key the store keeps this session's record under (what
+    /// [`SessionLayer::load_record`](crate::SessionLayer::load_record) takes);
+    /// `None` for a session this request creates (or destroyed). The key names
+    /// the record and opens nothing: the record is sealed under a key that only
+    /// the cookie's record secret completes.
+    pub fn store_key(&self) -> Option<StoreKey> {
+        let state = self.read("store_key");
+        let loaded = state.loaded.as_ref().filter(|_| !state.destroyed)?;
+        Some(loaded.store_key)
+    }
+
     /// Whether the request carried cookies (or tokens) of two different sessions:
     /// a sign of cookie tossing, or of a cookie whose Domain or Path changed. Such
     /// a request gets an empty session that is never saved (a login in it does not
