@@ -491,6 +491,7 @@ impl fmt::Debug for SessionLayer {
             .field("keys", &s.keys)
             .field("cookie", &s.cookie)
             .field("header", &s.header)
+            .field("domains", &s.domains)
             .field("also_cookie", &s.also_cookie)
             .field("idle_timeout", &s.idle_timeout)
             .field("lifespan", &s.lifespan)

@@ -58,6 +58,11 @@ fn from_file(clock: &ManualClock) -> SessionLayer {
         .with_clock(clock.clone())
 }
 
+/// `GET /count` for `host`, sending `cookie`: the count the page answers.
+async fn count(app: &Router, host: &str, cookie: &str) -> String {
+    body(oneshot(app, "GET", "/count", &[("host", host), ("cookie", cookie)]).await).await
+}
+
 async fn body(res: http::Response<axum::body::Body>) -> String {
     let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
         .await
@@ -90,44 +95,24 @@ async fn the_host_picks_the_entry_and_each_falls_back_to_the_top_level() {
 
     // Six minutes idle: past example.org's 5m, within example.com's 30m.
     clock.advance(Duration::from_secs(6 * 60));
-    let res = oneshot(
-        &app,
-        "GET",
-        "/count",
-        &[("host", "example.com"), ("cookie", &com)],
-    )
-    .await;
-    assert_eq!(body(res).await, "2", "example.com's session lives on");
-    let res = oneshot(
-        &app,
-        "GET",
-        "/count",
-        &[("host", "example.org"), ("cookie", &org)],
-    )
-    .await;
-    assert_eq!(body(res).await, "1", "example.org's session idled out");
+    assert_eq!(
+        count(&app, "example.com", &com).await,
+        "2",
+        "example.com's session lives on"
+    );
+    assert_eq!(
+        count(&app, "example.org", &org).await,
+        "1",
+        "example.org's session idled out"
+    );
 
     // Thirteen hours on: past the top level's 12h lifespan, within 1d.
     for _ in 0..26 {
         clock.advance(Duration::from_secs(29 * 60));
-        let res = oneshot(
-            &app,
-            "GET",
-            "/count",
-            &[("host", "example.com"), ("cookie", &com)],
-        )
-        .await;
-        assert_eq!(res.status(), 200);
+        count(&app, "example.com", &com).await;
     }
-    let res = oneshot(
-        &app,
-        "GET",
-        "/count",
-        &[("host", "example.com"), ("cookie", &com)],
-    )
-    .await;
     assert_eq!(
-        body(res).await,
+        count(&app, "example.com", &com).await,
         "29",
         "example.com's lifespan is its own 1d"
     );
@@ -156,14 +141,7 @@ async fn a_host_under_no_listed_domain_gets_no_session() {
         assert_eq!(body(res).await, "none", "{headers:?}");
     }
     // The session on example.com was neither read nor ended by any of that.
-    let res = oneshot(
-        &app,
-        "GET",
-        "/count",
-        &[("host", "example.com"), ("cookie", &com)],
-    )
-    .await;
-    assert_eq!(body(res).await, "2");
+    assert_eq!(count(&app, "example.com", &com).await, "2");
 }
 
 #[tokio::test]
@@ -200,14 +178,7 @@ async fn a_cookie_does_not_move_between_domains_even_under_the_same_name() {
     );
 
     // And example.com's session is intact.
-    let res = oneshot(
-        &app,
-        "GET",
-        "/count",
-        &[("host", "example.com"), ("cookie", &com)],
-    )
-    .await;
-    assert_eq!(body(res).await, "2");
+    assert_eq!(count(&app, "example.com", &com).await, "2");
 }
 
 #[tokio::test]

@@ -114,30 +114,34 @@ impl CookieDomain {
         self
     }
 
-    /// Whether `host` (lower case, without port) is this domain or under it.
+    /// Whether `host` (without port, any case) is this domain or under it.
     fn serves(&self, host: &str) -> bool {
-        host.strip_suffix(self.domain.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+        let (host, domain) = (host.as_bytes(), self.domain.as_bytes());
+        let Some(split) = host.len().checked_sub(domain.len()) else {
+            return false;
+        };
+        host[split..].eq_ignore_ascii_case(domain) && (split == 0 || host[split - 1] == b'.')
     }
 }
 
-/// The host a request is for, lower case and without port or trailing dot: the
+/// The host a request is for, without port or trailing dot (any case): the
 /// URI's authority (HTTP/2's `:authority`, an absolute-form request), else the
-/// `Host` header.
-pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let host = match req.uri().host() {
-        Some(host) => host.to_owned(),
-        None => {
-            let value = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            value
-                .parse::<http::uri::Authority>()
-                .ok()?
-                .host()
-                .to_owned()
-        }
+/// `Host` header. `None` when there is none, or it is not a host name or an
+/// address.
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().host() {
+        Some(host) => host,
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
     };
-    let host = host.strip_suffix('.').unwrap_or(&host);
-    Some(host.to_ascii_lowercase())
+    let host = if raw.starts_with('[') {
+        // An IPv6 literal, brackets kept.
+        &raw[..=raw.find(']')?]
+    } else {
+        raw.split_once(':').map_or(raw, |(host, _port)| host)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b);
+    (!host.is_empty() && host.bytes().all(allowed)).then_some(host)
 }
 
 /// The index of the entry that serves `host`: the longest domain it is under,
@@ -162,7 +166,7 @@ mod tests {
         if let Some(host) = host {
             req = req.header(http::header::HOST, host);
         }
-        request_host(&req.body(()).unwrap())
+        request_host(&req.body(()).unwrap()).map(str::to_ascii_lowercase)
     }
 
     #[test]
@@ -193,6 +197,7 @@ mod tests {
         assert_eq!(pick("app.example.com"), Some(1));
         assert_eq!(pick("x.app.example.com"), Some(1));
         assert_eq!(pick("example.org"), Some(2));
+        assert_eq!(pick("WWW.Example.COM"), Some(0));
         assert_eq!(pick("badexample.com"), None);
         assert_eq!(pick("example.com.evil.net"), None);
         assert_eq!(pick("com"), None);

@@ -153,8 +153,7 @@ where
         };
         // Several cookie domains: the host picks one, or the request has none.
         if !domains.is_empty() {
-            let host = request_host(&req);
-            match host.and_then(|host| pick(domains.iter(), &host)) {
+            match request_host(&req).and_then(|host| pick(domains.iter(), host)) {
                 Some(at) => settings = &by_domain[at],
                 None => {
                     req.extensions_mut().insert(Withheld::UnknownHost);
