@@ -299,9 +299,59 @@ fn one_request(
     });
 }
 
+/// Device binding, side by side in one run: a read of a plain session, a read
+/// of a bound one (with its bound cookie), one refresh (challenged, then
+/// proved; the client's ES256 signing included) and the signing alone.
+#[cfg(all(feature = "device-binding", feature = "test-util"))]
+fn bench_device_binding(c: &mut Criterion) {
+    use tower_sealed_sessions::device_binding::{DeviceBinding, TestDevice};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate());
+    let plain = routes().layer(layer.clone()).with_state(());
+    let binding = DeviceBinding::new().with_cookie_lifetime(Duration::from_secs(86_400));
+    let bound = common::binding::routes()
+        .layer(layer.with_device_binding(binding))
+        .with_state(());
+    let device = TestDevice::new();
+    let (cookie, id) = rt.block_on(common::binding::bound_session(&bound, &device));
+    let plain_cookie = session_cookie(&rt, &plain);
+
+    let mut group = c.benchmark_group("device_binding");
+    one_request(
+        &mut group,
+        &rt,
+        "read_only/plain",
+        &plain,
+        "/read",
+        Some(&plain_cookie),
+    );
+    one_request(
+        &mut group,
+        &rt,
+        "read_only/bound",
+        &bound,
+        "/read",
+        Some(&cookie),
+    );
+    group.bench_function("refresh", |b| {
+        b.to_async(&rt)
+            .iter(|| common::binding::refresh(&bound, &cookie, &id, &device))
+    });
+    group.bench_function("client_signs_es256", |b| {
+        b.iter(|| black_box(device.refresh_proof(black_box("challenge"))))
+    });
+    group.finish();
+}
+
+#[cfg(not(all(feature = "device-binding", feature = "test-util")))]
+fn bench_device_binding(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     bench,
+    bench_device_binding,
     bench_store_size,
     bench_redis,
     bench_postgres,

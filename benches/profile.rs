@@ -17,7 +17,11 @@
 //! `Authorization: Bearer`, on a layer that accepts the cookie too),
 //! `client_read` (the router called through `client::SessionClientLayer`, which
 //! adds the cookie), `compat_read` (the value read through a tower-sessions
-//! `Session`, feature `tower-sessions-compat`). It prints
+//! `Session`, feature `tower-sessions-compat`); with the `device-binding`
+//! feature, `bound_read` (`read_only` on a session bound to a device, with its
+//! bound cookie), `bound_refresh` (one refresh: challenged, then proved, which
+//! includes the client's signing) and `sign_es256` (the client's signing alone,
+//! to subtract). It prints
 //! nothing but the count of requests made; divide callgrind's total by it (after
 //! subtracting a run with 0 requests, which counts the set-up).
 
@@ -173,6 +177,37 @@ fn bridges(rt: &tokio::runtime::Runtime, kind: &str, layer: &SessionLayer) -> Op
                             .await
                             .unwrap();
                         assert!(res.status().is_success());
+                    }
+                })
+            }))
+        }
+        #[cfg(all(feature = "device-binding", feature = "test-util"))]
+        "bound_read" | "bound_refresh" | "sign_es256" => {
+            use tower_sealed_sessions::device_binding::{DeviceBinding, TestDevice};
+            let binding = DeviceBinding::new().with_cookie_lifetime(Duration::from_secs(86_400));
+            let app: Router = common::binding::routes()
+                .layer(layer.clone().with_device_binding(binding))
+                .with_state(());
+            let device = TestDevice::new();
+            let (cookie, id) = rt.block_on(common::binding::bound_session(&app, &device));
+            let kind = kind.to_owned();
+            Some(Box::new(move |count| {
+                Box::pin(async move {
+                    for _ in 0..count {
+                        match kind.as_str() {
+                            "bound_read" => {
+                                let res = app
+                                    .clone()
+                                    .oneshot(request("/read", Some(&cookie)))
+                                    .await
+                                    .unwrap();
+                                assert!(res.status().is_success());
+                            }
+                            "bound_refresh" => {
+                                common::binding::refresh(&app, &cookie, &id, &device).await
+                            }
+                            _ => drop(std::hint::black_box(device.refresh_proof("challenge"))),
+                        }
                     }
                 })
             }))

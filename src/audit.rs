@@ -42,7 +42,9 @@ use crate::store::UserTag;
 /// Every event is at `INFO` with an `event` field: `created`, `cycled`,
 /// `destroyed`, `expired` (with `reason`: `idle`, `lifespan`, or `missing` when the
 /// record was already gone, which in Redis is how an idle expiry shows), `revoked`,
-/// `limit_evicted` and `rejected` (with `reason`). Events name sessions by their
+/// `limit_evicted` and `rejected` (with `reason`); with device binding,
+/// `device_bound`, `device_refreshed`, `device_proof_failed` and
+/// `device_unbound_refused` (see [`device_binding`](crate::device_binding)). Events name sessions by their
 /// [`Fingerprint`], never by id, cookie or user id. Route them with a filter such as
 /// `tower_sealed_sessions::audit=info`.
 pub const AUDIT_TARGET: &str = "tower_sealed_sessions::audit";
@@ -144,6 +146,25 @@ pub(crate) fn audit(key: &StoreKey, event: &'static str, user: Option<&UserTag>)
         outcome = "success",
         fingerprint = %Fingerprint::of(key),
         user = user.as_ref().map(tracing::field::display),
+    );
+}
+
+/// Emits a device-binding audit event (`device_bound`, `device_refreshed`,
+/// `device_proof_failed`, `device_unbound_refused`) about the session stored
+/// under `key`, when the request had one.
+pub(crate) fn audit_device(
+    event: &'static str,
+    outcome: &'static str,
+    key: Option<&StoreKey>,
+    reason: Option<&str>,
+) {
+    crate::metrics::event(event);
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event,
+        outcome,
+        reason,
+        fingerprint = key.map(|k| tracing::field::display(Fingerprint::of(k))),
     );
 }
 

@@ -16,6 +16,7 @@
 //! eager_load: false         # true: every request with a cookie loads its session
 //! record_format: 3          # 2 while a release that opens no v3 shares the store
 //! header: { name: authorization, also_cookie: true }  # absent: the cookie only
+//! device_binding: {}        # DBSC, with the defaults (feature `device-binding`); absent: off
 //! cookies:                  # several cookie domains (then no cookie.domain); absent: one cookie
 //!   - { domain: example.com, name: id, same_site: lax, idle_timeout: 30m, lifespan: 1d, remember_me: 30d }
 //!   - { domain: example.org, name: id_org, idle_timeout: 5m }
@@ -46,6 +47,7 @@ use cookie::SameSite;
 use serde::Deserialize;
 
 use crate::cookie::CookieDomain;
+use crate::device_binding::{Algorithm, DeviceBinding};
 use crate::duration::{Limit, Span};
 use crate::error::ConfigError;
 use crate::keys::{Keys, Secret};
@@ -121,6 +123,41 @@ pub struct SessionConfig {
     /// [`SessionLayer::with_cookie_domains`](crate::SessionLayer::with_cookie_domains).
     #[serde(default)]
     cookies: Vec<CookieEntry>,
+    /// Device-bound sessions (DBSC): [`SessionLayer::with_device_binding`](crate::SessionLayer::with_device_binding).
+    /// `device_binding: {}` turns it on with the defaults.
+    #[serde(default)]
+    device_binding: Option<BindingSettings>,
+}
+
+/// The `device_binding:` section; what it leaves out is [`DeviceBinding::new`]'s.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingSettings {
+    registration_path: Option<String>,
+    refresh_path: Option<String>,
+    cookie_name: Option<String>,
+    cookie_lifetime: Option<Span>,
+    algorithms: Option<Vec<Algorithm>>,
+    #[serde(default)]
+    offer_on_cycle_id: bool,
+}
+
+impl BindingSettings {
+    fn to_binding(&self) -> DeviceBinding {
+        let mut binding = DeviceBinding::new().with_offer_on_cycle_id(self.offer_on_cycle_id);
+        set(
+            &mut binding.registration_path,
+            self.registration_path.clone(),
+        );
+        set(&mut binding.refresh_path, self.refresh_path.clone());
+        binding.cookie_name = self.cookie_name.clone();
+        set(
+            &mut binding.cookie_lifetime,
+            self.cookie_lifetime.map(|Span(d)| d),
+        );
+        set(&mut binding.algorithms, self.algorithms.clone());
+        binding
+    }
 }
 
 /// One entry of `cookies:`; what it leaves out is the top level's.
@@ -332,6 +369,10 @@ impl SessionConfig {
             self.write_deadline.map(|Span(d)| d),
         );
         settings.domains = self.cookies.iter().map(CookieEntry::to_domain).collect();
+        settings.binding = self
+            .device_binding
+            .as_ref()
+            .map(BindingSettings::to_binding);
         settings.allow_unbounded = self.allow_unbounded_sessions;
         settings.eager_load = self.eager_load;
         set(&mut settings.record_format, self.record_format);

@@ -11,6 +11,7 @@ use tower_layer::Layer;
 use crate::clock::Clock;
 use crate::config::SessionConfig;
 use crate::cookie::{CookieConfig, CookieDomain};
+use crate::device_binding::DeviceBinding;
 use crate::error::ConfigError;
 use crate::keys::Keys;
 use crate::open::Outcome;
@@ -120,6 +121,20 @@ impl SessionLayer {
             panic!("{}", this.settings.in_callers_terms(err));
         }
         this
+    }
+
+    /// Binds sessions to their browser's device with Device Bound Session
+    /// Credentials (DBSC), where the browser supports it: see the
+    /// [`device_binding`](crate::device_binding) module. Needs the
+    /// `device-binding` feature (the layer refuses to start without it) and the
+    /// cookie as the carrier.
+    pub fn with_device_binding(self, binding: DeviceBinding) -> Self {
+        self.edit(|s| s.binding = Some(binding))
+    }
+
+    /// The device-binding settings, when binding is on.
+    pub fn device_binding(&self) -> Option<&DeviceBinding> {
+        self.settings.binding.as_ref()
     }
 
     /// Several cookie domains in one layer, as Authelia's `session.cookies`
@@ -468,16 +483,24 @@ impl<S> Layer<S> for SessionLayer {
         if let Err(err) = self.validate() {
             panic!("{err}");
         }
-        let settings = &self.settings;
+        let mut settings = self.settings.clone();
+        let by_domain = settings
+            .domains
+            .iter()
+            .map(|d| {
+                let mut domain = settings.for_domain(d);
+                domain.resolve_binding();
+                Arc::new(domain)
+            })
+            .collect();
+        if settings.binding.is_some() {
+            Arc::make_mut(&mut settings).resolve_binding();
+        }
         let layered = Layered {
-            settings: settings.clone(),
             cookie_settings: settings.cookie_variant().map(Arc::new),
             domains: settings.domains.clone(),
-            by_domain: settings
-                .domains
-                .iter()
-                .map(|d| Arc::new(settings.for_domain(d)))
-                .collect(),
+            by_domain,
+            settings,
             store: self.store.clone(),
         };
         SessionService::new(inner, Arc::new(layered))
@@ -492,6 +515,7 @@ impl fmt::Debug for SessionLayer {
             .field("cookie", &s.cookie)
             .field("header", &s.header)
             .field("domains", &s.domains)
+            .field("device_binding", &s.binding)
             .field("also_cookie", &s.also_cookie)
             .field("idle_timeout", &s.idle_timeout)
             .field("lifespan", &s.lifespan)

@@ -151,6 +151,7 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 mod cookie;
+pub mod device_binding;
 mod duration;
 mod error;
 #[cfg(feature = "axum")]
@@ -176,6 +177,7 @@ pub use build::Built;
 pub use clock::{Clock, ManualClock};
 pub use config::SessionConfig;
 pub use cookie::CookieDomain;
+pub use device_binding::DeviceBinding;
 pub use error::{ConfigError, KeyError, SessionError, StoreError};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;

@@ -93,6 +93,9 @@ pub(crate) enum Brought {
     /// whose Domain or Path changed): their store keys. Empty for a request with
     /// more tokens than are opened (a cookie bomb).
     Ambiguous(Vec<StoreKey>),
+    /// A live session bound to a device, without a valid bound cookie: withheld
+    /// (see [`Session::is_withheld`]).
+    Unbound,
 }
 
 /// A session record as this request found it.
@@ -395,6 +398,7 @@ mod tests {
             Tokens::Read(Brought::Nothing) => "nothing",
             Tokens::Read(Brought::Refused) => "refused",
             Tokens::Read(Brought::Ambiguous(_)) => "ambiguous",
+            Tokens::Read(Brought::Unbound) => "unbound",
             Tokens::One(_) => "one",
         }
     }

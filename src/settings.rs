@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::clock::{Clock, Timestamp};
 use crate::cookie::{CookieConfig, CookieDomain, Meta};
+use crate::device_binding::DeviceBinding;
 use crate::error::ConfigError;
 use crate::keys::Keys;
 use crate::record::{DataCipher, Deadlines};
@@ -48,6 +49,9 @@ pub(crate) struct Settings {
     /// Several cookie domains: the request's host picks one, whose settings are
     /// [`for_domain`](Settings::for_domain) these.
     pub(crate) domains: Vec<CookieDomain>,
+    /// Device binding (DBSC), when on; its bound cookie's name is resolved when
+    /// the layer wraps a service.
+    pub(crate) binding: Option<DeviceBinding>,
     /// Settings for one of several cookie domains: tokens are sealed for the
     /// cookie's name and this domain, so one cannot move between domains.
     pub(crate) scope: Option<Box<str>>,
@@ -86,6 +90,7 @@ impl Settings {
             unavailable: None,
             from_file: false,
             domains: Vec::new(),
+            binding: None,
             scope: None,
             clock: Clock::system(),
         }
@@ -99,6 +104,21 @@ impl Settings {
             (None, Some(scope)) => scope,
             (None, None) => &self.cookie.name,
         }
+    }
+
+    /// Names the bound cookie after the session cookie, unless it was named.
+    pub(crate) fn resolve_binding(&mut self) {
+        if let Some(binding) = &mut self.binding {
+            if binding.cookie_name.is_none() {
+                binding.cookie_name = Some(binding.bound_cookie_name(&self.cookie.name));
+            }
+        }
+    }
+
+    /// The bound cookie's name, when device binding is on (and resolved).
+    #[inline]
+    pub(crate) fn bound_cookie(&self) -> Option<&str> {
+        self.binding.as_ref()?.cookie_name.as_deref()
     }
 
     /// The settings requests for `entry`'s domain are served with: these, with
@@ -237,6 +257,71 @@ impl Settings {
         }
     }
 
+    /// Device binding's rules.
+    fn check_binding(&self, binding: &DeviceBinding) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if cfg!(not(feature = "device-binding")) {
+            errors.push(ConfigError::new(
+                "device_binding",
+                "device binding needs the `device-binding` feature of tower-sealed-sessions",
+            ));
+        }
+        if self.header.is_some() {
+            errors.push(ConfigError::new(
+                "device_binding",
+                "device binding binds a browser's cookie: leave the header out",
+            ));
+        }
+        let path_ok = |p: &str| {
+            p.starts_with('/')
+                && http::uri::PathAndQuery::try_from(p).is_ok_and(|pq| pq.query().is_none())
+        };
+        for (field, path) in [
+            (
+                "device_binding.registration_path",
+                &binding.registration_path,
+            ),
+            ("device_binding.refresh_path", &binding.refresh_path),
+        ] {
+            if !path_ok(path) {
+                errors.push(ConfigError::new(
+                    field,
+                    format!("{path:?} is not a path like /dbsc/refresh"),
+                ));
+            }
+        }
+        if binding.registration_path == binding.refresh_path {
+            errors.push(ConfigError::new(
+                "device_binding.refresh_path",
+                "registration and refresh need paths of their own",
+            ));
+        }
+        if binding.cookie_lifetime < std::time::Duration::from_secs(10) {
+            errors.push(ConfigError::new(
+                "device_binding.cookie_lifetime",
+                "under 10s, browsers would refresh on nearly every request",
+            ));
+        }
+        if binding.algorithms.is_empty() {
+            errors.push(ConfigError::new(
+                "device_binding.algorithms",
+                "list at least one of ES256, RS256",
+            ));
+        }
+        let name = binding.bound_cookie_name(&self.cookie.name);
+        let probe = CookieConfig {
+            name: name.clone(),
+            ..self.cookie.clone()
+        };
+        if probe.validate().is_err() || name == self.cookie.name {
+            errors.push(ConfigError::new(
+                "device_binding.cookie_name",
+                format!("{name:?} is not a cookie name of its own"),
+            ));
+        }
+        errors
+    }
+
     /// The cookie domains' own rules, and each domain's settings checked as they
     /// come out (what the layer's own settings got wrong is not reported again).
     fn check_domains(&self, errors: &[ConfigError]) -> Vec<ConfigError> {
@@ -290,6 +375,9 @@ impl Settings {
     /// Every rule the settings must keep, as the errors of those they break.
     fn check(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        if let Some(binding) = &self.binding {
+            errors.extend(self.check_binding(binding));
+        }
         if let Err(err) = self.cookie.validate() {
             errors.push(err);
         }
@@ -469,6 +557,7 @@ fn builder_method(field: &str) -> Option<String> {
         "write_deadline" => "with_write_deadline",
         "record_format" => "with_record_format",
         "max_sessions_per_user" => "with_max_sessions_per_user",
+        f if f.starts_with("device_binding") => "with_device_binding",
         _ => return None,
     };
     Some(method.to_owned())

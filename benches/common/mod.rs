@@ -1,6 +1,8 @@
 //! The router and requests the benchmarks share.
 #![allow(dead_code)]
 
+#[cfg(all(feature = "device-binding", feature = "test-util"))]
+pub mod binding;
 pub mod floor;
 
 use axum::Router;

@@ -170,6 +170,11 @@ where
             None => Session::started(settings.clone(), now, Start::Fresh(Brought::Nothing)),
             Some(lines) => Session::unloaded(settings.clone(), now, store.clone(), lines),
         };
+        if settings.binding.is_some() {
+            if let Some(served) = device_binding(&mut req, &session, store, now, &grpc) {
+                return served;
+            }
+        }
         req.extensions_mut().insert(session.clone());
         if settings.eager_load && !session.is_open() {
             if !store.immediate() {
@@ -187,6 +192,39 @@ where
         }
         ResponseFuture::calling(self.inner.call(req), session, store, now, grpc)
     }
+}
+
+/// Device binding's part of a request, out of line: a request for one of its
+/// endpoints is served by the layer itself (the future returned); any other
+/// has the browser's `Secure-Session-Skipped` reason noted.
+#[cold]
+#[inline(never)]
+fn device_binding<F, ReqBody, ResBody: Default + 'static>(
+    req: &mut Request<ReqBody>,
+    session: &Session,
+    store: &Arc<dyn DynStore>,
+    now: Timestamp,
+    grpc: &Option<HeaderValue>,
+) -> Option<ResponseFuture<F, ResBody>> {
+    #[cfg(feature = "device-binding")]
+    if let Some(endpoint) = crate::device_binding::endpoint::route(session.settings(), req) {
+        let headers = mem::take(req.headers_mut());
+        let serving =
+            crate::device_binding::endpoint::serve::<ResBody>(endpoint, session.clone(), headers);
+        let session = session.clone();
+        return Some(ResponseFuture::serving(
+            Box::pin(serving),
+            session,
+            store,
+            now,
+            grpc.clone(),
+        ));
+    }
+    let _ = (store, now, grpc);
+    if let Some(skipped) = req.headers().get("secure-session-skipped") {
+        session.note_skipped(skipped.to_str().unwrap_or("unreadable"));
+    }
+    None
 }
 
 impl<S> SessionService<S> {

@@ -6,10 +6,14 @@ use std::sync::{Arc, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 
+use super::bound_id;
 use super::{Session, State};
+use crate::audit::audit_device;
+use crate::cookie::request_values;
+use crate::device_binding::check_bound;
 use crate::error::{SessionError, StoreError};
 use crate::open::{
-    Lines, Outcome, RecordSource, Start, Tokens, open_record, read_tokens, store_key,
+    Brought, Lines, Outcome, RecordSource, Start, Tokens, open_record, read_tokens, store_key,
 };
 use crate::store::BoxFuture;
 
@@ -30,7 +34,22 @@ pub(super) struct Lazy {
     failure: OnceLock<String>,
     /// Wakes the clones of the handle that wait for another one's load.
     loaded: Notify,
+    /// Device binding's notes on the request, in one byte: [`EXEMPT`] for an
+    /// endpoint's request, which comes for the bound cookie and is not refused
+    /// for lacking it; and in the bits above, why the browser skipped
+    /// refreshing the bound cookie (an index into [`SKIPPED`]), if it said.
+    binding: AtomicU8,
 }
+
+const EXEMPT: u8 = 1;
+/// `Secure-Session-Skipped` reasons, as audit reasons; the bits above
+/// [`EXEMPT`] hold one plus the index.
+const SKIPPED: [(&str, &str); 4] = [
+    ("unreachable", "skipped_unreachable"),
+    ("server_error", "skipped_server_error"),
+    ("quota_exceeded", "skipped_quota_exceeded"),
+    ("", "skipped_other"),
+];
 
 impl Lazy {
     pub(super) fn new(source: Arc<dyn RecordSource>, lines: Lines) -> Self {
@@ -40,6 +59,7 @@ impl Lazy {
             phase: AtomicU8::new(UNOPENED),
             failure: OnceLock::new(),
             loaded: Notify::new(),
+            binding: AtomicU8::new(0),
         }
     }
 
@@ -151,7 +171,12 @@ impl Session {
         };
         match opened {
             Ok(start) => {
-                *self.lock() = State::start(settings, now, start);
+                let mut state = self.lock();
+                *state = State::start(settings, now, start);
+                if let Some(name) = settings.bound_cookie() {
+                    self.enforce_binding(lazy, &mut state, name);
+                }
+                drop(state);
                 loading.end(OPEN);
                 Ok(())
             }
@@ -160,6 +185,61 @@ impl Session {
                 loading.end(FAILED);
                 Err(lazy.failed())
             }
+        }
+    }
+
+    /// A session bound to a device stays one only with its bound cookie;
+    /// without it, the request is withheld its session.
+    #[cold]
+    fn enforce_binding(&self, lazy: &Lazy, state: &mut State, name: &str) {
+        let settings = &self.inner.settings;
+        let Some(loaded) = &state.loaded else {
+            return;
+        };
+        let notes = lazy.binding.load(Ordering::Relaxed);
+        let Some(id) = bound_id(&state.data) else {
+            return;
+        };
+        if notes & EXEMPT != 0 {
+            return;
+        }
+        let values = request_values(lazy.lines.iter(), name);
+        let Err(refusal) = check_bound(&settings.keys, name, &id, values, self.inner.now) else {
+            return;
+        };
+        let reason = match usize::from(notes >> 1) {
+            0 => refusal.reason(),
+            skipped => SKIPPED[skipped - 1].1,
+        };
+        audit_device(
+            "device_unbound_refused",
+            "failure",
+            Some(&loaded.store_key),
+            Some(reason),
+        );
+        *state = State::start(settings, self.inner.now, Start::Fresh(Brought::Unbound));
+    }
+
+    /// Marks a device-binding endpoint's session: it is not refused for lacking
+    /// the bound cookie it comes for.
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn exempt_from_binding(&self) {
+        if let Some(lazy) = &self.inner.lazy {
+            lazy.binding.fetch_or(EXEMPT, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes the browser's `Secure-Session-Skipped` reason (its first token),
+    /// for the audit event if the request is refused.
+    pub(crate) fn note_skipped(&self, header: &str) {
+        if let Some(lazy) = &self.inner.lazy {
+            let token = header.split([';', ',']).next().unwrap_or("").trim();
+            let at = SKIPPED
+                .iter()
+                .position(|(name, _)| *name == token)
+                .unwrap_or(SKIPPED.len() - 1);
+            let bits = u8::try_from(at + 1).expect("four reasons") << 1;
+            lazy.binding.fetch_or(bits, Ordering::Relaxed);
         }
     }
 

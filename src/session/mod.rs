@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::audit::Fingerprint;
 use crate::clock::Timestamp;
 use crate::cookie::Meta;
+use crate::device_binding::{BINDING_KEY, Entry};
 use crate::error::SessionError;
 use crate::open::{Brought, Lines, Loaded, RecordSource, Start};
 use crate::record::{Data, StoreKey, USER_KEY, is_reserved, user_in, user_of, wipe};
@@ -116,10 +117,17 @@ pub(crate) struct State {
     pub(crate) ambiguous: Option<Vec<StoreKey>>,
     /// The request's token was refused, and the response clears it.
     pub(crate) refused: bool,
+    /// The session is bound to a device and the request lacks its bound
+    /// cookie: the handler gets no session, and nothing is saved or cleared.
+    pub(crate) withheld: bool,
+    /// This response offers a device-binding registration, for the newest
+    /// challenge of the session's binding.
+    pub(crate) offered: bool,
 }
 
 impl State {
     fn start(settings: &Settings, now: Timestamp, start: Start) -> State {
+        let mut withheld = false;
         let (data, meta, loaded, ambiguous, refused) = match start {
             Start::Opened(loaded, data) => (data, loaded.cookie.meta(), Some(loaded), None, false),
             Start::Fresh(brought) => {
@@ -130,6 +138,10 @@ impl State {
                     // session nor a planted one is read, written or replaced by a
                     // new cookie; only `destroy` acts, and ends all of them.
                     Brought::Ambiguous(keys) => (Some(keys), false),
+                    Brought::Unbound => {
+                        withheld = true;
+                        (None, false)
+                    }
                 };
                 (
                     Data::new(),
@@ -150,6 +162,8 @@ impl State {
             lifespan_changed: false,
             ambiguous,
             refused,
+            withheld,
+            offered: false,
         }
     }
 }
@@ -236,6 +250,10 @@ impl Session {
     }
 
     fn put(mut state: MutexGuard<'_, State>, key: &str, value: Value) {
+        Self::put_locked(&mut state, key, value);
+    }
+
+    fn put_locked(state: &mut State, key: &str, value: Value) {
         // A key already there keeps its allocation, in the data and in the changes.
         match state.data.get_mut(key) {
             Some(current) if *current == value => return,
@@ -468,6 +486,75 @@ impl Session {
         self.read("is_ambiguous").ambiguous.is_some()
     }
 
+    /// Whether the layer withheld the request's session: the session is bound to
+    /// a device ([`device_binding`](crate::device_binding)) and the request came
+    /// without a valid bound cookie. The session reads as new and empty, and
+    /// nothing of this request is saved or cleared; the axum extractor refuses it
+    /// (401) and `Option<Session>` is `None`.
+    pub fn is_withheld(&self) -> bool {
+        self.read("is_withheld").withheld
+    }
+
+    /// Offers device binding ([`device_binding`](crate::device_binding)) to the
+    /// browser: the response carries `Secure-Session-Registration` with a fresh
+    /// challenge, kept in the session's record. Call it after login; a browser
+    /// with DBSC then registers a device key, and from then on the session needs
+    /// the bound cookie that only that device can renew. Returns whether it was
+    /// offered: not without device binding on the layer, on a session already
+    /// bound, or on one that is withheld, destroyed or not loaded.
+    pub fn bind_device(&self) -> bool {
+        let Some(mut state) = self.open_or_log("bind_device") else {
+            return false;
+        };
+        Self::offer(&mut state, &self.inner.settings, self.inner.now)
+    }
+
+    fn offer(state: &mut State, settings: &Settings, now: Timestamp) -> bool {
+        if settings.binding.is_none() || state.withheld || state.destroyed {
+            return false;
+        }
+        let mut entry = binding_of(&state.data).unwrap_or_default();
+        if entry.key.is_some() {
+            return false;
+        }
+        entry.issue_challenge(now);
+        state.offered = true;
+        let value = serde_json::to_value(entry).expect("a binding entry is JSON");
+        Self::put_locked(state, BINDING_KEY, value);
+        true
+    }
+
+    /// The request's time, from the layer's clock.
+    #[inline]
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn now(&self) -> Timestamp {
+        self.inner.now
+    }
+
+    /// The session's device binding, if it has one (offered or registered).
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn binding_entry(&self) -> Option<Entry> {
+        binding_of(&self.read("binding_entry").data)
+    }
+
+    /// Writes the session's device binding.
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn set_binding_entry(&self, entry: Entry) {
+        if let Some(mut state) = self.open_or_log("set_binding_entry") {
+            let value = serde_json::to_value(entry).expect("a binding entry is JSON");
+            Self::put_locked(&mut state, BINDING_KEY, value);
+        }
+    }
+
+    /// The challenge of the registration this response offers, taken once.
+    pub(crate) fn take_offer(&self) -> Option<String> {
+        let mut state = self.lock();
+        if !std::mem::take(&mut state.offered) {
+            return None;
+        }
+        binding_of(&state.data)?.challenges.pop().map(|c| c.value)
+    }
+
     /// Whether the session was created by this request (no valid cookie came in).
     pub fn is_new(&self) -> bool {
         let state = self.read("is_new");
@@ -480,6 +567,14 @@ impl Session {
     pub fn cycle_id(&self) {
         if let Some(mut state) = self.open_or_log("cycle_id") {
             state.cycle = true;
+            let settings = &self.inner.settings;
+            if settings
+                .binding
+                .as_ref()
+                .is_some_and(|b| b.offer_on_cycle_id)
+            {
+                Self::offer(&mut state, settings, self.inner.now);
+            }
         }
     }
 
@@ -581,6 +676,22 @@ impl Session {
     ) -> R {
         decide(&mut self.lock(), &self.inner.settings, self.inner.now)
     }
+}
+
+/// The identifier of the device binding `data` holds, once registered: read
+/// without building the rest of the binding (its key, its challenges), as every
+/// request of a bound session does.
+pub(crate) fn bound_id(data: &Data) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    data.lookup::<Id>(BINDING_KEY)?.ok()?.id
+}
+
+/// The device binding `data` holds, if any.
+pub(crate) fn binding_of(data: &Data) -> Option<Entry> {
+    data.lookup::<Entry>(BINDING_KEY).and_then(Result::ok)
 }
 
 impl fmt::Debug for Session {

@@ -1,0 +1,583 @@
+//! Device-bound sessions (DBSC), driven by a protocol-level client: real ES256
+//! and RS256 keys (ring), real JWTs, the layer's own registration and refresh
+//! endpoints, and every way a stolen or stale credential is refused.
+
+#![cfg(all(feature = "device-binding", feature = "test-util"))]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::Response;
+use ring::rand::SystemRandom;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use serde_json::{Value, json};
+use tower_sealed_sessions::device_binding::{
+    Algorithm, DeviceBinding, TestDevice, refresh_challenge, registration_challenge,
+};
+use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionConfig, SessionLayer};
+
+const REGISTER: &str = "/.well-known/sealed-sessions/register";
+const REFRESH: &str = "/.well-known/sealed-sessions/refresh";
+const BOUND: &str = "id_bound";
+
+/// The audit trail of the whole test binary.
+fn audit() -> &'static common::Captured {
+    static CAPTURED: OnceLock<common::Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| common::Captured::install("tower_sealed_sessions::audit=info"))
+}
+
+fn app(layer: SessionLayer) -> Router {
+    Router::new()
+        .route(
+            "/login/{name}",
+            post(
+                |session: Session, axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    session.cycle_id();
+                    session.set_user_id(&name);
+                    session.bind_device().to_string()
+                },
+            ),
+        )
+        .route(
+            "/me",
+            get(|session: Option<Session>| async move {
+                session
+                    .and_then(|s| s.user_id())
+                    .unwrap_or_else(|| "none".to_owned())
+            }),
+        )
+        .route(
+            "/count",
+            post(|session: Session| async move {
+                let n = session.update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1));
+                n.unwrap().unwrap().to_string()
+            }),
+        )
+        .layer(layer)
+}
+
+fn layer(clock: &ManualClock) -> SessionLayer {
+    SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_secure(false)
+        .with_clock(clock.clone())
+        .with_device_binding(DeviceBinding::new().with_cookie_lifetime(Duration::from_secs(60)))
+}
+
+/// A browser's cookie jar, and the device key it registers.
+struct Browser {
+    cookies: BTreeMap<String, String>,
+    key: DeviceKey,
+}
+
+/// ES256 through the crate's own [`TestDevice`]; RS256 with ring here.
+enum DeviceKey {
+    Es256(TestDevice),
+    Rs256(RsaKeyPair),
+}
+
+impl DeviceKey {
+    fn es256() -> Self {
+        DeviceKey::Es256(TestDevice::new())
+    }
+
+    /// A 2048-bit test key (tests/fixtures/dbsc-rsa2048.der, made with
+    /// `openssl genpkey -algorithm RSA`, as PKCS#1 DER with `-traditional`).
+    fn rs256() -> Self {
+        let der = include_bytes!("fixtures/dbsc-rsa2048.der");
+        DeviceKey::Rs256(RsaKeyPair::from_der(der).unwrap())
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            DeviceKey::Es256(_) => "ES256",
+            DeviceKey::Rs256(_) => "RS256",
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        match self {
+            DeviceKey::Es256(device) => device.jwk(),
+            DeviceKey::Rs256(key) => {
+                let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(key.public());
+                let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+                json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)})
+            }
+        }
+    }
+
+    /// A `dbsc+jwt` answering `jti`, with the public key in the header when
+    /// `with_key` (registration).
+    fn proof(&self, jti: &str, with_key: bool) -> String {
+        let mut header = json!({"alg": self.alg(), "typ": "dbsc+jwt"});
+        if with_key {
+            header["jwk"] = self.jwk();
+        }
+        let key = match self {
+            DeviceKey::Es256(device) => return device.sign(header, jti),
+            DeviceKey::Rs256(key) => key,
+        };
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(json!({ "jti": jti }).to_string())
+        );
+        let mut sig = vec![0; key.public().modulus_len()];
+        key.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            input.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+impl Browser {
+    fn new(key: DeviceKey) -> Self {
+        Browser {
+            cookies: BTreeMap::new(),
+            key,
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        let pairs: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        pairs.join("; ")
+    }
+
+    /// Sends a request with this browser's cookies and `extra` headers, and
+    /// keeps the cookies the response sets or clears.
+    async fn send(
+        &mut self,
+        app: &Router,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+    ) -> Response<axum::body::Body> {
+        let cookie = self.cookie_header();
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        if !cookie.is_empty() {
+            headers.push(("cookie", &cookie));
+        }
+        let res = common::oneshot(app, method, path, &headers).await;
+        for set in res.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (name, value) = set.split(';').next().unwrap().split_once('=').unwrap();
+            if set.contains("Max-Age=0") || value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        res
+    }
+
+    async fn me(&mut self, app: &Router) -> String {
+        body(self.send(app, "GET", "/me", &[]).await).await
+    }
+
+    /// Logs in as `name`; returns the offered registration challenge, if any.
+    async fn log_in(&mut self, app: &Router, name: &str) -> Option<String> {
+        let res = self.send(app, "POST", &format!("/login/{name}"), &[]).await;
+        assert_eq!(res.status(), 200);
+        let offer = res.headers().get("secure-session-registration")?;
+        let offer = offer.to_str().unwrap().to_owned();
+        assert!(
+            offer.starts_with(
+                "(ES256 RS256);path=\"/.well-known/sealed-sessions/register\";challenge=\""
+            ),
+            "{offer}"
+        );
+        Some(registration_challenge(&offer).unwrap().to_owned())
+    }
+
+    /// Registers this browser's key for `challenge`; the instructions.
+    async fn register(&mut self, app: &Router, challenge: &str) -> Value {
+        let proof = self.key.proof(challenge, true);
+        let res = self
+            .send(
+                app,
+                "POST",
+                REGISTER,
+                &[("secure-session-response", &proof)],
+            )
+            .await;
+        assert_eq!(res.status(), 200, "registration");
+        assert_eq!(res.headers()["content-type"], "application/json");
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            set.starts_with("id_bound=") && set.contains("Max-Age=60"),
+            "{set}"
+        );
+        serde_json::from_str(&body(res).await).unwrap()
+    }
+
+    /// The refresh dance: asks, gets a challenge, proves. The final response.
+    async fn refresh(&mut self, app: &Router, id: &str) -> (Response<axum::body::Body>, String) {
+        let res = self
+            .send(app, "POST", REFRESH, &[("sec-secure-session-id", id)])
+            .await;
+        assert_eq!(res.status(), 403, "a refresh without a proof is challenged");
+        let challenge = challenge_of(&res, id);
+        let proof = self.key.proof(&challenge, false);
+        let res = self
+            .send(
+                app,
+                "POST",
+                REFRESH,
+                &[
+                    ("sec-secure-session-id", id),
+                    ("secure-session-response", &proof),
+                ],
+            )
+            .await;
+        (res, proof)
+    }
+}
+
+/// The challenge of a `Secure-Session-Challenge: "c";id="..."` for `id`.
+fn challenge_of(res: &Response<axum::body::Body>, id: &str) -> String {
+    let line = res.headers()["secure-session-challenge"].to_str().unwrap();
+    let (challenge, for_id) = refresh_challenge(line).unwrap();
+    assert_eq!(for_id, id, "{line}");
+    challenge.to_owned()
+}
+
+async fn body(res: Response<axum::body::Body>) -> String {
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Registration, use, theft, expiry, refresh, replay, a foreign key and a
+/// foreign bound cookie, each refused with its audit event.
+#[tokio::test]
+async fn a_bound_session_lives_only_with_its_bound_cookie() {
+    let audit = audit();
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut ada = Browser::new(DeviceKey::es256());
+
+    let challenge = ada.log_in(&app, "ada").await.expect("binding offered");
+    let instructions = ada.register(&app, &challenge).await;
+    let id = instructions["session_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(instructions["refresh_url"], REFRESH);
+    assert_eq!(instructions["scope"]["include_site"], false);
+    assert_eq!(
+        instructions["credentials"],
+        json!([{"type": "cookie", "name": BOUND, "attributes": "Path=/; HttpOnly; SameSite=Lax"}])
+    );
+    assert_eq!(ada.me(&app).await, "ada");
+
+    // The long-lived cookie alone, copied off the device: no session, and
+    // nothing set or cleared.
+    let mut thief = Browser::new(DeviceKey::es256());
+    thief.cookies.insert("id".into(), ada.cookies["id"].clone());
+    assert_eq!(thief.me(&app).await, "none");
+    let res = thief.send(&app, "POST", "/count", &[]).await;
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("set-cookie").is_none());
+    // Nor can the thief refresh: it holds no key, and a proof by its own key fails.
+    let (res, _) = thief.refresh(&app, &id).await;
+    assert_eq!(res.status(), 400, "a proof signed by another key");
+    assert!(res.headers().get("set-cookie").is_none());
+    assert_eq!(thief.me(&app).await, "none");
+    assert_eq!(ada.me(&app).await, "ada", "the real browser lost nothing");
+
+    // The bound cookie expires; a refresh with the device key renews it.
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(ada.me(&app).await, "none", "an expired bound cookie");
+    let (res, proof) = ada.refresh(&app, &id).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("id_bound=")
+    );
+    let again: Value = serde_json::from_str(&body(res).await).unwrap();
+    assert_eq!(again["session_identifier"], id.as_str());
+    assert_eq!(ada.me(&app).await, "ada");
+
+    // The same proof again: its challenge was used; a new one is issued.
+    let res = ada
+        .send(
+            &app,
+            "POST",
+            REFRESH,
+            &[
+                ("sec-secure-session-id", &id),
+                ("secure-session-response", &proof),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 403, "a replayed challenge");
+    challenge_of(&res, &id);
+
+    // A challenge not answered within five minutes is stale.
+    let res = ada
+        .send(&app, "POST", REFRESH, &[("sec-secure-session-id", &id)])
+        .await;
+    let stale = challenge_of(&res, &id);
+    clock.advance(Duration::from_secs(5 * 60));
+    let proof = ada.key.proof(&stale, false);
+    let res = ada
+        .send(
+            &app,
+            "POST",
+            REFRESH,
+            &[
+                ("sec-secure-session-id", &id),
+                ("secure-session-response", &proof),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 403, "a stale challenge");
+
+    // Another user's session with ada's bound cookie: refused.
+    let mut grace = Browser::new(DeviceKey::rs256());
+    let challenge = grace.log_in(&app, "grace").await.unwrap();
+    let grace_id = grace.register(&app, &challenge).await["session_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(grace_id, id);
+    assert_eq!(grace.me(&app).await, "grace", "an RS256 device");
+    let (res, _) = ada.refresh(&app, &id).await;
+    assert_eq!(res.status(), 200);
+    let mut mixed = Browser::new(DeviceKey::es256());
+    mixed
+        .cookies
+        .insert("id".into(), grace.cookies["id"].clone());
+    mixed
+        .cookies
+        .insert(BOUND.into(), ada.cookies[BOUND].clone());
+    assert_eq!(
+        mixed.me(&app).await,
+        "none",
+        "a bound cookie moved to another session"
+    );
+
+    // The browser says it could not refresh: logged, nothing granted.
+    let mut skipped = Browser::new(DeviceKey::es256());
+    skipped
+        .cookies
+        .insert("id".into(), grace.cookies["id"].clone());
+    let res = skipped
+        .send(
+            &app,
+            "GET",
+            "/me",
+            &[(
+                "secure-session-skipped",
+                &format!("unreachable;session_identifier=\"{grace_id}\""),
+            )],
+        )
+        .await;
+    assert_eq!(body(res).await, "none");
+
+    let trail = audit.text();
+    for expected in [
+        "event=\"device_bound\"",
+        "event=\"device_refreshed\"",
+        "event=\"device_proof_failed\" outcome=\"failure\" reason=\"signature\"",
+        "event=\"device_proof_failed\" outcome=\"failure\" reason=\"challenge\"",
+        "event=\"device_unbound_refused\" outcome=\"failure\" reason=\"missing\"",
+        "event=\"device_unbound_refused\" outcome=\"failure\" reason=\"expired\"",
+        "event=\"device_unbound_refused\" outcome=\"failure\" reason=\"foreign\"",
+        "event=\"device_unbound_refused\" outcome=\"failure\" reason=\"skipped_unreachable\"",
+    ] {
+        assert!(trail.contains(expected), "no {expected} in:\n{trail}");
+    }
+}
+
+/// A registration proves possession for the challenge it was offered, once.
+#[tokio::test]
+async fn registrations_are_refused_unless_offered_signed_and_fresh() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut ada = Browser::new(DeviceKey::es256());
+    let challenge = ada.log_in(&app, "ada").await.unwrap();
+    let register = |proof: String| {
+        let app = app.clone();
+        let cookie = ada.cookie_header();
+        async move {
+            common::oneshot(
+                &app,
+                "POST",
+                REGISTER,
+                &[("cookie", &cookie), ("secure-session-response", &proof)],
+            )
+            .await
+            .status()
+        }
+    };
+    // Another challenge, another type, no key, a key that did not sign it.
+    assert_eq!(register(ada.key.proof("made-up", true)).await, 400);
+    let other = DeviceKey::es256();
+    let mut forged = other.proof(&challenge, false);
+    let jwk_of_ada = URL_SAFE_NO_PAD
+        .encode(json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": ada.key.jwk()}).to_string());
+    forged = format!("{jwk_of_ada}.{}", forged.split_once('.').unwrap().1);
+    assert_eq!(
+        register(forged).await,
+        400,
+        "signed by a key other than the one it names"
+    );
+    assert_eq!(
+        register(ada.key.proof(&challenge, false)).await,
+        400,
+        "no key"
+    );
+    assert_eq!(register("not a jwt".to_owned()).await, 400);
+    // Without a session, nothing to register.
+    let res = common::oneshot(
+        &app,
+        "POST",
+        REGISTER,
+        &[("secure-session-response", &ada.key.proof(&challenge, true))],
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+
+    // The real one works once; the same proof again does not.
+    let proof = ada.key.proof(&challenge, true);
+    assert_eq!(register(proof.clone()).await, 200);
+    assert_eq!(register(proof).await, 400, "a replayed registration");
+}
+
+/// Browsers without DBSC never register: their sessions work as before.
+#[tokio::test]
+async fn a_browser_that_never_registers_keeps_todays_behaviour() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut old = Browser::new(DeviceKey::es256());
+    assert!(old.log_in(&app, "ada").await.is_some(), "offered");
+    assert_eq!(old.me(&app).await, "ada");
+    clock.advance(Duration::from_secs(10 * 60));
+    assert_eq!(old.me(&app).await, "ada", "no bound cookie needed");
+    // A layer without binding offers nothing.
+    let plain = app_without_binding();
+    let mut browser = Browser::new(DeviceKey::es256());
+    assert_eq!(browser.log_in(&plain, "ada").await, None);
+    assert_eq!(browser.me(&plain).await, "ada");
+}
+
+fn app_without_binding() -> Router {
+    app(SessionLayer::new(MemoryStore::default(), Keys::generate()).with_secure(false))
+}
+
+/// A refresh for a session that is gone tells the browser to stop.
+#[tokio::test]
+async fn a_refresh_for_an_ended_session_ends_the_browsers_binding() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut ada = Browser::new(DeviceKey::es256());
+    let challenge = ada.log_in(&app, "ada").await.unwrap();
+    let id = ada.register(&app, &challenge).await["session_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ada.cookies.remove("id");
+    let res = ada
+        .send(&app, "POST", REFRESH, &[("sec-secure-session-id", &id)])
+        .await;
+    assert_eq!(res.status(), 401);
+    let answer: Value = serde_json::from_str(&body(res).await).unwrap();
+    assert_eq!(answer, json!({"session_identifier": id, "continue": false}));
+}
+
+/// `device_binding: {}` turns it on with the defaults; every setting is read
+/// and checked.
+#[test]
+fn the_configuration_section() {
+    let secret = "base64:c2Vzc2lvbiBzZWNyZXQgb2YgbW9yZSB0aGFuIDMyIGJ5dGVz";
+    let build = |section: &str| {
+        let config: SessionConfig =
+            serde_yaml_ng::from_str(&format!("secret: \"{secret}\"\n{section}")).unwrap();
+        SessionLayer::from_config(&config, MemoryStore::default())
+    };
+    let on = build("device_binding: {}").unwrap();
+    assert_eq!(on.device_binding(), Some(&DeviceBinding::new()));
+    assert_eq!(build("").unwrap().device_binding(), None);
+    let custom = build(
+        "device_binding: { registration_path: /dbsc/reg, refresh_path: /dbsc/refresh, \
+         cookie_name: dev, cookie_lifetime: 2m, algorithms: [ES256], offer_on_cycle_id: true }",
+    )
+    .unwrap();
+    assert_eq!(
+        custom.device_binding(),
+        Some(
+            &DeviceBinding::new()
+                .with_registration_path("/dbsc/reg")
+                .with_refresh_path("/dbsc/refresh")
+                .with_cookie_name("dev")
+                .with_cookie_lifetime(Duration::from_secs(120))
+                .with_algorithms([Algorithm::Es256])
+                .with_offer_on_cycle_id(true)
+        )
+    );
+    let err = build(
+        "device_binding: { registration_path: nope, refresh_path: nope, cookie_lifetime: 1s, \
+         algorithms: [], cookie_name: id }\nheader: { name: x-session }",
+    )
+    .unwrap_err();
+    let fields: Vec<&str> = err.errors().map(|e| e.field()).collect();
+    assert_eq!(
+        fields,
+        [
+            "device_binding",
+            "device_binding.registration_path",
+            "device_binding.refresh_path",
+            "device_binding.refresh_path",
+            "device_binding.cookie_lifetime",
+            "device_binding.algorithms",
+            "device_binding.cookie_name",
+        ],
+        "{err}"
+    );
+    let unknown = serde_yaml_ng::from_str::<SessionConfig>(&format!(
+        "secret: \"{secret}\"\ndevice_binding: {{ lifetime: 5m }}"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(unknown.contains("lifetime"), "{unknown}");
+}
+
+/// With `offer_on_cycle_id`, every login offers binding without the handler
+/// asking.
+#[tokio::test]
+async fn offered_on_every_login_when_configured() {
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_secure(false)
+        .with_device_binding(DeviceBinding::new().with_offer_on_cycle_id(true));
+    let app = Router::new()
+        .route(
+            "/login",
+            post(|session: Session| async move {
+                session.cycle_id();
+                session.set_user_id("ada");
+            }),
+        )
+        .layer(layer);
+    let res = common::oneshot(&app, "POST", "/login", &[]).await;
+    assert!(res.headers().contains_key("secure-session-registration"));
+}
