@@ -429,11 +429,11 @@ mod tests {
                 assert_eq!(data.get("n"), Some(&2.into()));
                 // Another request stored 40 meanwhile: both increments run on it.
                 let mut theirs = Data::from([("n".to_owned(), 40.into())]);
-                edit.changes.apply(&mut theirs);
+                edit.changes.apply(&mut theirs).unwrap();
                 assert_eq!(theirs.get("n"), Some(&42.into()));
                 // A value it cannot read stands.
                 let mut odd = Data::from([("n".to_owned(), "many".into())]);
-                edit.changes.apply(&mut odd);
+                edit.changes.apply(&mut odd).unwrap();
                 assert_eq!(odd.get("n"), Some(&"many".into()));
             }
             other => panic!("expected update, got {}", kind(&other)),
@@ -446,7 +446,7 @@ mod tests {
         match Decision::take(&set_first) {
             Decision::Persist(Plan::Update { edit, .. }) => {
                 let mut theirs = Data::from([("n".to_owned(), 40.into())]);
-                edit.changes.apply(&mut theirs);
+                edit.changes.apply(&mut theirs).unwrap();
                 assert_eq!(theirs.get("n"), Some(&11.into()));
             }
             other => panic!("expected update, got {}", kind(&other)),

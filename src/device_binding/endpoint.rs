@@ -76,12 +76,13 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
         tracing::debug!(target: "tower_sealed_sessions", %detail, "device registration refused");
         answer(StatusCode::BAD_REQUEST, None)
     };
-    let Some(mut entry) = session.binding_entry().filter(|e| e.key.is_none()) else {
+    let Some(seen) = session.binding_entry().filter(|e| e.key.is_none()) else {
         return refuse(
             "not_offered",
             &"no registration was offered to this session",
         );
     };
+    let mut entry = seen.clone();
     let Some(token) = header_text(headers, RESPONSE) else {
         return refuse("malformed", &"no Secure-Session-Response");
     };
@@ -107,7 +108,7 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
     let id = random_token();
     entry.id = Some(id.clone());
     entry.key = Some(device_key);
-    session.set_binding_entry(entry);
+    session.replace_binding_entry(&seen, entry);
     audit_device("device_bound", "success", key.as_ref(), None);
     bound(&settings, session, &id)
 }
@@ -124,7 +125,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         let device_key = entry.key.clone()?;
         Some((entry, id, device_key))
     });
-    let Some((mut entry, id, device_key)) = held else {
+    let Some((seen, id, device_key)) = held else {
         // No such bound session here (logged out, expired, another one): the
         // browser ends its DBSC session.
         audit_device(
@@ -136,6 +137,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         let body = serde_json::json!({ "session_identifier": asked, "continue": false });
         return answer(StatusCode::UNAUTHORIZED, Some(body));
     };
+    let mut entry = seen.clone();
     let challenge = |entry: &mut Entry| {
         let value = entry.issue_challenge(now);
         session.set_binding_entry(entry.clone());
@@ -173,7 +175,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         failed("challenge");
         return challenge(&mut entry);
     }
-    session.set_binding_entry(entry);
+    session.replace_binding_entry(&seen, entry);
     audit_device("device_refreshed", "success", key.as_ref(), None);
     bound(&settings, session, &id)
 }

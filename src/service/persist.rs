@@ -390,7 +390,11 @@ fn rebase(
     let stored_remember_me = inside.remember_me(edit.meta.remember_me, &current.deadlines);
     let mut data = inside.data;
     index.note(user_of(&data).map(|user| UserTag::derive(keys, user)));
-    edit.changes.apply(&mut data);
+    edit.changes.apply(&mut data).map_err(|_| {
+        let fingerprint = Fingerprint::of(&loaded.store_key);
+        tracing::warn!(target: TARGET, %fingerprint, "a concurrent request used the same device-binding challenge first: this one's write is refused");
+        StoreError::Contended { attempts: 1 }
+    })?;
     let (remember_me, deadlines) = if edit.lifespan_changed {
         let ours = settings.deadlines(now, edit.meta);
         (edit.meta.remember_me, ours)

@@ -27,7 +27,20 @@ pub(super) enum Change {
     Removed,
     /// Read-modify-write: run again on the value a concurrent writer left.
     Update(Updater),
+    /// Set, but only over the value this request saw: a concurrent writer that
+    /// changed it makes this request's write fail (a device-binding challenge
+    /// used by two requests at once is used by one).
+    #[cfg_attr(not(feature = "device-binding"), allow(dead_code))]
+    Expect {
+        seen: Option<Value>,
+        new: Value,
+    },
 }
+
+/// A change made over a value that a concurrent request has changed since
+/// (see [`Change::Expect`]).
+#[derive(Debug)]
+pub(crate) struct Lost;
 
 impl Drop for Change {
     fn drop(&mut self) {
@@ -47,7 +60,7 @@ impl Changes {
     /// it, `None` when it left it alone.
     pub(crate) fn user(&self) -> Option<Option<&str>> {
         match self.entries.get(USER_KEY)? {
-            Change::Set(value) => Some(value.as_str()),
+            Change::Set(value) | Change::Expect { new: value, .. } => Some(value.as_str()),
             // The user key is reserved: `update` never writes it.
             Change::Removed | Change::Update(_) => Some(None),
         }
@@ -55,13 +68,24 @@ impl Changes {
 
     /// Applies these edits to `data` as another request left it: values set and
     /// removed as they were, updates run again on the value found.
-    pub(crate) fn apply(&self, data: &mut Data) {
+    ///
+    /// # Errors
+    ///
+    /// [`Lost`] when a value set only over the one this request saw has changed;
+    /// `data` is then partly edited and must be dropped.
+    pub(crate) fn apply(&self, data: &mut Data) -> Result<(), Lost> {
         if self.cleared {
             data.retain_reserved();
         }
         for (key, change) in &self.entries {
             let new = match change {
                 Change::Set(value) => Some(value.clone()),
+                Change::Expect { seen, new } => {
+                    if data.get(key) != seen.as_ref() {
+                        return Err(Lost);
+                    }
+                    Some(new.clone())
+                }
                 Change::Removed => None,
                 Change::Update(update) => match update(data.get(key)) {
                     Ok(new) => new,
@@ -81,5 +105,6 @@ impl Changes {
                 wipe(&mut old);
             }
         }
+        Ok(())
     }
 }

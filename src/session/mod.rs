@@ -348,7 +348,7 @@ impl Session {
         }
         let change = match state.changes.entries.get(key) {
             // A value this request set or removed is the base: the result stands.
-            Some(Change::Set(_) | Change::Removed) => match &new {
+            Some(Change::Set(_) | Change::Removed | Change::Expect { .. }) => match &new {
                 Some(value) => Change::Set(value.clone()),
                 None => Change::Removed,
             },
@@ -535,6 +535,26 @@ impl Session {
     #[cfg(feature = "device-binding")]
     pub(crate) fn binding_entry(&self) -> Option<Entry> {
         binding_of(&self.read("binding_entry").data)
+    }
+
+    /// Writes the session's device binding over `seen`, the binding this
+    /// request read: should a concurrent request change it first (using the
+    /// same challenge), this request's write fails with 503 and its answer is
+    /// not sent.
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn replace_binding_entry(&self, seen: &Entry, entry: Entry) {
+        if let Some(mut state) = self.open_or_log("replace_binding_entry") {
+            let seen = serde_json::to_value(seen).expect("a binding entry is JSON");
+            let new = serde_json::to_value(entry).expect("a binding entry is JSON");
+            Self::put_locked(&mut state, BINDING_KEY, new.clone());
+            state.changes.entries.insert(
+                BINDING_KEY.to_owned(),
+                Change::Expect {
+                    seen: Some(seen),
+                    new,
+                },
+            );
+        }
     }
 
     /// Writes the session's device binding.
