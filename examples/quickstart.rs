@@ -21,7 +21,9 @@
 //! `--features redis` and `SESSION_CONFIG=examples/session-redis.yaml` its sessions
 //! live in Redis and survive a restart; likewise in PostgreSQL
 //! (`--features postgres`, `examples/session-postgres.yaml`) and in a SQLite
-//! file (`--features sqlite`, `examples/session-sqlite.yaml`).
+//! file (`--features sqlite`, `examples/session-sqlite.yaml`). With
+//! `--features device-binding` and `examples/session-dbsc.yaml`, a login offers
+//! device binding (DBSC) to browsers that support it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -93,6 +95,9 @@ async fn api_login(
     // Ties the session to the user: listed by /api/sessions, ended by
     // /api/logout-everywhere, and counted against the per-user limit.
     session.set_user_id(username);
+    // With `device_binding:` in the configuration, a browser with DBSC binds the
+    // session to its device now; without it, this does nothing.
+    session.bind_device();
     Ok(Json(SessionView {
         user: Some(username.to_owned()),
         visits: session.get(VISITS)?.unwrap_or(0),
@@ -202,6 +207,19 @@ async fn page(
          also travel over plain HTTP to any host. Browsers keep Secure cookies on \
          localhost, so a demo does not need this; behind TLS, keep it on (the default)."
     };
+    let binding = match sessions.device_binding() {
+        Some(binding) => format!(
+            "Device binding (DBSC) is on: at login, a browser that supports it registers \
+             a key kept in this device's secure hardware (at {}), and from then on this \
+             session also needs a bound cookie that lives minutes and that only this \
+             device can renew. A copy of the cookie above is then worthless elsewhere.",
+            binding.registration_path()
+        ),
+        None => "Device binding (DBSC) is off: the cookie above is all a thief would need. \
+                 Run with --features device-binding and \
+                 SESSION_CONFIG=examples/session-dbsc.yaml to bind sessions to devices."
+            .to_owned(),
+    };
     let (store_key, store_version, store_bytes) = match session.store_key() {
         Some(key) => match sessions.load_record(&key).await? {
             Some(record) => (
@@ -250,6 +268,7 @@ async fn page(
             ("cookie", escape_html(&cookie)),
             ("flags", flags),
             ("secure_note", secure_note.to_owned()),
+            ("binding_note", escape_html(&binding)),
             ("store_key", store_key),
             ("store_version", store_version),
             ("store_bytes", store_bytes),
@@ -457,6 +476,9 @@ pub fn app(sessions: SessionLayer) -> Router {
         .route("/api/sessions/{fingerprint}/revoke", post(api_revoke))
         .route("/api/extend", post(api_extend))
         .nest_service("/static", ServeDir::new(STATIC_DIR))
+        // A fallback before the layer puts every other path under it too: device
+        // binding's endpoints are served by the layer itself.
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(sessions.clone())
         .layer(sessions)
         .merge(health)

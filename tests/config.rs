@@ -57,13 +57,23 @@ fn every_example_configuration_builds_a_layer() {
         };
         let dir = temp_dir();
         let config = yaml(&text.replace("target/", &format!("{}/", dir.display()))).unwrap();
-        SessionLayer::from_config(&config, any_store())
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let built = SessionLayer::from_config(&config, any_store());
         std::fs::remove_dir_all(dir).unwrap();
+        // A file with device binding needs its feature, and says so without it.
+        if text.contains("\ndevice_binding:") && cfg!(not(feature = "device-binding")) {
+            let err = built.unwrap_err();
+            assert_eq!(err.field(), "device_binding", "{}: {err}", path.display());
+            assert!(
+                err.to_string().contains("`device-binding` feature"),
+                "{err}"
+            );
+        } else {
+            built.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
         seen.push(kind);
     }
     seen.sort();
-    assert_eq!(seen, ["memory", "postgres", "redis", "sqlite"]);
+    assert_eq!(seen, ["memory", "memory", "postgres", "redis", "sqlite"]);
 }
 
 #[test]

@@ -6,6 +6,10 @@
 
 mod common;
 
+#[path = "../examples/quickstart.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod quickstart;
+
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -635,4 +639,64 @@ async fn a_challenge_raced_by_two_requests_is_used_once() {
         .filter(|res| res.headers().contains_key("set-cookie"))
         .count();
     assert_eq!(with_cookie, 1, "one bound cookie handed out");
+}
+
+/// The quickstart offers binding at login when its configuration has a
+/// `device_binding:` section (examples/session-dbsc.yaml), and its sessions
+/// then need the bound cookie.
+#[tokio::test]
+async fn the_quickstart_offers_binding_with_its_dbsc_configuration() {
+    let dir = std::env::temp_dir().join(format!("tss-dbsc-{:016x}", rand::random::<u64>()));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/session-dbsc.yaml");
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("target/", &format!("{}/", dir.display()));
+    let config: SessionConfig = serde_yaml_ng::from_str(&text).unwrap();
+    let layer = config.build().await.unwrap().spawn_cleanup();
+    let app = quickstart::app(layer);
+    let device = TestDevice::new();
+
+    let res = common::oneshot(
+        &app,
+        "POST",
+        "/api/login",
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(res.status(), 422, "a login needs its body");
+    let login = http::Request::post("/api/login")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(r#"{"username": "ada"}"#))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(app.clone(), login)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let offer = res.headers()["secure-session-registration"]
+        .to_str()
+        .unwrap();
+    let proof = device.registration_proof(registration_challenge(offer).unwrap());
+    let session = common::set_cookie_pair(&res).unwrap();
+    let res = common::oneshot(
+        &app,
+        "POST",
+        REGISTER,
+        &[("cookie", &session), ("secure-session-response", &proof)],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let bound = common::set_cookie_pair(&res).unwrap();
+    assert!(bound.starts_with("id_bound="));
+
+    let both = format!("{session}; {bound}");
+    let res = common::oneshot(&app, "GET", "/api/me", &[("cookie", &both)]).await;
+    assert_eq!(body(res).await, "\"ada\"");
+    let res = common::oneshot(&app, "GET", "/api/me", &[("cookie", &session)]).await;
+    assert_eq!(res.status(), 401, "the session cookie alone");
+    let page = body(common::oneshot(&app, "GET", "/", &[("cookie", &both)]).await).await;
+    assert!(
+        page.contains("Device binding (DBSC) is on"),
+        "the page says so"
+    );
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -40,6 +40,11 @@
 //!    `Secure-Session-Skipped` header (the browser could not refresh) is logged
 //!    with its reason and grants nothing.
 //!
+//! **The layer must see the endpoints' requests.** axum's `Router::layer` wraps
+//! only the routes and the fallback added before it: give the router a fallback
+//! before the session layer (or wrap the whole router, routes added later
+//! included), or the registration and refresh paths reach axum's 404 instead.
+//!
 //! Audit events (target [`AUDIT_TARGET`](crate::audit::AUDIT_TARGET)):
 //! `device_bound` (registration), `device_refreshed`, `device_proof_failed`
 //! (with `reason`), and `device_unbound_refused` for a request refused for a
