@@ -72,9 +72,7 @@ use crate::cookie::{self, CookieData};
 use crate::keys::Keys;
 
 #[cfg(feature = "device-binding")]
-pub(crate) mod endpoint;
-#[cfg(feature = "device-binding")]
-mod proof;
+pub(crate) mod proof;
 #[cfg(all(feature = "device-binding", feature = "test-util"))]
 mod test_device;
 

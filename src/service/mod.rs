@@ -51,6 +51,8 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
+#[cfg(feature = "device-binding")]
+mod binding;
 mod erased;
 mod future;
 mod persist;
@@ -207,10 +209,9 @@ fn device_binding<F, ReqBody, ResBody: Default + 'static>(
     grpc: &Option<HeaderValue>,
 ) -> Option<ResponseFuture<F, ResBody>> {
     #[cfg(feature = "device-binding")]
-    if let Some(endpoint) = crate::device_binding::endpoint::route(session.settings(), req) {
+    if let Some(endpoint) = binding::route(session.settings(), req) {
         let headers = mem::take(req.headers_mut());
-        let serving =
-            crate::device_binding::endpoint::serve::<ResBody>(endpoint, session.clone(), headers);
+        let serving = binding::serve::<ResBody>(endpoint, session.clone(), headers);
         let session = session.clone();
         return Some(ResponseFuture::serving(
             Box::pin(serving),

@@ -1,13 +1,14 @@
-//! The registration and refresh endpoints the layer serves itself.
+//! Device binding's registration and refresh endpoints, which the layer
+//! serves itself ([`device_binding`](crate::device_binding)).
 
 use std::any::Any;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
-use super::proof::{Proof, ProofError};
-use super::{Entry, random_token, seal_bound};
 use crate::audit::audit_device;
 use crate::cookie::CookieConfig;
+use crate::device_binding::proof::{Proof, ProofError};
+use crate::device_binding::{Entry, random_token, seal_bound};
 use crate::session::Session;
 use crate::settings::Settings;
 
