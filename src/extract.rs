@@ -51,18 +51,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .load()
             .await
             .map_err(|_| SessionRejection::Unavailable)?;
-        withheld(session)
+        Ok(session)
     }
-}
-
-/// The session, unless the layer withheld it (device binding).
-#[inline]
-fn withheld(session: Session) -> Result<Session, SessionRejection> {
-    // Only a layer with device binding withholds sessions.
-    if session.settings().binding.is_some() && session.is_withheld() {
-        return Err(SessionRejection::Unbound);
-    }
-    Ok(session)
 }
 
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
@@ -74,11 +64,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
     ) -> Result<Option<Self>, Self::Rejection> {
         match <Session as FromRequestParts<S>>::from_request_parts(parts, state).await {
             Ok(session) => Ok(Some(session)),
-            Err(
-                SessionRejection::MissingLayer
-                | SessionRejection::UnknownHost
-                | SessionRejection::Unbound,
-            ) => Ok(None),
+            Err(SessionRejection::MissingLayer | SessionRejection::UnknownHost) => Ok(None),
             Err(rejection) => Err(rejection),
         }
     }
@@ -96,10 +82,6 @@ pub enum SessionRejection {
     /// request's host is under none of them: it has no session. Answers 421
     /// Misdirected Request (`Option<Session>` yields `None`).
     UnknownHost,
-    /// The session is bound to a device and the request came without a valid
-    /// bound cookie ([`Session::is_withheld`]): it has no session. Answers 401
-    /// (`Option<Session>` yields `None`).
-    Unbound,
     /// The session store failed while loading the session (the error is traced).
     /// Answers 503 with `Retry-After`, as the layer does when a write fails.
     Unavailable,
@@ -114,9 +96,6 @@ impl fmt::Display for SessionRejection {
             }
             SessionRejection::UnknownHost => {
                 "this host is under none of the session layer's cookie domains"
-            }
-            SessionRejection::Unbound => {
-                "this session is bound to a device, and the request lacks its bound cookie"
             }
             SessionRejection::Unavailable => "session store unavailable",
         })
@@ -133,9 +112,6 @@ impl IntoResponse for SessionRejection {
             }
             SessionRejection::UnknownHost => {
                 (StatusCode::MISDIRECTED_REQUEST, self.to_string()).into_response()
-            }
-            SessionRejection::Unbound => {
-                (StatusCode::UNAUTHORIZED, self.to_string()).into_response()
             }
             SessionRejection::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

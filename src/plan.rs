@@ -91,8 +91,7 @@ impl Decision {
 ///
 /// | the request | decision |
 /// | --- | --- |
-/// | withheld (bound to a device, no bound cookie) | keep: nothing is saved |
-/// | opened nothing, holds no data | keep the token, or clear a refused one |
+/// | opened nothing, holds no data | keep the token; clear a refused one, or a withheld one the handler destroyed |
 /// | ambiguous, not destroyed | keep: nothing is saved |
 /// | ambiguous, destroyed | delete every session opened, clear (keep when too many tokens to open any) |
 /// | opened nothing, holds data | create |
@@ -102,14 +101,12 @@ impl Decision {
 /// | unchanged, stored idle deadline or last activity lagging | touch |
 /// | unchanged | keep |
 fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
-    if state.withheld {
-        // A bound session without its bound cookie: neither saved nor cleared.
-        return Decision::Done(TokenChange::Keep);
-    }
     if state.loaded.is_none() && state.ambiguous.is_none() && state.data.is_empty() {
         // Nothing was opened and nothing is to be kept: the common request
         // without a cookie, decided without taking anything apart.
-        return Decision::Done(if state.refused {
+        // A withheld request (a bound session without its bound cookie) keeps
+        // its token too, unless the handler logged out.
+        return Decision::Done(if state.refused || (state.withheld && state.destroyed) {
             TokenChange::Clear
         } else {
             TokenChange::Keep

@@ -272,9 +272,15 @@ impl Settings {
                 "device binding binds a browser's cookie: leave the header out",
             ));
         }
+        // A path the session cookie goes to (the endpoints need it), that fits
+        // in the registration header's quoted string.
+        let cookie_path = self.cookie.path.trim_end_matches('/');
         let path_ok = |p: &str| {
             p.starts_with('/')
+                && !p.contains(['"', '\\'])
                 && http::uri::PathAndQuery::try_from(p).is_ok_and(|pq| pq.query().is_none())
+                && p.strip_prefix(cookie_path)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         for (field, path) in [
             (
@@ -286,9 +292,21 @@ impl Settings {
             if !path_ok(path) {
                 errors.push(ConfigError::new(
                     field,
-                    format!("{path:?} is not a path like /dbsc/refresh"),
+                    format!(
+                        "{path:?} is not a path like /dbsc/refresh under the cookie's path {:?}",
+                        self.cookie.path
+                    ),
                 ));
             }
+        }
+        if self.cookie.domain.is_some() || !self.domains.is_empty() {
+            // The bound cookie would go to other hosts than the binding's scope
+            // (its origin): there, the browser would never refresh it.
+            errors.push(ConfigError::new(
+                "device_binding",
+                "device binding scopes the bound cookie to the origin: leave cookie.domain and \
+                 cookies out",
+            ));
         }
         if binding.registration_path == binding.refresh_path {
             errors.push(ConfigError::new(

@@ -58,6 +58,10 @@ fn app(layer: SessionLayer) -> Router {
             }),
         )
         .route(
+            "/logout",
+            post(|session: Session| async move { session.destroy() }),
+        )
+        .route(
             "/count",
             post(|session: Session| async move {
                 let n = session.update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1));
@@ -294,19 +298,32 @@ async fn a_bound_session_lives_only_with_its_bound_cookie() {
     // nothing set or cleared.
     let mut thief = Browser::new(DeviceKey::es256());
     thief.cookies.insert("id".into(), ada.cookies["id"].clone());
-    assert_eq!(thief.me(&app).await, "none");
-    let res = thief.send(&app, "POST", "/count", &[]).await;
-    assert_eq!(res.status(), 401);
-    assert!(res.headers().get("set-cookie").is_none());
+    let res = thief.send(&app, "GET", "/me", &[]).await;
+    assert!(
+        res.headers().get("set-cookie").is_none(),
+        "nothing set or cleared"
+    );
+    assert_eq!(body(res).await, "none", "the handler sees no session");
     // Nor can the thief refresh: it holds no key, and a proof by its own key fails.
     let (res, _) = thief.refresh(&app, &id).await;
     assert_eq!(res.status(), 400, "a proof signed by another key");
     assert!(res.headers().get("set-cookie").is_none());
     assert_eq!(thief.me(&app).await, "none");
+    // A write starts the thief's own, new session: ada's is left alone.
+    let res = thief.send(&app, "POST", "/count", &[]).await;
+    assert_eq!(body(res).await, "1", "a new, empty session");
+    assert_ne!(thief.cookies["id"], ada.cookies["id"]);
     assert_eq!(ada.me(&app).await, "ada", "the real browser lost nothing");
+    let res = ada.send(&app, "POST", "/count", &[]).await;
+    assert_eq!(
+        body(res).await,
+        "1",
+        "ada's count was not touched by the thief"
+    );
 
-    // The bound cookie expires; a refresh with the device key renews it.
-    clock.advance(Duration::from_secs(61));
+    // The bound cookie expires (60 s, honoured a minute longer); a refresh with
+    // the device key renews it.
+    clock.advance(Duration::from_secs(60 + 61));
     assert_eq!(ada.me(&app).await, "none", "an expired bound cookie");
     let (res, proof) = ada.refresh(&app, &id).await;
     assert_eq!(res.status(), 200);
@@ -557,6 +574,19 @@ fn the_configuration_section() {
         ],
         "{err}"
     );
+    let err = build("device_binding: {}\ncookie: { domain: example.com, path: /app }").unwrap_err();
+    let fields: Vec<&str> = err.errors().map(|e| e.field()).collect();
+    assert_eq!(
+        fields,
+        [
+            "device_binding.registration_path",
+            "device_binding.refresh_path",
+            "device_binding",
+        ],
+        "the default paths are not under /app, and a Domain widens the cookie: {err}"
+    );
+    build("device_binding: { registration_path: /app/dbsc/reg, refresh_path: /app/dbsc/refresh }\ncookie: { path: /app }")
+        .unwrap();
     let unknown = serde_yaml_ng::from_str::<SessionConfig>(&format!(
         "secret: \"{secret}\"\ndevice_binding: {{ lifetime: 5m }}"
     ))
@@ -590,6 +620,7 @@ async fn offered_on_every_login_when_configured() {
 /// either wrote): one gets the bound cookie, the other a 503 and nothing.
 #[tokio::test]
 async fn a_challenge_raced_by_two_requests_is_used_once() {
+    let audit = audit();
     let store = common::TestStore::new(MemoryStore::default());
     let layer = SessionLayer::new(store.clone(), Keys::generate())
         .with_secure(false)
@@ -639,6 +670,11 @@ async fn a_challenge_raced_by_two_requests_is_used_once() {
         .filter(|res| res.headers().contains_key("set-cookie"))
         .count();
     assert_eq!(with_cookie, 1, "one bound cookie handed out");
+    let trail = audit.text();
+    assert!(
+        trail.contains("event=\"device_proof_failed\" outcome=\"failure\" reason=\"not_saved\""),
+        "the loser is audited as a failure:\n{trail}"
+    );
 }
 
 /// The quickstart offers binding at login when its configuration has a
@@ -692,11 +728,62 @@ async fn the_quickstart_offers_binding_with_its_dbsc_configuration() {
     let res = common::oneshot(&app, "GET", "/api/me", &[("cookie", &both)]).await;
     assert_eq!(body(res).await, "\"ada\"");
     let res = common::oneshot(&app, "GET", "/api/me", &[("cookie", &session)]).await;
-    assert_eq!(res.status(), 401, "the session cookie alone");
+    assert_eq!(body(res).await, "null", "the session cookie alone: no user");
     let page = body(common::oneshot(&app, "GET", "/", &[("cookie", &both)]).await).await;
     assert!(
         page.contains("Device binding (DBSC) is on"),
         "the page says so"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A browser that lost its key (or a request without the bound cookie) is not
+/// locked out: logging in starts a new session, and logging out clears the
+/// cookie. The bound session itself is left alone.
+#[tokio::test]
+async fn a_browser_without_its_key_can_log_in_again() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut ada = Browser::new(DeviceKey::es256());
+    let challenge = ada.log_in(&app, "ada").await.unwrap();
+    ada.register(&app, &challenge).await;
+    let bound_session = ada.cookies["id"].clone();
+
+    let mut lost = Browser::new(DeviceKey::es256());
+    lost.cookies.insert("id".into(), bound_session.clone());
+    assert_eq!(lost.me(&app).await, "none");
+    assert!(
+        lost.log_in(&app, "ada").await.is_some(),
+        "a new login, offered binding"
+    );
+    assert_ne!(lost.cookies["id"], bound_session, "a new session");
+    assert_eq!(lost.me(&app).await, "ada");
+
+    let mut leaving = Browser::new(DeviceKey::es256());
+    leaving.cookies.insert("id".into(), bound_session);
+    let res = leaving.send(&app, "POST", "/logout", &[]).await;
+    let set = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("id=;"), "logout clears the cookie: {set}");
+    assert_eq!(
+        ada.me(&app).await,
+        "ada",
+        "the bound session lives on its device"
+    );
+}
+
+/// Junk cookies named like the bound cookie (tossed by a sibling subdomain)
+/// do not hide the real one.
+#[tokio::test]
+async fn tossed_bound_cookies_do_not_hide_the_real_one() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut ada = Browser::new(DeviceKey::es256());
+    let challenge = ada.log_in(&app, "ada").await.unwrap();
+    ada.register(&app, &challenge).await;
+    let mut tossed: Vec<String> = (0..10).map(|i| format!("{BOUND}=junk{i}")).collect();
+    tossed.push(format!("id={}", ada.cookies["id"]));
+    tossed.push(format!("{BOUND}={}", ada.cookies[BOUND]));
+    let cookie = tossed.join("; ");
+    let res = common::oneshot(&app, "GET", "/me", &[("cookie", &cookie)]).await;
+    assert_eq!(body(res).await, "ada");
 }

@@ -52,6 +52,9 @@ const PLAINTEXT_LEN: usize = 16 + 32 + 8 + 8 + 1;
 const SEALED_LEN: usize = HEADER_LEN + PLAINTEXT_LEN + TAG_LEN;
 /// Longer values are refused before any decoding work.
 const MAX_ENCODED_LEN: usize = 256;
+/// The length of a sealed value: URL-safe base64 of [`SEALED_LEN`] bytes, no
+/// padding (131 characters).
+pub(crate) const ENCODED_LEN: usize = (SEALED_LEN * 4).div_ceil(3);
 const FLAG_REMEMBER_ME: u8 = 1;
 
 /// The lifetime facts of a session, as its cookie carries them.
@@ -327,6 +330,13 @@ mod tests {
             1_700_086_400_000
         );
         assert!(opened.data.remember_me);
+    }
+
+    #[test]
+    fn the_encoded_length_is_that_of_a_sealed_value() {
+        let data = CookieData::generate(Timestamp::from_unix_millis(0), Timestamp::NEVER, false);
+        assert_eq!(seal(&Keys::generate(), "id", &data).len(), ENCODED_LEN);
+        assert_eq!(ENCODED_LEN, 131);
     }
 
     #[test]

@@ -33,9 +33,13 @@
 //! 4. **Enforcement.** A bound session is a session only on requests that carry
 //!    a valid, unexpired bound cookie for it: the bound cookie is sealed with the
 //!    layer's keys and names the binding it belongs to, so it opens for no other
-//!    session. Without it the handler finds no session (the `Session` extractor
-//!    answers 401, `Option<Session>` is `None`) and nothing is cleared or saved,
-//!    so a browser that holds requests while it refreshes loses nothing.
+//!    session. Without it the handler sees no session: it gets a new, empty one,
+//!    as a request without a cookie does ([`Session::is_withheld`](crate::Session::is_withheld)
+//!    tells why). The bound session is neither read, saved, slid nor cleared,
+//!    and its cookie is left alone, so a browser that holds requests while it
+//!    refreshes loses nothing. Only if the handler writes (a login) does the
+//!    response start a new session, with a new cookie; a logout clears the
+//!    cookie.
 //!    Browsers without DBSC never register and keep today's behaviour. A
 //!    `Secure-Session-Skipped` header (the browser could not refresh) is logged
 //!    with its reason and grants nothing.
@@ -267,19 +271,32 @@ pub(crate) struct Challenge {
 }
 
 impl Entry {
-    /// Adds a fresh challenge, valid until `now` + [`CHALLENGE_LIFETIME`], and
-    /// drops the expired ones and the oldest beyond [`MAX_CHALLENGES`].
-    pub(crate) fn issue_challenge(&mut self, now: Timestamp) -> String {
-        let value = random_token();
+    /// Adds the challenge `value`, valid until `now` + [`CHALLENGE_LIFETIME`],
+    /// and drops the expired ones and the oldest beyond [`MAX_CHALLENGES`].
+    pub(crate) fn add_challenge(&mut self, value: String, now: Timestamp) {
         self.challenges.retain(|c| c.until > now.unix_millis());
+        if self.challenges.iter().any(|c| c.value == value) {
+            return;
+        }
         if self.challenges.len() >= MAX_CHALLENGES {
             self.challenges.remove(0);
         }
         self.challenges.push(Challenge {
-            value: value.clone(),
+            value,
             until: now.saturating_add(CHALLENGE_LIFETIME).unix_millis(),
         });
-        value
+    }
+
+    /// The newest outstanding challenge, if it was issued less than `within`
+    /// ago: a refresh asked again so soon gets it again, and writes nothing.
+    pub(crate) fn recent_challenge(&self, now: Timestamp, within: Duration) -> Option<&str> {
+        let newest = self.challenges.last()?;
+        let issued = newest
+            .until
+            .saturating_sub(u64::try_from(CHALLENGE_LIFETIME.as_millis()).unwrap_or(u64::MAX));
+        let age = now.unix_millis().saturating_sub(issued);
+        (newest.until > now.unix_millis() && u128::from(age) < within.as_millis())
+            .then_some(newest.value.as_str())
     }
 
     /// Takes the outstanding, unexpired challenge `value`: `false` when there is
@@ -300,6 +317,11 @@ impl Entry {
     }
 }
 
+/// A new challenge: 16 random bytes, base64url.
+pub(crate) fn new_challenge() -> String {
+    random_token()
+}
+
 /// 16 random bytes, base64url without padding.
 pub(crate) fn random_token() -> String {
     use base64::Engine;
@@ -309,7 +331,13 @@ pub(crate) fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Seals a bound cookie for the binding `id`, good until `now` + `lifetime`. It
+/// How much longer than its `Max-Age` a bound cookie is honoured: servers
+/// whose clocks differ a little do not refuse a cookie the browser still sends
+/// (and would not refresh).
+const BOUND_GRACE: Duration = Duration::from_secs(60);
+
+/// Seals a bound cookie for the binding `id`, good until `now` + `lifetime`
+/// (and [`BOUND_GRACE`]). It
 /// has the session cookie's format (v1); its session-id field carries the
 /// binding's identifier and it is sealed for the bound cookie's own name, so it
 /// opens as nothing else.
@@ -321,7 +349,7 @@ pub(crate) fn seal_bound(
     lifetime: Duration,
 ) -> Option<String> {
     let sid = binding_id_bytes(id)?;
-    let mut data = CookieData::generate(now, now.saturating_add(lifetime), false);
+    let mut data = CookieData::generate(now, now.saturating_add(lifetime + BOUND_GRACE), false);
     data.sid = sid;
     // The record secret field is unused in a bound cookie.
     data.record_secret.fill(0);
@@ -362,8 +390,11 @@ pub(crate) fn check_bound<'a>(
         return Err(Refusal::Foreign);
     };
     let mut refusal = Refusal::Missing;
-    // A handful at most: a cookie bomb of bound cookies opens no more than this.
-    for value in values.take(4) {
+    // Only values of a sealed cookie's length are opened, and no more than a
+    // handful: junk cookies of the same name (tossed by a sibling subdomain)
+    // cannot hide the real one, and a cookie bomb opens no more than this.
+    let sealed = values.filter(|value| value.len() == cookie::ENCODED_LEN);
+    for value in sealed.take(8) {
         let Ok(opened) = cookie::open(keys, name, value) else {
             continue;
         };
@@ -414,13 +445,26 @@ mod tests {
     #[test]
     fn challenges_are_single_use_short_lived_and_few() {
         let mut entry = Entry::default();
-        let first = entry.issue_challenge(at(1_000));
+        let issue = |entry: &mut Entry, now: Timestamp| {
+            let value = new_challenge();
+            entry.add_challenge(value.clone(), now);
+            value
+        };
+        let first = issue(&mut entry, at(1_000));
+        assert_eq!(
+            entry.recent_challenge(at(20_000), Duration::from_secs(30)),
+            Some(first.as_str())
+        );
+        assert_eq!(
+            entry.recent_challenge(at(40_000), Duration::from_secs(30)),
+            None
+        );
         assert!(entry.take_challenge(&first, at(2_000)));
         assert!(!entry.take_challenge(&first, at(2_000)), "used once");
-        let stale = entry.issue_challenge(at(1_000));
+        let stale = issue(&mut entry, at(1_000));
         let late = at(1_000).saturating_add(CHALLENGE_LIFETIME);
         assert!(!entry.take_challenge(&stale, late), "expired");
-        let issued: Vec<String> = (0..4).map(|_| entry.issue_challenge(at(5_000))).collect();
+        let issued: Vec<String> = (0..4).map(|_| issue(&mut entry, at(5_000))).collect();
         assert_eq!(entry.challenges.len(), MAX_CHALLENGES);
         assert!(
             !entry.take_challenge(&issued[0], at(5_000)),
@@ -439,7 +483,13 @@ mod tests {
             check_bound(&keys, name, id, std::iter::once(sealed.as_bytes()), when)
         };
         assert_eq!(check("id_bound", &id, now), Ok(()));
-        let later = now.saturating_add(Duration::from_secs(60));
+        let within_grace = now.saturating_add(Duration::from_secs(60 + 59));
+        assert_eq!(
+            check("id_bound", &id, within_grace),
+            Ok(()),
+            "a minute's grace"
+        );
+        let later = now.saturating_add(Duration::from_secs(60) + BOUND_GRACE);
         assert_eq!(check("id_bound", &id, later), Err(Refusal::Expired));
         assert_eq!(
             check("id_bound", &random_token(), now),

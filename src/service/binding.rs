@@ -2,13 +2,14 @@
 //! serves itself ([`device_binding`](crate::device_binding)).
 
 use std::any::Any;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
 use crate::audit::audit_device;
 use crate::cookie::CookieConfig;
 use crate::device_binding::proof::{Proof, ProofError};
-use crate::device_binding::{Entry, random_token, seal_bound};
+use crate::device_binding::{Entry, new_challenge, random_token, seal_bound};
 use crate::session::Session;
 use crate::settings::Settings;
 
@@ -77,13 +78,12 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
         tracing::debug!(target: "tower_sealed_sessions", %detail, "device registration refused");
         answer(StatusCode::BAD_REQUEST, None)
     };
-    let Some(seen) = session.binding_entry().filter(|e| e.key.is_none()) else {
+    let Some(mut entry) = session.binding_entry().filter(|e| e.key.is_none()) else {
         return refuse(
             "not_offered",
             &"no registration was offered to this session",
         );
     };
-    let mut entry = seen.clone();
     let Some(token) = header_text(headers, RESPONSE) else {
         return refuse("malformed", &"no Secure-Session-Response");
     };
@@ -107,18 +107,38 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
         return refuse("challenge", &"the challenge is unknown, used or expired");
     }
     let id = random_token();
-    entry.id = Some(id.clone());
-    entry.key = Some(device_key);
-    session.replace_binding_entry(&seen, entry);
-    audit_device("device_bound", "success", key.as_ref(), None);
+    let (jti, bound_id) = (proof.jti.clone(), id.clone());
+    // Over the binding as saved: unbound still, and the challenge not taken by
+    // a concurrent registration; otherwise this one is not saved (503).
+    session.take_binding(move |mut entry| {
+        if entry.key.is_some() || !entry.take_challenge(&jti, now) {
+            return None;
+        }
+        entry.id = Some(bound_id.clone());
+        entry.key = Some(device_key.clone());
+        // Leftover registration challenges answer nothing from now on.
+        entry.challenges.clear();
+        Some(entry)
+    });
+    session.note_binding_event("device_bound");
     bound(&settings, session, &id)
 }
 
+/// The longest `Sec-Secure-Session-Id` looked at (a binding identifier is 22
+/// characters).
+const MAX_SESSION_ID: usize = 64;
+
+/// How long a refresh challenge is handed out again rather than a new one: a
+/// browser that asks twice, or a thief who keeps asking, writes nothing.
+const CHALLENGE_REUSE: Duration = Duration::from_secs(30);
+
 fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Response<B> {
     let settings = session.settings().clone();
+    let binding = settings.binding.as_ref().expect("routed with binding on");
     let now = session.now();
     let key = session.store_key();
     let asked = header_text(headers, SESSION_ID)
+        .filter(|id| id.len() <= MAX_SESSION_ID)
         .unwrap_or_default()
         .to_owned();
     let held = session.binding_entry().and_then(|entry| {
@@ -126,7 +146,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         let device_key = entry.key.clone()?;
         Some((entry, id, device_key))
     });
-    let Some((seen, id, device_key)) = held else {
+    let Some((mut entry, id, device_key)) = held else {
         // No such bound session here (logged out, expired, another one): the
         // browser ends its DBSC session.
         audit_device(
@@ -138,10 +158,21 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         let body = serde_json::json!({ "session_identifier": asked, "continue": false });
         return answer(StatusCode::UNAUTHORIZED, Some(body));
     };
-    let mut entry = seen.clone();
-    let challenge = |entry: &mut Entry| {
-        let value = entry.issue_challenge(now);
-        session.set_binding_entry(entry.clone());
+    let challenge = |entry: &Entry| {
+        let value = match entry.recent_challenge(now, CHALLENGE_REUSE) {
+            Some(recent) => recent.to_owned(),
+            None => {
+                let value = new_challenge();
+                let (added, for_id) = (value.clone(), id.clone());
+                session.update_binding(move |mut entry| {
+                    (entry.id.as_deref() == Some(for_id.as_str())).then(|| {
+                        entry.add_challenge(added.clone(), now);
+                        entry
+                    })
+                });
+                value
+            }
+        };
         let mut res: Response<B> = answer(StatusCode::FORBIDDEN, None);
         let line = format!("\"{value}\";id=\"{id}\"");
         res.headers_mut().insert(
@@ -151,7 +182,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         res
     };
     let Some(token) = header_text(headers, RESPONSE) else {
-        return challenge(&mut entry);
+        return challenge(&entry);
     };
     let failed = |reason: &'static str| {
         audit_device("device_proof_failed", "failure", key.as_ref(), Some(reason));
@@ -163,6 +194,10 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
             return answer(StatusCode::BAD_REQUEST, None);
         }
     };
+    if !binding.algorithms.contains(&proof.alg) {
+        failed("algorithm");
+        return answer(StatusCode::BAD_REQUEST, None);
+    }
     if proof.jwk.is_some() {
         failed("key");
         return answer(StatusCode::BAD_REQUEST, None);
@@ -174,10 +209,16 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
     if !entry.take_challenge(&proof.jti, now) {
         // A replayed, expired or unknown challenge: a fresh one to sign.
         failed("challenge");
-        return challenge(&mut entry);
+        return challenge(&entry);
     }
-    session.replace_binding_entry(&seen, entry);
-    audit_device("device_refreshed", "success", key.as_ref(), None);
+    let (jti, for_id) = (proof.jti.clone(), id.clone());
+    // Over the binding as saved: the challenge not taken by a concurrent
+    // refresh; otherwise this one is not saved (503) and its cookie not sent.
+    session.take_binding(move |mut entry| {
+        let fits = entry.id.as_deref() == Some(for_id.as_str()) && entry.take_challenge(&jti, now);
+        fits.then_some(entry)
+    });
+    session.note_binding_event("device_refreshed");
     bound(&settings, session, &id)
 }
 
@@ -227,8 +268,9 @@ fn bound<B: Default + 'static>(settings: &Settings, session: &Session, id: &str)
 fn attributes(cookie: &CookieConfig) -> String {
     let mut out = format!("Path={}", cookie.path);
     if let Some(domain) = &cookie.domain {
+        // As the cookie crate writes it in Set-Cookie: without a leading dot.
         out.push_str("; Domain=");
-        out.push_str(domain);
+        out.push_str(domain.strip_prefix('.').unwrap_or(domain));
     }
     if cookie.secure {
         out.push_str("; Secure");

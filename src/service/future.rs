@@ -219,6 +219,9 @@ where
                     response,
                 } => {
                     let saved = ready!(save.as_mut().poll(cx));
+                    if session.settings().binding.is_some() {
+                        session.binding_saved(saved.is_ok());
+                    }
                     let mut response = response.take().expect(POLLED_AFTER_COMPLETION);
                     after_save(&mut response, saved, session.settings(), this.grpc);
                     this.step.set(Step::Done);
@@ -273,6 +276,9 @@ fn respond<B: Default + 'static>(
     let settings = session.settings();
     let plan = match decision {
         Decision::Done(change) => {
+            if settings.binding.is_some() {
+                session.binding_saved(true);
+            }
             change_token(response, change, settings);
             return None;
         }
@@ -280,6 +286,9 @@ fn respond<B: Default + 'static>(
     };
     match store.persist(settings, plan, now) {
         Outcome::Done(saved) => {
+            if settings.binding.is_some() {
+                session.binding_saved(saved.is_ok());
+            }
             after_save(response, saved, settings, grpc);
             None
         }

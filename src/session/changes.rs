@@ -27,15 +27,16 @@ pub(super) enum Change {
     Removed,
     /// Read-modify-write: run again on the value a concurrent writer left.
     Update(Updater),
-    /// Set, but only over the value this request saw: a concurrent writer that
-    /// changed it makes this request's write fail (a device-binding challenge
-    /// used by two requests at once is used by one).
+    /// Read-modify-write that may find the value no longer fit for it: then
+    /// this request's write fails ([`Lost`]). A device-binding challenge taken
+    /// by two requests at once is taken by one.
     #[cfg_attr(not(feature = "device-binding"), allow(dead_code))]
-    Expect {
-        seen: Option<Value>,
-        new: Value,
-    },
+    Guarded(Guard),
 }
+
+/// A function of a key's current value to its new one, or [`Lost`] when the
+/// current value no longer allows the change.
+pub(super) type Guard = Arc<dyn Fn(Option<&Value>) -> Result<Value, Lost> + Send + Sync>;
 
 /// A change made over a value that a concurrent request has changed since
 /// (see [`Change::Expect`]).
@@ -60,9 +61,10 @@ impl Changes {
     /// it, `None` when it left it alone.
     pub(crate) fn user(&self) -> Option<Option<&str>> {
         match self.entries.get(USER_KEY)? {
-            Change::Set(value) | Change::Expect { new: value, .. } => Some(value.as_str()),
-            // The user key is reserved: `update` never writes it.
-            Change::Removed | Change::Update(_) => Some(None),
+            Change::Set(value) => Some(value.as_str()),
+            // The user key is reserved: `update` never writes it, nor does
+            // device binding.
+            Change::Removed | Change::Update(_) | Change::Guarded(_) => Some(None),
         }
     }
 
@@ -71,8 +73,8 @@ impl Changes {
     ///
     /// # Errors
     ///
-    /// [`Lost`] when a value set only over the one this request saw has changed;
-    /// `data` is then partly edited and must be dropped.
+    /// [`Lost`] when a guarded change no longer fits the value another request
+    /// left; `data` is then partly edited and must be dropped.
     pub(crate) fn apply(&self, data: &mut Data) -> Result<(), Lost> {
         if self.cleared {
             data.retain_reserved();
@@ -80,12 +82,7 @@ impl Changes {
         for (key, change) in &self.entries {
             let new = match change {
                 Change::Set(value) => Some(value.clone()),
-                Change::Expect { seen, new } => {
-                    if data.get(key) != seen.as_ref() {
-                        return Err(Lost);
-                    }
-                    Some(new.clone())
-                }
+                Change::Guarded(guard) => Some(guard(data.get(key))?),
                 Change::Removed => None,
                 Change::Update(update) => match update(data.get(key)) {
                     Ok(new) => new,

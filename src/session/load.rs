@@ -209,7 +209,7 @@ impl Session {
         };
         let reason = match usize::from(notes >> 1) {
             0 => refusal.reason(),
-            skipped => SKIPPED[skipped - 1].1,
+            skipped => SKIPPED[(skipped - 1).min(SKIPPED.len() - 1)].1,
         };
         audit_device(
             "device_unbound_refused",
@@ -239,7 +239,12 @@ impl Session {
                 .position(|(name, _)| *name == token)
                 .unwrap_or(SKIPPED.len() - 1);
             let bits = u8::try_from(at + 1).expect("four reasons") << 1;
-            lazy.binding.fetch_or(bits, Ordering::Relaxed);
+            // One reason per request: the first header's.
+            let _ = lazy
+                .binding
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |notes| {
+                    (notes >> 1 == 0).then_some(notes | bits)
+                });
         }
     }
 

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::audit::Fingerprint;
+use crate::audit::{Fingerprint, audit_device};
 use crate::clock::Timestamp;
 use crate::cookie::Meta;
-use crate::device_binding::{BINDING_KEY, Entry};
+use crate::device_binding::{BINDING_KEY, Entry, new_challenge};
 use crate::error::SessionError;
 use crate::open::{Brought, Lines, Loaded, RecordSource, Start};
 use crate::record::{Data, StoreKey, USER_KEY, is_reserved, user_in, user_of, wipe};
@@ -21,7 +21,7 @@ mod changes;
 mod load;
 
 pub(crate) use changes::Changes;
-use changes::{Change, Updater};
+use changes::{Change, Guard, Lost, Updater};
 use load::Lazy;
 
 /// The session of the current request: a map from string keys to JSON values,
@@ -123,6 +123,9 @@ pub(crate) struct State {
     /// This response offers a device-binding registration, for the newest
     /// challenge of the session's binding.
     pub(crate) offered: bool,
+    /// A device-binding success to audit once the session is saved, and the
+    /// store key it is about.
+    pub(crate) binding_event: Option<(&'static str, Option<StoreKey>)>,
 }
 
 impl State {
@@ -164,6 +167,7 @@ impl State {
             refused,
             withheld,
             offered: false,
+            binding_event: None,
         }
     }
 }
@@ -348,7 +352,7 @@ impl Session {
         }
         let change = match state.changes.entries.get(key) {
             // A value this request set or removed is the base: the result stands.
-            Some(Change::Set(_) | Change::Removed | Change::Expect { .. }) => match &new {
+            Some(Change::Set(_) | Change::Removed | Change::Guarded(_)) => match &new {
                 Some(value) => Change::Set(value.clone()),
                 None => Change::Removed,
             },
@@ -488,9 +492,10 @@ impl Session {
 
     /// Whether the layer withheld the request's session: the session is bound to
     /// a device ([`device_binding`](crate::device_binding)) and the request came
-    /// without a valid bound cookie. The session reads as new and empty, and
-    /// nothing of this request is saved or cleared; the axum extractor refuses it
-    /// (401) and `Option<Session>` is `None`.
+    /// without a valid bound cookie. This session is then a new, empty one, as
+    /// for a request without a cookie; the bound session is neither read, saved
+    /// nor cleared. Writing to this one starts a new session (a new cookie), and
+    /// [`destroy`](Session::destroy) clears the cookie.
     pub fn is_withheld(&self) -> bool {
         self.read("is_withheld").withheld
     }
@@ -501,7 +506,8 @@ impl Session {
     /// with DBSC then registers a device key, and from then on the session needs
     /// the bound cookie that only that device can renew. Returns whether it was
     /// offered: not without device binding on the layer, on a session already
-    /// bound, or on one that is withheld, destroyed or not loaded.
+    /// bound, or on one that is destroyed or not loaded. (On a withheld
+    /// session, a new one, it is offered for the new session the write starts.)
     pub fn bind_device(&self) -> bool {
         let Some(mut state) = self.open_or_log("bind_device") else {
             return false;
@@ -510,17 +516,70 @@ impl Session {
     }
 
     fn offer(state: &mut State, settings: &Settings, now: Timestamp) -> bool {
-        if settings.binding.is_none() || state.withheld || state.destroyed {
+        if settings.binding.is_none() || state.destroyed {
             return false;
         }
-        let mut entry = binding_of(&state.data).unwrap_or_default();
-        if entry.key.is_some() {
+        if state.offered {
+            return true;
+        }
+        if binding_of(&state.data).is_some_and(|entry| entry.key.is_some()) {
             return false;
         }
-        entry.issue_challenge(now);
+        let challenge = new_challenge();
         state.offered = true;
-        let value = serde_json::to_value(entry).expect("a binding entry is JSON");
-        Self::put_locked(state, BINDING_KEY, value);
+        // Also over what a concurrent request saved: unless that one bound the
+        // session meanwhile, the challenge joins its outstanding ones.
+        Self::edit_binding(
+            state,
+            move |mut entry| {
+                if entry.key.is_none() {
+                    entry.add_challenge(challenge.clone(), now);
+                }
+                Some(entry)
+            },
+            false,
+        );
+        true
+    }
+
+    /// Edits the session's device binding now, and again on the binding a
+    /// concurrent request saved should the write meet one. `edit` returning
+    /// `None` leaves the binding as it is; with `strict`, it makes this
+    /// request's write fail instead (the binding no longer allows the change).
+    /// Returns whether `edit` allowed the binding as read.
+    fn edit_binding(
+        state: &mut State,
+        edit: impl Fn(Entry) -> Option<Entry> + Send + Sync + 'static,
+        strict: bool,
+    ) -> bool {
+        let Some(local) = edit(binding_of(&state.data).unwrap_or_default()) else {
+            return false;
+        };
+        let value = serde_json::to_value(local).expect("a binding entry is JSON");
+        state.data.insert(BINDING_KEY.to_owned(), value);
+        let earlier = state.changes.entries.remove(BINDING_KEY);
+        let guard: Guard = Arc::new(move |current: Option<&Value>| {
+            let current = match &earlier {
+                None => current.cloned(),
+                Some(Change::Guarded(earlier)) => Some(earlier(current)?),
+                Some(Change::Update(earlier)) => earlier(current).map_err(|_| Lost)?,
+                Some(Change::Set(value)) => Some(value.clone()),
+                Some(Change::Removed) => None,
+            };
+            let entry = current
+                .and_then(|value| serde_json::from_value::<Entry>(value).ok())
+                .unwrap_or_default();
+            let kept = match edit(entry.clone()) {
+                Some(edited) => edited,
+                None if strict => return Err(Lost),
+                None => entry,
+            };
+            Ok(serde_json::to_value(kept).expect("a binding entry is JSON"))
+        });
+        state
+            .changes
+            .entries
+            .insert(BINDING_KEY.to_owned(), Change::Guarded(guard));
         true
     }
 
@@ -537,32 +596,60 @@ impl Session {
         binding_of(&self.read("binding_entry").data)
     }
 
-    /// Writes the session's device binding over `seen`, the binding this
-    /// request read: should a concurrent request change it first (using the
-    /// same challenge), this request's write fails with 503 and its answer is
-    /// not sent.
+    /// Edits the session's device binding, as read and as a concurrent
+    /// request may have saved it (`edit` returning `None` leaves it as it is).
     #[cfg(feature = "device-binding")]
-    pub(crate) fn replace_binding_entry(&self, seen: &Entry, entry: Entry) {
-        if let Some(mut state) = self.open_or_log("replace_binding_entry") {
-            let seen = serde_json::to_value(seen).expect("a binding entry is JSON");
-            let new = serde_json::to_value(entry).expect("a binding entry is JSON");
-            Self::put_locked(&mut state, BINDING_KEY, new.clone());
-            state.changes.entries.insert(
-                BINDING_KEY.to_owned(),
-                Change::Expect {
-                    seen: Some(seen),
-                    new,
-                },
-            );
+    pub(crate) fn update_binding(
+        &self,
+        edit: impl Fn(Entry) -> Option<Entry> + Send + Sync + 'static,
+    ) {
+        if let Some(mut state) = self.open_or_log("update_binding") {
+            Self::edit_binding(&mut state, edit, false);
         }
     }
 
-    /// Writes the session's device binding.
+    /// Edits the session's device binding where `edit` allows it. Should a
+    /// concurrent request have saved a binding that `edit` does not allow (a
+    /// challenge it took already), this request's write fails (503), so its
+    /// answer is never sent. Returns whether `edit` allowed the binding as read.
     #[cfg(feature = "device-binding")]
-    pub(crate) fn set_binding_entry(&self, entry: Entry) {
-        if let Some(mut state) = self.open_or_log("set_binding_entry") {
-            let value = serde_json::to_value(entry).expect("a binding entry is JSON");
-            Self::put_locked(&mut state, BINDING_KEY, value);
+    pub(crate) fn take_binding(
+        &self,
+        edit: impl Fn(Entry) -> Option<Entry> + Send + Sync + 'static,
+    ) -> bool {
+        match self.open_or_log("take_binding") {
+            Some(mut state) => Self::edit_binding(&mut state, edit, true),
+            None => false,
+        }
+    }
+
+    /// Notes a device-binding success, audited once the session is saved
+    /// (a failed save audits a failure instead).
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn note_binding_event(&self, event: &'static str) {
+        let mut state = self.lock();
+        let key = state.loaded.as_ref().map(|loaded| loaded.store_key);
+        state.binding_event = Some((event, key));
+    }
+
+    /// Audits the device-binding success this request noted, now that its save
+    /// ended (`saved`) or was not needed.
+    #[cold]
+    pub(crate) fn binding_saved(&self, saved: bool) {
+        let Some((event, key)) = self.lock().binding_event.take() else {
+            return;
+        };
+        if saved {
+            audit_device(event, "success", key.as_ref(), None);
+        } else {
+            // A concurrent request took the challenge first (or the store
+            // failed): nothing was granted.
+            audit_device(
+                "device_proof_failed",
+                "failure",
+                key.as_ref(),
+                Some("not_saved"),
+            );
         }
     }
 
