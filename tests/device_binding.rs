@@ -233,6 +233,15 @@ impl Browser {
         serde_json::from_str(&body(res).await).unwrap()
     }
 
+    /// A refresh with `proof` for the binding `id`.
+    async fn prove(&mut self, app: &Router, id: &str, proof: &str) -> Response<axum::body::Body> {
+        let headers = [
+            ("sec-secure-session-id", id),
+            ("secure-session-response", proof),
+        ];
+        self.send(app, "POST", REFRESH, &headers).await
+    }
+
     /// The refresh dance: asks, gets a challenge, proves. The final response.
     async fn refresh(&mut self, app: &Router, id: &str) -> (Response<axum::body::Body>, String) {
         let res = self
@@ -241,17 +250,7 @@ impl Browser {
         assert_eq!(res.status(), 403, "a refresh without a proof is challenged");
         let challenge = challenge_of(&res, id);
         let proof = self.key.proof(&challenge, false);
-        let res = self
-            .send(
-                app,
-                "POST",
-                REFRESH,
-                &[
-                    ("sec-secure-session-id", id),
-                    ("secure-session-response", &proof),
-                ],
-            )
-            .await;
+        let res = self.prove(app, id, &proof).await;
         (res, proof)
     }
 }
@@ -338,17 +337,7 @@ async fn a_bound_session_lives_only_with_its_bound_cookie() {
     assert_eq!(ada.me(&app).await, "ada");
 
     // The same proof again: its challenge was used; a new one is issued.
-    let res = ada
-        .send(
-            &app,
-            "POST",
-            REFRESH,
-            &[
-                ("sec-secure-session-id", &id),
-                ("secure-session-response", &proof),
-            ],
-        )
-        .await;
+    let res = ada.prove(&app, &id, &proof).await;
     assert_eq!(res.status(), 403, "a replayed challenge");
     challenge_of(&res, &id);
 
@@ -359,17 +348,7 @@ async fn a_bound_session_lives_only_with_its_bound_cookie() {
     let stale = challenge_of(&res, &id);
     clock.advance(Duration::from_secs(5 * 60));
     let proof = ada.key.proof(&stale, false);
-    let res = ada
-        .send(
-            &app,
-            "POST",
-            REFRESH,
-            &[
-                ("sec-secure-session-id", &id),
-                ("secure-session-response", &proof),
-            ],
-        )
-        .await;
+    let res = ada.prove(&app, &id, &proof).await;
     assert_eq!(res.status(), 403, "a stale challenge");
 
     // Another user's session with ada's bound cookie: refused.

@@ -312,6 +312,10 @@ async fn extend_and_revoke_belong_to_the_logged_in_user() {
         .as_str()
         .unwrap()
         .to_owned();
+    let me = |client: &reqwest::Client| {
+        let request = client.get(format!("{base}/api/me")).send();
+        async move { request.await.unwrap().json::<Value>().await.unwrap() }
+    };
     let revoke = |client: &reqwest::Client, fingerprint: &str| {
         client
             .post(format!("{base}/api/sessions/{fingerprint}/revoke"))
@@ -320,24 +324,8 @@ async fn extend_and_revoke_belong_to_the_logged_in_user() {
     // Grace cannot end Ada's session, and a fingerprint must be one.
     assert_eq!(revoke(&grace, &other).await.unwrap().status(), 404);
     assert_eq!(revoke(&grace, "nonsense").await.unwrap().status(), 422);
-    let me: Value = ada
-        .get(format!("{base}/api/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me, json!("ada"));
+    assert_eq!(me(&ada).await, json!("ada"));
     // Ada's other device can.
     assert_eq!(revoke(&ada_too, &other).await.unwrap().status(), 204);
-    let me: Value = ada
-        .get(format!("{base}/api/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me, Value::Null, "revoked");
+    assert_eq!(me(&ada).await, Value::Null, "revoked");
 }

@@ -50,10 +50,11 @@
 //! included), or the registration and refresh paths reach axum's 404 instead.
 //!
 //! Audit events (target [`AUDIT_TARGET`](crate::audit::AUDIT_TARGET)):
-//! `device_bound` (registration), `device_refreshed`, `device_proof_failed`
-//! (with `reason`), and `device_unbound_refused` for a request refused for a
-//! missing bound cookie (with `reason`: `missing`, `expired`, `foreign`, or the
-//! browser's `Secure-Session-Skipped` reason).
+//! `device_bound` (registration) and `device_refreshed`, once saved;
+//! `device_proof_failed` (with `reason`; `not_saved` when a concurrent request
+//! took the challenge first); and `device_unbound_refused` for a request
+//! refused for a missing bound cookie (with `reason`: `missing`, `expired`,
+//! `foreign`, or the browser's `Secure-Session-Skipped` reason).
 //!
 //! **What it does not protect against**: malware on the device while the bound
 //! cookie lives can use the session through the browser, or copy the bound
