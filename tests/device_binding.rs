@@ -211,6 +211,19 @@ impl Browser {
         Some(registration_challenge(&offer).unwrap().to_owned())
     }
 
+    /// A browser with an ES256 key, logged in as `name` and registered: it
+    /// and its binding's identifier.
+    async fn bound(app: &Router, name: &str) -> (Browser, String) {
+        let mut browser = Browser::new(DeviceKey::es256());
+        let challenge = browser.log_in(app, name).await.expect("binding offered");
+        let instructions = browser.register(app, &challenge).await;
+        let id = instructions["session_identifier"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (browser, id)
+    }
+
     /// Registers this browser's key for `challenge`; the instructions.
     async fn register(&mut self, app: &Router, challenge: &str) -> Value {
         let proof = self.key.proof(challenge, true);
@@ -489,12 +502,7 @@ fn app_without_binding() -> Router {
 async fn a_refresh_for_an_ended_session_ends_the_browsers_binding() {
     let clock = ManualClock::new();
     let app = app(layer(&clock));
-    let mut ada = Browser::new(DeviceKey::es256());
-    let challenge = ada.log_in(&app, "ada").await.unwrap();
-    let id = ada.register(&app, &challenge).await["session_identifier"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut ada, id) = Browser::bound(&app, "ada").await;
     ada.cookies.remove("id");
     let res = ada
         .send(&app, "POST", REFRESH, &[("sec-secure-session-id", &id)])
@@ -605,12 +613,7 @@ async fn a_challenge_raced_by_two_requests_is_used_once() {
         .with_secure(false)
         .with_device_binding(DeviceBinding::new());
     let app = app(layer);
-    let mut ada = Browser::new(DeviceKey::es256());
-    let challenge = ada.log_in(&app, "ada").await.unwrap();
-    let id = ada.register(&app, &challenge).await["session_identifier"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut ada, id) = Browser::bound(&app, "ada").await;
     let res = ada
         .send(&app, "POST", REFRESH, &[("sec-secure-session-id", &id)])
         .await;
@@ -723,9 +726,7 @@ async fn the_quickstart_offers_binding_with_its_dbsc_configuration() {
 async fn a_browser_without_its_key_can_log_in_again() {
     let clock = ManualClock::new();
     let app = app(layer(&clock));
-    let mut ada = Browser::new(DeviceKey::es256());
-    let challenge = ada.log_in(&app, "ada").await.unwrap();
-    ada.register(&app, &challenge).await;
+    let (mut ada, _) = Browser::bound(&app, "ada").await;
     let bound_session = ada.cookies["id"].clone();
 
     let mut lost = Browser::new(DeviceKey::es256());
@@ -756,9 +757,7 @@ async fn a_browser_without_its_key_can_log_in_again() {
 async fn tossed_bound_cookies_do_not_hide_the_real_one() {
     let clock = ManualClock::new();
     let app = app(layer(&clock));
-    let mut ada = Browser::new(DeviceKey::es256());
-    let challenge = ada.log_in(&app, "ada").await.unwrap();
-    ada.register(&app, &challenge).await;
+    let (ada, _) = Browser::bound(&app, "ada").await;
     let mut tossed: Vec<String> = (0..10).map(|i| format!("{BOUND}=junk{i}")).collect();
     tossed.push(format!("id={}", ada.cookies["id"]));
     tossed.push(format!("{BOUND}={}", ada.cookies[BOUND]));
