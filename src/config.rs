@@ -135,8 +135,11 @@ pub struct SessionConfig {
 struct BindingSettings {
     registration_path: Option<String>,
     refresh_path: Option<String>,
+    #[serde(alias = "bound_cookie_name")]
     cookie_name: Option<String>,
+    #[serde(alias = "bound_cookie_lifetime")]
     cookie_lifetime: Option<Span>,
+    #[serde(alias = "allowed_algorithms")]
     algorithms: Option<Vec<Algorithm>>,
     #[serde(default)]
     offer_on_cycle_id: bool,

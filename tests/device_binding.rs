@@ -575,12 +575,26 @@ fn the_configuration_section() {
     build("device_binding: { registration_path: /app/dbsc/reg, refresh_path: /app/dbsc/refresh }\ncookie: { path: /app }")
         .unwrap();
     let unknown = serde_yaml_ng::from_str::<SessionConfig>(&format!(
-        "secret: \"{secret}\"\ndevice_binding: {{ lifetime: 5m }}"
+        "secret: \"{secret}\"\ndevice_binding: {{ lifespan: 5m }}"
     ))
     .err()
     .unwrap()
     .to_string();
-    assert!(unknown.contains("lifetime"), "{unknown}");
+    assert!(unknown.contains("lifespan"), "{unknown}");
+    // The names the protocol's own words suggest are read too.
+    let aliased = build(
+        "device_binding: { bound_cookie_name: dev, bound_cookie_lifetime: 2m, \
+         allowed_algorithms: [ES256] }",
+    )
+    .unwrap();
+    let binding = aliased.device_binding().unwrap();
+    assert_eq!(
+        binding,
+        &DeviceBinding::new()
+            .with_cookie_name("dev")
+            .with_cookie_lifetime(Duration::from_secs(120))
+            .with_algorithms([Algorithm::Es256])
+    );
 }
 
 /// With `offer_on_cycle_id`, every login offers binding without the handler
