@@ -168,7 +168,7 @@ async fn page(
     State(sessions): State<SessionLayer>,
     headers: HeaderMap,
     session: Session,
-) -> Result<Html<String>, AppError> {
+) -> Result<impl IntoResponse, AppError> {
     let view = visit(&session)?;
     let who = match &view.user {
         Some(user) => format!("Logged in as <b>{}</b>.", escape_html(user)),
@@ -260,25 +260,30 @@ async fn page(
         "logged_in": view.user.is_some(),
         "prompt_before_ms": prompt_before.as_millis(),
     });
-    Ok(Html(render(
-        PAGE,
-        &[
-            ("who", who),
-            ("visits", view.visits.to_string()),
-            ("cookie", escape_html(&cookie)),
-            ("flags", flags),
-            ("secure_note", secure_note.to_owned()),
-            ("binding_note", escape_html(&binding)),
-            ("store_key", store_key),
-            ("store_version", store_version),
-            ("store_bytes", store_bytes),
-            ("handler_data", escape_html(&handler_data)),
-            ("idle_left", in_words(session.idle_expires_at())),
-            ("lifespan_left", in_words(session.expires_at())),
-            // Inside <script>: `<` escaped so no value can close the element.
-            ("expiry_json", expiry.to_string().replace('<', "\\u003c")),
-        ],
-    )))
+    // It shows the session's cookie: no cache may keep it.
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    Ok((
+        no_store,
+        Html(render(
+            PAGE,
+            &[
+                ("who", who),
+                ("visits", view.visits.to_string()),
+                ("cookie", escape_html(&cookie)),
+                ("flags", flags),
+                ("secure_note", secure_note.to_owned()),
+                ("binding_note", escape_html(&binding)),
+                ("store_key", store_key),
+                ("store_version", store_version),
+                ("store_bytes", store_bytes),
+                ("handler_data", escape_html(&handler_data)),
+                ("idle_left", in_words(session.idle_expires_at())),
+                ("lifespan_left", in_words(session.expires_at())),
+                // Inside <script>: `<` escaped so no value can close the element.
+                ("expiry_json", expiry.to_string().replace('<', "\\u003c")),
+            ],
+        )),
+    ))
 }
 
 /// How long before the lifespan ends the page asks to extend the session (or

@@ -98,6 +98,7 @@ use tower_sessions::session_store::{Error as StoreError, Result as StoreResult};
 use tower_sessions::{SessionManagerLayer, SessionStore};
 
 use crate::Session;
+use crate::service::Withheld;
 
 /// The name of the cookie of [`session_manager_layer`], which the bridge
 /// supplies to tower-sessions and never sends to a client.
@@ -390,12 +391,19 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(session) = req.extensions().get::<Session>().cloned() else {
-            tracing::error!(
-                "compat::TowerSessionsLayer found no session: put it inside SessionLayer"
-            );
-            return Box::pin(async {
+            // A host under none of the layer's cookie domains has no session:
+            // 421, as the extractor answers, and nothing to log.
+            let status = if req.extensions().get::<Withheld>().is_some() {
+                StatusCode::MISDIRECTED_REQUEST
+            } else {
+                tracing::error!(
+                    "compat::TowerSessionsLayer found no session: put it inside SessionLayer"
+                );
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return Box::pin(async move {
                 let mut res = Response::new(ResBody::default());
-                *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                *res.status_mut() = status;
                 Ok(res)
             });
         };

@@ -61,7 +61,7 @@ impl ConfigError {
     }
 
     /// This error and the others found with it, one by one.
-    fn into_each(mut self) -> Vec<ConfigError> {
+    pub(crate) fn into_each(mut self) -> Vec<ConfigError> {
         let more = std::mem::take(&mut self.more);
         std::iter::once(self).chain(more).collect()
     }

@@ -205,7 +205,10 @@ impl SessionLayer {
             Ok(header) => header,
             Err(_) => panic!(
                 "{}",
-                ConfigError::new("header", format!("{name:?} is not a valid header name"))
+                self.settings.in_callers_terms(ConfigError::new(
+                    "header.name",
+                    format!("{name:?} is not a valid header name")
+                ))
             ),
         };
         self.edit(|s| {

@@ -381,6 +381,42 @@ impl Settings {
                     format!("{} is listed twice", entry.domain),
                 ));
             }
+            let name =
+                |d: &CookieDomain| d.name.clone().unwrap_or_else(|| self.cookie.name.clone());
+            // (An outer entry that is no domain, `com`, is reported as such.)
+            let nested = |outer: &CookieDomain| {
+                entry.domain != outer.domain
+                    && outer.domain.contains('.')
+                    && entry.domain.ends_with(&format!(".{}", outer.domain))
+            };
+            if let Some(outer) = self
+                .domains
+                .iter()
+                .find(|d| nested(d) && name(d) == name(entry))
+            {
+                found.push(ConfigError::new(
+                    at("name"),
+                    format!(
+                        "{} is under {}, whose cookie {:?} its requests carry too: give it a cookie \
+                         name of its own",
+                        entry.domain,
+                        outer.domain,
+                        name(outer)
+                    ),
+                ));
+            }
+            let label = |l: &str| l.bytes().all(|b| b.is_ascii_digit());
+            // `localhost` is the one single label a browser takes, for development.
+            let single = !entry.domain.contains('.') && entry.domain != "localhost";
+            if single || entry.domain.split('.').all(label) || entry.domain.contains(':') {
+                found.push(ConfigError::new(
+                    at("domain"),
+                    format!(
+                        "{:?} is not a domain a cookie can name: write a host name like example.com",
+                        entry.domain
+                    ),
+                ));
+            }
             let own = self.for_domain(entry).check();
             found.extend(own.into_iter().filter(|e| !already(e)).map(|e| {
                 let field = at(e.field());
@@ -397,7 +433,7 @@ impl Settings {
             errors.extend(self.check_binding(binding));
         }
         if let Err(err) = self.cookie.validate() {
-            errors.push(err);
+            errors.extend(err.into_each());
         }
         if let Some(header) = &self.header {
             // A token is sealed for its carrier's name: the header must not be the
@@ -552,20 +588,29 @@ fn builder_method(field: &str) -> Option<String> {
         .and_then(|f| f.split_once("]."))
     {
         let method = match rest {
-            "domain" => "new".to_owned(),
-            other => builder_method(other)?,
+            "domain" => "new",
+            "name" => "with_cookie_name",
+            "path" => "with_path",
+            "secure" => "with_secure",
+            "http_only" => "with_http_only",
+            "same_site" => "with_same_site",
+            "idle_timeout" => "with_idle_timeout",
+            "lifespan" => "with_lifespan",
+            "remember_me" => "with_remember_me",
+            // The layer's own setting, which the entry takes over.
+            other => return builder_method(other),
         };
         return Some(format!(
             "with_cookie_domains[{entry}]: CookieDomain::{method}"
         ));
     }
     let method = match field {
-        "cookie.name" | "name" => "with_cookie_name",
+        "cookie.name" => "with_cookie_name",
         "cookie.domain" => "with_domain",
-        "cookie.path" | "path" => "with_path",
-        "cookie.secure" | "secure" => "with_secure",
-        "cookie.http_only" | "http_only" => "with_http_only",
-        "cookie.same_site" | "same_site" => "with_same_site",
+        "cookie.path" => "with_path",
+        "cookie.secure" => "with_secure",
+        "cookie.http_only" => "with_http_only",
+        "cookie.same_site" => "with_same_site",
         "header.name" => "with_header",
         "cookies" => "with_cookie_domains",
         "idle_timeout" => "with_idle_timeout",

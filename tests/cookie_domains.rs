@@ -281,3 +281,74 @@ fn a_header_carrier_is_refused_with_several_domains() {
         "{err}"
     );
 }
+
+/// A request that names two hosts (an absolute-form URI and a `Host` that
+/// differ, or two `Host` headers) gets no session: handlers routing by `Host`
+/// would see another host than the session's.
+#[tokio::test]
+async fn a_request_naming_two_hosts_gets_no_session() {
+    let clock = ManualClock::new();
+    let app = app(from_file(&clock));
+    let res = oneshot(&app, "GET", "/count", &[("host", "example.org")]).await;
+    let org = set_cookie_pair(&res).unwrap();
+    let res = oneshot(
+        &app,
+        "GET",
+        "http://example.org/count",
+        &[("host", "example.com"), ("cookie", &org)],
+    )
+    .await;
+    assert_eq!(res.status(), 421, "authority and Host differ");
+    let res = oneshot(
+        &app,
+        "GET",
+        "/count",
+        &[
+            ("host", "example.org"),
+            ("host", "example.com"),
+            ("cookie", &org),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), 421, "two Host headers");
+    let res = oneshot(
+        &app,
+        "GET",
+        "http://EXAMPLE.org/count",
+        &[("host", "example.org:443"), ("cookie", &org)],
+    )
+    .await;
+    assert_eq!(body(res).await, "2", "the same host, written twice");
+}
+
+/// An entry under another with the same cookie name would get the other's
+/// cookie on every request; a single label or an address is no cookie domain.
+#[test]
+fn nested_entries_need_names_of_their_own_and_domains_must_be_names() {
+    let err = SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_cookie_domains([
+            CookieDomain::new("example.com"),
+            CookieDomain::new("app.example.com"),
+            CookieDomain::new("com"),
+            CookieDomain::new("10.0.0.1"),
+        ])
+        .validate()
+        .unwrap_err();
+    let fields: Vec<&str> = err.errors().map(|e| e.field()).collect();
+    assert_eq!(
+        fields,
+        ["cookies[1].name", "cookies[2].domain", "cookies[3].domain"],
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("give it a cookie name of its own"),
+        "{err}"
+    );
+    SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_cookie_domains([
+            CookieDomain::new("example.com."),
+            CookieDomain::new("app.example.com").with_cookie_name("app"),
+        ])
+        .validate()
+        .unwrap();
+}

@@ -48,6 +48,7 @@ impl CookieDomain {
     pub fn new(domain: impl Into<String>) -> Self {
         let domain = domain.into();
         let domain = domain.strip_prefix('.').unwrap_or(&domain);
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
         CookieDomain {
             domain: domain.to_ascii_lowercase(),
             name: None,
@@ -125,14 +126,34 @@ impl CookieDomain {
 }
 
 /// The host a request is for, without port or trailing dot (any case): the
-/// URI's authority (HTTP/2's `:authority`, an absolute-form request), else the
-/// `Host` header. `None` when there is none, or it is not a host name or an
-/// address.
+/// URI's authority (HTTP/2's `:authority`, an absolute-form request) or the
+/// `Host` header. `None` when there is none, when it is not a host name or an
+/// address, when the request names two hosts (an authority and a `Host` that
+/// differ, or two `Host` headers: a proxy and the application could each pick
+/// another), so that a session never answers for a host the handlers do not
+/// see. `X-Forwarded-Host` is not read.
 pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    let raw = match req.uri().host() {
-        Some(host) => host,
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return None,
+        (one, None) => one.map(|h| h.to_str().ok().map(bare)).map(Option::flatten),
+        (None, Some(_)) => unreachable!("an iterator yields its first item first"),
     };
+    let authority = req.uri().host().and_then(bare);
+    match (authority, header) {
+        (Some(authority), Some(Some(header))) => {
+            authority.eq_ignore_ascii_case(header).then_some(authority)
+        }
+        (Some(_), Some(None)) => None,
+        (Some(authority), None) => Some(authority),
+        (None, Some(header)) => header,
+        (None, None) => None,
+    }
+}
+
+/// `raw` without its port and trailing dot, if it is a host name or an
+/// address.
+fn bare(raw: &str) -> Option<&str> {
     let host = if raw.starts_with('[') {
         // An IPv6 literal, brackets kept.
         &raw[..=raw.find(']')?]
@@ -182,6 +203,18 @@ mod tests {
         assert_eq!(host_of("/x", Some("[::1]:3000")).as_deref(), Some("[::1]"));
         assert_eq!(host_of("/x", None), None);
         assert_eq!(host_of("/x", Some("a b")), None);
+        // Two hosts named: none.
+        assert_eq!(host_of("http://example.org/x", Some("example.com")), None);
+        assert_eq!(
+            host_of("http://Example.com/x", Some("example.com.:443")).as_deref(),
+            Some("example.com")
+        );
+        let mut two = Request::builder().uri("/x").body(()).unwrap();
+        two.headers_mut()
+            .append(http::header::HOST, "example.com".parse().unwrap());
+        two.headers_mut()
+            .append(http::header::HOST, "example.org".parse().unwrap());
+        assert_eq!(request_host(&two), None);
     }
 
     #[test]
