@@ -37,6 +37,9 @@ pub(crate) struct Edit {
     pub(crate) changes: Changes,
     pub(crate) meta: Meta,
     pub(crate) lifespan_changed: bool,
+    /// The request is no activity of the session's (a device-binding request
+    /// that proved nothing): the stored deadlines stay as they are.
+    pub(crate) quiet: bool,
 }
 
 /// Store work for one request.
@@ -141,6 +144,7 @@ fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
             changes,
             meta,
             lifespan_changed,
+            quiet: false,
         })
     } else if !changes.is_empty() || lifespan_changed {
         let edit = Edit {
@@ -148,8 +152,12 @@ fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
             changes,
             meta,
             lifespan_changed,
+            quiet: state.quiet,
         };
         Plan::Update { edit, data }
+    } else if state.quiet {
+        // No activity of the session's: nothing to touch.
+        return Decision::Done(TokenChange::Keep);
     } else {
         let deadlines = settings.deadlines(now, meta).slide(loaded.deadlines);
         let interval = settings.effective_touch_interval();

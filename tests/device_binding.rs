@@ -255,6 +255,23 @@ impl Browser {
         self.send(app, "POST", REFRESH, &headers).await
     }
 
+    /// A refresh asked without a proof: the response, and this browser's proof
+    /// of its challenge if it got one.
+    async fn refresh_or_end(
+        &mut self,
+        app: &Router,
+        id: &str,
+    ) -> (Response<axum::body::Body>, Option<String>) {
+        let res = self
+            .send(app, "POST", REFRESH, &[("sec-secure-session-id", id)])
+            .await;
+        let proof = res
+            .headers()
+            .get("secure-session-challenge")
+            .map(|_| self.key.proof(&challenge_of(&res, id), false));
+        (res, proof)
+    }
+
     /// The refresh dance: asks, gets a challenge, proves. The final response.
     async fn refresh(&mut self, app: &Router, id: &str) -> (Response<axum::body::Body>, String) {
         let res = self
@@ -778,4 +795,32 @@ async fn tossed_bound_cookies_do_not_hide_the_real_one() {
     let cookie = tossed.join("; ");
     let res = common::oneshot(&app, "GET", "/me", &[("cookie", &cookie)]).await;
     assert_eq!(body(res).await, "ada");
+}
+
+/// A cookie thief asking the refresh endpoint for challenges is no activity of
+/// the session's: it idles out as if nobody came.
+#[tokio::test]
+async fn asking_for_challenges_keeps_no_session_alive() {
+    let clock = ManualClock::new();
+    let layer = layer(&clock).with_idle_timeout(Some(Duration::from_secs(10 * 60)));
+    let app = app(layer);
+    let (mut ada, id) = Browser::bound(&app, "ada").await;
+    let mut thief = Browser::new(DeviceKey::es256());
+    thief.cookies.insert("id".into(), ada.cookies["id"].clone());
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(4 * 60));
+        let res = thief
+            .send(&app, "POST", REFRESH, &[("sec-secure-session-id", &id)])
+            .await;
+        assert_eq!(res.status(), 403, "a new challenge each time");
+        challenge_of(&res, &id);
+    }
+    // Each of those wrote a challenge; had that slid the idle deadline, the
+    // session would live to minute 18.
+    clock.advance(Duration::from_secs(4 * 60));
+    // Twelve minutes without the device: past the 10-minute idle timeout.
+    let (res, _) = ada.refresh_or_end(&app, &id).await;
+    assert_eq!(res.status(), 401, "the session idled out");
+    let answer: Value = serde_json::from_str(&body(res).await).unwrap();
+    assert_eq!(answer["continue"], false);
 }

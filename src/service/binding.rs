@@ -52,6 +52,8 @@ pub(crate) async fn serve<B: Default + 'static>(
         // The layer answers for a store that failed.
         return answer(StatusCode::SERVICE_UNAVAILABLE, None);
     }
+    // No activity of the session's, unless a proof verifies (below).
+    session.set_quiet();
     match endpoint {
         Endpoint::Register => register(&session, &headers),
         Endpoint::Refresh => refresh(&session, &headers),

@@ -353,7 +353,9 @@ impl Edit {
     /// it changed the lifespan, otherwise merged with the stored ones (see
     /// [`Deadlines::slide`]).
     fn deadlines(&self, ours: Deadlines, stored: Deadlines) -> Deadlines {
-        if self.lifespan_changed {
+        if self.quiet {
+            stored
+        } else if self.lifespan_changed {
             ours
         } else {
             ours.slide(stored)
@@ -395,7 +397,9 @@ fn rebase(
         tracing::warn!(target: TARGET, %fingerprint, "a concurrent request used the same device-binding challenge first: this one's write is refused");
         StoreError::Contended { attempts: 1 }
     })?;
-    let (remember_me, deadlines) = if edit.lifespan_changed {
+    let (remember_me, deadlines) = if edit.quiet {
+        (stored_remember_me, current.deadlines)
+    } else if edit.lifespan_changed {
         let ours = settings.deadlines(now, edit.meta);
         (edit.meta.remember_me, ours)
     } else {

@@ -123,6 +123,10 @@ pub(crate) struct State {
     /// This response offers a device-binding registration, for the newest
     /// challenge of the session's binding.
     pub(crate) offered: bool,
+    /// The request is no activity of the session's: what it writes leaves the
+    /// stored deadlines as they are, and it touches nothing (device-binding
+    /// requests that proved nothing).
+    pub(crate) quiet: bool,
     /// A device-binding success to audit once the session is saved, and the
     /// store key it is about.
     pub(crate) binding_event: Option<(&'static str, Option<StoreKey>)>,
@@ -167,6 +171,7 @@ impl State {
             refused,
             withheld,
             offered: false,
+            quiet: false,
             binding_event: None,
         }
     }
@@ -623,11 +628,21 @@ impl Session {
         }
     }
 
+    /// Marks this request as no activity of the session's: a device-binding
+    /// request that proved nothing neither slides its deadlines nor touches it,
+    /// so a cookie thief asking for challenges cannot keep it alive.
+    #[cfg(feature = "device-binding")]
+    pub(crate) fn set_quiet(&self) {
+        self.lock().quiet = true;
+    }
+
     /// Notes a device-binding success, audited once the session is saved
     /// (a failed save audits a failure instead).
     #[cfg(feature = "device-binding")]
     pub(crate) fn note_binding_event(&self, event: &'static str) {
         let mut state = self.lock();
+        // A verified proof is the device's activity.
+        state.quiet = false;
         let key = state.loaded.as_ref().map(|loaded| loaded.store_key);
         state.binding_event = Some((event, key));
     }
