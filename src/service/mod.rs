@@ -57,6 +57,7 @@ mod erased;
 mod future;
 mod persist;
 mod response;
+mod retries;
 
 pub(crate) use erased::{DynStore, Erased};
 

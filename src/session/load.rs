@@ -6,7 +6,7 @@ use std::sync::{Arc, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 
-use super::bound_id;
+use super::binding::bound_id;
 use super::{Session, State};
 use crate::audit::audit_device;
 use crate::cookie::request_values;

@@ -8,20 +8,20 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::audit::{Fingerprint, audit_device};
+use crate::audit::Fingerprint;
 use crate::clock::Timestamp;
 use crate::cookie::Meta;
-use crate::device_binding::{BINDING_KEY, Entry, new_challenge};
 use crate::error::SessionError;
 use crate::open::{Brought, Lines, Loaded, RecordSource, Start};
 use crate::record::{Data, StoreKey, USER_KEY, is_reserved, user_in, user_of, wipe};
 use crate::settings::Settings;
 
+mod binding;
 mod changes;
 mod load;
 
 pub(crate) use changes::Changes;
-use changes::{Change, Guard, Lost, Updater};
+use changes::{Change, Updater};
 use load::Lazy;
 
 /// The session of the current request: a map from string keys to JSON values,
@@ -259,10 +259,6 @@ impl Session {
     }
 
     fn put(mut state: MutexGuard<'_, State>, key: &str, value: Value) {
-        Self::put_locked(&mut state, key, value);
-    }
-
-    fn put_locked(state: &mut State, key: &str, value: Value) {
         // A key already there keeps its allocation, in the data and in the changes.
         match state.data.get_mut(key) {
             Some(current) if *current == value => return,
@@ -495,188 +491,6 @@ impl Session {
         self.read("is_ambiguous").ambiguous.is_some()
     }
 
-    /// Whether the layer withheld the request's session: the session is bound to
-    /// a device ([`device_binding`](crate::device_binding)) and the request came
-    /// without a valid bound cookie. This session is then a new, empty one, as
-    /// for a request without a cookie; the bound session is neither read, saved
-    /// nor cleared. Writing to this one starts a new session (a new cookie), and
-    /// [`destroy`](Session::destroy) clears the cookie.
-    pub fn is_withheld(&self) -> bool {
-        self.read("is_withheld").withheld
-    }
-
-    /// Offers device binding ([`device_binding`](crate::device_binding)) to the
-    /// browser: the response carries `Secure-Session-Registration` with a fresh
-    /// challenge, kept in the session's record. Call it after login; a browser
-    /// with DBSC then registers a device key, and from then on the session needs
-    /// the bound cookie that only that device can renew. Returns whether it was
-    /// offered: not without device binding on the layer, on a session already
-    /// bound, or on one that is destroyed or not loaded. (On a withheld
-    /// session, a new one, it is offered for the new session the write starts.)
-    pub fn bind_device(&self) -> bool {
-        let Some(mut state) = self.open_or_log("bind_device") else {
-            return false;
-        };
-        Self::offer(&mut state, &self.inner.settings, self.inner.now)
-    }
-
-    fn offer(state: &mut State, settings: &Settings, now: Timestamp) -> bool {
-        if settings.binding.is_none() || state.destroyed {
-            return false;
-        }
-        if state.offered {
-            return true;
-        }
-        if binding_of(&state.data).is_some_and(|entry| entry.key.is_some()) {
-            return false;
-        }
-        let challenge = new_challenge();
-        state.offered = true;
-        // Also over what a concurrent request saved: unless that one bound the
-        // session meanwhile, the challenge joins its outstanding ones.
-        Self::edit_binding(
-            state,
-            move |mut entry| {
-                if entry.key.is_none() {
-                    entry.add_challenge(challenge.clone(), now);
-                }
-                Some(entry)
-            },
-            false,
-        );
-        true
-    }
-
-    /// Edits the session's device binding now, and again on the binding a
-    /// concurrent request saved should the write meet one. `edit` returning
-    /// `None` leaves the binding as it is; with `strict`, it makes this
-    /// request's write fail instead (the binding no longer allows the change).
-    /// Returns whether `edit` allowed the binding as read.
-    fn edit_binding(
-        state: &mut State,
-        edit: impl Fn(Entry) -> Option<Entry> + Send + Sync + 'static,
-        strict: bool,
-    ) -> bool {
-        let Some(local) = edit(binding_of(&state.data).unwrap_or_default()) else {
-            return false;
-        };
-        let value = serde_json::to_value(local).expect("a binding entry is JSON");
-        state.data.insert(BINDING_KEY.to_owned(), value);
-        let earlier = state.changes.entries.remove(BINDING_KEY);
-        let guard: Guard = Arc::new(move |current: Option<&Value>| {
-            let current = match &earlier {
-                None => current.cloned(),
-                Some(Change::Guarded(earlier)) => Some(earlier(current)?),
-                Some(Change::Update(earlier)) => earlier(current).map_err(|_| Lost)?,
-                Some(Change::Set(value)) => Some(value.clone()),
-                Some(Change::Removed) => None,
-            };
-            let entry = current
-                .and_then(|value| serde_json::from_value::<Entry>(value).ok())
-                .unwrap_or_default();
-            let kept = match edit(entry.clone()) {
-                Some(edited) => edited,
-                None if strict => return Err(Lost),
-                None => entry,
-            };
-            Ok(serde_json::to_value(kept).expect("a binding entry is JSON"))
-        });
-        state
-            .changes
-            .entries
-            .insert(BINDING_KEY.to_owned(), Change::Guarded(guard));
-        true
-    }
-
-    /// The request's time, from the layer's clock.
-    #[inline]
-    #[cfg(feature = "device-binding")]
-    pub(crate) fn now(&self) -> Timestamp {
-        self.inner.now
-    }
-
-    /// The session's device binding, if it has one (offered or registered).
-    #[cfg(feature = "device-binding")]
-    pub(crate) fn binding_entry(&self) -> Option<Entry> {
-        binding_of(&self.read("binding_entry").data)
-    }
-
-    /// Edits the session's device binding, as read and as a concurrent
-    /// request may have saved it (`edit` returning `None` leaves it as it is).
-    #[cfg(feature = "device-binding")]
-    pub(crate) fn update_binding(
-        &self,
-        edit: impl Fn(Entry) -> Option<Entry> + Send + Sync + 'static,
-    ) {
-        if let Some(mut state) = self.open_or_log("update_binding") {
-            Self::edit_binding(&mut state, edit, false);
-        }
-    }
-
-    /// Edits the session's device binding where `edit` allows it. Should a
-    /// concurrent request have saved a binding that `edit` does not allow (a
-    /// challenge it took already), this request's write fails (503), so its
-    /// answer is never sent. Returns whether `edit` allowed the binding as read.
-    #[cfg(feature = "device-binding")]
-    pub(crate) fn take_binding(
-        &self,
-        edit: impl Fn(Entry) -> Option<Entry> + Send + Sync + 'static,
-    ) -> bool {
-        match self.open_or_log("take_binding") {
-            Some(mut state) => Self::edit_binding(&mut state, edit, true),
-            None => false,
-        }
-    }
-
-    /// Marks this request as no activity of the session's: a device-binding
-    /// request that proved nothing neither slides its deadlines nor touches it,
-    /// so a cookie thief asking for challenges cannot keep it alive.
-    #[cfg(feature = "device-binding")]
-    pub(crate) fn set_quiet(&self) {
-        self.lock().quiet = true;
-    }
-
-    /// Notes a device-binding success, audited once the session is saved
-    /// (a failed save audits a failure instead).
-    #[cfg(feature = "device-binding")]
-    pub(crate) fn note_binding_event(&self, event: &'static str) {
-        let mut state = self.lock();
-        // A verified proof is the device's activity.
-        state.quiet = false;
-        let key = state.loaded.as_ref().map(|loaded| loaded.store_key);
-        state.binding_event = Some((event, key));
-    }
-
-    /// Audits the device-binding success this request noted, now that its save
-    /// ended (`saved`) or was not needed.
-    #[cold]
-    pub(crate) fn binding_saved(&self, saved: bool) {
-        let Some((event, key)) = self.lock().binding_event.take() else {
-            return;
-        };
-        if saved {
-            audit_device(event, "success", key.as_ref(), None);
-        } else {
-            // A concurrent request took the challenge first (or the store
-            // failed): nothing was granted.
-            audit_device(
-                "device_proof_failed",
-                "failure",
-                key.as_ref(),
-                Some("not_saved"),
-            );
-        }
-    }
-
-    /// The challenge of the registration this response offers, taken once.
-    pub(crate) fn take_offer(&self) -> Option<String> {
-        let mut state = self.lock();
-        if !std::mem::take(&mut state.offered) {
-            return None;
-        }
-        binding_of(&state.data)?.challenges.pop().map(|c| c.value)
-    }
-
     /// Whether the session was created by this request (no valid cookie came in).
     pub fn is_new(&self) -> bool {
         let state = self.read("is_new");
@@ -798,22 +612,6 @@ impl Session {
     ) -> R {
         decide(&mut self.lock(), &self.inner.settings, self.inner.now)
     }
-}
-
-/// The identifier of the device binding `data` holds, once registered: read
-/// without building the rest of the binding (its key, its challenges), as every
-/// request of a bound session does.
-pub(crate) fn bound_id(data: &Data) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<String>,
-    }
-    data.lookup::<Id>(BINDING_KEY)?.ok()?.id
-}
-
-/// The device binding `data` holds, if any.
-pub(crate) fn binding_of(data: &Data) -> Option<Entry> {
-    data.lookup::<Entry>(BINDING_KEY).and_then(Result::ok)
 }
 
 impl fmt::Debug for Session {
