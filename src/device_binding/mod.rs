@@ -303,27 +303,15 @@ impl Entry {
     /// Takes the outstanding, unexpired challenge `value`: `false` when there is
     /// none (never issued, used already, or expired).
     pub(crate) fn take_challenge(&mut self, value: &str, now: Timestamp) -> bool {
-        let at = self
-            .challenges
-            .iter()
-            .position(|c| c.value == value && c.until > now.unix_millis());
         self.challenges.retain(|c| c.until > now.unix_millis());
-        match at {
-            Some(_) => {
-                self.challenges.retain(|c| c.value != value);
-                true
-            }
-            None => false,
-        }
+        let before = self.challenges.len();
+        self.challenges.retain(|c| c.value != value);
+        self.challenges.len() < before
     }
 }
 
-/// A new challenge: 16 random bytes, base64url.
-pub(crate) fn new_challenge() -> String {
-    random_token()
-}
-
-/// 16 random bytes, base64url without padding.
+/// 16 random bytes, base64url without padding: a challenge, or a binding's
+/// identifier.
 pub(crate) fn random_token() -> String {
     use base64::Engine;
     use rand::RngCore;
@@ -357,8 +345,9 @@ pub(crate) fn seal_bound(
     Some(cookie::seal(keys, name, &data))
 }
 
-/// Why a request's bound cookie does not make its bound session one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a request's bound cookie does not make its bound session one; the
+/// later variants tell more, and win when a request brought several cookies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Refusal {
     /// No bound cookie came (or none that opens).
     Missing,
@@ -400,26 +389,14 @@ pub(crate) fn check_bound<'a>(
             continue;
         };
         if opened.data.sid != expected {
-            refusal = Refusal::Foreign;
+            refusal = refusal.max(Refusal::Foreign);
         } else if opened.data.lifespan_deadline <= now {
-            refusal = refusal.min_with(Refusal::Expired);
+            refusal = refusal.max(Refusal::Expired);
         } else {
             return Ok(());
         }
     }
     Err(refusal)
-}
-
-impl Refusal {
-    /// The more telling of two reasons: a foreign cookie over an expired one
-    /// over none.
-    fn min_with(self, other: Refusal) -> Refusal {
-        match (self, other) {
-            (Refusal::Foreign, _) | (_, Refusal::Foreign) => Refusal::Foreign,
-            (Refusal::Expired, _) | (_, Refusal::Expired) => Refusal::Expired,
-            _ => Refusal::Missing,
-        }
-    }
 }
 
 fn binding_id_bytes(id: &str) -> Option<[u8; 16]> {
@@ -447,7 +424,7 @@ mod tests {
     fn challenges_are_single_use_short_lived_and_few() {
         let mut entry = Entry::default();
         let issue = |entry: &mut Entry, now: Timestamp| {
-            let value = new_challenge();
+            let value = random_token();
             entry.add_challenge(value.clone(), now);
             value
         };

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use crate::audit::audit_device;
 use crate::cookie::CookieConfig;
 use crate::device_binding::proof::{Proof, ProofError};
-use crate::device_binding::{Entry, new_challenge, random_token, seal_bound};
+use crate::device_binding::{Entry, random_token, seal_bound};
 use crate::session::Session;
 use crate::settings::Settings;
 
@@ -80,12 +80,12 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
         tracing::debug!(target: "tower_sealed_sessions", %detail, "device registration refused");
         answer(StatusCode::BAD_REQUEST, None)
     };
-    let Some(mut entry) = session.binding_entry().filter(|e| e.key.is_none()) else {
+    if session.binding_entry().is_none_or(|e| e.key.is_some()) {
         return refuse(
             "not_offered",
             &"no registration was offered to this session",
         );
-    };
+    }
     let Some(token) = header_text(headers, RESPONSE) else {
         return refuse("malformed", &"no Secure-Session-Response");
     };
@@ -105,14 +105,12 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
     if let Err(err) = proof.verify(&device_key) {
         return refuse(err.reason(), &err);
     }
-    if !entry.take_challenge(&proof.jti, now) {
-        return refuse("challenge", &"the challenge is unknown, used or expired");
-    }
     let id = random_token();
     let (jti, bound_id) = (proof.jti.clone(), id.clone());
-    // Over the binding as saved: unbound still, and the challenge not taken by
-    // a concurrent registration; otherwise this one is not saved (503).
-    session.take_binding(move |mut entry| {
+    // Over the binding as read and, should the write meet one, as a concurrent
+    // request saved it: still unbound, and the challenge outstanding. A
+    // concurrent registration that took it first makes this write fail (503).
+    let taken = session.take_binding(move |mut entry| {
         if entry.key.is_some() || !entry.take_challenge(&jti, now) {
             return None;
         }
@@ -122,6 +120,9 @@ fn register<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Res
         entry.challenges.clear();
         Some(entry)
     });
+    if !taken {
+        return refuse("challenge", &"the challenge is unknown, used or expired");
+    }
     session.note_binding_event("device_bound");
     bound(&settings, session, &id)
 }
@@ -148,7 +149,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         let device_key = entry.key.clone()?;
         Some((entry, id, device_key))
     });
-    let Some((mut entry, id, device_key)) = held else {
+    let Some((entry, id, device_key)) = held else {
         // No such bound session here (logged out, expired, another one): the
         // browser ends its DBSC session.
         audit_device(
@@ -164,7 +165,7 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         let value = match entry.recent_challenge(now, CHALLENGE_REUSE) {
             Some(recent) => recent.to_owned(),
             None => {
-                let value = new_challenge();
+                let value = random_token();
                 let (added, for_id) = (value.clone(), id.clone());
                 session.update_binding(move |mut entry| {
                     (entry.id.as_deref() == Some(for_id.as_str())).then(|| {
@@ -208,18 +209,19 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
         failed(err.reason());
         return answer(StatusCode::BAD_REQUEST, None);
     }
-    if !entry.take_challenge(&proof.jti, now) {
+    let (jti, for_id) = (proof.jti.clone(), id.clone());
+    // Over the binding as read and, should the write meet one, as a concurrent
+    // refresh saved it: the challenge outstanding. A concurrent refresh that
+    // took it first makes this write fail (503), its cookie never sent.
+    let taken = session.take_binding(move |mut entry| {
+        let fits = entry.id.as_deref() == Some(for_id.as_str()) && entry.take_challenge(&jti, now);
+        fits.then_some(entry)
+    });
+    if !taken {
         // A replayed, expired or unknown challenge: a fresh one to sign.
         failed("challenge");
         return challenge(&entry);
     }
-    let (jti, for_id) = (proof.jti.clone(), id.clone());
-    // Over the binding as saved: the challenge not taken by a concurrent
-    // refresh; otherwise this one is not saved (503) and its cookie not sent.
-    session.take_binding(move |mut entry| {
-        let fits = entry.id.as_deref() == Some(for_id.as_str()) && entry.take_challenge(&jti, now);
-        fits.then_some(entry)
-    });
     session.note_binding_event("device_refreshed");
     bound(&settings, session, &id)
 }

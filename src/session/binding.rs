@@ -9,7 +9,7 @@ use super::changes::{Change, Guard, Lost};
 use super::{Session, State};
 use crate::audit::audit_device;
 use crate::clock::Timestamp;
-use crate::device_binding::{BINDING_KEY, Entry, new_challenge};
+use crate::device_binding::{BINDING_KEY, Entry, random_token};
 use crate::record::Data;
 use crate::settings::Settings;
 
@@ -49,7 +49,7 @@ impl Session {
         if binding_of(&state.data).is_some_and(|entry| entry.key.is_some()) {
             return false;
         }
-        let challenge = new_challenge();
+        let challenge = random_token();
         state.offered = true;
         // Also over what a concurrent request saved: unless that one bound the
         // session meanwhile, the challenge joins its outstanding ones.
