@@ -98,7 +98,7 @@ use tower_sessions::session_store::{Error as StoreError, Result as StoreResult};
 use tower_sessions::{SessionManagerLayer, SessionStore};
 
 use crate::Session;
-use crate::service::Withheld;
+use crate::service::Unserved;
 
 /// The name of the cookie of [`session_manager_layer`], which the bridge
 /// supplies to tower-sessions and never sends to a client.
@@ -393,7 +393,7 @@ where
         let Some(session) = req.extensions().get::<Session>().cloned() else {
             // A host under none of the layer's cookie domains has no session:
             // 421, as the extractor answers, and nothing to log.
-            let status = if req.extensions().get::<Withheld>().is_some() {
+            let status = if req.extensions().get::<Unserved>().is_some() {
                 StatusCode::MISDIRECTED_REQUEST
             } else {
                 tracing::error!(

@@ -32,7 +32,7 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 
-use crate::service::Withheld;
+use crate::service::Unserved;
 use crate::session::Session;
 
 /// The request's session, loaded: the extractor is where a session loaded on first
@@ -42,8 +42,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let Some(session) = parts.extensions.get::<Session>().cloned() else {
-            return Err(match parts.extensions.get::<Withheld>() {
-                Some(Withheld::UnknownHost) => SessionRejection::UnknownHost,
+            return Err(match parts.extensions.get::<Unserved>() {
+                Some(Unserved::UnknownHost) => SessionRejection::UnknownHost,
                 None => SessionRejection::MissingLayer,
             });
         };

@@ -501,7 +501,6 @@ impl<S> Layer<S> for SessionLayer {
         }
         let layered = Layered {
             cookie_settings: settings.cookie_variant().map(Arc::new),
-            domains: settings.domains.clone(),
             by_domain,
             settings,
             store: self.store.clone(),

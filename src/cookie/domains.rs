@@ -114,15 +114,15 @@ impl CookieDomain {
         self.remember_me = Some(duration);
         self
     }
+}
 
-    /// Whether `host` (without port, any case) is this domain or under it.
-    fn serves(&self, host: &str) -> bool {
-        let (host, domain) = (host.as_bytes(), self.domain.as_bytes());
-        let Some(split) = host.len().checked_sub(domain.len()) else {
-            return false;
-        };
-        host[split..].eq_ignore_ascii_case(domain) && (split == 0 || host[split - 1] == b'.')
-    }
+/// Whether `host` (without port, any case) is `domain` or under it.
+fn serves(domain: &str, host: &str) -> bool {
+    let (host, domain) = (host.as_bytes(), domain.as_bytes());
+    let Some(split) = host.len().checked_sub(domain.len()) else {
+        return false;
+    };
+    host[split..].eq_ignore_ascii_case(domain) && (split == 0 || host[split - 1] == b'.')
 }
 
 /// The host a request is for, without port or trailing dot (any case): the
@@ -165,16 +165,14 @@ fn bare(raw: &str) -> Option<&str> {
     (!host.is_empty() && host.bytes().all(allowed)).then_some(host)
 }
 
-/// The index of the entry that serves `host`: the longest domain it is under,
-/// so `app.example.com` takes precedence over `example.com` for its own hosts.
-pub(crate) fn pick<'a>(
-    domains: impl Iterator<Item = &'a CookieDomain>,
-    host: &str,
-) -> Option<usize> {
+/// The index of the domain of `domains` that serves `host`: the longest it is
+/// under, so `app.example.com` takes precedence over `example.com` for its own
+/// hosts.
+pub(crate) fn pick<'a>(domains: impl Iterator<Item = &'a str>, host: &str) -> Option<usize> {
     domains
         .enumerate()
-        .filter(|(_, d)| d.serves(host))
-        .max_by_key(|(_, d)| d.domain.len())
+        .filter(|(_, domain)| serves(domain, host))
+        .max_by_key(|(_, domain)| domain.len())
         .map(|(i, _)| i)
 }
 
@@ -224,7 +222,7 @@ mod tests {
             CookieDomain::new(".App.example.com"),
             CookieDomain::new("example.org"),
         ];
-        let pick = |host: &str| pick(domains.iter(), host);
+        let pick = |host: &str| pick(domains.iter().map(CookieDomain::domain), host);
         assert_eq!(pick("example.com"), Some(0));
         assert_eq!(pick("www.example.com"), Some(0));
         assert_eq!(pick("app.example.com"), Some(1));

@@ -70,15 +70,16 @@ use future::Pending;
 use response::{grpc_content_type, unavailable};
 
 use crate::clock::Timestamp;
-use crate::cookie::{CookieDomain, pick, request_host};
+use crate::cookie::{pick, request_host};
 use crate::error::StoreError;
 use crate::open::{Brought, Lines, Start, carrier, wants_header};
 use crate::session::Session;
 use crate::settings::Settings;
 
-/// Put into a request's extensions when the layer gives it no session, and why.
+/// Put into a request's extensions when the layer serves it no session, and
+/// why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Withheld {
+pub(crate) enum Unserved {
     /// Its host is under none of the layer's cookie domains.
     UnknownHost,
 }
@@ -96,9 +97,8 @@ pub(crate) struct Layered {
     /// When the cookie is accepted beside the header: the settings of a request
     /// that came with the cookie.
     pub(crate) cookie_settings: Option<Arc<Settings>>,
-    /// Several cookie domains: each, and the settings its requests are served
-    /// with.
-    pub(crate) domains: Vec<CookieDomain>,
+    /// Several cookie domains: the settings each domain's requests are served
+    /// with (its cookie's Domain is the domain).
     pub(crate) by_domain: Vec<Arc<Settings>>,
     pub(crate) store: Arc<dyn DynStore>,
 }
@@ -144,7 +144,6 @@ where
         let Layered {
             settings,
             cookie_settings,
-            domains,
             by_domain,
             store,
         } = &*self.layered;
@@ -155,11 +154,14 @@ where
             _ => settings,
         };
         // Several cookie domains: the host picks one, or the request has none.
-        if !domains.is_empty() {
-            match request_host(&req).and_then(|host| pick(domains.iter(), host)) {
+        if !by_domain.is_empty() {
+            let domains = by_domain
+                .iter()
+                .map(|s| s.cookie.domain.as_deref().unwrap_or(""));
+            match request_host(&req).and_then(|host| pick(domains, host)) {
                 Some(at) => settings = &by_domain[at],
                 None => {
-                    req.extensions_mut().insert(Withheld::UnknownHost);
+                    req.extensions_mut().insert(Unserved::UnknownHost);
                     let now = settings.clock.now();
                     return ResponseFuture::passing(self.inner.call(req), store, now);
                 }
