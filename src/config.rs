@@ -9,6 +9,7 @@
 //! idle_timeout: 30m         # -1 disables
 //! lifespan: 24h             # -1 disables
 //! remember_me: 30d          # -1 disables
+//! max_lifespan: 30d         # no extend or remember-me goes past this from creation; -1 disables
 //! touch_interval: 1m
 //! write_deadline: 2s        # compare-and-set retries give up (503) after this
 //! cleanup_interval: 1h
@@ -89,6 +90,8 @@ pub struct SessionConfig {
     lifespan: Option<Limit>,
     #[serde(default)]
     remember_me: Option<Limit>,
+    #[serde(default)]
+    max_lifespan: Option<Limit>,
     #[serde(default)]
     touch_interval: Option<Span>,
     #[serde(default)]
@@ -363,6 +366,9 @@ impl SessionConfig {
         );
         set(&mut settings.lifespan, self.lifespan.map(Limit::get));
         set(&mut settings.remember_me, self.remember_me.map(Limit::get));
+        if let Some(max) = self.max_lifespan {
+            settings.max_lifespan = Some(max.get());
+        }
         set(
             &mut settings.touch_interval,
             self.touch_interval.map(|Span(d)| d),

@@ -339,6 +339,23 @@ impl SessionLayer {
         self.edit(|s| s.remember_me = duration)
     }
 
+    /// The longest a session lives from its creation, whatever extends it:
+    /// [`Session::extend`], [`Session::set_remember_me`] and the moves of a login
+    /// or a key rotation never carry its lifespan past this. By default 30 days
+    /// when a lifespan is set (or the lifespan or the remember-me duration, if
+    /// longer), and none without a lifespan; `None` disables it.
+    ///
+    /// # Warning
+    ///
+    /// Without a ceiling, whoever holds a logged-in cookie (a thief too) can
+    /// extend the session forever.
+    ///
+    /// [`Session::extend`]: crate::Session::extend
+    /// [`Session::set_remember_me`]: crate::Session::set_remember_me
+    pub fn with_max_lifespan(self, max_lifespan: Option<Duration>) -> Self {
+        self.edit(|s| s.max_lifespan = Some(max_lifespan))
+    }
+
     /// How far the stored idle deadline may lag before a read-only request writes it
     /// (default 1 minute).
     ///
@@ -522,6 +539,7 @@ impl fmt::Debug for SessionLayer {
             .field("idle_timeout", &s.idle_timeout)
             .field("lifespan", &s.lifespan)
             .field("remember_me", &s.remember_me)
+            .field("max_lifespan", &s.max_lifespan())
             .field("touch_interval", &s.touch_interval)
             .field("write_deadline", &s.write_deadline)
             .field("max_sessions_per_user", &s.max_sessions_per_user)

@@ -277,7 +277,13 @@ fn open_all<'a>(
         tracing::info!(target: AUDIT_TARGET, event = "rejected", outcome = "failure", reason = "several sessions in one request", fingerprints = ?fingerprints);
         return Tokens::Read(Brought::Ambiguous(others));
     }
-    if now >= opened.data.lifespan_deadline {
+    // The ceiling from creation too: it ends sessions whose sealed lifespan was
+    // carried past it before the layer had one.
+    let ends = opened
+        .data
+        .lifespan_deadline
+        .min(settings.ceiling(opened.data.created_at));
+    if now >= ends {
         audit_expired(&store_key(settings, &opened), "lifespan");
         return Tokens::Read(Brought::Refused);
     }

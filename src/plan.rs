@@ -99,9 +99,9 @@ impl Decision {
 /// | ambiguous, destroyed | delete every session opened, clear (keep when too many tokens to open any) |
 /// | opened nothing, holds data | create |
 /// | destroyed | delete, then create when data was written after |
-/// | cycled, or its cookie sealed under a previous key | move to a new id |
+/// | cycled, or (not quiet) its cookie sealed under a previous key | move to a new id |
 /// | changed data or lifespan | update |
-/// | unchanged, stored idle deadline or last activity lagging | touch |
+/// | unchanged, not quiet, stored idle deadline or last activity lagging | touch |
 /// | unchanged | keep |
 fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
     if state.loaded.is_none() && state.ambiguous.is_none() && state.data.is_empty() {
@@ -132,19 +132,25 @@ fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
         return Decision::Persist(Plan::Create { data, meta });
     };
     let lifespan_changed = state.lifespan_changed;
+    // A quiet request (a device-binding request that proved nothing) is no
+    // activity of the session's, whatever else it asks: it neither slides nor
+    // touches the session, nor moves it to a new id under the primary key (that
+    // move sets a new cookie and ends the old one, so a thief holding a cookie
+    // sealed under a previous key could take the session over).
+    let active = !state.quiet;
     let plan = if state.destroyed {
         Plan::Destroy {
             store_key: loaded.store_key,
             user: loaded.user_tag(settings),
             then_create: (!data.is_empty()).then_some((data, meta)),
         }
-    } else if state.cycle || loaded.key_index != 0 {
+    } else if state.cycle || (active && loaded.key_index != 0) {
         Plan::Move(Edit {
             loaded,
             changes,
             meta,
             lifespan_changed,
-            quiet: false,
+            quiet: !active,
         })
     } else if !changes.is_empty() || lifespan_changed {
         let edit = Edit {
@@ -152,10 +158,10 @@ fn decide(state: &mut State, settings: &Settings, now: Timestamp) -> Decision {
             changes,
             meta,
             lifespan_changed,
-            quiet: state.quiet,
+            quiet: !active,
         };
         Plan::Update { edit, data }
-    } else if state.quiet {
+    } else if !active {
         // No activity of the session's: nothing to touch.
         return Decision::Done(TokenChange::Keep);
     } else {
@@ -392,6 +398,22 @@ mod tests {
         old_key.key_index = 1;
         let rotated = Session::started(s.clone(), now(), Start::Opened(old_key, Data::new()));
         assert_eq!(decided(&rotated), "move", "re-sealed under the primary key");
+        // A quiet request is no activity: no move, no new cookie; what it
+        // writes stays under the key it came with.
+        let quiet = || {
+            let mut old_key = loaded(&s, Duration::ZERO, None);
+            old_key.key_index = 1;
+            let session = Session::started(s.clone(), now(), Start::Opened(old_key, Data::new()));
+            session.finish(|state, _, _| state.quiet = true);
+            session
+        };
+        assert_eq!(decided(&quiet()), "keep");
+        let written = quiet();
+        written.insert("k", 1).unwrap();
+        match Decision::take(&written) {
+            Decision::Persist(Plan::Update { edit, .. }) => assert!(edit.quiet),
+            other => panic!("expected update, got {}", kind(&other)),
+        }
     }
 
     #[test]

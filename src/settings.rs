@@ -29,6 +29,9 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) lifespan: Option<Duration>,
     pub(crate) remember_me: Option<Duration>,
+    /// The ceiling no extend, remember-me or move carries a session past, from
+    /// its creation: `None` for the default, `Some(None)` when disabled.
+    pub(crate) max_lifespan: Option<Option<Duration>>,
     pub(crate) touch_interval: Duration,
     /// The most time a write spends retrying compare-and-set conflicts.
     pub(crate) write_deadline: Duration,
@@ -80,6 +83,7 @@ impl Settings {
             also_cookie: false,
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             lifespan: Some(Duration::from_secs(24 * 3600)),
+            max_lifespan: None,
             remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
             touch_interval: Duration::from_secs(60),
             write_deadline: Duration::from_secs(2),
@@ -119,6 +123,15 @@ impl Settings {
     #[inline]
     pub(crate) fn bound_cookie(&self) -> Option<&str> {
         self.binding.as_ref()?.cookie_name.as_deref()
+    }
+
+    /// The bound cookie's attributes (the session cookie's, under the bound
+    /// cookie's name), when device binding is on.
+    pub(crate) fn bound_cookie_config(&self) -> Option<CookieConfig> {
+        Some(CookieConfig {
+            name: self.bound_cookie()?.to_owned(),
+            ..self.cookie.clone()
+        })
     }
 
     /// The settings requests for `entry`'s domain are served with: these, with
@@ -184,20 +197,53 @@ impl Settings {
     }
 
     #[inline]
-    pub(crate) fn lifespan_deadline(&self, now: Timestamp, remember_me: bool) -> Timestamp {
+    /// The lifespan deadline a session created at `created` gets at `now`
+    /// (created, extended, or marked remember-me or not): never past its
+    /// [`ceiling`](Settings::ceiling).
+    pub(crate) fn lifespan_deadline(
+        &self,
+        now: Timestamp,
+        created: Timestamp,
+        remember_me: bool,
+    ) -> Timestamp {
         let duration = if remember_me {
             self.remember_me
         } else {
             self.lifespan
         };
-        duration.map_or(Timestamp::NEVER, |d| now.saturating_add(d))
+        duration
+            .map_or(Timestamp::NEVER, |d| now.saturating_add(d))
+            .min(self.ceiling(created))
+    }
+
+    /// The longest a session may live from its creation, however often it is
+    /// extended, marked remember-me or moved: `max_lifespan`, by default 30 days
+    /// when a lifespan is set (but never shorter than the lifespan or the
+    /// remember-me duration, which would then never apply); `None`: no ceiling.
+    pub(crate) fn max_lifespan(&self) -> Option<Duration> {
+        const DEFAULT: Duration = Duration::from_secs(30 * 86_400);
+        match self.max_lifespan {
+            Some(explicit) => explicit,
+            None => self.lifespan.map(|lifespan| {
+                DEFAULT
+                    .max(lifespan)
+                    .max(self.remember_me.unwrap_or(Duration::ZERO))
+            }),
+        }
+    }
+
+    /// When a session created at `created` ends at the latest.
+    #[inline]
+    pub(crate) fn ceiling(&self, created: Timestamp) -> Timestamp {
+        self.max_lifespan()
+            .map_or(Timestamp::NEVER, |max| created.saturating_add(max))
     }
 
     #[inline]
     pub(crate) fn new_meta(&self, now: Timestamp) -> Meta {
         Meta {
             created_at: now,
-            lifespan_deadline: self.lifespan_deadline(now, false),
+            lifespan_deadline: self.lifespan_deadline(now, now, false),
             remember_me: false,
         }
     }
@@ -230,9 +276,11 @@ impl Settings {
             (false, Some(timeout)) => now.saturating_add(timeout),
             _ => Timestamp::NEVER,
         };
+        // Whatever carried the lifespan deadline here, it ends at the ceiling.
+        let lifespan = meta.lifespan_deadline.min(self.ceiling(meta.created_at));
         Deadlines {
-            idle: idle.min(meta.lifespan_deadline),
-            lifespan: meta.lifespan_deadline,
+            idle: idle.min(lifespan),
+            lifespan,
             active: now,
         }
     }
@@ -536,6 +584,34 @@ impl Settings {
                 ));
             }
         }
+        if let Some(Some(max)) = self.max_lifespan {
+            if max.is_zero() {
+                errors.push(ConfigError::new(
+                    "max_lifespan",
+                    format!("0 would end every session at once; disable it with {off} instead"),
+                ));
+            }
+            // Against the longer of the two: the one that would be cut most.
+            let longest = [
+                ("lifespan", self.lifespan),
+                ("remember-me", self.remember_me),
+            ]
+            .into_iter()
+            .filter_map(|(name, limit)| Some((set(limit)?, name)))
+            .max();
+            if let Some((limit, name)) = longest.filter(|(limit, _)| !max.is_zero() && max < *limit)
+            {
+                errors.push(ConfigError::new(
+                    "max_lifespan",
+                    format!(
+                        "{} is shorter than the {name} of {}, so that would never apply; \
+                         lengthen it or disable it with {off}",
+                        show(max),
+                        show(limit)
+                    ),
+                ));
+            }
+        }
         if self.max_sessions_per_user == Some(0) {
             errors.push(ConfigError::new(
                 "max_sessions_per_user",
@@ -616,6 +692,7 @@ fn builder_method(field: &str) -> Option<String> {
         "idle_timeout" => "with_idle_timeout",
         "lifespan" => "with_lifespan",
         "remember_me" => "with_remember_me",
+        "max_lifespan" => "with_max_lifespan",
         "touch_interval" => "with_touch_interval",
         "write_deadline" => "with_write_deadline",
         "record_format" => "with_record_format",

@@ -239,6 +239,24 @@ fn every_validation_error_names_its_field_and_says_what_to_do() {
              ticking remember-me would end sessions sooner; lengthen it or disable it with -1",
         ),
         (
+            "max_lifespan: 0s",
+            "max_lifespan",
+            "invalid session setting `max_lifespan`: 0 would end every session at once; \
+             disable it with -1 instead",
+        ),
+        (
+            "lifespan: 1d\nremember_me: -1\nmax_lifespan: 12h",
+            "max_lifespan",
+            "invalid session setting `max_lifespan`: 12h is shorter than the lifespan of 1d, so \
+             that would never apply; lengthen it or disable it with -1",
+        ),
+        (
+            "remember_me: 30d\nmax_lifespan: 7d",
+            "max_lifespan",
+            "invalid session setting `max_lifespan`: 7d is shorter than the remember-me of 30d, \
+             so that would never apply; lengthen it or disable it with -1",
+        ),
+        (
             "lifespan: 0s",
             "lifespan",
             "invalid session setting `lifespan`: 0 would end every session at once; disable it \

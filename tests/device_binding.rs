@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 use tower_sealed_sessions::device_binding::{
     Algorithm, DeviceBinding, TestDevice, refresh_challenge, registration_challenge,
 };
-use tower_sealed_sessions::{Keys, ManualClock, MemoryStore, Session, SessionConfig, SessionLayer};
+use tower_sealed_sessions::{
+    Keys, ManualClock, MemoryStore, Secret, Session, SessionConfig, SessionLayer,
+};
 
 const REGISTER: &str = "/.well-known/sealed-sessions/register";
 const REFRESH: &str = "/.well-known/sealed-sessions/refresh";
@@ -46,6 +48,14 @@ fn app(layer: SessionLayer) -> Router {
                     session.cycle_id();
                     session.set_user_id(&name);
                     session.bind_device().to_string()
+                },
+            ),
+        )
+        .route(
+            "/as/{name}",
+            post(
+                |session: Session, axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    session.set_user_id(&name);
                 },
             ),
         )
@@ -823,4 +833,195 @@ async fn asking_for_challenges_keeps_no_session_alive() {
     assert_eq!(res.status(), 401, "the session idled out");
     let answer: Value = serde_json::from_str(&body(res).await).unwrap();
     assert_eq!(answer["continue"], false);
+}
+
+/// After a key rotation, a thief holding only the session cookie (sealed under
+/// the previous key) gets nothing out of the device-binding endpoints: the
+/// rotation's move to a new id is the session's activity, which a request
+/// that proves nothing is not. The store is left as it was, no cookie is set,
+/// and the real browser keeps its session.
+#[tokio::test]
+async fn a_thief_cannot_move_a_bound_session_after_a_key_rotation() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::default();
+    let (old, new) = (Secret::generate(), Secret::generate());
+    let with_keys = |keys: Keys| {
+        app(SessionLayer::new(store.clone(), keys)
+            .with_secure(false)
+            .with_clock(clock.clone())
+            .with_device_binding(
+                DeviceBinding::new().with_cookie_lifetime(Duration::from_secs(60)),
+            ))
+    };
+    let before = with_keys(Keys::new(&old));
+    let (mut ada, id) = Browser::bound(&before, "ada").await;
+    let after = with_keys(Keys::new(&new).with_previous(&old));
+    clock.advance(Duration::from_secs(10 * 60));
+    let stored = store.dump();
+
+    let mut thief = Browser::new(DeviceKey::es256());
+    thief.cookies.insert("id".into(), ada.cookies["id"].clone());
+    let stolen = thief.cookies["id"].clone();
+    // No proof at all, at each endpoint; then a proof by the thief's own key.
+    for (path, headers) in [
+        (REFRESH, vec![]),
+        (REGISTER, vec![]),
+        (REGISTER, vec![("secure-session-response", "a.b.c")]),
+        (REFRESH, vec![("sec-secure-session-id", "not-the-id")]),
+    ] {
+        let res = thief.send(&after, "POST", path, &headers).await;
+        assert!(res.status().is_client_error(), "{path}: {}", res.status());
+        assert!(
+            res.headers().get("set-cookie").is_none(),
+            "{path} {headers:?}: no cookie for the thief"
+        );
+        assert!(
+            store.dump() == stored,
+            "{path} {headers:?}: the store is as it was"
+        );
+    }
+    // With the binding's id, the thief gets a challenge to sign (the record
+    // keeps it), but neither a cookie nor a later idle deadline.
+    let (res, _) = thief.refresh(&after, &id).await;
+    assert_eq!(res.status(), 400, "a proof by another key");
+    assert!(res.headers().get("set-cookie").is_none());
+    let now = store.dump();
+    assert_eq!(now.len(), 1, "no second record");
+    assert_eq!(now[0].0, stored[0].0, "same store key: not moved");
+    assert_eq!(now[0].1.deadlines, stored[0].1.deadlines, "nothing slid");
+    assert_eq!(
+        thief.cookies["id"], stolen,
+        "the thief's cookie is still the old one"
+    );
+
+    // The real browser proves its key (its bound cookie expired meanwhile),
+    // and that moves the session to the new key.
+    let (res, _) = ada.refresh(&after, &id).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ada.me(&after).await, "ada");
+    assert_ne!(ada.cookies["id"], stolen, "re-sealed under the new key");
+    assert_eq!(thief.me(&after).await, "none");
+}
+
+/// Login fixation with a device binding: an attacker binds a session to their
+/// own key and plants its cookies (the session's and the bound one) in the
+/// victim's browser. The victim's login drops that binding and its bound
+/// cookie, and the offer goes afresh to the victim's browser; the attacker,
+/// copying the victim's session cookie later, can refresh nothing with their
+/// key. A binding only offered to the attacker (a challenge they hold) is
+/// dropped the same way.
+#[tokio::test]
+async fn a_device_binding_planted_before_login_is_dropped_by_it() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let (mallory, planted_id) = Browser::bound(&app, "mallory").await;
+
+    let mut victim = Browser::new(DeviceKey::es256());
+    victim.cookies = mallory.cookies.clone();
+    assert_eq!(
+        victim.me(&app).await,
+        "mallory",
+        "the plant works before login"
+    );
+    let res = victim.send(&app, "POST", "/login/ada", &[]).await;
+    let cleared: Vec<&str> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("id_bound=;") && c.contains("Max-Age=0")),
+        "the planted bound cookie is cleared: {cleared:?}"
+    );
+    let offer = res
+        .headers()
+        .get("secure-session-registration")
+        .expect("binding offered afresh to the browser that logged in");
+    let challenge = registration_challenge(offer.to_str().unwrap())
+        .unwrap()
+        .to_owned();
+    assert_eq!(body(res).await, "true", "bind_device offered");
+    assert!(!victim.cookies.contains_key(BOUND));
+    let instructions = victim.register(&app, &challenge).await;
+    let victim_id = instructions["session_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(victim_id, planted_id);
+    assert_eq!(victim.me(&app).await, "ada");
+
+    // Later the attacker copies the victim's session cookie and refreshes it
+    // with their own key, under either binding id: nothing.
+    let mut attacker = Browser {
+        cookies: BTreeMap::from([("id".to_owned(), victim.cookies["id"].clone())]),
+        key: mallory.key,
+    };
+    let (res, _) = attacker.refresh_or_end(&app, &planted_id).await;
+    assert_eq!(res.status(), 401, "the planted binding is gone");
+    let (res, _) = attacker.refresh(&app, &victim_id).await;
+    assert_eq!(
+        res.status(),
+        400,
+        "the victim's binding is the victim's key's"
+    );
+    assert!(res.headers().get("set-cookie").is_none());
+    assert_eq!(attacker.me(&app).await, "none");
+    assert_eq!(victim.me(&app).await, "ada", "the victim lost nothing");
+
+    // Only offered: the attacker holds a registration challenge of the
+    // planted session, which the victim's login makes worthless.
+    let mut mallory = Browser::new(DeviceKey::es256());
+    let held = mallory.log_in(&app, "mallory").await.unwrap();
+    let mut victim = Browser::new(DeviceKey::es256());
+    victim.cookies = mallory.cookies.clone();
+    let challenge = victim.log_in(&app, "grace").await.unwrap();
+    assert_ne!(challenge, held);
+    let mut attacker = Browser {
+        cookies: victim.cookies.clone(),
+        key: mallory.key,
+    };
+    let proof = attacker.key.proof(&held, true);
+    let res = attacker
+        .send(
+            &app,
+            "POST",
+            REGISTER,
+            &[("secure-session-response", &proof)],
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        400,
+        "the attacker's challenge went with the login"
+    );
+    victim.register(&app, &challenge).await;
+    assert_eq!(victim.me(&app).await, "grace");
+}
+
+/// A change of user without a new id is a privilege change too: the binding
+/// and its bound cookie go.
+#[tokio::test]
+async fn a_change_of_user_drops_the_binding() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let (mut ada, id) = Browser::bound(&app, "ada").await;
+    let res = ada.send(&app, "POST", "/as/ada", &[]).await;
+    assert!(
+        res.headers().get("set-cookie").is_none(),
+        "the same user: kept"
+    );
+    assert!(ada.cookies.contains_key(BOUND));
+    let res = ada.send(&app, "POST", "/as/grace", &[]).await;
+    let set = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with("id_bound=;") && set.contains("Max-Age=0"),
+        "{set}"
+    );
+    assert!(!ada.cookies.contains_key(BOUND));
+    let (res, _) = ada.refresh_or_end(&app, &id).await;
+    assert_eq!(res.status(), 401, "no binding left to refresh");
+    assert_eq!(ada.me(&app).await, "grace");
 }

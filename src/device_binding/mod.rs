@@ -49,6 +49,18 @@
 //! before the session layer (or wrap the whole router, routes added later
 //! included), or the registration and refresh paths reach axum's 404 instead.
 //!
+//! **A privilege change unbinds.** [`cycle_id`](crate::Session::cycle_id) and a
+//! change of user ([`set_user_id`](crate::Session::set_user_id) with another
+//! user, [`clear_user_id`](crate::Session::clear_user_id)) drop the binding,
+//! its key and its outstanding challenges, and the response clears the bound
+//! cookie: a session bound to an attacker's key and planted in a victim's
+//! browser is not the attacker's after the victim logs in.
+//! [`bind_device`](crate::Session::bind_device) then offers binding afresh, to
+//! the browser that logged in. And a request to either endpoint that proves
+//! nothing is no activity of the session's under any plan: it slides and
+//! touches nothing and, after a key rotation, is not moved to the primary key
+//! (which would hand its sender a new cookie).
+//!
 //! Audit events (target [`AUDIT_TARGET`](crate::audit::AUDIT_TARGET)):
 //! `device_bound` (registration) and `device_refreshed`, once saved;
 //! `device_proof_failed` (with `reason`; `not_saved` when a concurrent request

@@ -229,16 +229,12 @@ fn refresh<B: Default + 'static>(session: &Session, headers: &HeaderMap) -> Resp
 /// 200 with the session instructions and a new bound cookie.
 fn bound<B: Default + 'static>(settings: &Settings, session: &Session, id: &str) -> Response<B> {
     let binding = settings.binding.as_ref().expect("routed with binding on");
-    let name = settings
-        .bound_cookie()
+    let cookie = settings
+        .bound_cookie_config()
         .expect("resolved when the layer was built");
-    let cookie = CookieConfig {
-        name: name.to_owned(),
-        ..settings.cookie.clone()
-    };
     let sealed = seal_bound(
         &settings.keys,
-        name,
+        &cookie.name,
         id,
         session.now(),
         binding.cookie_lifetime,
@@ -256,7 +252,7 @@ fn bound<B: Default + 'static>(settings: &Settings, session: &Session, id: &str)
         "session_identifier": id,
         "refresh_url": binding.refresh_path,
         "scope": scope,
-        "credentials": [{ "type": "cookie", "name": name, "attributes": attributes(&cookie) }],
+        "credentials": [{ "type": "cookie", "name": cookie.name, "attributes": attributes(&cookie) }],
     });
     let mut res: Response<B> = answer(StatusCode::OK, Some(body));
     res.headers_mut().append(

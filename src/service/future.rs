@@ -219,11 +219,12 @@ where
                     response,
                 } => {
                     let saved = ready!(save.as_mut().poll(cx));
-                    if session.settings().binding.is_some() {
-                        session.binding_saved(saved.is_ok());
-                    }
+                    let ok = saved.is_ok();
                     let mut response = response.take().expect(POLLED_AFTER_COMPLETION);
                     after_save(&mut response, saved, session.settings(), this.grpc);
+                    if session.settings().binding.is_some() {
+                        binding_saved(&mut response, session, ok);
+                    }
                     this.step.set(Step::Done);
                     return Poll::Ready(Ok(response));
                 }
@@ -276,23 +277,42 @@ fn respond<B: Default + 'static>(
     let settings = session.settings();
     let plan = match decision {
         Decision::Done(change) => {
-            if settings.binding.is_some() {
-                session.binding_saved(true);
-            }
             change_token(response, change, settings);
+            if settings.binding.is_some() {
+                binding_saved(response, session, true);
+            }
             return None;
         }
         Decision::Persist(plan) => plan,
     };
     match store.persist(settings, plan, now) {
         Outcome::Done(saved) => {
-            if settings.binding.is_some() {
-                session.binding_saved(saved.is_ok());
-            }
+            let ok = saved.is_ok();
             after_save(response, saved, settings, grpc);
+            if settings.binding.is_some() {
+                binding_saved(response, session, ok);
+            }
             None
         }
         Outcome::Later(save) => Some(save),
+    }
+}
+
+/// Once the session's save ended (`saved`) or was not needed: device
+/// binding's audit event, and the bound cookie cleared when a privilege change
+/// dropped its binding (after the session's own cookie, which clients that
+/// read one `Set-Cookie` look for).
+#[cold]
+fn binding_saved<B>(response: &mut Response<B>, session: &Session, saved: bool) {
+    session.binding_saved(saved);
+    if saved && session.take_unbound() {
+        let cookie = session
+            .settings()
+            .bound_cookie_config()
+            .expect("resolved when the layer was built");
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie.clear());
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::changes::{Change, Guard, Lost};
@@ -10,7 +11,7 @@ use super::{Session, State};
 use crate::audit::audit_device;
 use crate::clock::Timestamp;
 use crate::device_binding::{BINDING_KEY, Entry, random_token};
-use crate::record::Data;
+use crate::record::{Data, wipe};
 use crate::settings::Settings;
 
 impl Session {
@@ -64,6 +65,34 @@ impl Session {
             false,
         );
         true
+    }
+
+    /// Drops the device binding the session came with: the request changes
+    /// the session's privilege (a new id, another user), and a binding made
+    /// before (by whoever planted the cookie) must not carry over. A
+    /// registration this request offered already is offered again, afresh.
+    pub(super) fn unbind(state: &mut State, settings: &Settings, now: Timestamp) {
+        let reoffer = std::mem::take(&mut state.offered);
+        if let Some(mut old) = state.data.remove(BINDING_KEY) {
+            // Registered: the browser may hold its bound cookie.
+            state.unbound |= Entry::deserialize(&old).is_ok_and(|entry| entry.key.is_some());
+            wipe(&mut old);
+        }
+        // Also from what a concurrent request saved: a registration that lands
+        // meanwhile is dropped too.
+        state
+            .changes
+            .entries
+            .insert(BINDING_KEY.to_owned(), Change::Removed);
+        if reoffer {
+            Self::offer(state, settings, now);
+        }
+    }
+
+    /// Whether this response drops a device binding, so clears its bound
+    /// cookie; taken once.
+    pub(crate) fn take_unbound(&self) -> bool {
+        std::mem::take(&mut self.lock().unbound)
     }
 
     /// Edits the session's device binding now, and again on the binding a

@@ -130,6 +130,10 @@ pub(crate) struct State {
     /// A device-binding success to audit once the session is saved, and the
     /// store key it is about.
     pub(crate) binding_event: Option<(&'static str, Option<StoreKey>)>,
+    /// This request changed the session's privilege (a new id, another user)
+    /// and dropped the device binding registered before; the response clears
+    /// the bound cookie.
+    pub(crate) unbound: bool,
 }
 
 impl State {
@@ -173,6 +177,7 @@ impl State {
             offered: false,
             quiet: false,
             binding_event: None,
+            unbound: false,
         }
     }
 }
@@ -446,14 +451,26 @@ impl Session {
     /// [`with_max_sessions_per_user`](crate::SessionLayer::with_max_sessions_per_user).
     /// Call it at login, with [`cycle_id`](Session::cycle_id). The store keeps only a
     /// keyed HMAC tag of `user_id`; the id itself stays in the sealed session data.
+    ///
+    /// A change of user is a privilege change: like [`cycle_id`](Session::cycle_id),
+    /// it drops the session's device binding.
     pub fn set_user_id(&self, user_id: &str) {
-        if let Some(state) = self.open_or_log("set_user_id") {
+        if let Some(mut state) = self.open_or_log("set_user_id") {
+            if user_of(&state.data) != Some(user_id) {
+                Self::unbind(&mut state, &self.inner.settings, self.inner.now);
+            }
             Self::put(state, USER_KEY, Value::String(user_id.to_owned()));
         }
     }
 
     /// Unties the session from its user; it leaves the user's index when saved.
+    /// Like any change of user, this drops the session's device binding.
     pub fn clear_user_id(&self) {
+        if let Some(mut state) = self.open_or_log("clear_user_id") {
+            if user_of(&state.data).is_some() {
+                Self::unbind(&mut state, &self.inner.settings, self.inner.now);
+            }
+        }
         self.take("clear_user_id", USER_KEY);
     }
 
@@ -500,10 +517,17 @@ impl Session {
     /// Gives the session a new id and record secret, keeping its data. Call it on
     /// every privilege change (login, sudo), so an id planted before it is worthless
     /// afterwards (session fixation, OWASP ASVS 3.2.1). The old id stops working.
+    ///
+    /// The session's device binding ([`device_binding`](crate::device_binding)),
+    /// if any, is dropped with the old id and the response clears its bound
+    /// cookie: a session bound to an attacker's key and planted before the
+    /// login would otherwise stay theirs. [`bind_device`](Session::bind_device)
+    /// then offers binding afresh, to the browser that logged in.
     pub fn cycle_id(&self) {
         if let Some(mut state) = self.open_or_log("cycle_id") {
             state.cycle = true;
             let settings = &self.inner.settings;
+            Self::unbind(&mut state, settings, self.inner.now);
             if settings
                 .binding
                 .as_ref()
@@ -532,7 +556,9 @@ impl Session {
     /// Marks the session remember-me (or not). This starts a new lifespan from now:
     /// the remember-me duration with a persistent cookie, or the normal lifespan
     /// with a browser-session cookie. A remember-me session is not ended by idleness,
-    /// only by its lifespan. Ignored when remember-me is disabled on the layer.
+    /// only by its lifespan, and no more than the layer's
+    /// [`max_lifespan`](crate::SessionLayer::with_max_lifespan) after its creation.
+    /// Ignored when remember-me is disabled on the layer.
     pub fn set_remember_me(&self, remember: bool) {
         let settings = &self.inner.settings;
         if remember && settings.remember_me.is_none() {
@@ -544,20 +570,25 @@ impl Session {
         };
         if state.meta.remember_me != remember {
             state.meta.remember_me = remember;
-            state.meta.lifespan_deadline = settings.lifespan_deadline(self.inner.now, remember);
+            state.meta.lifespan_deadline =
+                settings.lifespan_deadline(self.inner.now, state.meta.created_at, remember);
             state.lifespan_changed = true;
         }
     }
 
-    /// Starts a new lifespan from now (Kiali's "extend your session?").
+    /// Starts a new lifespan from now (Kiali's "extend your session?"), up to the
+    /// layer's [`max_lifespan`](crate::SessionLayer::with_max_lifespan) from the
+    /// session's creation: a cookie thief cannot keep a session alive forever by
+    /// extending it.
     pub fn extend(&self) {
         let Some(mut state) = self.open_or_log("extend") else {
             return;
         };
-        let deadline = self
-            .inner
-            .settings
-            .lifespan_deadline(self.inner.now, state.meta.remember_me);
+        let deadline = self.inner.settings.lifespan_deadline(
+            self.inner.now,
+            state.meta.created_at,
+            state.meta.remember_me,
+        );
         if deadline != state.meta.lifespan_deadline {
             state.meta.lifespan_deadline = deadline;
             state.lifespan_changed = true;

@@ -239,3 +239,93 @@ async fn a_cookie_from_before_remember_me_was_turned_off_does_not_turn_it_back_o
         assert_eq!(res.json::<Value>().await.unwrap(), Value::Null, "{cookie}");
     }
 }
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// `max_lifespan` is a ceiling from creation: extending a session, as a cookie
+/// thief can with any logged-in cookie, does not carry it past.
+#[tokio::test]
+async fn extend_never_carries_a_session_past_max_lifespan() {
+    let hour = Duration::from_secs(3600);
+    let h = Harness::with(|l| {
+        l.with_idle_timeout(Some(Duration::from_secs(30 * 60)))
+            .with_lifespan(Some(2 * hour))
+            .with_remember_me(None)
+            .with_max_lifespan(Some(6 * hour))
+    })
+    .await;
+    h.post("/set/a/1").await;
+    // Extended every 20 minutes: without the ceiling it would live forever.
+    for step in 1..18 {
+        h.clock.advance(Duration::from_secs(20 * 60));
+        assert_eq!(h.post("/extend").await.status(), 204, "at {step} x 20 min");
+        assert_eq!(h.value("a").await, json!("1"), "at {step} x 20 min");
+    }
+    let info: Value = h.get("/expiry").await.json().await.unwrap();
+    h.clock.advance(Duration::from_secs(20 * 60)); // t = 6h
+    assert_eq!(h.value("a").await, Value::Null, "ended at 6h: {info}");
+}
+
+/// Remember-me at day 5 of a session whose ceiling is 10 days gets 5 days, and
+/// a persistent cookie that says so.
+#[tokio::test]
+async fn remember_me_is_capped_by_max_lifespan_from_creation() {
+    let h = Harness::with(|l| {
+        l.with_idle_timeout(None)
+            .with_lifespan(Some(DAY))
+            .with_remember_me(Some(7 * DAY))
+            .with_max_lifespan(Some(10 * DAY))
+    })
+    .await;
+    h.post("/set/a/1").await;
+    for _ in 0..5 {
+        h.clock.advance(DAY - Duration::from_secs(60));
+        h.post("/extend").await;
+    }
+    let res = h.post("/remember/true").await;
+    let set = set_cookies(&res);
+    let max_age: u64 = set[0]
+        .split("Max-Age=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(max_age, 10 * 86_400 - 5 * (86_400 - 60), "{set:?}");
+    h.clock.advance(Duration::from_secs(max_age - 1));
+    assert_eq!(
+        h.value("a").await,
+        json!("1"),
+        "alive just before the ceiling"
+    );
+    h.clock.advance(Duration::from_secs(1));
+    assert_eq!(h.value("a").await, Value::Null, "ended at 10 days");
+}
+
+/// By default, with a lifespan set, the ceiling is 30 days (or the lifespan,
+/// if longer); `None` (`-1`) disables it.
+#[tokio::test]
+async fn max_lifespan_defaults_to_thirty_days_and_can_be_disabled() {
+    for (max, alive_at_day_35) in [(Some(None), true), (None, false)] {
+        let h = Harness::with(move |l| {
+            let l = l.with_idle_timeout(None).with_lifespan(Some(20 * DAY));
+            match max {
+                Some(max) => l.with_max_lifespan(max),
+                None => l,
+            }
+        })
+        .await;
+        h.post("/set/a/1").await;
+        h.clock.advance(19 * DAY);
+        h.post("/extend").await; // to day 39, unless capped at day 30
+        h.clock.advance(11 * DAY - Duration::from_secs(1));
+        assert_eq!(
+            h.value("a").await,
+            json!("1"),
+            "{max:?}: alive before day 30"
+        );
+        h.clock.advance(5 * DAY);
+        let at_35 = h.value("a").await;
+        assert_eq!(at_35 == json!("1"), alive_at_day_35, "{max:?}: {at_35}");
+    }
+}
