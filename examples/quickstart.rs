@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Routes: `GET /` (a page that explains what to try and shows the session as
-//! the browser, the store and the handler see it), `GET /api/session`,
+//! the browser, the store and the handler see it; a view only reads, and writes
+//! nothing), `POST /api/visit` (counts a visit; `GET /api/session` does the same
+//! for scripts),
 //! `GET /api/me`, `POST /api/login` with JSON `{"username": "...", "remember": true}`,
 //! `POST /api/logout`, `GET /api/sessions` (the caller's own sessions, at most 5
 //! per user), `POST /api/sessions/{fingerprint}/revoke` (end one of them),
@@ -61,10 +63,26 @@ struct Login {
     remember: bool,
 }
 
-/// Counts this request as a visit and returns what the page shows. `update` is an
-/// atomic read-modify-write: concurrent visits (tabs, parallel fetches) each add
-/// one, where a `get` then `insert` would lose all but one of them.
+/// What the page shows, read without writing anything.
+fn view(session: &Session) -> Result<SessionView, AppError> {
+    Ok(SessionView {
+        user: session.user_id(),
+        visits: session.get(VISITS)?.unwrap_or(0),
+    })
+}
+
+/// Counts this request as a visit. `update` is an atomic read-modify-write:
+/// concurrent visits (tabs, parallel fetches) each add one, where a `get` then
+/// `insert` would lose all but one of them.
+///
+/// A session withheld for want of its bound cookie (device binding) is not
+/// counted: writing to it would start a new session whose cookie replaces the
+/// bound one, logging the user out on a request the browser merely sent before
+/// its refresh finished.
 fn visit(session: &Session) -> Result<SessionView, AppError> {
+    if session.is_withheld() {
+        return view(session);
+    }
     let visits = session
         .update(VISITS, |n: Option<u64>| Some(n.unwrap_or(0) + 1))?
         .unwrap_or(0);
@@ -74,7 +92,9 @@ fn visit(session: &Session) -> Result<SessionView, AppError> {
     })
 }
 
-async fn api_session(session: Session) -> Result<Json<SessionView>, AppError> {
+/// `POST /api/visit` (the page's "Count a visit"), and `GET /api/session` for
+/// scripts: counts a visit and returns the session's view.
+async fn api_visit(session: Session) -> Result<Json<SessionView>, AppError> {
     Ok(Json(visit(&session)?))
 }
 
@@ -163,24 +183,28 @@ async fn api_logout_everywhere(
 }
 
 /// `GET /`: the page that shows what a request looked like to the browser, the
-/// store and the handler (examples/templates/quickstart.html).
+/// store and the handler (examples/templates/quickstart.html). A view only
+/// reads: it writes nothing, so it never starts a session nor replaces one (with
+/// device binding, a view sent without the bound cookie would otherwise start a
+/// new session whose cookie replaces the bound one).
 async fn page(
     State(sessions): State<SessionLayer>,
     headers: HeaderMap,
     session: Session,
 ) -> Result<impl IntoResponse, AppError> {
-    let view = visit(&session)?;
+    let view = view(&session)?;
     let who = match &view.user {
         Some(user) => format!("Logged in as <b>{}</b>.", escape_html(user)),
         None => "Not logged in.".to_owned(),
     };
     let sent = sent_cookie(&headers, sessions.cookie_name());
     let cookie = match (&sent, session.is_new()) {
-        (None, _) => "(none yet: this was your first request; the response sets one)".to_owned(),
+        (None, _) => "(none yet: a page view writes nothing, so no session starts; count a \
+                      visit or log in)"
+            .to_owned(),
         (Some(value), false) => format!("{}={value}", sessions.cookie_name()),
         (Some(value), true) => format!(
-            "{}={value}\n(it opened no live session: altered, expired or logged out; the \
-             response replaces it)",
+            "{}={value}\n(it opened no live session: altered, expired or logged out)",
             sessions.cookie_name()
         ),
     };
@@ -236,7 +260,7 @@ async fn page(
         None => (
             "(none yet)".to_owned(),
             "-".to_owned(),
-            "(the record is written as this response is sent: reload to see it)".to_owned(),
+            "(no session yet: nothing is stored until a request writes to it)".to_owned(),
         ),
     };
     let handler_data = serde_json::to_string_pretty(&serde_json::json!({
@@ -472,7 +496,8 @@ pub fn app(sessions: SessionLayer) -> Router {
         .with_state(sessions.clone());
     Router::new()
         .route("/", get(page))
-        .route("/api/session", get(api_session))
+        .route("/api/session", get(api_visit))
+        .route("/api/visit", post(api_visit))
         .route("/api/me", get(api_me))
         .route("/api/login", post(api_login))
         .route("/api/logout", post(api_logout))

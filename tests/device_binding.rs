@@ -757,6 +757,19 @@ async fn the_quickstart_offers_binding_with_its_dbsc_configuration() {
         page.contains("Device binding (DBSC) is on"),
         "the page says so"
     );
+    // Views sent without the bound cookie (a refresh skipped or still under
+    // way) are withheld their session and write nothing: no new session's
+    // cookie replaces the bound one, and the user stays logged in.
+    for path in ["/", "/api/session"] {
+        let res = common::oneshot(&app, "GET", path, &[("cookie", &session)]).await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert!(
+            res.headers().get("set-cookie").is_none(),
+            "{path}: a withheld view sets no cookie"
+        );
+    }
+    let res = common::oneshot(&app, "GET", "/api/me", &[("cookie", &both)]).await;
+    assert_eq!(body(res).await, "\"ada\"", "still logged in");
     std::fs::remove_dir_all(dir).ok();
 }
 

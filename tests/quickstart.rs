@@ -63,7 +63,21 @@ async fn visit_login_logout_flow() {
     assert_eq!(body, json!({"user": "ada", "visits": 3}));
     let page = page(&client, &base).await;
     assert!(page.contains("Logged in as <b>ada</b>"), "{page}");
-    assert!(page.contains(r#"<span id="visits">4</span>"#), "{page}");
+    assert!(
+        page.contains(r#"<span id="visits">3</span>"#),
+        "a view only reads: {page}"
+    );
+    let res = client
+        .post(format!("{base}/api/visit"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"user": "ada", "visits": 4}),
+        "counted on request"
+    );
 
     let res = client
         .post(format!("{base}/api/logout"))
@@ -241,6 +255,12 @@ async fn the_static_asset_costs_no_store_operation_with_a_valid_cookie() {
     let layer = SessionLayer::new(store.clone(), Keys::generate()).with_secure(false);
     let base = serve(quickstart::app(layer)).await;
     let client = jar_client();
+    let res = client
+        .post(format!("{base}/api/visit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set_cookies(&res).len(), 1, "a session, with a valid cookie");
     let html = page(&client, &base).await;
     assert!(html.contains("/static/app.css"), "the page links it");
     store.take_ops();
@@ -328,4 +348,35 @@ async fn extend_and_revoke_belong_to_the_logged_in_user() {
     // Ada's other device can.
     assert_eq!(revoke(&ada_too, &other).await.unwrap().status(), 204);
     assert_eq!(me(&ada).await, Value::Null, "revoked");
+}
+
+/// A page view only reads: without a cookie it starts no session, and with one
+/// it writes nothing (no new cookie, the count as it was).
+#[tokio::test]
+async fn a_page_view_writes_nothing() {
+    let base = start().await;
+    let plain = reqwest::Client::new();
+    let res = plain.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(set_cookies(&res).is_empty(), "no session for a view");
+    let page = res.text().await.unwrap();
+    assert!(page.contains("a page view writes nothing"), "{page}");
+    assert!(page.contains(r#"<span id="visits">0</span>"#), "{page}");
+
+    let client = jar_client();
+    let res = client
+        .post(format!("{base}/api/visit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"user": null, "visits": 1})
+    );
+    for _ in 0..3 {
+        let res = client.get(format!("{base}/")).send().await.unwrap();
+        assert!(set_cookies(&res).is_empty(), "a view sets no cookie");
+        let page = res.text().await.unwrap();
+        assert!(page.contains(r#"<span id="visits">1</span>"#), "{page}");
+    }
 }

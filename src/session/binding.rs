@@ -72,8 +72,13 @@ impl Session {
     /// before (by whoever planted the cookie) must not carry over. A
     /// registration this request offered already is offered again, afresh.
     pub(super) fn unbind(state: &mut State, settings: &Settings, now: Timestamp) {
+        let removed = state.data.remove(BINDING_KEY);
+        if removed.is_none() && settings.binding.is_none() {
+            // Nothing bound, and nothing can be: the login costs nothing more.
+            return;
+        }
         let reoffer = std::mem::take(&mut state.offered);
-        if let Some(mut old) = state.data.remove(BINDING_KEY) {
+        if let Some(mut old) = removed {
             // Registered: the browser may hold its bound cookie.
             state.unbound |= Entry::deserialize(&old).is_ok_and(|entry| entry.key.is_some());
             wipe(&mut old);
