@@ -187,6 +187,15 @@ pub enum KeyError {
         /// What failed.
         source: io::Error,
     },
+    /// An existing `generate:` key file is not trusted: another user could
+    /// have written it or could replace it (see
+    /// [`Secret::find_or_create`](crate::Secret::find_or_create)).
+    Untrusted {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not trusted, and how to mend it.
+        reason: String,
+    },
     /// A loaded secret was refused; `origin` says where it came from.
     Context {
         /// Where the secret came from, for example `file /run/secrets/session`.
@@ -232,6 +241,11 @@ impl fmt::Display for KeyError {
             KeyError::Io { path, source } => {
                 write!(f, "session key file {}: {source}", path.display())
             }
+            KeyError::Untrusted { path, reason } => write!(
+                f,
+                "generate:{}: refused as the session key: {reason}",
+                path.display()
+            ),
             KeyError::Context { origin, source } => write!(f, "{source} (from {origin})"),
         }
     }
@@ -449,6 +463,10 @@ mod tests {
             KeyError::TooShort { len: 1, min: 32 },
             KeyError::EnvNotSet("X".into()),
             KeyError::UnknownReference("my_env".into()),
+            KeyError::Untrusted {
+                path: "/k".into(),
+                reason: "it is a symbolic link".into(),
+            },
         ] {
             assert!(plain.source().is_none(), "{plain}");
         }

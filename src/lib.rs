@@ -156,6 +156,7 @@ mod duration;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod files;
 pub mod keys;
 mod layer;
 pub mod metrics;

@@ -13,6 +13,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::error::KeyError;
+use crate::files;
 
 /// A master secret: at least [`Secret::MIN_LEN`] bytes that look random. Its bytes
 /// are wiped from memory when it is dropped, and `Debug` shows only its length.
@@ -105,6 +106,12 @@ impl Secret {
     /// mounted Kubernetes secret or of a key file written by
     /// [`find_or_create`](Secret::find_or_create).
     ///
+    /// Symbolic links are followed and the file's owner and mode are not checked:
+    /// a Kubernetes secret is a link into `..data`, root's, mode 0644 by default.
+    /// A file that other users can write (mode `o+w`, after following links) is
+    /// still used, with a warning (target `tower_sealed_sessions`, once per path
+    /// and process): whoever can replace it can forge every session.
+    ///
     /// # Errors
     ///
     /// [`KeyError::Io`] when the file cannot be read, or as [`Secret::from_bytes`].
@@ -122,13 +129,33 @@ impl Secret {
     /// taken, so a half-written key file is never seen and exactly one secret wins;
     /// the others read it.
     ///
+    /// An existing file is trusted as OpenSSH's `StrictModes` trusts a key (on
+    /// Unix; elsewhere it is read as it is): a key another local user planted
+    /// would become the master secret, and with it they could forge and read
+    /// every session. So it must be
+    ///
+    /// - a regular file, not a symbolic link (even to a good key: the link, or
+    ///   the directory it points into, may be another user's);
+    /// - owned by the process's effective user;
+    /// - readable and writable by its owner alone (no group or other bit: mode
+    ///   0600 or 0400);
+    /// - in a directory other users cannot write, unless the directory is sticky
+    ///   (`/tmp`), which stops them from removing or renaming our file. No new
+    ///   key is created in such a directory either.
+    ///
+    /// These are checked on the opened file (`O_NOFOLLOW`, then `fstat`), not
+    /// on its name, so the file cannot be swapped between the check and the
+    /// read. A file that fails is refused with [`KeyError::Untrusted`], naming
+    /// the path, the reason and the remedy; it is never replaced.
+    ///
     /// # Errors
     ///
-    /// [`KeyError::Io`] when the directory does not exist or is not writable, or the
-    /// file cannot be read; as [`Secret::from_bytes`] for an existing file.
+    /// [`KeyError::Untrusted`] as above; [`KeyError::Io`] when the directory does
+    /// not exist or is not writable, or the file cannot be read; as
+    /// [`Secret::from_bytes`] for an existing file.
     pub fn find_or_create(path: impl AsRef<Path>) -> Result<Self, KeyError> {
         let path = path.as_ref();
-        match Self::from_file(path) {
+        match read_generated(path) {
             Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
             found => return found,
         }
@@ -145,7 +172,7 @@ impl Secret {
                 Self::from_bytes(trim_newline(text.as_bytes()).to_vec())
             }
             // Another process created it first: use theirs.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::from_file(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_generated(path),
             Err(source) => Err(KeyError::Io {
                 path: path.to_owned(),
                 source,
@@ -229,15 +256,91 @@ fn env_bytes(name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     Ok(Zeroizing::new(value.into_encoded_bytes()))
 }
 
-/// The bytes of the file at `path`, less one trailing newline.
+/// The bytes of the file at `path` (a `file:` reference: links followed), less
+/// one trailing newline; a warning, once, when other users can write it.
 fn file_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let file = fs::File::open(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Ok(meta) = file.metadata() {
+        warn_if_others_can_write(path, files::mode(&meta));
+    }
+    read_key_file(path, file)
+}
+
+/// Warns, once per path and process, that the `file:` reference at `path`
+/// (whose mode, after following links, is `mode`) can be rewritten by anyone.
+fn warn_if_others_can_write(path: &Path, mode: u32) {
+    if mode & 0o002 == 0 {
+        return;
+    }
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.iter().any(|p| p == path) {
+        return;
+    }
+    warned.push(path.to_owned());
+    tracing::warn!(
+        target: "tower_sealed_sessions",
+        path = %path.display(),
+        "file:{} is writable by others (mode {mode:04o}): any user of this host can replace \
+         the secret it holds; chmod o-w it",
+        path.display()
+    );
+}
+
+/// The secret of the `generate:` key file at `path`, if it can be trusted (see
+/// [`Secret::find_or_create`]).
+fn read_generated(path: &Path) -> Result<Secret, KeyError> {
+    let untrusted = |reason: String| KeyError::Untrusted {
+        path: path.to_owned(),
+        reason,
+    };
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // A missing directory is NotFound, as a missing file is: both are created.
+    if let Some(reason) = files::open_directory(files::parent(path)).map_err(io_err)? {
+        return Err(untrusted(reason));
+    }
+    let file = files::open_no_follow(path).map_err(|e| {
+        if files::is_symlink_error(&e) {
+            untrusted(
+                "it is a symbolic link; a generated key is used only from a regular file \
+                 (point generate: at the file itself, or use file: for a mounted secret)"
+                    .to_owned(),
+            )
+        } else {
+            io_err(e)
+        }
+    })?;
+    // The opened file's metadata (fstat), not the path's: no swap in between.
+    let meta = file.metadata().map_err(io_err)?;
+    if let Some(reason) = files::foreign(&meta) {
+        return Err(untrusted(reason));
+    }
+    let mode = files::mode(&meta);
+    if mode & 0o077 != 0 {
+        return Err(untrusted(format!(
+            "the file is readable or writable by group or others (mode {mode:04o}); \
+             chmod 600 it"
+        )));
+    }
+    Secret::from_bytes(read_key_file(path, file)?.to_vec())
+        .map_err(|e| e.context(format!("file {}", path.display())))
+}
+
+/// The bytes of the key file `file` (at `path`), less one trailing newline.
+fn read_key_file(path: &Path, file: fs::File) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let io_err = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
     let mut bytes = Zeroizing::new(Vec::new());
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
         .map_err(io_err)?;
     if bytes.len() as u64 > MAX_FILE_LEN {
         return Err(io_err(io::Error::other(format!(
@@ -324,10 +427,7 @@ fn publish(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// same file system as the key, so that the hard link publishing it cannot fail
 /// for crossing one, and no other directory (such as `$TMPDIR`) sees the secret.
 fn temp_beside(path: &Path) -> io::Result<(&Path, PathBuf)> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = files::parent(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key path names no file"))?;
@@ -341,11 +441,7 @@ fn temp_beside(path: &Path) -> io::Result<(&Path, PathBuf)> {
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    let mut file = files::create_private(path)?;
     file.write_all(contents)?;
     file.sync_all()
 }

@@ -139,6 +139,11 @@ fn find_or_create_writes_once_with_mode_0600_and_reuses_it() {
         "{err}"
     );
     fs::write(dir.join("bad.key"), b"").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join("bad.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let err = Secret::find_or_create(dir.join("bad.key")).unwrap_err();
     assert!(
         err.to_string().contains("0 bytes long"),
@@ -333,5 +338,177 @@ fn a_credential_is_a_reference_or_the_text_itself() {
         credential("env:TSS_TEST_NEVER_SET_EITHER"),
         Err(KeyError::EnvNotSet(_))
     ));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Whether this process can give a file to another user (it runs as root);
+/// when it cannot, a test that needs it is skipped, except in CI.
+#[cfg(unix)]
+fn can_chown(test: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root (to chown a file to another user) and CI must run it"
+        );
+        println!("skipped {test}: not root, so it cannot chown a file to another user");
+    }
+    root
+}
+
+/// A `generate:` key file as `find_or_create` writes one, planted at `path`
+/// with `mode`.
+#[cfg(unix)]
+fn plant(path: &Path, mode: u32) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = URL_SAFE_NO_PAD.encode(secret(5));
+    fs::write(path, format!("{key}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    key.into_bytes()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_generated_key_file_that_is_a_symlink_is_refused() {
+    let dir = temp_dir("symlink");
+    let planted = dir.join("planted.key");
+    plant(&planted, 0o600);
+    let path = dir.join("session.key");
+    std::os::unix::fs::symlink(&planted, &path).unwrap();
+    let err = Secret::find_or_create(&path)
+        .expect_err("a symlinked generate: key file is refused")
+        .to_string();
+    assert!(
+        err.contains(&format!("generate:{}", path.display())) && err.contains("symbolic link"),
+        "{err}"
+    );
+    // A dangling link is refused too, not followed to create the key elsewhere.
+    fs::remove_file(&planted).unwrap();
+    let err = Secret::find_or_create(&path).expect_err("a dangling symlink is refused");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(!planted.exists(), "nothing was written through the link");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_generated_key_file_readable_or_writable_by_group_or_others_is_refused() {
+    let dir = temp_dir("mode");
+    let path = dir.join("session.key");
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o666] {
+        plant(&path, mode);
+        let err = Secret::find_or_create(&path)
+            .expect_err("a key file others can read or write is refused")
+            .to_string();
+        assert!(
+            err.contains(&format!("generate:{}", path.display()))
+                && err.contains(&format!("(mode {mode:04o})"))
+                && err.contains("chmod 600"),
+            "{mode:o}: {err}"
+        );
+    }
+    let key = plant(&path, 0o600);
+    assert_eq!(Secret::find_or_create(&path).unwrap().as_bytes(), &key[..]);
+    plant(&path, 0o400);
+    assert!(Secret::find_or_create(&path).is_ok(), "read-only is fine");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_generated_key_file_of_another_user_is_refused() {
+    if !can_chown("a_generated_key_file_of_another_user_is_refused") {
+        return;
+    }
+    let dir = temp_dir("owner");
+    let path = dir.join("session.key");
+    plant(&path, 0o600);
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    let err = Secret::find_or_create(&path)
+        .expect_err("another user's key file is refused")
+        .to_string();
+    assert!(
+        err.contains(&format!("generate:{}", path.display()))
+            && err.contains("uid 65534")
+            && err.contains("remove it"),
+        "{err}"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_generated_key_file_that_is_not_a_regular_file_is_refused() {
+    let dir = temp_dir("not-regular");
+    let path = dir.join("session.key");
+    fs::create_dir(&path).unwrap();
+    let err = Secret::find_or_create(&path)
+        .expect_err("a directory is not a key file")
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_generated_key_in_a_directory_writable_by_others_is_refused_unless_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("open-dir");
+    let path = dir.join("session.key");
+    let key = plant(&path, 0o600);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Secret::find_or_create(&path)
+        .expect_err("a key another user could replace is refused")
+        .to_string();
+    assert!(
+        err.contains(&format!("generate:{}", path.display()))
+            && err.contains(&format!("{} is writable by others", dir.display()))
+            && err.contains("sticky"),
+        "{err}"
+    );
+    // Nor is a new key created there.
+    let fresh = dir.join("fresh.key");
+    assert!(Secret::find_or_create(&fresh).is_err());
+    assert!(!fresh.exists());
+    // Sticky (as /tmp is): others cannot remove or rename our file.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    assert_eq!(Secret::find_or_create(&path).unwrap().as_bytes(), &key[..]);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_reference_follows_symlinks_and_warns_once_when_others_can_write_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("file-ref");
+    // The layout of a mounted Kubernetes secret: a symlink into `..data`,
+    // root's file, mode 0644.
+    fs::create_dir(dir.join("..data")).unwrap();
+    let target = dir.join("..data/key");
+    fs::write(&target, secret(6)).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.join("key");
+    std::os::unix::fs::symlink("..data/key", &link).unwrap();
+    let reference = format!("file:{}", link.display());
+    let logs = crate::testing::logs_of(|| {
+        assert_eq!(
+            Secret::from_reference(&reference).unwrap().as_bytes(),
+            &secret(6)[..]
+        );
+    });
+    assert!(!logs.contains("WARN"), "a private mount is quiet: {logs}");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
+    let logs = crate::testing::logs_of(|| {
+        for _ in 0..3 {
+            assert!(Secret::from_reference(&reference).is_ok(), "still used");
+        }
+    });
+    assert_eq!(logs.matches("WARN").count(), 1, "warned once: {logs}");
+    assert!(
+        logs.contains(&link.display().to_string())
+            && logs.contains("writable by others")
+            && logs.contains("chmod o-w"),
+        "{logs}"
+    );
     fs::remove_dir_all(dir).unwrap();
 }
