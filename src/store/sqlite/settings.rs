@@ -21,7 +21,11 @@ use crate::store::sql::{DEFAULT_PREFIX, check_prefix};
 #[non_exhaustive]
 pub struct SqliteSettings {
     /// The database file, created (mode 0600, with its missing parent
-    /// directories, mode 0700) when it is not there.
+    /// directories, mode 0700) when it is not there. An existing one, and its
+    /// `-wal` and `-shm` files, must be regular files (not symbolic links) of
+    /// the process's user that others cannot write, in a directory others
+    /// cannot write unless it is sticky (on Unix): otherwise opening the store
+    /// fails, naming `store.path`, the file and the reason.
     pub path: PathBuf,
     /// Prepended to the tables' names (default `session_`): letters, digits and
     /// `_`, not starting with a digit.

@@ -29,6 +29,7 @@ use sqlx::{Executor, QueryBuilder, Sqlite};
 use crate::clock::{Clock, Timestamp};
 use crate::config::SqliteSettings;
 use crate::error::StoreError;
+use crate::files;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::sql::{
     CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
@@ -163,8 +164,10 @@ fn backend(err: sqlx::Error) -> StoreError {
     }
 }
 
-/// Creates the database file (mode 0600) and its missing parent directories
-/// (mode 0700), so that SQLite opens a file only its owner reads.
+/// Creates the database file (mode 0600, exclusively, never through a link)
+/// and its missing parent directories (mode 0700), so that SQLite opens a file
+/// only its owner reads; or checks the file that is there, and its `-wal` and
+/// `-shm` files, as [`trusted`] says.
 fn prepare(path: &Path) -> Result<(), StoreError> {
     let failed = |what: &str, at: &Path, e: std::io::Error| {
         StoreError::backend(format!(
@@ -172,25 +175,69 @@ fn prepare(path: &Path) -> Result<(), StoreError> {
             at.display()
         ))
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            let mut dirs = std::fs::DirBuilder::new();
-            dirs.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut dirs, 0o700);
-            dirs.create(parent)
-                .map_err(|e| failed("the directory", parent, e))?;
+    let parent = files::parent(path);
+    if !parent.exists() {
+        let mut dirs = std::fs::DirBuilder::new();
+        dirs.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dirs, 0o700);
+        dirs.create(parent)
+            .map_err(|e| failed("the directory", parent, e))?;
+    }
+    let refused = |at: &Path, reason: String| {
+        StoreError::backend(format!("store.path: {}: refused: {reason}", at.display()))
+    };
+    match files::open_directory(parent) {
+        Ok(Some(reason)) => return Err(refused(path, reason)),
+        Ok(None) => {}
+        Err(e) => return Err(failed("the database file", path, e)),
+    }
+    match files::create_private(path) {
+        Ok(_) => {}
+        // Also a link, dangling or not (O_EXCL): `trusted` refuses it.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed("the database file", path, e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        match trusted(file) {
+            Ok(()) => {}
+            Err(reason) => return Err(refused(file, reason)),
         }
     }
-    let mut file = std::fs::OpenOptions::new();
-    file.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
-    match file.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(failed("the database file", path, e)),
+    Ok(())
+}
+
+/// Whether SQLite may open `file` (the database, or its `-wal` or `-shm`),
+/// which may be missing: not if it is a symbolic link, not a regular file,
+/// another user's, or writable by others. Any of those would let another local
+/// user plant the database (sessions of their making are still refused, sealed
+/// under keys they lack, but the layer would write into their file) or read and
+/// rewrite it. SQLite opens the files by name afterwards, so what this looks at
+/// is the name's, not an opened handle's: a user who can replace files in the
+/// directory could still swap one in between, which the directory rule of
+/// `prepare` is there to stop.
+fn trusted(file: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(file) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if meta.file_type().is_symlink() {
+        return Err("it is a symbolic link; name the database file itself".to_owned());
     }
+    if let Some(reason) = files::foreign(&meta) {
+        return Err(reason);
+    }
+    let mode = files::mode(&meta);
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "it is writable by others (mode {mode:04o}); chmod o-w it"
+        ));
+    }
+    Ok(())
 }
 
 /// Puts the file in WAL mode (which stays with the file, so the readers need
