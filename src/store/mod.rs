@@ -87,6 +87,7 @@ pub(crate) mod postgres;
 pub(crate) mod redis;
 pub(crate) mod sql;
 pub(crate) mod sqlite;
+pub(crate) mod url;
 
 pub use crate::clock::Timestamp;
 pub use crate::error::StoreError;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::duration::span_option;
 use crate::error::ConfigError;
 use crate::store::sql::{DEFAULT_PREFIX, check_prefix};
+use crate::store::url::{form_decoded, redact};
 
 /// Where a [`PostgresStore`](crate::store::PostgresStore) keeps its tables.
 ///
@@ -22,7 +23,15 @@ use crate::store::sql::{DEFAULT_PREFIX, check_prefix};
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PostgresSettings {
-    /// `postgres://user@host[:port]/database` (or `postgresql://`).
+    /// `postgres://user@host[:port]/database` (or `postgresql://`). Of its
+    /// query, sqlx reads `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `host`,
+    /// `hostaddr`, `port`, `dbname`, `user`, `password`, `application_name`,
+    /// `options` and `statement-cache-capacity`; any other parameter is dropped
+    /// with a warning that names it (never its value), and one of those in
+    /// another case (`SSLMODE`, `Password`) is refused, since it would be
+    /// ignored. Messages and `Debug` show the URL without its password, query
+    /// values (but those of `sslmode`, `application_name`, `host`, `port`,
+    /// `dbname`, `user` and a few more) and fragment.
     pub url: String,
     /// The password, a reference.
     pub password: Option<String>,
@@ -101,6 +110,25 @@ impl PostgresSettings {
                 ),
             ));
         }
+        // A known key in the wrong case is ignored by sqlx: a `SSLMODE=verify-full`
+        // would connect without checking the certificate, a `Password=` without
+        // the password.
+        for (_, key) in query_pairs(&self.url) {
+            let Some(key) = key.filter(|k| !sqlx_reads(k)) else {
+                continue;
+            };
+            let lower = key.to_ascii_lowercase();
+            if sqlx_reads(&lower) {
+                return Err(ConfigError::new(
+                    "store.url",
+                    format!(
+                        "the parameter `{}` would be ignored: PostgreSQL's are lower case, \
+                         write `{lower}` (its value is not shown)",
+                        shown_key(&key)
+                    ),
+                ));
+            }
+        }
         if self.timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new(
                 "store.timeout",
@@ -117,18 +145,91 @@ impl PostgresSettings {
     }
 }
 
-/// A URL with any password in it hidden.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) if userinfo.contains(':') => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:<redacted>@{host}")
-            }
-            _ => url.to_owned(),
-        },
-        None => url.to_owned(),
+/// The query keys sqlx reads from a PostgreSQL URL (sqlx-postgres 0.8,
+/// `options/parse.rs`), besides `options[NAME]`. It ignores any other with a
+/// warning that shows the value (a mistyped `PASSWORD=`, a libpq-only
+/// `sslpassword=`), so the store hands it none of them.
+const SQLX_KEYS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// What `url`'s query holds, pair by pair: the pair as written, and its key as
+/// sqlx reads it (decoded; `None` when that is not UTF-8).
+fn query_pairs(url: &str) -> impl Iterator<Item = (&str, Option<String>)> {
+    let before_fragment = url.split('#').next().unwrap_or("");
+    let query = before_fragment.split_once('?').map_or("", |(_, q)| q);
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+        (pair, form_decoded(key))
+    })
+}
+
+fn sqlx_reads(key: &str) -> bool {
+    SQLX_KEYS.contains(&key) || (key.starts_with("options[") && key.ends_with(']'))
+}
+
+/// `key`, for a message: as it is when it is a plain word, else a placeholder
+/// (a mangled URL may have a piece of a password where a key should be).
+fn shown_key(key: &str) -> &str {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'))
+    {
+        key
+    } else {
+        "<not shown>"
     }
+}
+
+/// `url` as sqlx is given it: without the query parameters sqlx does not read,
+/// whose keys (for a warning, as [`shown_key`] shows them) come second.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn for_sqlx(url: &str) -> (String, Vec<String>) {
+    let (mut ignored, mut kept) = (Vec::new(), Vec::new());
+    for (pair, key) in query_pairs(url) {
+        match key {
+            Some(key) if sqlx_reads(&key) => kept.push(pair),
+            key => ignored.push(shown_key(key.as_deref().unwrap_or("")).to_owned()),
+        }
+    }
+    if ignored.is_empty() {
+        return (url.to_owned(), ignored);
+    }
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (url, None),
+    };
+    let mut given = before_fragment
+        .split_once('?')
+        .map_or(before_fragment, |(place, _)| place)
+        .to_owned();
+    if !kept.is_empty() {
+        given.push('?');
+        given.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        given.push('#');
+        given.push_str(fragment);
+    }
+    (given, ignored)
 }
 
 /// Shows the URL without its password, and whether a password reference is set.
@@ -189,6 +290,12 @@ mod tests {
         );
         assert!(!shown.contains("hunter"), "{shown}");
         assert!(shown.contains("db/app"), "{shown}");
+        let err = PostgresSettings::url("postgres://db/app?SSLMODE=verify-full")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field(), "store.url");
+        assert!(err.to_string().contains("write `sslmode`"), "{err}");
+        assert!(!err.to_string().contains("verify-full"), "{err}");
         let parsed: PostgresSettings = serde_yaml_ng::from_str(
             "{ url: \"postgres://app@db.internal/app\", password: \"env:PGPASSWORD\", table_prefix: \"session_\" }",
         )
@@ -201,5 +308,23 @@ mod tests {
                 .unwrap();
         assert_eq!(parsed.timeout(), Duration::from_millis(500));
         assert_eq!(parsed.pool_size(), 2);
+    }
+
+    #[test]
+    fn sqlx_is_given_only_the_parameters_it_reads() {
+        let (url, ignored) = for_sqlx(
+            "postgres://u:p@h/db?sslmode=require&sslpassword=x&pass%77ord=y&connect_timeout=3\
+             &options[search_path]=s#f",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@h/db?sslmode=require&pass%77ord=y&options[search_path]=s#f"
+        );
+        assert_eq!(ignored, ["sslpassword", "connect_timeout"]);
+        let (url, ignored) = for_sqlx("postgres://h/db?x=1&y%2F=2");
+        assert_eq!(url, "postgres://h/db");
+        assert_eq!(ignored, ["x", "<not shown>"]);
+        let plain = "postgres://h/db?sslmode=disable";
+        assert_eq!(for_sqlx(plain), (plain.to_owned(), Vec::new()));
     }
 }

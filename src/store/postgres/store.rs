@@ -32,6 +32,7 @@ use crate::store::sql::{
     CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
     version,
 };
+use crate::store::url::redact;
 use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
 
 /// A [`SessionStore`] in PostgreSQL.
@@ -249,7 +250,18 @@ impl PostgresStore {
     /// read, the server cannot be reached, or the schema cannot be created.
     pub async fn from_settings(settings: &PostgresSettings) -> Result<Self, StoreError> {
         settings.validate().map_err(StoreError::backend)?;
-        let mut options: PgConnectOptions = settings.url.parse().map_err(backend)?;
+        let (url, ignored) = super::settings::for_sqlx(&settings.url);
+        for key in ignored {
+            // sqlx would ignore it too, with a warning showing its value.
+            tracing::warn!(
+                target: "tower_sealed_sessions",
+                "store.url: ignoring the parameter `{key}`, which PostgreSQL connections do \
+                 not read (its value is not shown)"
+            );
+        }
+        let mut options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::backend(format!("store.url: {}: {e}", redact(&url))))?;
         if let Some(reference) = &settings.password {
             let password = credential(reference)
                 .map_err(|e| StoreError::backend(format!("store.password: {e}")))?;

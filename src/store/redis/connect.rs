@@ -17,9 +17,10 @@ use redis::{
 };
 use zeroize::Zeroizing;
 
-use super::settings::{RedisSettings, RedisTopology, TlsSettings, host_port, redact_url};
+use super::settings::{RedisSettings, RedisTopology, TlsSettings, host_port};
 use crate::error::StoreError;
 use crate::keys::credential;
+use crate::store::url::redact;
 
 /// How to open a connection to one node: its credentials and TLS, shared by every
 /// node of a deployment (a master, its sentinels' data nodes, a Cluster's nodes).
@@ -64,7 +65,7 @@ impl NodeConfig {
         let (mut username, mut password, mut db) = (None, None, 0);
         if let Some(url) = &settings.url {
             let info = url.as_str().into_connection_info().map_err(|e| {
-                StoreError::backend(format!("{} is not a Redis URL: {e}", redact_url(url)))
+                StoreError::backend(format!("{} is not a Redis URL: {e}", redact(url)))
             })?;
             let redis = info.redis_settings();
             username = redis.username().map(str::to_owned);

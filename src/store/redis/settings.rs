@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::duration::span_option;
 use crate::error::ConfigError;
+use crate::store::url::redact;
 
 /// How long one Redis command may take, unless configured.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -393,13 +394,15 @@ impl RedisSettings {
             ));
         }
         if let Some(url) = &self.url {
-            let scheme = url.split("://").next().unwrap_or("");
-            if !matches!(scheme, "redis" | "rediss") {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                // Not the scheme alone: a URL without `://` is all "scheme".
                 return Err(ConfigError::new(
                     "store.url",
                     format!(
-                        "`{scheme}://` is not a Redis URL: use redis:// or rediss:// (TLS); \
-                         for Sentinel or Cluster use `sentinel:` or `cluster:`"
+                        "{:?} is not a Redis URL: use redis:// or rediss:// (TLS); for \
+                         Sentinel or Cluster use `sentinel:` or `cluster:`",
+                        redact(url)
                     ),
                 ));
             }
@@ -429,7 +432,7 @@ fn shown(reference: &Option<String>) -> Option<&str> {
 /// Passwords, and the user-info part of a URL, are not shown.
 impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self.url.as_deref().map(redact_url);
+        let url = self.url.as_deref().map(redact);
         f.debug_struct("RedisSettings")
             .field("url", &url)
             .field("sentinel", &self.sentinel)
@@ -457,21 +460,6 @@ impl fmt::Debug for SentinelSettings {
             .field("password", &shown(&self.password))
             .finish()
     }
-}
-
-/// A URL with its credentials and query hidden: scheme, host, port and database
-/// only.
-pub(crate) fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    // The parser takes the last `@` as the end of the user info, so do the same.
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let hidden = if rest.contains('@') || url.contains('?') {
-        "<redacted>@"
-    } else {
-        ""
-    };
-    format!("{scheme}://{hidden}{host}")
 }
 
 #[cfg(test)]
