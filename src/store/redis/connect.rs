@@ -343,7 +343,10 @@ fn nodes(nodes: &[String]) -> Result<Vec<(String, u16)>, StoreError> {
         .map(|node| {
             host_port(node)
                 .map(|(h, p)| (h.to_owned(), p))
-                .ok_or_else(|| StoreError::backend(format!("Redis node {node:?} is not host:port")))
+                .ok_or_else(|| {
+                    // A URL pasted as a node may carry a password.
+                    StoreError::backend(format!("Redis node {:?} is not host:port", redact(node)))
+                })
         })
         .collect()
 }
