@@ -340,7 +340,8 @@ impl RedisSettings {
             if let Some(node) = nodes.iter().find(|n| host_port(n).is_none()) {
                 return Err(ConfigError::new(
                     field,
-                    format!("{node:?} is not host:port"),
+                    // A URL pasted as a node may carry a password.
+                    format!("{:?} is not host:port", redact(node)),
                 ));
             }
         }
@@ -475,6 +476,19 @@ mod tests {
         assert!(shown.contains("db.internal:6379/0"), "{shown}");
         let by_reference = RedisSettings::url("redis://h:1").with_password("env:REDIS_PASSWORD");
         assert!(format!("{by_reference:?}").contains("env:REDIS_PASSWORD"));
+    }
+
+    #[test]
+    fn a_node_that_is_a_url_is_refused_without_its_password() {
+        let mut settings = RedisSettings::default();
+        settings.cluster = Some(ClusterSettings {
+            nodes: vec!["u:hunter2@h".into()],
+        });
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("is not host:port") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
