@@ -480,10 +480,12 @@ mod tests {
 
     #[test]
     fn a_node_that_is_a_url_is_refused_without_its_password() {
-        let mut settings = RedisSettings::default();
-        settings.cluster = Some(ClusterSettings {
-            nodes: vec!["u:hunter2@h".into()],
-        });
+        let settings = RedisSettings {
+            cluster: Some(ClusterSettings {
+                nodes: vec!["u:hunter2@h".into()],
+            }),
+            ..RedisSettings::default()
+        };
         let err = settings.validate().unwrap_err().to_string();
         assert!(
             err.contains("is not host:port") && !err.contains("hunter2"),
