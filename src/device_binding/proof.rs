@@ -296,6 +296,99 @@ mod tests {
         }
     }
 
+    /// A registration proof by `key` of exactly `len` bytes, padded in its
+    /// `jti` and, since base64url has no length 4k + 1, in an extra header
+    /// field (unknown fields are ignored).
+    fn proof_of_len(key: &EcdsaKeyPair, len: usize) -> String {
+        let b64_len = |bytes: usize| (4 * bytes).div_ceil(3);
+        let signature = b64_len(64);
+        let bare_payload = serde_json::json!({ "jti": "" }).to_string().len();
+        for pad in 0..4 {
+            let header = serde_json::json!({
+                "alg": "ES256", "typ": "dbsc+jwt", "jwk": jwk(key), "pad": "p".repeat(pad),
+            });
+            let fixed = b64_len(header.to_string().len()) + 1 + 1 + signature;
+            let jti_len = (0..len).find(|n| fixed + b64_len(bare_payload + n) == len);
+            if let Some(jti_len) = jti_len {
+                let token = sign(key, header, &"j".repeat(jti_len));
+                assert_eq!(token.len(), len);
+                return token;
+            }
+        }
+        panic!("no padding makes a proof of {len} bytes")
+    }
+
+    #[test]
+    fn a_proof_of_8_kib_is_read_and_one_byte_longer_is_refused_as_too_long() {
+        let key = es256();
+        // The bound written out, not MAX_TOKEN_LEN: a changed constant must
+        // fail here.
+        let longest = proof_of_len(&key, 8 * 1024);
+        let proof = Proof::parse(&longest).unwrap();
+        proof.verify(proof.jwk.as_ref().unwrap()).unwrap();
+        // The quotes of the structured string are not counted.
+        Proof::parse(&format!("\"{longest}\"")).unwrap();
+        // A proof that is otherwise well formed and signed.
+        let over = proof_of_len(&key, 8 * 1024 + 1);
+        assert_eq!(
+            Proof::parse(&over).err(),
+            Some(ProofError::Malformed("too long"))
+        );
+        let far_over = proof_of_len(&key, 3 * 8 * 1024);
+        assert_eq!(
+            Proof::parse(&far_over).err(),
+            Some(ProofError::Malformed("too long"))
+        );
+    }
+
+    #[test]
+    fn a_p256_jwk_is_refused_when_either_coordinate_is_not_32_bytes() {
+        let key = es256();
+        let good = jwk(&key);
+        for (coordinate, len) in [("x", 31), ("x", 33), ("y", 31), ("y", 33), ("y", 0)] {
+            let mut bad = good.clone();
+            bad[coordinate] = b64(vec![7u8; len]).into();
+            let token = sign(
+                &key,
+                serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": bad}),
+                "c",
+            );
+            assert_eq!(
+                Proof::parse(&token).err(),
+                Some(ProofError::Key("P-256 coordinates are 32 bytes")),
+                "{coordinate} of {len} bytes, the other one 32"
+            );
+        }
+    }
+
+    #[test]
+    fn each_proof_error_says_what_was_wrong_and_names_its_audit_reason() {
+        // The texts reach the debug log of a refused registration.
+        let cases = [
+            (
+                ProofError::Malformed("no jti"),
+                "malformed proof: no jti",
+                "malformed",
+            ),
+            (ProofError::Type, "the proof's typ is not dbsc+jwt", "type"),
+            (
+                ProofError::Algorithm,
+                "the proof's algorithm is not one allowed",
+                "algorithm",
+            ),
+            (ProofError::Key("x"), "the proof's key: x", "key"),
+            (
+                ProofError::Signature,
+                "the proof's signature does not verify",
+                "signature",
+            ),
+        ];
+        for (error, text, reason) in cases {
+            assert_eq!(error.to_string(), text);
+            assert_eq!(error.reason(), reason, "{error:?}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_tokens_never_panic(token in ".{0,300}") {
