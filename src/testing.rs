@@ -30,3 +30,19 @@ impl std::io::Write for Sink {
         Ok(())
     }
 }
+
+/// Whether this process can give a file to another user (it runs as root);
+/// when it cannot, a test that needs it is skipped, except in CI, where it
+/// must run.
+#[cfg(unix)]
+pub(crate) fn can_chown(test: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root (to chown a file to another user) and CI must run it"
+        );
+        println!("skipped {test}: not root, so it cannot chown a file to another user");
+    }
+    root
+}

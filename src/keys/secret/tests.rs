@@ -341,21 +341,6 @@ fn a_credential_is_a_reference_or_the_text_itself() {
     fs::remove_dir_all(dir).unwrap();
 }
 
-/// Whether this process can give a file to another user (it runs as root);
-/// when it cannot, a test that needs it is skipped, except in CI.
-#[cfg(unix)]
-fn can_chown(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs root (to chown a file to another user) and CI must run it"
-        );
-        println!("skipped {test}: not root, so it cannot chown a file to another user");
-    }
-    root
-}
-
 /// A `generate:` key file as `find_or_create` writes one, planted at `path`
 /// with `mode`.
 #[cfg(unix)]
@@ -417,7 +402,7 @@ fn a_generated_key_file_readable_or_writable_by_group_or_others_is_refused() {
 #[cfg(unix)]
 #[test]
 fn a_generated_key_file_of_another_user_is_refused() {
-    if !can_chown("a_generated_key_file_of_another_user_is_refused") {
+    if !crate::testing::can_chown("a_generated_key_file_of_another_user_is_refused") {
         return;
     }
     let dir = temp_dir("owner");
