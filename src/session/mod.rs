@@ -393,9 +393,13 @@ impl Session {
     }
 
     fn take(&self, method: &'static str, key: &str) -> bool {
-        let Some(mut state) = self.open_or_log(method) else {
-            return false;
-        };
+        match self.open_or_log(method) {
+            Some(mut state) => Self::take_locked(&mut state, key),
+            None => false,
+        }
+    }
+
+    fn take_locked(state: &mut State, key: &str) -> bool {
         let existed = match state.data.remove(key) {
             Some(mut old) => {
                 wipe(&mut old);
@@ -470,8 +474,8 @@ impl Session {
             if user_of(&state.data).is_some() {
                 Self::unbind(&mut state, &self.inner.settings, self.inner.now);
             }
+            Self::take_locked(&mut state, USER_KEY);
         }
-        self.take("clear_user_id", USER_KEY);
     }
 
     /// The user the session is tied to.
