@@ -509,13 +509,11 @@ impl<S> Layer<S> for SessionLayer {
             .iter()
             .map(|d| {
                 let mut domain = settings.for_domain(d);
-                domain.resolve_binding();
+                domain.resolve();
                 Arc::new(domain)
             })
             .collect();
-        if settings.binding.is_some() {
-            Arc::make_mut(&mut settings).resolve_binding();
-        }
+        Arc::make_mut(&mut settings).resolve();
         let layered = Layered {
             cookie_settings: settings.cookie_variant().map(Arc::new),
             by_domain,

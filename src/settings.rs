@@ -30,8 +30,12 @@ pub(crate) struct Settings {
     pub(crate) lifespan: Option<Duration>,
     pub(crate) remember_me: Option<Duration>,
     /// The ceiling no extend, remember-me or move carries a session past, from
-    /// its creation: `None` for the default, `Some(None)` when disabled.
+    /// its creation, as given: `None` for the default, `Some(None)` when
+    /// disabled.
     pub(crate) max_lifespan: Option<Option<Duration>>,
+    /// [`max_lifespan`](Settings::max_lifespan) as [resolved](Settings::resolve)
+    /// once the settings are final: what requests read.
+    ceiling: Option<Duration>,
     pub(crate) touch_interval: Duration,
     /// The most time a write spends retrying compare-and-set conflicts.
     pub(crate) write_deadline: Duration,
@@ -76,7 +80,7 @@ impl Settings {
     /// touch interval 1 minute; write deadline 2 seconds; no per-user limit;
     /// sessions loaded on first use; the system clock.
     pub(crate) fn new(keys: Keys) -> Self {
-        Settings {
+        let mut settings = Settings {
             keys,
             cookie: CookieConfig::default(),
             header: None,
@@ -84,6 +88,7 @@ impl Settings {
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             lifespan: Some(Duration::from_secs(24 * 3600)),
             max_lifespan: None,
+            ceiling: None,
             remember_me: Some(Duration::from_secs(30 * 24 * 3600)),
             touch_interval: Duration::from_secs(60),
             write_deadline: Duration::from_secs(2),
@@ -97,7 +102,9 @@ impl Settings {
             binding: None,
             scope: None,
             clock: Clock::system(),
-        }
+        };
+        settings.resolve();
+        settings
     }
     /// The name the token is sealed for (its associated data): the cookie's name,
     /// or the header's.
@@ -110,8 +117,11 @@ impl Settings {
         }
     }
 
-    /// Names the bound cookie after the session cookie, unless it was named.
-    pub(crate) fn resolve_binding(&mut self) {
+    /// Works out what the settings imply, once they are final (the layer wraps
+    /// a service with them): the session ceiling requests read, and the bound
+    /// cookie's name (after the session cookie's, unless it was named).
+    pub(crate) fn resolve(&mut self) {
+        self.ceiling = self.max_lifespan();
         if let Some(binding) = &mut self.binding {
             if binding.cookie_name.is_none() {
                 binding.cookie_name = Some(binding.bound_cookie_name(&self.cookie.name));
@@ -235,7 +245,7 @@ impl Settings {
     /// When a session created at `created` ends at the latest.
     #[inline]
     pub(crate) fn ceiling(&self, created: Timestamp) -> Timestamp {
-        self.max_lifespan()
+        self.ceiling
             .map_or(Timestamp::NEVER, |max| created.saturating_add(max))
     }
 
