@@ -501,6 +501,75 @@ mod tests {
     }
 
     #[test]
+    fn a_challenge_is_answerable_for_five_minutes_and_not_at_five() {
+        // Written out, not CHALLENGE_LIFETIME: a changed constant fails here.
+        let five_minutes = 5 * 60 * 1000;
+        let mut entry = Entry::default();
+        entry.add_challenge("c".to_owned(), at(1_000));
+        assert!(
+            entry
+                .clone()
+                .take_challenge("c", at(1_000 + five_minutes - 1))
+        );
+        assert!(!entry.take_challenge("c", at(1_000 + five_minutes)));
+    }
+
+    #[test]
+    fn adding_a_challenge_drops_those_expired_at_that_instant() {
+        let mut entry = Entry::default();
+        entry.add_challenge("old".to_owned(), at(1_000));
+        let expiry = at(1_000).saturating_add(CHALLENGE_LIFETIME);
+        entry.add_challenge("new".to_owned(), expiry);
+        let kept: Vec<&str> = entry.challenges.iter().map(|c| c.value.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["new"],
+            "a challenge expired is not kept in the record"
+        );
+    }
+
+    #[test]
+    fn the_recent_challenge_is_handed_out_again_within_its_window_only() {
+        let mut entry = Entry::default();
+        entry.add_challenge("c".to_owned(), at(1_000));
+        let within = Duration::from_secs(30);
+        assert_eq!(
+            entry.recent_challenge(at(1_000 + 29_999), within),
+            Some("c")
+        );
+        assert_eq!(
+            entry.recent_challenge(at(1_000 + 30_000), within),
+            None,
+            "the window is open at its start and closed at its end"
+        );
+        // Even asked with a window longer than a challenge lives, an expired
+        // challenge is never handed out again: the browser's proof of it
+        // would be refused.
+        let long = Duration::from_secs(60 * 60);
+        let expiry = 1_000 + 5 * 60 * 1000;
+        assert_eq!(entry.recent_challenge(at(expiry - 1), long), Some("c"));
+        assert_eq!(entry.recent_challenge(at(expiry), long), None);
+    }
+
+    #[test]
+    fn the_paths_read_back_as_set_and_default_to_well_known_ones() {
+        let binding = DeviceBinding::new();
+        assert_eq!(
+            binding.registration_path(),
+            "/.well-known/sealed-sessions/register"
+        );
+        assert_eq!(
+            binding.refresh_path(),
+            "/.well-known/sealed-sessions/refresh"
+        );
+        let binding = binding
+            .with_registration_path("/dbsc/reg")
+            .with_refresh_path("/dbsc/refresh");
+        assert_eq!(binding.registration_path(), "/dbsc/reg");
+        assert_eq!(binding.refresh_path(), "/dbsc/refresh");
+    }
+
+    #[test]
     fn the_registration_header_lists_the_algorithms_path_and_challenge() {
         let header = DeviceBinding::new().registration_header("abc");
         assert_eq!(

@@ -113,3 +113,36 @@ fn quoted_param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     let rest = &header[start..];
     Some(&rest[..rest.find('"')?])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_binding::proof::Proof;
+
+    #[test]
+    fn a_refresh_proof_answers_its_challenge_signed_by_the_registered_key_without_it() {
+        let device = TestDevice::new();
+        let registration = device.registration_proof("c1");
+        let registration = Proof::parse(&registration).unwrap();
+        assert_eq!(registration.jti, "c1");
+        let key = registration
+            .jwk
+            .clone()
+            .expect("a registration carries its key");
+        registration.verify(&key).unwrap();
+        let refresh = device.refresh_proof("c2");
+        let refresh = Proof::parse(&refresh).unwrap();
+        assert_eq!(refresh.jti, "c2");
+        assert!(refresh.jwk.is_none(), "a refresh carries no key");
+        refresh.verify(&key).unwrap();
+    }
+
+    #[test]
+    fn debug_shows_the_public_key_and_nothing_else() {
+        let device = TestDevice::new();
+        assert_eq!(
+            format!("{device:?}"),
+            format!("TestDevice {{ jwk: {:?} }}", device.jwk())
+        );
+    }
+}

@@ -246,3 +246,81 @@ pub(super) fn bound_id(data: &Data) -> Option<String> {
 pub(super) fn binding_of(data: &Data) -> Option<Entry> {
     data.lookup::<Entry>(BINDING_KEY).and_then(Result::ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::device_binding::DeviceBinding;
+    use crate::keys::Keys;
+    use crate::open::{Brought, Start};
+
+    fn state_with_binding(binding: Value) -> State {
+        let mut settings = Settings::new(Keys::generate());
+        settings.binding = Some(DeviceBinding::new());
+        let now = Timestamp::from_unix_millis(1_000);
+        let mut state = State::start(&settings, now, Start::Fresh(Brought::Nothing));
+        state.data.insert(BINDING_KEY.to_owned(), binding);
+        state
+    }
+
+    /// The binding the write saves over `saved`, what a concurrent request
+    /// left: the edit's guard run again.
+    fn write_over(state: &State, saved: &Value) -> Result<Value, Lost> {
+        let Some(Change::Guarded(guard)) = state.changes.entries.get(BINDING_KEY) else {
+            panic!("the edit left no guarded change");
+        };
+        guard(Some(saved))
+    }
+
+    /// Adds the challenge `late` to the binding `mine` only.
+    fn add_to_mine(mut entry: Entry) -> Option<Entry> {
+        (entry.id.as_deref() == Some("mine")).then(|| {
+            entry.add_challenge("late".to_owned(), Timestamp::from_unix_millis(1_000));
+            entry
+        })
+    }
+
+    #[test]
+    fn an_edit_is_made_again_over_a_binding_saved_concurrently() {
+        for strict in [false, true] {
+            let mut state = state_with_binding(json!({ "id": "mine" }));
+            assert!(Session::edit_binding(&mut state, add_to_mine, strict));
+            let saved =
+                json!({ "id": "mine", "challenges": [{ "value": "early", "until": 9_000 }] });
+            let written: Entry =
+                serde_json::from_value(write_over(&state, &saved).unwrap()).unwrap();
+            let values: Vec<&str> = written
+                .challenges
+                .iter()
+                .map(|c| c.value.as_str())
+                .collect();
+            assert_eq!(values, ["early", "late"], "strict: {strict}");
+        }
+    }
+
+    #[test]
+    fn an_edit_the_concurrent_binding_refuses_leaves_it_or_fails_the_write_when_strict() {
+        let theirs = json!({ "id": "theirs" });
+        let mut lenient = state_with_binding(json!({ "id": "mine" }));
+        assert!(Session::edit_binding(&mut lenient, add_to_mine, false));
+        assert_eq!(
+            write_over(&lenient, &theirs).unwrap(),
+            theirs,
+            "a challenge for another binding is not added, the write goes on"
+        );
+        // A challenge taken (a proof accepted) must not be granted twice.
+        let mut strict = state_with_binding(json!({ "id": "mine" }));
+        assert!(Session::edit_binding(&mut strict, add_to_mine, true));
+        assert!(write_over(&strict, &theirs).is_err());
+    }
+
+    #[test]
+    fn an_edit_the_binding_as_read_refuses_changes_nothing() {
+        let mut state = state_with_binding(json!({ "id": "theirs" }));
+        assert!(!Session::edit_binding(&mut state, add_to_mine, true));
+        assert!(!state.changes.entries.contains_key(BINDING_KEY));
+        assert_eq!(binding_of(&state.data).unwrap().challenges, []);
+    }
+}
