@@ -72,6 +72,17 @@ fn app(layer: SessionLayer) -> Router {
             post(|session: Session| async move { session.destroy() }),
         )
         .route(
+            "/logout-then-offer",
+            post(|session: Session| async move {
+                session.destroy();
+                session.bind_device().to_string()
+            }),
+        )
+        .route(
+            "/withheld",
+            get(|session: Session| async move { session.is_withheld().to_string() }),
+        )
+        .route(
             "/count",
             post(|session: Session| async move {
                 let n = session.update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1));
@@ -326,7 +337,11 @@ async fn a_bound_session_lives_only_with_its_bound_cookie() {
         .unwrap()
         .to_owned();
     assert_eq!(instructions["refresh_url"], REFRESH);
-    assert_eq!(instructions["scope"]["include_site"], false);
+    assert_eq!(
+        instructions["scope"],
+        json!({"include_site": false}),
+        "the cookie's path is the whole origin: no scope specification"
+    );
     assert_eq!(
         instructions["credentials"],
         json!([{"type": "cookie", "name": BOUND, "attributes": "Path=/; HttpOnly; SameSite=Lax"}])
@@ -518,6 +533,102 @@ async fn a_browser_that_never_registers_keeps_todays_behaviour() {
     let mut browser = Browser::new(DeviceKey::es256());
     assert_eq!(browser.log_in(&plain, "ada").await, None);
     assert_eq!(browser.me(&plain).await, "ada");
+    let res = common::oneshot(&plain, "POST", "/login/grace", &[]).await;
+    assert_eq!(
+        body(res).await,
+        "false",
+        "bind_device says it offered nothing"
+    );
+}
+
+/// `is_withheld` tells a handler why it sees no session: a bound session whose
+/// bound cookie did not come, and only that.
+#[tokio::test]
+async fn a_session_is_withheld_only_when_bound_and_its_bound_cookie_is_missing() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let withheld = |browser: &Browser| {
+        let app = app.clone();
+        let cookie = browser.cookie_header();
+        async move {
+            let res = common::oneshot(&app, "GET", "/withheld", &[("cookie", &cookie)]).await;
+            body(res).await
+        }
+    };
+    let anonymous = Browser::new(DeviceKey::es256());
+    assert_eq!(withheld(&anonymous).await, "false", "no cookie at all");
+    let mut offered = Browser::new(DeviceKey::es256());
+    offered
+        .log_in(&app, "grace")
+        .await
+        .expect("binding offered");
+    assert_eq!(withheld(&offered).await, "false", "offered, not bound");
+    let (mut ada, _) = Browser::bound(&app, "ada").await;
+    assert_eq!(withheld(&ada).await, "false", "with its bound cookie");
+    ada.cookies.remove(BOUND);
+    assert_eq!(withheld(&ada).await, "true", "without it");
+}
+
+/// A session the handler destroyed is offered no binding: there is nothing
+/// left to bind.
+#[tokio::test]
+async fn a_destroyed_session_is_offered_no_binding() {
+    let clock = ManualClock::new();
+    let app = app(layer(&clock));
+    let mut ada = Browser::new(DeviceKey::es256());
+    ada.log_in(&app, "ada").await.expect("binding offered");
+    let res = ada.send(&app, "POST", "/logout-then-offer", &[]).await;
+    assert!(res.headers().get("secure-session-registration").is_none());
+    assert_eq!(body(res).await, "false");
+}
+
+/// With the session cookie on a path, the session instructions scope the
+/// binding to that path (DBSC's scope rules are read last to first).
+#[tokio::test]
+async fn a_cookie_path_scopes_the_binding_to_it() {
+    let clock = ManualClock::new();
+    let layer = SessionLayer::new(MemoryStore::default(), Keys::generate())
+        .with_secure(false)
+        .with_clock(clock.clone())
+        .with_path("/app")
+        .with_device_binding(
+            DeviceBinding::new()
+                .with_registration_path("/app/dbsc/reg")
+                .with_refresh_path("/app/dbsc/refresh"),
+        );
+    let app = app(layer);
+    let device = TestDevice::new();
+    let res = common::oneshot(&app, "POST", "/login/ada", &[]).await;
+    let offer = res.headers()["secure-session-registration"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let session = common::set_cookie_pair(&res).unwrap();
+    let proof = device.registration_proof(registration_challenge(&offer).unwrap());
+    let res = common::oneshot(
+        &app,
+        "POST",
+        "/app/dbsc/reg",
+        &[("cookie", &session), ("secure-session-response", &proof)],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let instructions: Value = serde_json::from_str(&body(res).await).unwrap();
+    assert_eq!(instructions["refresh_url"], "/app/dbsc/refresh");
+    assert_eq!(
+        instructions["scope"],
+        json!({
+            "include_site": false,
+            "scope_specification": [
+                { "type": "exclude", "domain": "*", "path": "/" },
+                { "type": "include", "domain": "*", "path": "/app" },
+            ],
+        })
+    );
+    assert_eq!(
+        instructions["credentials"][0]["attributes"],
+        "Path=/app; HttpOnly; SameSite=Lax"
+    );
 }
 
 fn app_without_binding() -> Router {
@@ -681,7 +792,11 @@ async fn a_challenge_raced_by_two_requests_is_used_once() {
         id.clone(),
         proof.clone(),
     ));
-    gate.reached.notified().await;
+    // Bounded, so that a first refresh refused before its write fails this
+    // test instead of hanging it.
+    tokio::time::timeout(Duration::from_secs(5), gate.reached.notified())
+        .await
+        .expect("the first refresh reaches its write");
     let second = refresh(app.clone(), cookie, id, proof).await;
     gate.release.notify_one();
     let first = first.await.unwrap();
