@@ -316,6 +316,43 @@ mod tests {
         assert!(write_over(&strict, &theirs).is_err());
     }
 
+    /// `unbind` on a login: a binding registered by a concurrent request is
+    /// dropped too (the write removes it over what that request saved), and so
+    /// is one left in the record by a layer that had binding on before; with
+    /// binding off and nothing bound, nothing is written.
+    #[test]
+    fn a_privilege_change_drops_every_binding_and_costs_nothing_without_one() {
+        let now = Timestamp::from_unix_millis(1_000);
+        let mut on = Settings::new(Keys::generate());
+        on.binding = Some(DeviceBinding::new());
+        let mut state = State::start(&on, now, Start::Fresh(Brought::Nothing));
+        Session::unbind(&mut state, &on, now);
+        let mut saved = Data::from([(BINDING_KEY.to_owned(), json!({ "id": "theirs" }))]);
+        state.changes.apply(&mut saved).unwrap();
+        assert!(
+            binding_of(&saved).is_none(),
+            "the concurrent registration is dropped"
+        );
+
+        let off = Settings::new(Keys::generate());
+        let mut state = State::start(&off, now, Start::Fresh(Brought::Nothing));
+        state
+            .data
+            .insert(BINDING_KEY.to_owned(), json!({ "id": "old" }));
+        Session::unbind(&mut state, &off, now);
+        assert!(
+            binding_of(&state.data).is_none(),
+            "a leftover binding is dropped"
+        );
+
+        let mut state = State::start(&off, now, Start::Fresh(Brought::Nothing));
+        Session::unbind(&mut state, &off, now);
+        assert!(
+            state.changes.entries.is_empty(),
+            "nothing bound, nothing written"
+        );
+    }
+
     #[test]
     fn an_edit_the_binding_as_read_refuses_changes_nothing() {
         let mut state = state_with_binding(json!({ "id": "theirs" }));

@@ -308,7 +308,10 @@ async fn remember_me_is_capped_by_max_lifespan_from_creation() {
 async fn max_lifespan_defaults_to_thirty_days_and_can_be_disabled() {
     for (max, alive_at_day_35) in [(Some(None), true), (None, false)] {
         let h = Harness::with(move |l| {
-            let l = l.with_idle_timeout(None).with_lifespan(Some(20 * DAY));
+            let l = l
+                .with_idle_timeout(None)
+                .with_lifespan(Some(20 * DAY))
+                .with_remember_me(None);
             match max {
                 Some(max) => l.with_max_lifespan(max),
                 None => l,
