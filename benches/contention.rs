@@ -50,7 +50,11 @@ fn request(path: String, cookie: Option<&HeaderValue>) -> Request<Body> {
 
 /// A new session's cookie (`name=value`).
 async fn new_session(app: &Router) -> HeaderValue {
-    let res = app.clone().oneshot(request("/set/first".into(), None)).await.unwrap();
+    let res = app
+        .clone()
+        .oneshot(request("/set/first".into(), None))
+        .await
+        .unwrap();
     let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
     HeaderValue::from_str(set.split(';').next().unwrap()).unwrap()
 }
@@ -155,7 +159,12 @@ fn bench_postgres(c: &mut Criterion) {
             "bench_contention_",
         ))
         .expect("the bench_contention_ tables");
-    cases(c, &rt, "postgres", SessionLayer::new(store, Keys::generate()));
+    cases(
+        c,
+        &rt,
+        "postgres",
+        SessionLayer::new(store, Keys::generate()),
+    );
     rt.block_on(
         sqlx::query("TRUNCATE bench_contention_records, bench_contention_user_index")
             .execute(&pool),

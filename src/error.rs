@@ -275,9 +275,12 @@ pub enum StoreError {
     Timeout(Duration),
     /// A stored value could not be decoded by the store.
     Corrupt(String),
-    /// A compare-and-set update lost to concurrent writers on every attempt.
+    /// A compare-and-set update lost to concurrent writers on every attempt, or
+    /// (with no attempt made) waited until the write deadline for its turn behind
+    /// this process's other writes of the session, or found too many of them
+    /// waiting.
     Contended {
-        /// How many attempts were made.
+        /// How many attempts were made: 0 when it never had its turn.
         attempts: u32,
     },
 }
@@ -297,6 +300,9 @@ impl fmt::Display for StoreError {
                 write!(f, "session store did not answer within {after:?}")
             }
             StoreError::Corrupt(what) => write!(f, "session store holds a corrupt value: {what}"),
+            StoreError::Contended { attempts: 0 } => f.write_str(
+                "session update gave up waiting behind this process's other writes of the session",
+            ),
             StoreError::Contended { attempts } => write!(
                 f,
                 "session update lost to concurrent writers {attempts} times in a row"

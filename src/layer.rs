@@ -66,7 +66,7 @@ impl SessionLayer {
         SessionLayer {
             settings: Arc::new(Settings::new(keys)),
             users: Arc::new(store.clone()),
-            store: Arc::new(Erased(store)),
+            store: Arc::new(Erased::new(store)),
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::persist;
+use super::queue::WriteQueue;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::open::{Outcome, RecordSource};
@@ -28,25 +29,41 @@ pub(crate) trait DynStore: RecordSource {
     fn ping(&self) -> BoxFuture<Result<(), StoreError>>;
 }
 
-/// A store shared by the layer and every in-flight future.
-pub(crate) struct Erased<St>(pub(crate) Arc<St>);
+/// A store shared by the layer and every in-flight future, with the queue of its
+/// writes in this process.
+pub(crate) struct Erased<St> {
+    store: Arc<St>,
+    writes: Arc<WriteQueue>,
+}
+
+impl<St> Erased<St> {
+    pub(crate) fn new(store: Arc<St>) -> Self {
+        Erased {
+            store,
+            writes: Arc::default(),
+        }
+    }
+}
 
 /// Starts one step of a request's store work: `$step`, a future made from the
-/// store (`$store`, a `&St`) and the settings (`$settings`, a `&Settings`). For an
-/// immediate store it runs on the spot, borrowing both: no `Arc` is cloned and the
-/// step's future is built where it runs. Otherwise it is boxed, with its own `Arc`s
-/// of both, to be awaited.
+/// store (`$store`, a `&St`), its write queue (`$writes`, a `&WriteQueue`) and the
+/// settings (`$settings`, a `&Settings`). For an immediate store it runs on the
+/// spot, borrowing them: no `Arc` is cloned and the step's future is built where
+/// it runs. Otherwise it is boxed, with its own `Arc`s of them, to be awaited.
 macro_rules! start {
-    ($erased:expr, $arc:expr, |$store:ident, $settings:ident| $step:expr) => {
+    ($erased:expr, $arc:expr, |$store:ident, $writes:ident, $settings:ident| $step:expr) => {
         if St::IMMEDIATE {
-            let $store = &*$erased.0;
+            let $store = &*$erased.store;
+            let $writes: &WriteQueue = &$erased.writes;
             let $settings: &Settings = $arc;
             Outcome::Done(run_now($step))
         } else {
-            let store = $erased.0.clone();
+            let store = $erased.store.clone();
+            let writes = $erased.writes.clone();
             let settings = $arc.clone();
             Outcome::Later(Box::pin(async move {
                 let $store = &*store;
+                let $writes: &WriteQueue = &writes;
                 let $settings: &Settings = &settings;
                 $step.await
             }))
@@ -74,9 +91,9 @@ pub(super) fn run_now<T>(
 impl<St: SessionStore> RecordSource for Erased<St> {
     fn load(&self, key: StoreKey) -> Outcome<Option<Record>> {
         if St::IMMEDIATE {
-            return Outcome::Done(run_now(self.0.load(&key)));
+            return Outcome::Done(run_now(self.store.load(&key)));
         }
-        let store = self.0.clone();
+        let store = self.store.clone();
         Outcome::Later(Box::pin(async move { store.load(&key).await }))
     }
 }
@@ -87,7 +104,7 @@ impl<St: SessionStore> DynStore for Erased<St> {
     }
 
     fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
-        let store = self.0.clone();
+        let store = self.store.clone();
         Box::pin(async move { store.ping().await })
     }
 
@@ -107,20 +124,22 @@ impl<St: SessionStore> DynStore for Erased<St> {
                 store_key,
                 deadlines,
                 version,
-            } => start!(self, settings, |store, _settings| persist::touch(
+            } => start!(self, settings, |store, _writes, _settings| persist::touch(
                 store, store_key, deadlines, version
             )),
-            Plan::Create { data, meta } => start!(self, settings, |store, settings| {
+            Plan::Create { data, meta } => start!(self, settings, |store, _writes, settings| {
                 persist::create(store, settings, now, &data, meta)
             }),
-            Plan::DestroyAll { store_keys } => start!(self, settings, |store, _settings| {
-                persist::destroy_all(store, &store_keys)
-            }),
+            Plan::DestroyAll { store_keys } => {
+                start!(self, settings, |store, _writes, _settings| {
+                    persist::destroy_all(store, &store_keys)
+                })
+            }
             Plan::Destroy {
                 store_key,
                 user,
                 then_create,
-            } => start!(self, settings, |store, settings| persist::destroy(
+            } => start!(self, settings, |store, _writes, settings| persist::destroy(
                 store,
                 settings,
                 now,
@@ -128,10 +147,10 @@ impl<St: SessionStore> DynStore for Erased<St> {
                 user,
                 then_create
             )),
-            Plan::Update { edit, data } => start!(self, settings, |store, settings| {
-                persist::update(store, settings, now, &edit, data)
+            Plan::Update { edit, data } => start!(self, settings, |store, writes, settings| {
+                persist::update(store, writes, settings, now, &edit, data)
             }),
-            Plan::Move(edit) => start!(self, settings, |store, settings| {
+            Plan::Move(edit) => start!(self, settings, |store, _writes, settings| {
                 persist::move_session(store, settings, now, &edit)
             }),
         }

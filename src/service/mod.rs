@@ -56,6 +56,7 @@ mod binding;
 mod erased;
 mod future;
 mod persist;
+mod queue;
 mod response;
 mod retries;
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use super::queue::{Known, Turn, WriteQueue};
 use super::response::set_token;
 use super::retries::Retries;
 use crate::audit::{AUDIT_TARGET, Fingerprint, audit};
@@ -95,9 +96,12 @@ pub(super) async fn create<St: SessionStore>(
 }
 
 /// [`Plan::Update`]: compare-and-set on the loaded record, re-applying the edit
-/// on top of whatever a concurrent writer left.
+/// on top of whatever a concurrent writer left. The writes of one session in this
+/// process take turns (see [`WriteQueue`]): a write goes on top of the record the
+/// previous turn left, so that only writers in other processes make it retry.
 pub(super) async fn update<St: SessionStore>(
     store: &St,
+    writes: &WriteQueue,
     settings: &Settings,
     now: Timestamp,
     edit: &Edit,
@@ -106,23 +110,42 @@ pub(super) async fn update<St: SessionStore>(
     let loaded = &edit.loaded;
     let key = loaded.store_key;
     let keys = &settings.keys.ring[loaded.key_index];
-    let ours = settings.deadlines(now, edit.meta);
-    let mut attempt = Attempt {
-        data,
-        version: loaded.version,
-        deadlines: edit.deadlines(ours, loaded.deadlines),
-        remember_me: edit.meta.remember_me,
-    };
+    let mut retries = Retries::new::<St>(settings);
     let before = loaded.user_tag(settings);
     let mut index = Indexed::new(key, before.map(|tag| (tag, loaded.deadlines.lifespan)));
-    let mut retries = Retries::new::<St>(settings);
+    let mut turn = take_turn::<St>(writes, key, &retries).await?;
+    let mut attempt = match turn.newer_than(loaded.version) {
+        // A write of this process landed since the load: this one goes on top.
+        Some(Known::Record(current)) => rebase(edit, keys, settings, now, current, &mut index)?,
+        Some(Known::Gone) => {
+            index.settle(store, None).await?;
+            return gone("update");
+        }
+        _ => {
+            let ours = settings.deadlines(now, edit.meta);
+            Attempt {
+                data,
+                version: loaded.version,
+                deadlines: edit.deadlines(ours, loaded.deadlines),
+                remember_me: edit.meta.remember_me,
+            }
+        }
+    };
     loop {
         // Whatever user and lifespan this attempt writes (a concurrent request
         // may have changed either), the index has them first.
         index.ensure(store, keys, &attempt, edit.meta, now).await?;
         let record = attempt.seal(&loaded.cipher, &key, attempt.version)?;
-        match store.update(&key, &record, attempt.version).await? {
+        let written = store.update(&key, &record, attempt.version).await?;
+        turn.learn(match &written {
+            CompareAndSet::Done => Known::Record(record),
+            CompareAndSet::Conflict(current) => Known::Record(current.clone()),
+            CompareAndSet::Missing => Known::Gone,
+        });
+        match written {
             CompareAndSet::Done => {
+                // The next writer needs only the record.
+                drop(turn);
                 // Other users' indexes let go only once the record no longer
                 // names them.
                 index.settle(store, index.last).await?;
@@ -247,6 +270,19 @@ pub(super) async fn move_session<St: SessionStore>(
             }
         }
     }
+}
+
+/// The turn to write the session under `key` in this process, waited for within
+/// the write deadline; a store that writes on the spot never waits.
+async fn take_turn<'q, St: SessionStore>(
+    writes: &'q WriteQueue,
+    key: StoreKey,
+    retries: &Retries,
+) -> Result<Turn<'q>, StoreError> {
+    if St::IMMEDIATE {
+        return Ok(Turn::unqueued(key));
+    }
+    writes.turn(key, retries.left()).await
 }
 
 /// One attempt at a compare-and-set write: the data, the version it expects, and

@@ -42,6 +42,11 @@ impl Retries {
         }
     }
 
+    /// What is left of the write deadline.
+    pub(super) fn left(&self) -> Duration {
+        self.deadline.saturating_sub(self.started.elapsed())
+    }
+
     /// After a lost compare-and-set: waits before the next attempt, or gives up.
     pub(super) async fn after_conflict(&mut self) -> Result<(), StoreError> {
         let Some(wait) = self.next_wait()? else {

@@ -359,6 +359,77 @@ pub async fn hundred_concurrent_increments(base: &str) {
     assert_eq!(n, serde_json::json!(101), "1 + 100 concurrent increments");
 }
 
+/// A new session on `base` (serving [`kv_routes`]), then `writers` concurrent
+/// requests on it, taking turns over `bases` (servers of one store and one key,
+/// as processes of one deployment): the even ones set a key of their own
+/// (`k{i}`), the odd ones increment the counter `n`. Every one must answer 2xx;
+/// the session's cookie is returned, for [`check_writers`].
+pub async fn concurrent_writers(bases: &[String], writers: usize) -> String {
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{}/set/first/1", bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let cookie = cookie_pair(&res);
+    let tasks: Vec<_> = (0..writers)
+        .map(|i| {
+            let base = &bases[i % bases.len()];
+            let path = if i % 2 == 0 {
+                format!("/set/k{i}/{i}")
+            } else {
+                "/incr/n".into()
+            };
+            let request = client
+                .post(format!("{base}{path}"))
+                .header(reqwest::header::COOKIE, &cookie);
+            tokio::spawn(async move { request.send().await.unwrap().status() })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for task in tasks {
+        *statuses.entry(task.await.unwrap().as_u16()).or_default() += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| (200..300).contains(s)),
+        "{writers} concurrent writers of one session over {} servers: {statuses:?}",
+        bases.len()
+    );
+    cookie
+}
+
+/// What [`concurrent_writers`] wrote is all there: every key, and the counter at
+/// the number of increments.
+pub async fn check_writers(base: &str, cookie: &str, writers: usize) {
+    let client = reqwest::Client::new();
+    let get = async |key: String| -> serde_json::Value {
+        let res = client
+            .get(format!("{base}/get/{key}"))
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    };
+    let lost: Vec<usize> = {
+        let mut lost = Vec::new();
+        for i in (0..writers).step_by(2) {
+            if get(format!("k{i}")).await != serde_json::json!(i.to_string()) {
+                lost.push(i);
+            }
+        }
+        lost
+    };
+    assert!(lost.is_empty(), "keys lost: {lost:?}");
+    assert_eq!(
+        get("n".into()).await,
+        serde_json::json!(writers / 2),
+        "every increment counted"
+    );
+}
+
 /// Everything a tracing subscriber writes, for a test to read back.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -9,6 +9,7 @@ mod common;
 
 mod cluster;
 mod conformance;
+mod contention;
 mod requests;
 mod sentinel;
 mod tls;
