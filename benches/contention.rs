@@ -104,6 +104,9 @@ fn cases(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, layer: Ses
                 total
             })
         });
+        if latencies.is_empty() {
+            continue; // filtered out
+        }
         latencies.sort();
         let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
         eprintln!(

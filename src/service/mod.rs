@@ -15,7 +15,14 @@
 //! 4. **Call the inner service.**
 //! 5. **Persist**, once the response head is ready: decide what the request
 //!    changed (create, update, touch, move to a new id, destroy, or nothing) and
-//!    write it, compare-and-set against concurrent requests.
+//!    write it, compare-and-set against concurrent requests. The writes of one
+//!    session take turns in the process: each goes on top of the record the
+//!    previous one left, with no read and no retry, so N concurrent writers of a
+//!    session cost N compare-and-sets, and only a writer in another process can
+//!    make one lose and retry. A write waits for its turn within the write
+//!    deadline (`write_deadline`, 2 s by default), and at most 1,024 wait per
+//!    session (more are refused at once with 503: a flood of one session holds
+//!    up nobody else's).
 //! 6. **Write the response's token**: set, cleared or left alone, in a cookie or a
 //!    header; or, when the store failed, answer 503 Service Unavailable (for a gRPC
 //!    request a trailers-only `grpc-status: 14`, UNAVAILABLE).

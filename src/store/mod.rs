@@ -18,7 +18,9 @@
 //! stored version with the expected one and write, atomically, in one step of the
 //! backend (a Lua script, a `WHERE version = $n`, a lock). On a mismatch it
 //! returns [`CompareAndSet::Conflict`] with the record as it is now, and the layer
-//! re-reads, re-applies its request's changes and tries again; so a store must
+//! re-applies its request's changes on that record and tries again (the writes
+//! of one session in one process take turns, so conflicts come from other
+//! processes); so a store must
 //! never report `Done` for a write it did not make, nor `Conflict` for one it
 //! did. A missing or expired record is [`CompareAndSet::Missing`]: nothing is
 //! written, and the layer drops the request's changes (logout won).
