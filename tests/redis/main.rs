@@ -90,12 +90,15 @@ where
     None
 }
 
-/// What one writer saw: the last value acknowledged, and the last one sent.
+/// What one writer saw: the last value acknowledged, the last one sent, how many
+/// were answered otherwise, and the longest time between two acknowledgements
+/// (a failover's hold or its 503s).
 #[derive(Default, Clone, Copy, Debug)]
 pub(crate) struct Written {
     pub(crate) acked: u64,
     pub(crate) sent: u64,
     pub(crate) failed: u64,
+    pub(crate) longest_gap: Duration,
 }
 /// `writers` clients, each on its own session, writing 1, 2, 3... to key `n` as fast
 /// as they can until `stop`; returns their cookies and what each saw.
@@ -111,10 +114,18 @@ pub(crate) async fn write_continuously(
         tasks.push(tokio::spawn(async move {
             let cookie = cookie_pair(&send(reqwest::Method::POST, &base, "/set/n/0", None).await);
             let mut seen = Written::default();
+            let mut last_ack = Instant::now();
+            let mut stopped: Option<Instant> = None;
             // Bounded: at most 20,000 writes, and the test stops it in seconds.
+            // Once stopped, a writer whose last write failed goes on, for at most
+            // 20 s, until one is acknowledged: so `longest_gap` spans the outage.
             for i in 1..=20_000u64 {
                 if stop.load(Ordering::Relaxed) {
-                    break;
+                    let since = *stopped.get_or_insert_with(Instant::now);
+                    if seen.acked == seen.sent || since.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 seen.sent = i;
                 let path = format!("/set/n/{i}");
@@ -122,7 +133,11 @@ pub(crate) async fn write_continuously(
                     .await
                     .status()
                 {
-                    reqwest::StatusCode::NO_CONTENT => seen.acked = i,
+                    reqwest::StatusCode::NO_CONTENT => {
+                        seen.acked = i;
+                        seen.longest_gap = seen.longest_gap.max(last_ack.elapsed());
+                        last_ack = Instant::now();
+                    }
                     _ => seen.failed += 1,
                 }
             }

@@ -162,10 +162,10 @@ impl Runner {
         )))
     }
 
-    /// A connection for one command: an exclusive one for a write that waits for
-    /// replicas.
+    /// A connection for one command: for a write, once the master may be written
+    /// to; an exclusive one for a write that waits for replicas.
     pub(super) async fn lease(&self, write: bool) -> Result<Lease, StoreError> {
-        self.link.lease(write && self.wait.is_some()).await
+        self.link.lease(write, write && self.wait.is_some()).await
     }
 
     /// With replication asked for: `WAIT` on the connection (and, in a Cluster,

@@ -1,8 +1,8 @@
 //! The connections a [`RedisStore`](super::RedisStore) sends its commands on: a
 //! small pool of multiplexed connections to the master (a single server, or the
 //! one the sentinels name), made again after a loss with back-off and at once when
-//! a sentinel announces a new master; or Cluster clients, which follow MOVED and
-//! ASK themselves.
+//! a sentinel announces a new master, its writes held while the sentinels fail it
+//! over; or Cluster clients, which follow MOVED and ASK themselves.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
 use super::connect::{NodeConfig, Target};
+use super::failover::{Announcement, CHANNELS, WriteHold, announcement};
 use super::scripts;
 use crate::error::StoreError;
 
@@ -122,11 +123,17 @@ pub(super) struct Lease {
 }
 
 impl Link {
-    /// A connection for the next operation: `exclusive` for a write that waits
-    /// for replicas.
-    pub(super) async fn lease(&self, exclusive: bool) -> Result<Lease, StoreError> {
+    /// A connection for the next operation: for a `write`, once the master may
+    /// be written to (see [`WriteHold`]); `exclusive` for a write that waits for
+    /// replicas.
+    pub(super) async fn lease(&self, write: bool, exclusive: bool) -> Result<Lease, StoreError> {
         match self {
-            Link::Master(pool) => pool.lease(exclusive).await,
+            Link::Master(pool) => {
+                if write {
+                    pool.hold.writable().await?;
+                }
+                pool.lease(exclusive).await
+            }
             Link::Cluster(conns) => Ok(conns.lend(exclusive, 0).await),
         }
     }
@@ -159,6 +166,8 @@ pub(super) struct MasterPool {
     state: Mutex<PoolState>,
     /// One connection attempt at a time; the others wait for its outcome.
     connecting: tokio::sync::Mutex<()>,
+    /// Writes wait here while the sentinels fail the master over.
+    hold: WriteHold,
 }
 
 struct PoolState {
@@ -177,6 +186,7 @@ impl MasterPool {
         config: NodeConfig,
         size: (usize, usize),
         backoff: (Duration, Duration),
+        failover_hold: Duration,
     ) -> Arc<Self> {
         Arc::new(MasterPool {
             target,
@@ -190,6 +200,7 @@ impl MasterPool {
                 delay: backoff.0,
             }),
             connecting: tokio::sync::Mutex::new(()),
+            hold: WriteHold::new(failover_hold),
         })
     }
 
@@ -292,18 +303,51 @@ impl MasterPool {
     }
 
     /// Follows failovers as the sentinels announce them: a task per sentinel
-    /// listens for `+switch-master` and, for this master, drops the connections, so
-    /// that writes go to the new master at once rather than to the old one until
-    /// it is demoted. The tasks end once the pool is dropped.
+    /// listens to its announcements and, for this master, holds writes from the
+    /// first stage of a failover; on `+switch-master` it drops the connections and
+    /// lets writes go, to the new master, at once. The tasks end once the pool is
+    /// dropped.
     pub(super) fn watch_sentinels(self: &Arc<Self>) {
         let Some(sentinels) = self.target.sentinels() else {
             return;
         };
-        for (host, port) in &sentinels.nodes {
+        for (index, (host, port)) in sentinels.nodes.iter().enumerate() {
             let pool = Arc::downgrade(self);
-            let (host, port) = (host.clone(), *port);
-            let (name, config) = (sentinels.master_name.clone(), sentinels.config.clone());
-            tokio::spawn(async move { watch(pool, host, port, name, config).await });
+            let sentinel = Sentinel {
+                index,
+                host: host.clone(),
+                port: *port,
+                master_name: sentinels.master_name.clone(),
+                config: sentinels.config.clone(),
+            };
+            tokio::spawn(async move { watch(pool, sentinel).await });
+        }
+    }
+
+    /// Acts on a sentinel's announcement about this master.
+    fn announced(&self, sentinel: usize, what: Announcement, payload: &str) {
+        match what {
+            Announcement::Begun => self.hold.begin(sentinel),
+            Announcement::Switched => {
+                tracing::info!(target: "tower_sealed_sessions", %payload, "sentinel announced a new master");
+                // Dropped first, so that held writes, once let go, connect anew.
+                self.drop_connections(None);
+                self.hold.end(None);
+            }
+            Announcement::Aborted => {
+                tracing::info!(target: "tower_sealed_sessions", %payload, "sentinel abandoned its failover");
+                self.hold.end(Some(sentinel));
+            }
+        }
+    }
+
+    /// The announcements of sentinel `sentinel` are lost (its connection, or it):
+    /// a failover it was running may have ended unheard, so its hold ends and the
+    /// next operation asks the sentinels for the master again.
+    fn unheard(&self, sentinel: usize) {
+        if self.hold.holds(sentinel) {
+            self.drop_connections(None);
+            self.hold.end(Some(sentinel));
         }
     }
 }
@@ -320,10 +364,27 @@ pub(super) async fn load_scripts(conn: &mut Conn) -> Result<(), RedisError> {
     Ok(())
 }
 
-/// Listens to one sentinel for `+switch-master` of `name`, reconnecting to it with
-/// back-off, until `pool` is dropped.
-async fn watch(pool: Weak<MasterPool>, host: String, port: u16, name: String, config: NodeConfig) {
+/// One sentinel of the pool's master, as a watch task reaches it.
+struct Sentinel {
+    /// Its place among the configured sentinels.
+    index: usize,
+    host: String,
+    port: u16,
+    master_name: String,
+    config: NodeConfig,
+}
+
+/// Listens to one sentinel's failover announcements ([`CHANNELS`]) about the
+/// pool's master, reconnecting to it with back-off, until `pool` is dropped.
+async fn watch(pool: Weak<MasterPool>, sentinel: Sentinel) {
     const CHECK: Duration = Duration::from_secs(2);
+    let Sentinel {
+        index,
+        host,
+        port,
+        master_name,
+        config,
+    } = sentinel;
     let mut delay = Duration::from_millis(100);
     while let Some(backoff) = pool.upgrade().map(|p| p.backoff.1) {
         let subscribed = async {
@@ -333,7 +394,7 @@ async fn watch(pool: Weak<MasterPool>, host: String, port: u16, name: String, co
                 .await
                 .map_err(|e| config.error(e))?;
             pubsub
-                .subscribe("+switch-master")
+                .subscribe(CHANNELS)
                 .await
                 .map_err(|e| config.error(e))?;
             Ok::<_, StoreError>(pubsub)
@@ -352,11 +413,10 @@ async fn watch(pool: Weak<MasterPool>, host: String, port: u16, name: String, co
             match tokio::time::timeout(CHECK, messages.next()).await {
                 Ok(Some(message)) => {
                     let payload: String = message.get_payload().unwrap_or_default();
-                    // "<master name> <old ip> <old port> <new ip> <new port>"
-                    if payload.split(' ').next() == Some(name.as_str()) {
+                    let heard = announcement(message.get_channel_name(), &payload, &master_name);
+                    if let Some(what) = heard {
                         let Some(pool) = pool.upgrade() else { return };
-                        tracing::info!(target: "tower_sealed_sessions", %payload, "sentinel announced a new master");
-                        pool.drop_connections(None);
+                        pool.announced(index, what, &payload);
                     }
                 }
                 // The sentinel went away: subscribe again.
@@ -364,6 +424,9 @@ async fn watch(pool: Weak<MasterPool>, host: String, port: u16, name: String, co
                 Err(_) if pool.strong_count() == 0 => return,
                 Err(_) => {}
             }
+        }
+        if let Some(pool) = pool.upgrade() {
+            pool.unheard(index);
         }
     }
 }

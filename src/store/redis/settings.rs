@@ -67,6 +67,13 @@ pub struct RedisSettings {
     /// Replication-acknowledged writes: after every write, `WAIT` for this many
     /// replicas, and answer 503 when fewer acknowledge in time.
     pub wait: Option<WaitSettings>,
+    /// Under Sentinel, how long a write waits while the sentinels fail the master
+    /// over (default `2s`, the layer's default `write_deadline`): writes are held
+    /// from the failover's first announced stage until `+switch-master`, and one
+    /// held longer is answered 503, unsent. A coordinated failover takes one to
+    /// three seconds from its first stage to the switch.
+    #[serde(default, deserialize_with = "span_option")]
+    pub failover_hold: Option<Duration>,
     /// Accept a server whose `maxmemory-policy` evicts keys (default `false`: such
     /// a server is refused when connecting, since it would drop sessions and user
     /// indexes when full).
@@ -161,6 +168,8 @@ impl RedisSettings {
     /// The reconnection delays when not configured.
     pub const DEFAULT_RECONNECT: (Duration, Duration) =
         (Duration::from_millis(100), Duration::from_secs(2));
+    /// How long a write waits during a Sentinel failover, when not configured.
+    pub const DEFAULT_FAILOVER_HOLD: Duration = Duration::from_secs(2);
 
     /// Settings for one server at `url`.
     pub fn url(url: impl Into<String>) -> Self {
@@ -249,6 +258,13 @@ impl RedisSettings {
         self
     }
 
+    /// How long a write waits while the sentinels fail the master over (default
+    /// 2 s): see [`failover_hold`](Self::failover_hold).
+    pub fn with_failover_hold(mut self, hold: Duration) -> Self {
+        self.failover_hold = Some(hold);
+        self
+    }
+
     /// Accepts a server whose `maxmemory-policy` evicts keys.
     ///
     /// # Warning
@@ -296,6 +312,12 @@ impl RedisSettings {
     pub fn wait_for(&self) -> Option<(u32, Duration)> {
         self.wait
             .map(|w| (w.replicas, w.timeout.unwrap_or(Duration::from_millis(100))))
+    }
+
+    /// The failover hold in force: how long a write waits while the sentinels
+    /// fail the master over.
+    pub fn failover_hold(&self) -> Duration {
+        self.failover_hold.unwrap_or(Self::DEFAULT_FAILOVER_HOLD)
     }
 
     /// Whether connections use TLS: a `tls:` section, or a `rediss://` URL.
@@ -349,6 +371,13 @@ impl RedisSettings {
             return Err(ConfigError::new(
                 "store.timeout",
                 "0 would fail every command; a Redis command needs at least a millisecond",
+            ));
+        }
+        if self.failover_hold == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "store.failover_hold",
+                "0 would fail every write during a failover; give writes time to reach the \
+                 new master (the default is 2s)",
             ));
         }
         if self.pool_size == Some(0) {
@@ -446,6 +475,7 @@ impl fmt::Debug for RedisSettings {
             .field("pool_size", &self.pool_size)
             .field("reconnect", &self.reconnect)
             .field("wait", &self.wait)
+            .field("failover_hold", &self.failover_hold)
             .field("allow_eviction", &self.allow_eviction)
             .field("value_format", &self.value_format)
             .finish()
@@ -510,6 +540,14 @@ mod tests {
         let url = || RedisSettings::url("redis://h:1");
         assert_eq!(field(url().with_timeout(Duration::ZERO)), "store.timeout");
         assert_eq!(field(url().with_pool_size(0)), "store.pool_size");
+        assert_eq!(
+            field(url().with_failover_hold(Duration::ZERO)),
+            "store.failover_hold"
+        );
+        let parsed: RedisSettings =
+            serde_yaml_ng::from_str("{ url: \"redis://h:1\", failover_hold: 5s }").unwrap();
+        assert_eq!(parsed.failover_hold(), Duration::from_secs(5));
+        assert_eq!(url().failover_hold(), Duration::from_secs(2), "the default");
         assert_eq!(
             field(url().with_reconnect(Duration::from_secs(3), Duration::from_secs(1))),
             "store.reconnect"
