@@ -41,6 +41,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tower_http::services::ServeDir;
+use tower_sealed_sessions::store::StoreHealth;
 use tower_sealed_sessions::{
     Fingerprint, Keys, MemoryStore, Session, SessionConfig, SessionLayer, StoreError,
 };
@@ -475,10 +476,21 @@ async fn api_me(session: Session) -> Result<Json<Option<String>>, AppError> {
 }
 
 /// `GET /healthz`: 200 when the session store answers, 503 with its error when
-/// it does not, for a load balancer or an orchestrator's probe.
+/// it does not, for a load balancer or an orchestrator's probe. A store that
+/// answers but may lose sessions (a Redis that evicts keys) is 200 with
+/// `"status": "degraded"` and the reason: it still serves, and taking every
+/// instance sharing it out of rotation would end the service; alert on it.
 async fn healthz(State(sessions): State<SessionLayer>) -> Response {
     match sessions.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ok", "store": "ok" })).into_response(),
+        Ok(StoreHealth::Healthy) => {
+            Json(serde_json::json!({ "status": "ok", "store": "ok" })).into_response()
+        }
+        // The store logged a warning when it found out; a probe adds none.
+        Ok(StoreHealth::Degraded(why)) => {
+            Json(serde_json::json!({ "status": "degraded", "store": why })).into_response()
+        }
+        Ok(other) => Json(serde_json::json!({ "status": "degraded", "store": other.to_string() }))
+            .into_response(),
         Err(err) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "unavailable", "store": err.to_string() })),

@@ -441,13 +441,16 @@ impl SessionLayer {
         self.edit(|s| s.clock = clock)
     }
 
-    /// Checks that the store answers (for Redis, `PING` to the master, or to every
-    /// master of a Cluster): for a health endpoint.
+    /// Checks that the store answers, and how well it keeps sessions (for Redis,
+    /// `PING` and `INFO` to the master, or to every master of a Cluster: see
+    /// [`RedisStore`](crate::RedisStore)'s eviction checks): for a health
+    /// endpoint. A [`Degraded`](crate::store::StoreHealth::Degraded) store still
+    /// serves requests.
     ///
     /// # Errors
     ///
     /// The [`StoreError`](crate::StoreError) of the failed check.
-    pub async fn ping(&self) -> Result<(), crate::StoreError> {
+    pub async fn ping(&self) -> Result<crate::store::StoreHealth, crate::StoreError> {
         self.store.ping().await
     }
 

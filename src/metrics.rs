@@ -17,12 +17,15 @@
 //! | `sealed_sessions_store_conflicts_total` | counter | `store`, `operation` | compare-and-sets lost to another writer |
 //! | `sealed_sessions_store_duration_seconds` | histogram | `store`, `operation`, `outcome` | time per store operation |
 //! | `sealed_sessions_memory_store_sessions` | gauge | | records in the memory store |
+//! | `sealed_sessions_redis_evicted_keys_total` | counter | | keys Redis evicted (its nodes' `evicted_keys`), as the store's checks find them |
+//! | `sealed_sessions_redis_evicting_nodes` | gauge | | Redis nodes whose `maxmemory-policy` evicts keys |
 //!
 //! `store` is the store's [`KIND`](crate::store::SessionStore::KIND) (`memory`,
 //! `redis`, `postgres`, `sqlite`, or `custom`); `operation` the
 //! [`SessionStore`](crate::store::SessionStore) method (`load`, `update`, ...);
 //! `outcome` is `ok`, `conflict` (a compare-and-set lost, or a touch that
-//! found the record changed), `missing` (no record), or `error`.
+//! found the record changed), `missing` (no record), `degraded` (a `ping`
+//! that found the store answering but apt to lose sessions), or `error`.
 //!
 //! ```
 //! # #[cfg(feature = "metrics")] {
@@ -80,6 +83,10 @@ pub fn describe() {
             "sealed_sessions_store_conflicts_total",
             "Compare-and-sets lost to another writer.",
         ),
+        (
+            "sealed_sessions_redis_evicted_keys_total",
+            "Keys Redis evicted, as the store's checks found them.",
+        ),
     ] {
         describe_counter!(name, Unit::Count, help);
     }
@@ -92,6 +99,11 @@ pub fn describe() {
         "sealed_sessions_memory_store_sessions",
         Unit::Count,
         "Records in the memory store."
+    );
+    describe_gauge!(
+        "sealed_sessions_redis_evicting_nodes",
+        Unit::Count,
+        "Redis nodes whose maxmemory-policy evicts keys."
     );
 }
 
@@ -172,4 +184,16 @@ pub(crate) fn store_operation(
 #[cfg(all(feature = "metrics", feature = "memory-store"))]
 pub(crate) fn memory_sessions(records: u64) {
     metrics::gauge!("sealed_sessions_memory_store_sessions").set(records as f64);
+}
+
+/// Keys a Redis store's checks found evicted since the last check.
+#[cfg(all(feature = "metrics", feature = "redis"))]
+pub(crate) fn redis_evicted_keys(keys: u64) {
+    metrics::counter!("sealed_sessions_redis_evicted_keys_total").increment(keys);
+}
+
+/// The Redis nodes whose policy evicts keys, at a store's last check.
+#[cfg(all(feature = "metrics", feature = "redis"))]
+pub(crate) fn redis_evicting_nodes(nodes: usize) {
+    metrics::gauge!("sealed_sessions_redis_evicting_nodes").set(nodes as f64);
 }

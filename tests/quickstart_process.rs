@@ -268,6 +268,19 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(up, "healthy again once Redis is back, without a restart");
+    // An evicting policy set while running: still served (200), reported degraded.
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let (status, body) = health().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &"degraded".into()),
+        "{body}"
+    );
+    let why = body["store"].as_str().unwrap_or_default();
+    assert!(why.contains("maxmemory-policy allkeys-lru"), "{body}");
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let (status, body) = health().await;
+    assert_eq!((status, &body["status"]), (200, &"ok".into()), "{body}");
     drop(second);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -15,7 +15,7 @@ use crate::open::{Outcome, RecordSource};
 use crate::plan::{Plan, TokenChange};
 use crate::record::{Record, StoreKey};
 use crate::settings::Settings;
-use crate::store::{BoxFuture, SessionStore};
+use crate::store::{BoxFuture, SessionStore, StoreHealth};
 
 /// The store as the request flow uses it: one step to load a session's record
 /// (as a [`RecordSource`], which a session loaded on first use keeps), one to
@@ -26,7 +26,7 @@ pub(crate) trait DynStore: RecordSource {
     fn persist(&self, settings: &Arc<Settings>, plan: Plan, now: Timestamp)
     -> Outcome<TokenChange>;
     /// Whether the store answers, for a health check.
-    fn ping(&self) -> BoxFuture<Result<(), StoreError>>;
+    fn ping(&self) -> BoxFuture<Result<StoreHealth, StoreError>>;
 }
 
 /// A store shared by the layer and every in-flight future, with the queue of its
@@ -103,7 +103,7 @@ impl<St: SessionStore> DynStore for Erased<St> {
         St::IMMEDIATE
     }
 
-    fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
+    fn ping(&self) -> BoxFuture<Result<StoreHealth, StoreError>> {
         let store = self.store.clone();
         Box::pin(async move { store.ping().await })
     }

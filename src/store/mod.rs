@@ -122,6 +122,48 @@ pub enum CompareAndSet {
     Missing,
 }
 
+/// What [`SessionStore::ping`] found in a store that answers: whether it keeps
+/// sessions as it should.
+///
+/// A degraded store still serves requests, so a health endpoint should report it
+/// without failing (the quickstart's `/healthz` answers 200 with `"status":
+/// "degraded"`): every instance of an application shares its store, and a load
+/// balancer that took them all out of rotation would end the service.
+///
+/// ```
+/// use tower_sealed_sessions::store::StoreHealth;
+///
+/// let health = StoreHealth::Degraded("Redis evicts keys when full".into());
+/// assert!(!health.is_healthy());
+/// assert_eq!(health.to_string(), "degraded: Redis evicts keys when full");
+/// assert_eq!(StoreHealth::Healthy.to_string(), "ok");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreHealth {
+    /// Nothing amiss.
+    Healthy,
+    /// The store answers, but may lose sessions or user indexes it should keep
+    /// (a Redis that evicts keys): what is wrong, and how to mend it.
+    Degraded(String),
+}
+
+impl StoreHealth {
+    /// Whether nothing is amiss.
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, StoreHealth::Healthy)
+    }
+}
+
+impl std::fmt::Display for StoreHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreHealth::Healthy => f.write_str("ok"),
+            StoreHealth::Degraded(why) => write!(f, "degraded: {why}"),
+        }
+    }
+}
+
 /// A session backend: where records and user indexes live.
 ///
 /// Methods take `&self` and return `Send` futures, so one store serves all requests
@@ -266,8 +308,11 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
 
-    /// Whether the backend answers, for a health check (the default: always).
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(Ok(()))
+    /// Whether the backend answers, and how well it keeps sessions, for a health
+    /// check (the default: always, and healthy). An error is a store that does not
+    /// answer; [`StoreHealth::Degraded`] one that answers but may lose what it
+    /// keeps.
+    fn ping(&self) -> impl Future<Output = Result<StoreHealth, StoreError>> + Send {
+        std::future::ready(Ok(StoreHealth::Healthy))
     }
 }

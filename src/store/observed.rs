@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
 
 /// The tracing target of the `session_store` spans, one per store operation
 /// (fields `operation`, `store`, `outcome`; never a session, key or user).
@@ -53,6 +53,16 @@ impl Outcome for Option<Record> {
 impl Outcome for bool {
     fn outcome(&self) -> &'static str {
         if *self { "ok" } else { "conflict" }
+    }
+}
+
+/// `ping`: a store that answers but may lose what it keeps.
+impl Outcome for StoreHealth {
+    fn outcome(&self) -> &'static str {
+        match self {
+            StoreHealth::Healthy => "ok",
+            StoreHealth::Degraded(_) => "degraded",
+        }
     }
 }
 
@@ -213,7 +223,7 @@ impl<St: SessionStore> SessionStore for Observed<St> {
         observe(St::KIND, "index_list", self.0.index_list(user, now))
     }
 
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn ping(&self) -> impl Future<Output = Result<StoreHealth, StoreError>> + Send {
         observe(St::KIND, "ping", self.0.ping())
     }
 }

@@ -10,6 +10,7 @@ mod common;
 mod cluster;
 mod conformance;
 mod contention;
+mod eviction;
 mod requests;
 mod sentinel;
 mod tls;
@@ -28,7 +29,14 @@ use tower_sealed_sessions::config::{RedisSettings, StoreConfig};
 use tower_sealed_sessions::{Keys, ManualClock, RedisStore, Session, SessionConfig, SessionLayer};
 
 use common::redis::{Cluster, Monitor, RedisServer, available, free_port, wait_until};
-use common::{cookie_pair, decode_sid, serve, set_cookies};
+use common::{Captured, cookie_pair, decode_sid, serve, set_cookies};
+
+/// The store's own log lines (`tower_sealed_sessions` at `INFO` and above), for
+/// the whole test binary.
+fn logs() -> &'static Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| Captured::install("tower_sealed_sessions=info"))
+}
 
 const SECRET: &[u8; 32] = b"redis-test secret 0123456789abcd";
 

@@ -459,7 +459,12 @@ pub async fn concurrent_compare_and_set_loses_nothing<F: Fixture>(fixture: Arc<F
 /// ones; `delete_many` deletes exactly the keys it is given; `ping` answers.
 pub async fn batches_load_and_delete_exactly_their_keys<F: Fixture>(fixture: Arc<F>) {
     let store = store_of(&fixture);
-    store.ping().await.expect("a working store answers a ping");
+    let health = store.ping().await.expect("a working store answers a ping");
+    assert_eq!(
+        health,
+        crate::store::StoreHealth::Healthy,
+        "a store set up as it should be is healthy"
+    );
     assert!(store.load_many(&[]).await.unwrap().is_empty());
     store.delete_many(&[]).await.unwrap();
     let keys: Vec<StoreKey> = (0..100).map(|_| fresh_key()).collect();

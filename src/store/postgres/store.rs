@@ -33,7 +33,7 @@ use crate::store::sql::{
     version,
 };
 use crate::store::url::redact;
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
 
 /// A [`SessionStore`] in PostgreSQL.
 #[derive(Clone)]
@@ -644,13 +644,13 @@ impl SessionStore for PostgresStore {
         })
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<StoreHealth, StoreError> {
         self.within(async {
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
-            Ok(())
+            Ok(StoreHealth::Healthy)
         })
         .await
     }

@@ -1,7 +1,6 @@
 //! Reaching Redis: the address and credentials of each node, TLS with rustls
 //! (a CA, a client certificate, the name to expect), finding the master through
-//! the sentinels, building a Cluster client, and the checks a server must pass
-//! before a store uses it (Redis 7 or later, no evicting `maxmemory-policy`).
+//! the sentinels, and building a Cluster client.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +12,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::io::AsyncDNSResolver;
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
-    IntoConnectionInfo, RedisError, RedisFuture, TlsCertificates, TlsMode, Value,
+    IntoConnectionInfo, RedisError, RedisFuture, TlsCertificates, TlsMode,
 };
 use zeroize::Zeroizing;
 
@@ -398,83 +397,4 @@ pub(super) fn cluster_client(
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Policies under which a full server drops keys it did not choose to expire.
-pub(super) fn evicts(policy: &str) -> bool {
-    policy != "noeviction"
-}
-
-/// The `maxmemory_policy` lines of `INFO memory` replies (one per node).
-pub(super) fn eviction_policies(reply: &Value) -> Vec<String> {
-    let mut found = Vec::new();
-    collect_policies(reply, &mut found);
-    found
-}
-
-fn collect_policies(reply: &Value, found: &mut Vec<String>) {
-    match reply {
-        Value::BulkString(bytes) => {
-            let text = String::from_utf8_lossy(bytes);
-            found.extend(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("maxmemory_policy:"))
-                    .map(|p| p.trim().to_owned()),
-            );
-        }
-        Value::VerbatimString { text, .. } | Value::SimpleString(text) => {
-            collect_policies(&Value::BulkString(text.clone().into_bytes()), found)
-        }
-        Value::Array(items) | Value::Set(items) => {
-            items.iter().for_each(|v| collect_policies(v, found))
-        }
-        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_policies(v, found)),
-        _ => {}
-    }
-}
-
-/// The error for a server whose policy evicts keys.
-pub(super) fn eviction_refused(policy: &str) -> StoreError {
-    StoreError::backend(format!(
-        "Redis runs with maxmemory-policy {policy}: when memory is full it drops keys, so sessions \
-         would vanish (their users logged out) and user indexes too (\"log out everywhere\" and the \
-         per-user limit would miss sessions). Set `maxmemory-policy noeviction` (a full server then \
-         refuses writes, which the layer answers with 503), or accept eviction with \
-         `allow_eviction: true` in the store settings"
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policies_are_read_from_info_replies_of_every_node() {
-        let node = |p: &str| {
-            Value::BulkString(
-                format!("# Memory\r\nused_memory:1\r\nmaxmemory_policy:{p}\r\n").into_bytes(),
-            )
-        };
-        assert_eq!(eviction_policies(&node("noeviction")), ["noeviction"]);
-        let many = Value::Map(vec![
-            (Value::SimpleString("a".into()), node("noeviction")),
-            (Value::SimpleString("b".into()), node("allkeys-lru")),
-        ]);
-        assert_eq!(eviction_policies(&many), ["noeviction", "allkeys-lru"]);
-        assert!(!evicts("noeviction"));
-        for policy in [
-            "allkeys-lru",
-            "volatile-lru",
-            "volatile-ttl",
-            "allkeys-random",
-            "volatile-lfu",
-        ] {
-            assert!(evicts(policy), "{policy}");
-        }
-        assert!(
-            eviction_refused("allkeys-lru")
-                .to_string()
-                .contains("allow_eviction")
-        );
-    }
 }

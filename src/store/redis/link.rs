@@ -62,11 +62,14 @@ pub(super) struct Conns {
     shared: Vec<Conn>,
     exclusive: Vec<(Conn, Arc<tokio::sync::Mutex<()>>)>,
     next: AtomicUsize,
+    /// The master's `host:port`; `None` for a Cluster.
+    node: Option<Arc<str>>,
 }
 
 impl Conns {
-    pub(super) fn new(shared: Vec<Conn>, exclusive: Vec<Conn>) -> Self {
+    pub(super) fn new(shared: Vec<Conn>, exclusive: Vec<Conn>, node: Option<Arc<str>>) -> Self {
         Conns {
+            node,
             shared,
             exclusive: exclusive
                 .into_iter()
@@ -85,6 +88,7 @@ impl Conns {
             return Lease {
                 conn,
                 generation,
+                node: self.node.clone(),
                 _exclusive: None,
             };
         }
@@ -103,6 +107,7 @@ impl Conns {
         Lease {
             conn: conn.clone(),
             generation,
+            node: self.node.clone(),
             _exclusive: Some(guard),
         }
     }
@@ -118,6 +123,8 @@ pub(super) enum Link {
 pub(super) struct Lease {
     pub(super) conn: Conn,
     generation: u64,
+    /// The master's `host:port`; `None` for a Cluster.
+    pub(super) node: Option<Arc<str>>,
     /// Held while an exclusive connection is lent.
     _exclusive: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -287,7 +294,11 @@ impl MasterPool {
             .map_err(|e| self.config.error(e))?;
         tracing::info!(target: "tower_sealed_sessions", %host, port, connections = conns.len(), "connected to the Redis master");
         let exclusive = conns.split_off(self.size.0);
-        Ok(Conns::new(conns, exclusive))
+        Ok(Conns::new(
+            conns,
+            exclusive,
+            Some(format!("{host}:{port}").into()),
+        ))
     }
 
     /// Drops the current connections (those of `generation`, or any when `None`),

@@ -13,6 +13,8 @@ mod command;
 #[cfg(feature = "redis")]
 mod connect;
 #[cfg(feature = "redis")]
+mod eviction;
+#[cfg(feature = "redis")]
 mod failover;
 #[cfg(feature = "redis")]
 mod link;

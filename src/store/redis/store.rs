@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::{RedisError, Script, Value};
@@ -13,16 +13,15 @@ use super::codec::{
     Got, decode_get, decode_index, decode_reply, encode, encode_entry, expire_at, tombstone,
 };
 use super::command::{Lua, Runner};
-use super::connect::{
-    NodeConfig, Target, cluster_client, eviction_policies, eviction_refused, evicts,
-};
-use super::link::{Conn, Conns, Link, MasterPool, load_scripts};
+use super::connect::{NodeConfig, Target, cluster_client};
+use super::eviction::{CHECK_INTERVAL, Evictions, eviction_refused, evicts, node_infos};
+use super::link::{Conn, Conns, Lease, Link, MasterPool, load_scripts};
 use super::scripts;
 use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
 
 /// A [`SessionStore`] in Redis: standalone, Sentinel or Cluster, over TLS when
 /// asked, on the [redis-rs](https://docs.rs/redis) client with rustls.
@@ -103,6 +102,8 @@ struct Inner {
     delete_version: Lua,
     touch: Lua,
     index: Lua,
+    /// What the eviction checks last saw of each node.
+    evictions: Mutex<Evictions>,
 }
 
 /// Shared connections per node, and exclusive ones for writes that wait for
@@ -166,7 +167,7 @@ impl RedisStore {
                     .await
                     .map_err(|e| config.error(e))?;
                 let exclusive = conns.split_off(shared);
-                Link::Cluster(Conns::new(conns, exclusive))
+                Link::Cluster(Conns::new(conns, exclusive, None))
             }
             RedisTopology::Url(_) | RedisTopology::Sentinel(_) => {
                 let target = Target::from_settings(settings, &config)?
@@ -200,14 +201,17 @@ impl RedisStore {
                 delete_version: Lua::new(scripts::DELETE_VERSION),
                 touch: Lua::new(scripts::TOUCH),
                 index: Lua::new(scripts::INDEX),
+                evictions: Mutex::new(Evictions::new(settings.allow_eviction)),
             }),
         };
         store.check_server(settings.allow_eviction).await?;
+        tokio::spawn(check_periodically(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
     /// Checks the server before use: Redis 7.0 or later (`PEXPIRETIME`), and a
-    /// `maxmemory-policy` that keeps keys, on every node.
+    /// `maxmemory-policy` that keeps keys, on every node; what it finds is the
+    /// baseline of the later eviction checks.
     async fn check_server(&self, allow_eviction: bool) -> Result<(), StoreError> {
         let probe = Script::new(scripts::PROBE);
         let key = format!("{}version-probe", self.inner.prefix);
@@ -217,27 +221,24 @@ impl RedisStore {
                 "Redis 7.0 or later is needed (PEXPIRETIME): {err}"
             )));
         }
-        let info: Result<Value, RedisError> = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut lease.conn)
-            .await;
-        match info {
-            Ok(info) => {
-                let policies = eviction_policies(&info);
-                if let Some(policy) = policies.iter().find(|p| evicts(p)) {
-                    if !allow_eviction {
-                        return Err(eviction_refused(policy));
-                    }
-                    tracing::warn!(target: "tower_sealed_sessions", policy, "Redis evicts keys when full: sessions and user indexes may vanish (allowed by allow_eviction)");
-                }
-                if policies.is_empty() {
-                    tracing::warn!(target: "tower_sealed_sessions", "Redis did not report its maxmemory-policy; make sure it is noeviction");
-                }
-            }
+        let info = match self.inner.read_nodes(&mut lease).await {
+            Ok(info) => info,
             Err(err) => {
                 tracing::warn!(target: "tower_sealed_sessions", error = %err, "cannot read Redis' maxmemory-policy (INFO refused); make sure it is noeviction");
+                return Ok(());
             }
+        };
+        let policies: Vec<&str> = info.iter().filter_map(|n| n.policy.as_deref()).collect();
+        if let Some(policy) = policies.iter().find(|p| evicts(p)) {
+            if !allow_eviction {
+                return Err(eviction_refused(policy));
+            }
+            tracing::warn!(target: "tower_sealed_sessions", policy, "Redis evicts keys when full: sessions and user indexes may vanish (allowed by allow_eviction)");
         }
+        if policies.is_empty() {
+            tracing::warn!(target: "tower_sealed_sessions", "Redis did not report its maxmemory-policy; make sure it is noeviction");
+        }
+        self.inner.evictions().observe(&info, Instant::now());
         Ok(())
     }
 
@@ -294,6 +295,62 @@ impl RedisStore {
                 None => CompareAndSet::Missing,
                 Some(current) => CompareAndSet::Conflict(current),
             }),
+        }
+    }
+}
+
+impl Inner {
+    fn evictions(&self) -> std::sync::MutexGuard<'_, Evictions> {
+        // `Evictions::observe` cannot panic half-way through an update.
+        self.evictions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every node's `maxmemory-policy` and `evicted_keys`: one `INFO memory
+    /// stats` to the master, or to every master of a Cluster.
+    async fn read_nodes(
+        &self,
+        lease: &mut Lease,
+    ) -> Result<Vec<super::eviction::NodeInfo>, RedisError> {
+        let reply: Value = redis::cmd("INFO")
+            .arg("memory")
+            .arg("stats")
+            .query_async(&mut lease.conn)
+            .await?;
+        Ok(node_infos(
+            &reply,
+            lease.node.as_deref().unwrap_or("master"),
+        ))
+    }
+
+    /// Reads every node's eviction state and says what it makes of it; a node
+    /// that refuses `INFO` (a restricted user) leaves the health as it was.
+    async fn check_evictions(&self, lease: &mut Lease) -> Result<StoreHealth, StoreError> {
+        let info = match self.read_nodes(lease).await {
+            Ok(info) => info,
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                tracing::debug!(target: "tower_sealed_sessions", error = %err, "INFO refused: eviction not checked");
+                Vec::new()
+            }
+            Err(err) => return Err(self.runner.failed(lease, err)),
+        };
+        Ok(self.evictions().observe(&info, Instant::now()))
+    }
+}
+
+/// Checks the nodes' eviction state every [`CHECK_INTERVAL`], so that a change
+/// is logged even when nothing pings the store; ends with the store.
+async fn check_periodically(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(CHECK_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let checked = async {
+            let mut lease = inner.runner.lease(false).await?;
+            inner.check_evictions(&mut lease).await
+        };
+        if let Err(err) = checked.await {
+            tracing::debug!(target: "tower_sealed_sessions", error = %err, "eviction check failed");
         }
     }
 }
@@ -533,15 +590,17 @@ impl SessionStore for RedisStore {
         async move { self.index(&user, now, None).await }
     }
 
-    /// `PING`: the master, or every master of a Cluster.
-    async fn ping(&self) -> Result<(), StoreError> {
+    /// `PING`, then the eviction check: the master, or every master of a
+    /// Cluster. Degraded while a node's `maxmemory-policy` evicts (unless
+    /// `allow_eviction`), and for ten minutes after a check found keys evicted.
+    async fn ping(&self) -> Result<StoreHealth, StoreError> {
         let mut lease = self.inner.runner.lease(false).await?;
-        match redis::cmd("PING")
+        if let Err(err) = redis::cmd("PING")
             .query_async::<Value>(&mut lease.conn)
             .await
         {
-            Ok(_) => Ok(()),
-            Err(err) => Err(self.inner.runner.failed(&lease, err)),
+            return Err(self.inner.runner.failed(&lease, err));
         }
+        self.inner.check_evictions(&mut lease).await
     }
 }

@@ -35,7 +35,7 @@ use crate::store::sql::{
     CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
     version,
 };
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
 
 /// Keys per `IN (...)` list when many are deleted at once, well under SQLite's
 /// limit on bound parameters.
@@ -621,12 +621,12 @@ impl SessionStore for SqliteStore {
         }
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<StoreHealth, StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reads)
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(StoreHealth::Healthy)
     }
 }
 
