@@ -111,3 +111,32 @@ async fn evictions_while_running_are_logged_and_degrade_ping() {
     assert!(why.contains("evicted"), "{why}");
     assert_eq!(warnings_about(server.port, "Redis evicted keys"), 1);
 }
+
+/// In a Cluster every master is checked: one node turned evicting is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_every_master_is_checked() {
+    if !available() {
+        return;
+    }
+    logs();
+    let cluster = Cluster::start();
+    let store = cluster.store().await;
+    assert_eq!(store.ping().await.unwrap(), StoreHealth::Healthy);
+    let node = &cluster.nodes[2];
+    node.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"]);
+    let health = store.ping().await.unwrap();
+    let StoreHealth::Degraded(why) = &health else {
+        panic!("one evicting master degrades the store: {health:?}");
+    };
+    assert!(
+        why.contains(&format!(
+            "127.0.0.1:{} runs maxmemory-policy allkeys-lfu",
+            node.port
+        )),
+        "{why}"
+    );
+    assert_eq!(why.matches("runs maxmemory-policy").count(), 1, "{why}");
+    assert_eq!(warnings_about(node.port, "now evicts keys"), 1);
+    node.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert_eq!(store.ping().await.unwrap(), StoreHealth::Healthy);
+}

@@ -78,6 +78,19 @@ use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag
 /// `noeviction` unless [`RedisSettings::allow_eviction`] is set: both are checked
 /// when connecting.
 ///
+/// **Eviction is watched while running**: on every
+/// [`ping`](SessionStore::ping), and every 15 s by a task of the store's own,
+/// one `INFO memory stats` to the master (to every master of a Cluster) reads
+/// each node's `maxmemory_policy` (`INFO`, not `CONFIG GET`, which managed
+/// services often rename) and `evicted_keys`. A policy changed to an evicting
+/// one (`CONFIG SET maxmemory-policy allkeys-lru`), or keys evicted, log one
+/// `WARN` per change, naming the node; evicted keys count in
+/// `sealed_sessions_redis_evicted_keys_total` (see [`metrics`](crate::metrics)).
+/// `ping` answers [`StoreHealth::Degraded`] while a node's policy evicts (unless
+/// eviction is allowed) and for ten minutes after a check found keys evicted:
+/// idle sessions may be gone, and with them user indexes, after which "log out
+/// everywhere" ends nothing.
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), tower_sealed_sessions::StoreError> {
 /// use tower_sealed_sessions::{Keys, RedisStore, SessionLayer};
