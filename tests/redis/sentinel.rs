@@ -249,7 +249,10 @@ async fn a_coordinated_failover_loses_no_acknowledged_write_without_wait() {
     let outcome = failover_under_writers(2, None).await;
     assert!(outcome.acked > 100, "writes were acknowledged: {outcome:?}");
     assert_eq!(outcome.lost, 0, "{outcome:?}");
-    assert!(outcome.longest_gap < Duration::from_secs(5), "{outcome:?}");
+    // Within seconds: a failover took 1.4 s from its first stage to the switch
+    // here, and up to about six on a loaded machine (other tests at once), held
+    // writes then answering 503 after `failover_hold`.
+    assert!(outcome.longest_gap < Duration::from_secs(10), "{outcome:?}");
 }
 
 /// With `wait: { replicas: 1 }` and a single replica: nothing is lost, but the
@@ -285,6 +288,6 @@ async fn coordinated_failover_matrix() {
     for outcome in outcomes {
         assert!(outcome.acked > 100, "writes were acknowledged: {outcome:?}");
         assert_eq!(outcome.lost, 0, "{outcome:?}");
-        assert!(outcome.longest_gap < Duration::from_secs(5), "{outcome:?}");
+        assert!(outcome.longest_gap < Duration::from_secs(10), "{outcome:?}");
     }
 }
