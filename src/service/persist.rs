@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use super::queue::{Known, Turn, WriteQueue};
+use super::queue::{Known, Opened, Turn, WriteQueue};
 use super::response::set_token;
 use super::retries::Retries;
 use crate::audit::{AUDIT_TARGET, Fingerprint, audit};
@@ -114,9 +114,11 @@ pub(super) async fn update<St: SessionStore>(
     let before = loaded.user_tag(settings);
     let mut index = Indexed::new(key, before.map(|tag| (tag, loaded.deadlines.lifespan)));
     let mut turn = take_turn::<St>(writes, key, &retries).await?;
-    let mut attempt = match turn.newer_than(loaded.version) {
-        // A write of this process landed since the load: this one goes on top.
-        Some(Known::Record(current)) => rebase(edit, keys, settings, now, current, &mut index)?,
+    let mut attempt = match turn.take_newer_than(loaded.version) {
+        // A write of this process landed since the load: this one goes on top,
+        // of the data it wrote (nothing to open) or of a record it lost to.
+        Some(Known::Written(written)) => replay(edit, keys, settings, now, written, &mut index)?,
+        Some(Known::Record(current)) => rebase(edit, keys, settings, now, &current, &mut index)?,
         Some(Known::Gone) => {
             index.settle(store, None).await?;
             return gone("update");
@@ -136,15 +138,16 @@ pub(super) async fn update<St: SessionStore>(
         // may have changed either), the index has them first.
         index.ensure(store, keys, &attempt, edit.meta, now).await?;
         let record = attempt.seal(&loaded.cipher, &key, attempt.version)?;
-        let written = store.update(&key, &record, attempt.version).await?;
-        turn.learn(match &written {
-            CompareAndSet::Done => Known::Record(record),
-            CompareAndSet::Conflict(current) => Known::Record(current.clone()),
-            CompareAndSet::Missing => Known::Gone,
-        });
-        match written {
+        match store.update(&key, &record, attempt.version).await? {
             CompareAndSet::Done => {
-                // The next writer needs only the record.
+                let (deadlines, remember_me) = (attempt.deadlines, attempt.remember_me);
+                // The next writer of the session starts from the data written.
+                turn.learn(Known::Written(Opened {
+                    data: attempt.data,
+                    version: record.version,
+                    deadlines,
+                    remember_me,
+                }));
                 drop(turn);
                 // Other users' indexes let go only once the record no longer
                 // names them.
@@ -156,15 +159,17 @@ pub(super) async fn update<St: SessionStore>(
                     return Ok(TokenChange::Keep);
                 }
                 let mut identity = loaded.cookie.clone();
-                identity.lifespan_deadline = attempt.deadlines.lifespan;
-                identity.remember_me = attempt.remember_me;
+                identity.lifespan_deadline = deadlines.lifespan;
+                identity.remember_me = remember_me;
                 return Ok(set_token(settings, now, &identity));
             }
             CompareAndSet::Missing => {
+                turn.learn(Known::Gone);
                 index.settle(store, None).await?;
                 return gone("update");
             }
             CompareAndSet::Conflict(current) => {
+                turn.learn(Known::Record(current.clone()));
                 retries.after_conflict().await?;
                 attempt = rebase(edit, keys, settings, now, &current, &mut index)?;
             }
@@ -348,8 +353,30 @@ fn rebase(
             tracing::warn!(target: TARGET, %reason, %fingerprint, "concurrently written record rejected");
             StoreError::Corrupt(reason.to_string())
         })?;
-    let stored_remember_me = inside.remember_me(edit.meta.remember_me, &current.deadlines);
-    let mut data = inside.data;
+    let remember_me = inside.remember_me(edit.meta.remember_me, &current.deadlines);
+    let opened = Opened {
+        data: inside.data,
+        version: current.version,
+        deadlines: current.deadlines,
+        remember_me,
+    };
+    replay(edit, keys, settings, now, opened, index)
+}
+
+/// Replays this request's edit on `current`, a record's data in the clear (as
+/// [`rebase`] opened it, or as a previous write of this process left it), and
+/// notes in `index` the user it names. The next attempt expects its version.
+fn replay(
+    edit: &Edit,
+    keys: &KeySet,
+    settings: &Settings,
+    now: Timestamp,
+    current: Opened,
+    index: &mut Indexed,
+) -> Result<Attempt, StoreError> {
+    let loaded = &edit.loaded;
+    let stored_remember_me = current.remember_me;
+    let mut data = current.data;
     index.note(user_of(&data).map(|user| UserTag::derive(keys, user)));
     edit.changes.apply(&mut data).map_err(|_| {
         let fingerprint = Fingerprint::of(&loaded.store_key);

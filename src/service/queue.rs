@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::StoreError;
-use crate::record::{Record, StoreKey};
+use crate::record::{Data, Deadlines, Record, StoreKey};
 
 /// The most writes of one session that may wait for their turn in one process.
 /// A client that sends more at once (HTTP/2 allows 100 streams per connection by
@@ -48,15 +48,36 @@ struct Queued {
 }
 
 /// What the previous turn knew of the session's record.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) enum Known {
     /// Nothing: this is the first turn, or the previous one failed.
     #[default]
     Nothing,
-    /// The record as the previous turn wrote it or saw it in a conflict.
+    /// What the previous turn wrote, in the clear: the next one need not open it.
+    Written(Opened),
+    /// The record the previous turn lost to (written by another process).
     Record(Record),
     /// Deleted, expired or moved: a write would find nothing.
     Gone,
+}
+
+/// A record's data in the clear, with what the record says of the session.
+pub(super) struct Opened {
+    pub(super) data: Data,
+    pub(super) version: u64,
+    pub(super) deadlines: Deadlines,
+    pub(super) remember_me: bool,
+}
+
+impl Known {
+    fn version(&self) -> Option<u64> {
+        match self {
+            Known::Nothing => None,
+            Known::Written(opened) => Some(opened.version),
+            Known::Record(record) => Some(record.version),
+            Known::Gone => Some(u64::MAX),
+        }
+    }
 }
 
 impl WriteQueue {
@@ -130,14 +151,15 @@ impl Turn<'_> {
         }
     }
 
-    /// The record the previous turn left, when it is newer than `version` (the
-    /// one this request loaded), or the news that the session is gone.
-    pub(super) fn newer_than(&self, version: u64) -> Option<&Known> {
-        match self.held.as_deref()? {
-            Known::Nothing => None,
-            Known::Record(record) if record.version <= version => None,
-            known => Some(known),
+    /// What the previous turn left, when it is newer than `version` (the one
+    /// this request loaded), or the news that the session is gone. Taken: this
+    /// turn leaves what it learns in its place.
+    pub(super) fn take_newer_than(&mut self, version: u64) -> Option<Known> {
+        let held = self.held.as_deref_mut()?;
+        if held.version()? <= version {
+            return None;
         }
+        Some(std::mem::take(held))
     }
 
     /// Leaves what this turn learnt (or [`Known::Nothing`]) to the next one.
@@ -166,7 +188,6 @@ impl Drop for Turn<'_> {
 mod tests {
     use super::*;
     use crate::clock::Timestamp;
-    use crate::record::Deadlines;
 
     fn record(version: u64) -> Record {
         let deadlines = Deadlines {
@@ -185,7 +206,7 @@ mod tests {
         let key = StoreKey::from_bytes([1; 32]);
         let mut first = queue.turn(key, LONG).await.unwrap();
         assert!(
-            first.newer_than(0).is_none(),
+            first.take_newer_than(0).is_none(),
             "the first turn knows nothing"
         );
         let (order, mut seen) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
@@ -194,7 +215,7 @@ mod tests {
             seen.push(tokio::spawn(async move {
                 let mut turn = queue.turn(key, LONG).await.unwrap();
                 order.lock().unwrap().push(n);
-                let known = match turn.newer_than(1) {
+                let known = match turn.take_newer_than(1) {
                     Some(Known::Record(r)) => Some(r.version),
                     _ => None,
                 };
@@ -229,11 +250,24 @@ mod tests {
         let key = StoreKey::from_bytes([2; 32]);
         let mut turn = queue.turn(key, LONG).await.unwrap();
         turn.learn(Known::Record(record(5)));
-        assert!(turn.newer_than(5).is_none());
-        assert!(turn.newer_than(6).is_none());
-        assert!(matches!(turn.newer_than(4), Some(Known::Record(r)) if r.version == 5));
+        assert!(turn.take_newer_than(5).is_none());
+        assert!(turn.take_newer_than(6).is_none());
+        assert!(matches!(turn.take_newer_than(4), Some(Known::Record(r)) if r.version == 5));
+        assert!(turn.take_newer_than(0).is_none(), "taken");
+        let written = Opened {
+            data: Data::new(),
+            version: 7,
+            deadlines: record(7).deadlines,
+            remember_me: true,
+        };
+        turn.learn(Known::Written(written));
+        assert!(turn.take_newer_than(7).is_none());
+        assert!(matches!(turn.take_newer_than(6), Some(Known::Written(w)) if w.version == 7));
         turn.learn(Known::Gone);
-        assert!(matches!(turn.newer_than(u64::MAX), Some(Known::Gone)));
+        assert!(
+            turn.take_newer_than(u64::MAX - 1).is_some(),
+            "gone is newer than anything"
+        );
     }
 
     #[tokio::test(start_paused = true)]
