@@ -28,6 +28,9 @@ pub(crate) struct Data {
     text: Text,
     /// The map, parsed from `text` when first needed.
     map: OnceLock<BTreeMap<String, Value>>,
+    /// The length of the text the data was opened from (0 for fresh data): what
+    /// its JSON probably measures once changed, to size the record written.
+    opened_len: usize,
 }
 
 impl Data {
@@ -36,6 +39,7 @@ impl Data {
         Data {
             text: Text::default(),
             map: OnceLock::new(),
+            opened_len: 0,
         }
     }
 
@@ -43,6 +47,7 @@ impl Data {
         Data {
             text: Text::default(),
             map: OnceLock::from(map),
+            opened_len: 0,
         }
     }
 
@@ -60,6 +65,7 @@ impl Data {
             .ok()?;
         de.end().ok()?;
         let data = Data {
+            opened_len: text.len(),
             text,
             map: OnceLock::new(),
         };
@@ -86,6 +92,16 @@ impl Data {
             Ok(found) => found.map(Ok),
             Err(err) => Some(Err(err)),
         }
+    }
+
+    /// The JSON text as opened, while the data is unchanged.
+    pub(crate) fn unchanged_text(&self) -> Option<&[u8]> {
+        (!self.text.is_empty()).then_some(&self.text[..])
+    }
+
+    /// About how long the data's JSON is: exactly, while it is unchanged.
+    pub(crate) fn size_hint(&self) -> usize {
+        self.opened_len.max(self.text.len())
     }
 
     /// Whether the map was built (a test of the lazy path).

@@ -33,7 +33,7 @@ use aes_gcm::{KeyInit, Nonce, Tag};
 use bytes::Bytes;
 use hmac::Mac;
 use rand::RngCore;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::clock::Timestamp;
 use crate::keys::{Aes256Gcm, KeySet};
@@ -277,16 +277,30 @@ impl DataCipher {
     pub(crate) fn seal(&self, store_key: &StoreKey, binding: Binding, data: &Data) -> Bytes {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        // Measured first, so that the record is allocated once at its exact size
-        // and the JSON is written straight into it: no regrowth leaves a freed copy
-        // of the plaintext behind, and no spare capacity stays with the record.
-        let mut counter = Counter(0);
-        serde_json::to_writer(&mut counter, data).expect("a map of JSON values always serializes");
-        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + counter.0 + TAG_LEN);
-        out.extend_from_slice(&[self.sealed_version(), binding.flags()]);
-        out.extend_from_slice(&nonce);
-        serde_json::to_writer(&mut out, data).expect("a map of JSON values always serializes");
-        self.seal_tail(store_key, binding, out, nonce)
+        // The JSON is written once, straight into the record, sized by what the
+        // data measured when it was opened; a buffer it outgrows is wiped before
+        // it is freed, so no copy of the plaintext is left behind. Fresh data
+        // (a new session) has no such measure, and is measured first.
+        let json = match data.size_hint() {
+            0 => {
+                let mut counter = Counter(0);
+                serde_json::to_writer(&mut counter, data)
+                    .expect("a map of JSON values always serializes");
+                counter.0
+            }
+            opened => opened,
+        };
+        let mut out = Wiping(Vec::with_capacity(HEADER_LEN + NONCE_LEN + json + TAG_LEN));
+        out.0
+            .extend_from_slice(&[self.sealed_version(), binding.flags()]);
+        out.0.extend_from_slice(&nonce);
+        match data.unchanged_text() {
+            Some(text) => out.append(text),
+            None => serde_json::to_writer(&mut out, data)
+                .expect("a map of JSON values always serializes"),
+        }
+        out.reserve(TAG_LEN);
+        self.seal_tail(store_key, binding, out.0, nonce)
     }
 
     /// Encrypts, in place, everything after the header of `out`, and appends the
@@ -311,12 +325,13 @@ impl DataCipher {
             )
             .expect("AES-GCM encrypts any message shorter than 64 GiB");
         out.extend_from_slice(&tag);
-        debug_assert_eq!(
-            out.len(),
-            out.capacity(),
-            "a record is allocated at its size"
-        );
-        Bytes::from(out)
+        if out.len() == out.capacity() {
+            Bytes::from(out)
+        } else {
+            // No spare capacity stays with a record (a store in memory keeps it);
+            // what is copied and freed here is ciphertext.
+            Bytes::copy_from_slice(&out)
+        }
     }
 
     #[cfg(test)]
@@ -408,6 +423,50 @@ struct Counter(usize);
 impl std::io::Write for Counter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A buffer for plaintext that wipes what it outgrows: growing moves the bytes
+/// to a larger allocation and zeroes the old one before it is freed, which
+/// `Vec`'s own growth does not.
+struct Wiping(Vec<u8>);
+
+impl Wiping {
+    /// Room for `more` bytes beyond the length.
+    #[inline]
+    fn reserve(&mut self, more: usize) {
+        if self.0.capacity() - self.0.len() < more {
+            self.grow(more);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, more: usize) {
+        let needed = self.0.len() + more;
+        let mut grown = Vec::with_capacity(needed.max(2 * self.0.capacity()));
+        grown.extend_from_slice(&self.0);
+        // Zeroes the whole allocation, spare capacity included.
+        self.0.zeroize();
+        self.0 = grown;
+    }
+
+    #[inline]
+    fn append(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        self.0.extend_from_slice(bytes);
+    }
+}
+
+impl std::io::Write for Wiping {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.append(buf);
         Ok(buf.len())
     }
 

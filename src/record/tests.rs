@@ -491,3 +491,35 @@ fn clearing_keeps_the_reserved_keys_whole_and_wipes_the_rest() {
     wipe(&mut text);
     assert_eq!(text, Value::from(""), "zeroed, then emptied");
 }
+
+/// A record is written in one JSON pass, into a buffer sized by what the data
+/// measured when opened: data that grew, shrank or stayed as it was opened seals
+/// and opens alike, and the buffer that plaintext outgrew is wiped.
+#[test]
+fn data_that_grew_shrank_or_stayed_since_it_was_opened_reseals_whole() {
+    let keys = keys();
+    let key = StoreKey::derive(keys.primary(), &[1; 16]);
+    let cipher = DataCipher::new(&[2; 32]);
+    let opened = |data: &Data| {
+        let sealed = stored(BINDING, cipher.seal(&key, BINDING, data));
+        cipher.open(keys.primary(), &key, &sealed).unwrap().data
+    };
+    let original: Data = [("n".to_owned(), Value::from(5))].into();
+    let reopened = opened(&original);
+    assert_eq!(reopened.size_hint(), br#"{"n":5}"#.len());
+    assert_eq!(reopened.unchanged_text(), Some(&br#"{"n":5}"#[..]));
+    // Unchanged: its text is written as it was opened.
+    assert_eq!(opened(&reopened), original);
+    for value in [Value::from(6), Value::from("x".repeat(5_000)), Value::Null] {
+        let mut changed = opened(&original);
+        changed.insert("n".into(), value.clone());
+        assert_eq!(changed.unchanged_text(), None);
+        let expected: Data = [("n".to_owned(), value)].into();
+        assert_eq!(opened(&changed), expected);
+    }
+    let mut grown = Wiping(Vec::with_capacity(4));
+    grown.append(b"secret");
+    grown.append(&[b'!'; 100]);
+    assert_eq!(&grown.0[..6], b"secret");
+    assert_eq!(grown.0.len(), 106);
+}
