@@ -251,16 +251,27 @@ async fn two_logins_counting_at_once_never_evict_each_other() {
 async fn an_index_entry_lasts_as_long_as_a_lifespan_set_concurrently() {
     let hand = ManualClock::new();
     let store = TestStore::new(MemoryStore::builder().clock(hand.clone().into()).build());
-    let layer = SessionLayer::new(store.clone(), Keys::generate())
-        .with_secure(false)
-        .with_clock(hand.clone());
-    let users = layer.users();
-    let (base, client) = serve_with_a_session(layer).await;
+    let keys = Keys::generate();
+    let layer = |keys| {
+        SessionLayer::new(store.clone(), keys)
+            .with_secure(false)
+            .with_clock(hand.clone())
+    };
+    let users = layer(keys.clone()).users();
+    let (base, client) = serve_with_a_session(layer(keys.clone())).await;
+    let other = serve_another_process(layer(keys)).await;
 
-    // Tying the session to a user waits at its write while another request makes
+    // Tying the session to a user waits at its write while another process makes
     // it remember-me (30 days); the user's write then conflicts and carries the
     // longer lifespan, which its index entry must carry too.
-    race_writes(&store, &client, &base, "/switch/alice", "/remember").await;
+    race_writes(
+        &store,
+        &client,
+        [&base, &other],
+        "/switch/alice",
+        "/remember",
+    )
+    .await;
 
     hand.advance(Duration::from_secs(25 * 3600));
     assert_eq!(me(&client, &base).await.0.as_deref(), Some("alice"));
@@ -274,13 +285,23 @@ async fn an_index_entry_lasts_as_long_as_a_lifespan_set_concurrently() {
 #[tokio::test]
 async fn a_session_switched_to_another_user_concurrently_leaves_the_first_index() {
     let store = TestStore::new(MemoryStore::default());
-    let layer = SessionLayer::new(store.clone(), Keys::generate()).with_secure(false);
-    let users = layer.users();
-    let (base, client) = serve_with_a_session(layer).await;
+    let keys = Keys::generate();
+    let layer = |keys| SessionLayer::new(store.clone(), keys).with_secure(false);
+    let users = layer(keys.clone()).users();
+    let (base, client) = serve_with_a_session(layer(keys.clone())).await;
+    let other = serve_another_process(layer(keys)).await;
 
-    // Alice's write waits (indexed, not yet written) while Bob's lands; Alice's
-    // then conflicts, re-applies and wins: the session is hers alone.
-    race_writes(&store, &client, &base, "/switch/alice", "/switch/bob").await;
+    // Alice's write waits (indexed, not yet written) while Bob's lands, through
+    // another process; Alice's then conflicts, re-applies and wins: the session
+    // is hers alone.
+    race_writes(
+        &store,
+        &client,
+        [&base, &other],
+        "/switch/alice",
+        "/switch/bob",
+    )
+    .await;
 
     assert_eq!(me(&client, &base).await.0.as_deref(), Some("alice"));
     assert_eq!(users.list("alice").await.unwrap().len(), 1);
@@ -300,19 +321,31 @@ async fn serve_with_a_session(layer: SessionLayer) -> (String, reqwest::Client) 
     (base, client)
 }
 
-/// Sends the POST `first`, holds it just before its compare-and-set while the POST
-/// `second` runs to completion, then lets it finish; both must succeed.
+/// The same routes under `layer`, as another process of the deployment: a layer
+/// of its own (its own write queue) on the same store and keys.
+async fn serve_another_process(layer: SessionLayer) -> String {
+    serve(routes().merge(common::kv_routes()).layer(layer)).await
+}
+
+/// Sends the POST `first` to the first of `bases`, holds it just before its
+/// compare-and-set while the POST `second` runs to completion on the second (in
+/// one process the second would wait for the first's turn), then lets it finish;
+/// both must succeed.
 async fn race_writes(
     store: &TestStore,
     client: &reqwest::Client,
-    base: &str,
+    bases: [&str; 2],
     first: &str,
     second: &str,
 ) {
     let paused = store.pause_before("update");
-    let held = tokio::spawn(client.post(format!("{base}{first}")).send());
+    let held = tokio::spawn(client.post(format!("{}{first}", bases[0])).send());
     paused.reached.notified().await;
-    let res = client.post(format!("{base}{second}")).send().await.unwrap();
+    let res = client
+        .post(format!("{}{second}", bases[1]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200, "{second}");
     paused.release.notify_one();
     assert_eq!(held.await.unwrap().unwrap().status(), 200, "{first}");

@@ -25,6 +25,61 @@ async fn hundred_concurrent_requests_on_one_session_lose_no_key() {
     assert_eq!(keys[42], "v42");
 }
 
+/// In one process the writes of a session take turns: a write held just before
+/// its compare-and-set holds the next one back, and the next then writes on top
+/// of it without a conflict or a read of its own (the store sees one load and one
+/// update each), keeping both changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_one_session_take_turns_without_a_conflict() {
+    let h = Harness::new().await;
+    let cookie = cookie_pair(&h.post("/set/start/1").await);
+    h.store.take_ops();
+    let gate = h.store.pause_before("update");
+    let first = {
+        let request = reqwest::Client::new()
+            .post(h.url("/set/first/1"))
+            .header(COOKIE, &cookie);
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    gate.reached.notified().await;
+    let second = {
+        let request = reqwest::Client::new()
+            .post(h.url("/set/second/2"))
+            .header(COOKIE, &cookie);
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    // The second has loaded and waits for its turn, which the first holds.
+    let mut ops = Vec::new();
+    for _ in 0..200 {
+        ops.extend(h.store.take_ops());
+        if ops.iter().filter(|&&op| op == "load").count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished(), "the second write waits for its turn");
+    gate.release.notify_one();
+    assert_eq!(first.await.unwrap(), 204);
+    assert_eq!(second.await.unwrap(), 204);
+    ops.extend(h.store.take_ops());
+    ops.sort();
+    assert_eq!(
+        ops,
+        ["load", "load", "update", "update"],
+        "no conflict, no read"
+    );
+    for (key, value) in [("start", "1"), ("first", "1"), ("second", "2")] {
+        let got: Value = h
+            .get_with_cookie(&format!("/get/{key}"), &cookie)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got, json!(value), "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_wins_over_a_concurrent_write() {
     let h = Harness::new().await;
