@@ -214,7 +214,7 @@ async fn two_logins_counting_at_once_never_evict_each_other() {
 
     // B stops before it counts; A counts (seeing both) and stops before it evicts;
     // then B counts and evicts, and A evicts what it chose.
-    let counting = store.pause_before("index_list");
+    let counting = store.pause_before("index_sample");
     let b = tokio::spawn({
         let base = base.clone();
         async move { login(&base, "alice").await }

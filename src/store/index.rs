@@ -1,5 +1,5 @@
-//! The user index's types: [`UserTag`], the key a user's index is kept under, and
-//! [`IndexEntry`], one session in it.
+//! The user index's types: [`UserTag`], the key a user's index is kept under,
+//! [`IndexEntry`], one session in it, and [`IndexSample`], a bounded part of it.
 
 use std::fmt;
 use std::time::Duration;
@@ -103,6 +103,39 @@ impl IndexEntry {
     }
 }
 
+/// A bounded part of a user's index, as
+/// [`SessionStore::index_sample`](super::SessionStore::index_sample) reads it: what
+/// a login checks, so that its work does not grow with the user's sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IndexSample {
+    /// Entries not expired, no more than were asked for.
+    pub entries: Vec<IndexEntry>,
+    /// Whether `entries` are all the index holds. `false` when the store cannot
+    /// tell (it may count entries that expired but are not dropped yet).
+    pub whole: bool,
+}
+
+impl IndexSample {
+    /// A sample from its parts (for stores that read one).
+    pub fn new(entries: Vec<IndexEntry>, whole: bool) -> Self {
+        IndexSample { entries, whole }
+    }
+
+    /// At most `limit` of `entries` (a whole index, as
+    /// [`index_list`](super::SessionStore::index_list) returns it), chosen at
+    /// random when there are more.
+    pub fn pick(mut entries: Vec<IndexEntry>, limit: usize) -> Self {
+        use rand::seq::SliceRandom;
+        let whole = entries.len() <= limit;
+        if !whole {
+            let (chosen, _) = entries.partial_shuffle(&mut rand::rng(), limit);
+            entries = chosen.to_vec();
+        }
+        IndexSample { entries, whole }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +175,27 @@ mod tests {
         assert_eq!(merged.expires_at, t(100));
         assert!(merged.remember_me);
         assert_eq!(merged.indexed_at, t(1), "the first index time stays");
+    }
+
+    #[test]
+    fn a_pick_is_whole_up_to_its_limit_and_random_beyond() {
+        let t = Timestamp::from_unix_millis;
+        let entries: Vec<IndexEntry> = (0..40u8)
+            .map(|n| IndexEntry::new(StoreKey::from_bytes([n; 32]), t(1), t(9), t(1), false))
+            .collect();
+        let all = IndexSample::pick(entries.clone(), 40);
+        assert!(all.whole);
+        assert_eq!(all.entries, entries);
+        let mut seen = std::collections::HashSet::new();
+        // Bounded: 20 picks of 8 among 40 see more than one pick's 8 entries
+        // unless the choice is fixed (chance of failing: below 1e-40).
+        for _ in 0..20 {
+            let part = IndexSample::pick(entries.clone(), 8);
+            assert!(!part.whole);
+            assert_eq!(part.entries.len(), 8);
+            assert!(part.entries.iter().all(|e| entries.contains(e)));
+            seen.extend(part.entries.iter().map(|e| e.store_key));
+        }
+        assert!(seen.len() > 8, "the picks vary: {}", seen.len());
     }
 }

@@ -41,7 +41,12 @@
 //! store keeps a set of [`IndexEntry`]s, one per session, keyed by store key.
 //! [`index_add`](SessionStore::index_add) upserts with [`IndexEntry::merged`], so an
 //! entry never expires earlier than it did and keeps its first index time;
-//! [`index_list`](SessionStore::index_list) returns the entries not yet expired.
+//! [`index_list`](SessionStore::index_list) returns the entries not yet expired;
+//! [`index_sample`](SessionStore::index_sample) returns a bounded, varying part
+//! of them, which is what a login checks. A user may hold thousands of sessions
+//! (abandoned devices, scripts that log in without keeping cookies), so an
+//! upsert, a sample and a removal should cost the same at 2,000 entries as at 10;
+//! only a listing grows with the index, by a constant per entry.
 //! The index is apart from the records and may live on another shard: no
 //! operation spans both, and the layer orders its writes so that a session enters
 //! the index before its record is written and leaves it after the record is
@@ -97,7 +102,7 @@ pub use crate::record::{Deadlines, Record, StoreKey};
 pub(crate) use cleanup::check_interval;
 pub use cleanup::{DEFAULT_CLEANUP_INTERVAL, MIN_CLEANUP_INTERVAL, cleanup_task};
 pub(crate) use index::INDEX_GRACE;
-pub use index::{IndexEntry, UserTag};
+pub use index::{IndexEntry, IndexSample, UserTag};
 #[cfg(feature = "memory-store")]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
@@ -307,6 +312,28 @@ pub trait SessionStore: Send + Sync + 'static {
         user: &UserTag,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
+
+    /// At most `limit` entries of the index of `user` whose `expires_at` is after
+    /// `now`: what a login checks for sessions that are gone, with work bounded
+    /// by `limit` however many sessions the user holds. Entries not returned are
+    /// kept; expired ones met on the way may be dropped. Successive calls should
+    /// not return the same entries each time (a random choice, or a rotation),
+    /// so that repeated logins check the whole index in turn; and
+    /// [`IndexSample::whole`] must be `true` only when no other entry is left
+    /// out.
+    ///
+    /// The default lists the whole index and picks at random
+    /// ([`IndexSample::pick`]), which costs what a listing does: a store that can
+    /// read part of an index should override it.
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let list = self.index_list(user, now);
+        async move { Ok(IndexSample::pick(list.await?, limit)) }
+    }
 
     /// Whether the backend answers, and how well it keeps sessions, for a health
     /// check (the default: always, and healthy). An error is a store that does not

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
 
 /// The tracing target of the `session_store` spans, one per store operation
 /// (fields `operation`, `store`, `outcome`; never a session, key or user).
@@ -42,6 +42,7 @@ trait Outcome {
 impl Outcome for () {}
 impl Outcome for u64 {}
 impl<T> Outcome for Vec<T> {}
+impl Outcome for IndexSample {}
 
 impl Outcome for Option<Record> {
     fn outcome(&self) -> &'static str {
@@ -221,6 +222,16 @@ impl<St: SessionStore> SessionStore for Observed<St> {
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
         observe(St::KIND, "index_list", self.0.index_list(user, now))
+    }
+
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let sample = self.0.index_sample(user, now, limit);
+        observe(St::KIND, "index_sample", sample)
     }
 
     fn ping(&self) -> impl Future<Output = Result<StoreHealth, StoreError>> + Send {

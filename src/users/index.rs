@@ -176,19 +176,33 @@ pub(crate) async fn revoke<St: SessionStore>(
     Ok(revoked)
 }
 
-/// Above this many entries, a login without a limit checks its user's index,
-/// dropping the entries of sessions that are gone; below it a login costs one read
-/// of the index and no record loads.
+/// At most this many entries, a login without a limit checks none of its user's
+/// index: it costs one bounded read of the index and no record loads.
 const PRUNE_ABOVE: usize = 16;
-/// The most entries a login without a limit checks, oldest first: the work of a
-/// login stays bounded however many sessions its user holds, and repeated logins
-/// still sweep the whole index.
+/// The most entries a login without a limit checks, a different choice each time
+/// ([`SessionStore::index_sample`]): the work of a login stays bounded however
+/// many sessions its user holds, and repeated logins still sweep the index.
 const PRUNE_AT_MOST: usize = 64;
+/// A login without a limit checks its user's index one time in this many, at
+/// random; the others do no index work beyond their own entry's upsert. A check
+/// of [`PRUNE_AT_MOST`] entries one login in 8 is 8 per login on average, so the
+/// entries of gone sessions (at most one more per login) stay few: about one
+/// for seven live ones, or 8 in an index that fits in one sample.
+const CHECK_ONE_IN: u32 = 8;
 
-/// After a login: invalidates the sessions beyond `max`, keeping the most recently
-/// logged in, and prunes the index of sessions that are gone: with a limit, every
-/// entry is checked (the index then stays near the limit); without one, the
-/// [`PRUNE_AT_MOST`] oldest, once it holds more than [`PRUNE_ABOVE`].
+/// After a login: prunes the user's index of sessions that are gone, and with a
+/// limit invalidates the sessions beyond `max`, keeping the most recently logged
+/// in. Its work is bounded by the limit, or by [`PRUNE_AT_MOST`] without one, and
+/// never by the user's session count:
+///
+/// - without a limit, one login in [`CHECK_ONE_IN`] (`check_now` says which)
+///   reads one [`index_sample`](SessionStore::index_sample) of [`PRUNE_AT_MOST`]
+///   entries per tag, and checks their records unless the sample is the whole
+///   index and holds at most [`PRUNE_ABOVE`] entries; the others read nothing;
+/// - with a limit, one sample of `max + 1` entries per tag; only when the indexes
+///   may hold more than `max` entries together is every entry checked (a pass
+///   that also drops the entries of sessions that are gone, so the indexes stay
+///   near the limit and the pass near `max` entries).
 ///
 /// One total order (first index time, then store key) for every login: two logins
 /// counting at once evict the same sessions, so they cannot evict each other.
@@ -198,22 +212,53 @@ pub(crate) async fn after_login<St: SessionStore>(
     max: Option<usize>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let mut found = Scan::default();
-    for tag in tags {
-        let mut entries = store.index_list(tag, now).await?;
-        if max.is_none() {
-            if entries.len() <= PRUNE_ABOVE {
+    let check_now = rand::random_ratio(1, CHECK_ONE_IN);
+    after_login_with(store, tags, max, now, check_now).await
+}
+
+/// [`after_login`], with `check_now` to say whether a login without a limit
+/// checks the index this time.
+async fn after_login_with<St: SessionStore>(
+    store: &St,
+    tags: &[UserTag],
+    max: Option<usize>,
+    now: Timestamp,
+    check_now: bool,
+) -> Result<(), StoreError> {
+    let Some(max) = max else {
+        if !check_now {
+            return Ok(());
+        }
+        let mut found = Scan::default();
+        for tag in tags {
+            let sample = store.index_sample(tag, now, PRUNE_AT_MOST).await?;
+            if sample.whole && sample.entries.len() <= PRUNE_ABOVE {
                 continue;
             }
-            entries.sort_by_key(|e| (e.indexed_at, *e.store_key.as_bytes()));
-            entries.truncate(PRUNE_AT_MOST);
+            check(store, tag, sample.entries, now, &mut found).await?;
         }
+        return Ok(());
+    };
+    let mut samples = Vec::with_capacity(tags.len());
+    for tag in tags {
+        samples.push(store.index_sample(tag, now, max.saturating_add(1)).await?);
+    }
+    let counted: usize = samples.iter().map(|s| s.entries.len()).sum();
+    if counted <= max && samples.iter().all(|s| s.whole) {
+        return Ok(());
+    }
+    let mut found = Scan::default();
+    for (tag, sample) in tags.iter().zip(samples) {
+        let entries = match sample.whole {
+            true => sample.entries,
+            false => store.index_list(tag, now).await?,
+        };
         check(store, tag, entries, now, &mut found).await?;
     }
     let mut live = found.live;
-    let Some(max) = max.filter(|&max| live.len() > max) else {
+    if live.len() <= max {
         return Ok(());
-    };
+    }
     live.sort_by_key(|(_, entry, _)| (Reverse(entry.indexed_at), *entry.store_key.as_bytes()));
     let evicted: Vec<(UserTag, StoreKey)> = live
         .drain(max..)
@@ -302,8 +347,8 @@ mod tests {
         assert_eq!(revoke(&store, &[TAG], None, later).await.unwrap(), 0);
     }
 
-    /// A login without a limit reads no record while its user's index is small,
-    /// and drops the entries of sessions that are gone once it is not.
+    /// A login without a limit that checks reads no record while its user's index
+    /// is small, and drops the entries of sessions that are gone once it is not.
     #[tokio::test]
     async fn a_login_without_a_limit_prunes_only_an_index_past_sixteen_entries() {
         let hand = ManualClock::new();
@@ -313,10 +358,86 @@ mod tests {
         for n in 0..PRUNE_ABOVE as u8 {
             index(&store, key(n), t0).await;
         }
-        after_login(&store, &[TAG], None, now).await.unwrap();
+        after_login_with(&store, &[TAG], None, now, true)
+            .await
+            .unwrap();
         assert_eq!(listed(&store, now).await.len(), PRUNE_ABOVE, "not read");
         index(&store, key(100), t0).await;
-        after_login(&store, &[TAG], None, now).await.unwrap();
+        after_login_with(&store, &[TAG], None, now, false)
+            .await
+            .unwrap();
+        assert_eq!(listed(&store, now).await.len(), 17, "not this time");
+        after_login_with(&store, &[TAG], None, now, true)
+            .await
+            .unwrap();
         assert!(listed(&store, now).await.is_empty(), "all gone: pruned");
+    }
+
+    /// However many entries of gone sessions an index holds, a login without a
+    /// limit checks at most 64 of them, and one login in 8 checks a large index;
+    /// repeated logins sweep them, down to the 16 a login leaves unchecked.
+    #[tokio::test]
+    async fn a_login_without_a_limit_checks_at_most_sixty_four_entries() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let t0 = hand.now();
+        let now = t0.saturating_add(INDEX_GRACE * 2);
+        for n in 0..200u8 {
+            index(&store, key(n), t0).await;
+        }
+        after_login_with(&store, &[TAG], None, now, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            listed(&store, now).await.len(),
+            200,
+            "not checked this time"
+        );
+        after_login_with(&store, &[TAG], None, now, true)
+            .await
+            .unwrap();
+        assert_eq!(listed(&store, now).await.len(), 200 - PRUNE_AT_MOST);
+        after_login_with(&store, &[TAG], None, now, true)
+            .await
+            .unwrap();
+        assert_eq!(listed(&store, now).await.len(), 200 - 2 * PRUNE_AT_MOST);
+        // 72 left: each login checks with one chance in 8.
+        // Bounded: 400 logins, 50 checks expected, one needed.
+        for _ in 0..400 {
+            after_login(&store, &[TAG], None, now).await.unwrap();
+        }
+        assert_eq!(listed(&store, now).await.len(), 8, "8: left unchecked");
+    }
+
+    /// With a limit, a login whose user's index holds no more than the limit
+    /// loads no record: the entries of gone sessions stay until it is over.
+    #[tokio::test]
+    async fn a_login_under_its_limit_checks_nothing_and_one_over_it_checks_all() {
+        let hand = ManualClock::new();
+        let store = MemoryStore::builder().clock(hand.clone().into()).build();
+        let t0 = hand.now();
+        let now = t0.saturating_add(INDEX_GRACE * 2);
+        for n in 0..3u8 {
+            index(&store, key(n), t0).await;
+        }
+        after_login(&store, &[TAG], Some(3), now).await.unwrap();
+        assert_eq!(listed(&store, now).await.len(), 3, "not read");
+        for n in 10..12u8 {
+            index(&store, key(n), t0).await;
+            store
+                .create(&key(n), &record(Timestamp::NEVER))
+                .await
+                .unwrap();
+        }
+        after_login(&store, &[TAG], Some(3), now).await.unwrap();
+        assert_eq!(
+            listed(&store, now).await,
+            [key(10), key(11)],
+            "gone ones dropped"
+        );
+        assert!(
+            store.load(&key(10)).await.unwrap().is_some(),
+            "under the limit: kept"
+        );
     }
 }

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use tower_sealed_sessions::store::{
-    CompareAndSet, Deadlines, IndexEntry, Record, SessionStore, StoreKey, Timestamp, UserTag,
+    CompareAndSet, Deadlines, IndexEntry, IndexSample, Record, SessionStore, StoreKey, Timestamp,
+    UserTag,
 };
 use tower_sealed_sessions::{MemoryStore, StoreError};
 
@@ -291,6 +292,21 @@ impl<const IMMEDIATE: bool> SessionStore for TestStore<IMMEDIATE> {
             checkpoint.await;
             entered?;
             self.inner.index_list(user, now).await
+        }
+    }
+
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let entered = self.enter("index_sample");
+        let checkpoint = self.checkpoint("index_sample");
+        async move {
+            checkpoint.await;
+            entered?;
+            self.inner.index_sample(user, now, limit).await
         }
     }
 }

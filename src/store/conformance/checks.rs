@@ -100,6 +100,59 @@ pub async fn index_add_list_and_remove<F: Fixture>(fixture: Arc<F>) {
     );
 }
 
+/// A sample holds no more entries than asked, none expired, no entry twice; it
+/// is whole when it holds every live entry; successive samples vary, so that
+/// repeated logins check the whole index; and entries left out are kept.
+pub async fn index_samples_are_bounded_and_vary<F: Fixture>(fixture: Arc<F>) {
+    let store = store_of(&fixture);
+    let few = fresh_user();
+    let live: Vec<IndexEntry> = (0..3)
+        .map(|_| entry(fresh_key(), Duration::from_secs(3600), false))
+        .collect();
+    for e in &live {
+        store.index_add(&few, e).await.unwrap();
+    }
+    let ending = entry(fresh_key(), Duration::from_secs(30), false);
+    store.index_add(&few, &ending).await.unwrap();
+    let later = now().saturating_add(Duration::from_secs(60));
+    let sample = store.index_sample(&few, later, 10).await.unwrap();
+    assert!(sample.whole, "3 live entries, 10 asked for");
+    assert_eq!(
+        sorted(sample.entries),
+        sorted(live),
+        "the live entries, exactly"
+    );
+    let empty = store.index_sample(&fresh_user(), now(), 10).await.unwrap();
+    assert!(empty.whole && empty.entries.is_empty(), "no index");
+
+    let many = fresh_user();
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let e = entry(fresh_key(), Duration::from_secs(3600), false);
+        keys.insert(e.store_key);
+        store.index_add(&many, &e).await.unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    // Bounded: 20 samples of 8 among 40 entries.
+    for _ in 0..20 {
+        let sample = store.index_sample(&many, now(), 8).await.unwrap();
+        assert!(!sample.whole, "8 of 40");
+        assert_eq!(
+            sample.entries.len(),
+            8,
+            "as many as asked, when there are more"
+        );
+        let distinct: std::collections::HashSet<StoreKey> =
+            sample.entries.iter().map(|e| e.store_key).collect();
+        assert_eq!(distinct.len(), 8, "no entry twice");
+        assert!(distinct.is_subset(&keys), "only the user's entries");
+        seen.extend(distinct);
+    }
+    assert!(seen.len() > 16, "samples vary: {} of 40 seen", seen.len());
+    let listed = store.index_list(&many, now()).await.unwrap();
+    assert_eq!(listed.len(), 40, "a sample drops no live entry");
+}
+
 /// An upserted entry keeps the later expiry and the first index time; entries past their expiry are not listed.
 pub async fn index_entries_expire_and_never_shrink_on_refresh<F: Fixture>(fixture: Arc<F>) {
     let store = store_of(&fixture);

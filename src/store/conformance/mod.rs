@@ -41,7 +41,7 @@ pub use checks::*;
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fixture:expr) => {
-        $crate::__conformance_checks!($fixture; index_add_list_and_remove, index_entries_expire_and_never_shrink_on_refresh, concurrent_index_adds_lose_nothing, create_load_and_refuse_existing, compare_and_set, touch_moves_deadlines_only, delete_is_idempotent, expired_records_are_not_live, delete_version_is_a_compare_and_delete, delete_is_never_undone_by_racing_writes, concurrent_compare_and_set_loses_nothing, batches_load_and_delete_exactly_their_keys);
+        $crate::__conformance_checks!($fixture; index_add_list_and_remove, index_entries_expire_and_never_shrink_on_refresh, index_samples_are_bounded_and_vary, concurrent_index_adds_lose_nothing, create_load_and_refuse_existing, compare_and_set, touch_moves_deadlines_only, delete_is_idempotent, expired_records_are_not_live, delete_version_is_a_compare_and_delete, delete_is_never_undone_by_racing_writes, concurrent_compare_and_set_loses_nothing, batches_load_and_delete_exactly_their_keys);
 
         /// Random sequences of store operations, each result checked against a
         /// model of what a store must do.
