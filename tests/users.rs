@@ -34,6 +34,33 @@ async fn memory_store_passes_the_user_sessions_suite() {
     common::users::run(layer).await;
 }
 
+/// A memory store at its bound evicts sessions of one user to make room for
+/// another's: they leave the first user's index at once, so a list of devices
+/// never shows them and the index holds only stored sessions (issue 27 found
+/// three left behind).
+#[tokio::test]
+async fn sessions_evicted_at_max_sessions_leave_their_users_index() {
+    let store = MemoryStore::builder().max_sessions(5).build();
+    let layer =
+        SessionLayer::new(store.clone(), Keys::from_secret(SECRET).unwrap()).with_secure(false);
+    let users = layer.users();
+    let base = serve(routes().layer(layer)).await;
+    for _ in 0..5 {
+        login(&base, "alice").await;
+    }
+    for _ in 0..3 {
+        login(&base, "bob").await;
+    }
+    assert_eq!(store.len(), 5);
+    assert_eq!(users.list("alice").await.unwrap().len(), 2);
+    assert_eq!(users.list("bob").await.unwrap().len(), 3);
+    assert_eq!(
+        store.index_len(),
+        5,
+        "no entry of an evicted session is left"
+    );
+}
+
 #[tokio::test]
 async fn expired_sessions_leave_the_index_when_listed_or_swept() {
     let (hand, store, layer) = clocked();

@@ -1,7 +1,6 @@
 //! [`MemoryStore`]: the embedded, in-process store.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::{Future, ready};
 use std::hash::BuildHasherDefault;
@@ -9,16 +8,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use hashlink::LinkedHashMap;
+
 use crate::clock::{Clock, Timestamp};
 use crate::error::{ConfigError, StoreError};
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::{
-    CompareAndSet, INDEX_GRACE, IndexEntry, SessionStore, UserTag, cleanup, cleanup_task,
+    CompareAndSet, INDEX_GRACE, IndexEntry, IndexSample, SessionStore, UserTag, cleanup,
+    cleanup_task,
 };
 
 mod shard;
 
-use shard::{KeyHasher, Shard};
+use shard::{KeyHasher, Owners, Shard};
 
 /// An in-process [`SessionStore`], bounded in size: the embedded default.
 ///
@@ -38,8 +40,12 @@ use shard::{KeyHasher, Shard};
 ///   full shard also sweeps its expired records before it evicts a live one
 ///   (again after every sixteenth of the shard evicted).
 /// - **User indexes**: kept beside the records, under one lock (they change only at
-///   login, logout and revocation). The cleanup task drops the entries of sessions
-///   that are gone, evicted ones included.
+///   login, logout and revocation), each in a rotating order: an upsert looks at
+///   the two entries at its front and a login's sample at the next 64, moving them
+///   to the back and dropping the expired, so neither costs more at 2,000
+///   sessions of one user than at 10. A session evicted to make room leaves its
+///   user's index at once; the cleanup task drops the entries of sessions that
+///   are gone otherwise.
 /// - **Scope**: one process. Sessions are lost on restart and not shared between
 ///   replicas: use the Redis store for that.
 ///
@@ -150,13 +156,14 @@ impl MemoryStore {
         let max = self.max_sessions;
         let claim = |t: u64| (t > max).then(|| t - 1);
         let mut now = None;
+        let mut unlisted = Vec::new();
         while self
             .total
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, claim)
             .is_ok()
         {
             let now = *now.get_or_insert_with(|| self.clock.now());
-            match shard.evict(key, now) as u64 {
+            match shard.evict(key, now, &mut unlisted) as u64 {
                 0 => {
                     // Nothing may go: the claim is given back.
                     self.total.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +174,29 @@ impl MemoryStore {
         }
         #[cfg(feature = "metrics")]
         crate::metrics::memory_sessions(self.total.load(Ordering::Relaxed));
+        if !unlisted.is_empty() {
+            // The users' lock is taken before a shard's everywhere, so the shard's
+            // goes first.
+            drop(shard);
+            self.unlist_evicted(unlisted);
+        }
         result
+    }
+
+    /// Takes sessions evicted to make room out of the indexes that listed them,
+    /// so that their users no longer see them (the shard has unlisted them).
+    fn unlist_evicted(&self, unlisted: Vec<(StoreKey, Owners)>) {
+        let mut users = self.users();
+        for (key, owners) in unlisted {
+            for user in owners.users() {
+                if let Some(index) = users.get_mut(user) {
+                    index.entries.remove(&key);
+                    if index.entries.is_empty() {
+                        users.remove(user);
+                    }
+                }
+            }
+        }
     }
 
     /// The shard that holds `key`, locked.
@@ -242,8 +271,8 @@ impl MemoryStore {
         // Entries of sessions that are gone (expired, deleted or evicted) go too;
         // one just written for a session being created is spared for a moment.
         let grace = INDEX_GRACE;
-        self.users().retain(|_, index| {
-            self.prune(index, |key, e| {
+        self.users().retain(|user, index| {
+            self.prune(user, index, |key, e| {
                 now < e.expires_at
                     && (now.saturating_since(e.indexed_at) < grace || self.shard(key).contains(key))
             });
@@ -254,15 +283,44 @@ impl MemoryStore {
 
     /// Drops the entries of `index` that `keep` refuses: their sessions are no
     /// longer listed there.
-    fn prune(&self, index: &mut UserIndex, mut keep: impl FnMut(&StoreKey, &IndexEntry) -> bool) {
+    fn prune(
+        &self,
+        user: &UserTag,
+        index: &mut UserIndex,
+        mut keep: impl FnMut(&StoreKey, &IndexEntry) -> bool,
+    ) {
         index.entries.retain(|key, entry| {
             let kept = keep(key, entry);
             if !kept {
-                self.shard(key).unlist(key);
+                self.shard(key).unlist(key, user);
             }
             kept
         });
-        index.pruned = index.entries.len();
+    }
+
+    /// Moves up to `count` entries from the front of the index of `user` to its
+    /// back, dropping those expired at `now`, and returns the others: a rotation,
+    /// so that successive calls visit every entry in turn.
+    fn rotate(
+        &self,
+        user: &UserTag,
+        index: &mut UserIndex,
+        count: usize,
+        now: Timestamp,
+    ) -> Vec<IndexEntry> {
+        let mut kept = Vec::with_capacity(count.min(index.entries.len()));
+        for _ in 0..count.min(index.entries.len()) {
+            let Some((key, entry)) = index.entries.pop_front() else {
+                break;
+            };
+            if now < entry.expires_at {
+                index.entries.insert(key, entry);
+                kept.push(entry);
+            } else {
+                self.shard(&key).unlist(&key, user);
+            }
+        }
+        kept
     }
 }
 
@@ -401,20 +459,16 @@ impl SessionStore for MemoryStore {
         let mut users = self.users();
         let index = users.entry(*user).or_default();
         // As in Redis, an index drops the entries past their expiry, so it holds at
-        // most one lifespan of sessions even without a sweep; but only once it
-        // has doubled since it was last pruned, so an upsert costs O(1) amortized
-        // however many sessions the user has.
-        if index.entries.len() >= 2 * index.pruned.max(8) {
-            self.prune(index, |_, e| entry.indexed_at < e.expires_at);
-        }
-        match index.entries.entry(entry.store_key) {
-            Entry::Occupied(mut existing) => {
-                let merged = existing.get().merged(*entry);
-                existing.insert(merged);
-            }
-            Entry::Vacant(vacant) => {
-                vacant.insert(*entry);
-                self.shard(&entry.store_key).list(entry.store_key);
+        // most one lifespan of sessions even without a sweep: each upsert looks
+        // at the two entries at the front and moves them to the back, so an
+        // upsert costs O(1) however many sessions the user has, and every entry
+        // is looked at once per half as many upserts as the index holds.
+        self.rotate(user, index, UPSERT_PRUNES, entry.indexed_at);
+        match index.entries.get_mut(&entry.store_key) {
+            Some(existing) => *existing = existing.merged(*entry),
+            None => {
+                index.entries.insert(entry.store_key, *entry);
+                self.shard(&entry.store_key).list(entry.store_key, *user);
             }
         }
         ready(Ok(()))
@@ -429,7 +483,7 @@ impl SessionStore for MemoryStore {
         if let Some(index) = users.get_mut(user) {
             for key in keys {
                 if index.entries.remove(key).is_some() {
-                    self.shard(key).unlist(key);
+                    self.shard(key).unlist(key, user);
                 }
             }
             if index.entries.is_empty() {
@@ -447,7 +501,7 @@ impl SessionStore for MemoryStore {
         let mut users = self.users();
         let listed = match users.get_mut(user) {
             Some(index) => {
-                self.prune(index, |_, e| now < e.expires_at);
+                self.prune(user, index, |_, e| now < e.expires_at);
                 let listed: Vec<IndexEntry> = index.entries.values().copied().collect();
                 if listed.is_empty() {
                     users.remove(user);
@@ -458,14 +512,38 @@ impl SessionStore for MemoryStore {
         };
         ready(Ok(listed))
     }
+
+    /// The `limit` entries at the front of the index, which then move to its
+    /// back: each call checks the next ones, and the work is O(`limit`).
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let mut users = self.users();
+        let sample = match users.get_mut(user) {
+            Some(index) => {
+                let entries = self.rotate(user, index, limit, now);
+                let whole = entries.len() == index.entries.len();
+                if index.entries.is_empty() {
+                    users.remove(user);
+                }
+                IndexSample::new(entries, whole)
+            }
+            None => IndexSample::new(Vec::new(), true),
+        };
+        ready(Ok(sample))
+    }
 }
 
-/// One user's session index.
+/// How many entries an upsert looks at for expiry (see `index_add`).
+const UPSERT_PRUNES: usize = 2;
+
+/// One user's session index, in the order [`MemoryStore::rotate`] visits it.
 #[derive(Default)]
 struct UserIndex {
-    entries: HashMap<StoreKey, IndexEntry, BuildHasherDefault<KeyHasher>>,
-    /// How many entries it held after it was last pruned of expired ones.
-    pruned: usize,
+    entries: LinkedHashMap<StoreKey, IndexEntry, BuildHasherDefault<KeyHasher>>,
 }
 
 #[cfg(test)]

@@ -3,12 +3,27 @@
 //! so that a flood of anonymous sessions never evicts a logged-in user.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use hashlink::LinkedHashMap;
 
 use crate::clock::Timestamp;
 use crate::record::{Record, StoreKey};
+use crate::store::UserTag;
+
+/// The users whose indexes list one session: nearly always one, kept inline.
+pub(super) struct Owners {
+    first: UserTag,
+    more: Vec<UserTag>,
+}
+
+impl Owners {
+    /// Every user listed.
+    pub(super) fn users(&self) -> impl Iterator<Item = &UserTag> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+}
 
 type Lru = LinkedHashMap<StoreKey, Record, BuildHasherDefault<KeyHasher>>;
 
@@ -20,10 +35,11 @@ pub(super) struct Shard {
     /// Sessions a user index lists: evicted only to make room for another of
     /// their kind, when the shard holds no anonymous session.
     bound: Lru,
-    /// The store keys user indexes list, with how many list each (a session is
-    /// in two for a moment when it changes user). An index lists a session
-    /// before its record is written, so this is kept apart from the records.
-    listed: HashMap<StoreKey, u32, BuildHasherDefault<KeyHasher>>,
+    /// The store keys user indexes list, with the users whose indexes list each
+    /// (a session is in two for a moment when it changes user): an eviction
+    /// unlists its victim from them. An index lists a session before its record
+    /// is written, so this is kept apart from the records.
+    listed: HashMap<StoreKey, Owners, BuildHasherDefault<KeyHasher>>,
     /// Evictions left before the next sweep of expired records: 0 sweeps at the
     /// next eviction. Sweeping once per sixteenth of the shard evicted keeps its
     /// cost at a few comparisons per eviction.
@@ -68,27 +84,42 @@ impl Shard {
         self.lru(key).remove(key)
     }
 
-    /// A user index now lists `key`: the session, if stored, is tied to a user.
-    pub(super) fn list(&mut self, key: StoreKey) {
-        let count = self.listed.entry(key).or_default();
-        *count += 1;
-        if *count == 1 {
-            if let Some(record) = self.anonymous.remove(&key) {
-                self.bound.insert(key, record);
+    /// The index of `user` now lists `key`: the session, if stored, is tied to a
+    /// user.
+    pub(super) fn list(&mut self, key: StoreKey, user: UserTag) {
+        match self.listed.entry(key) {
+            Entry::Occupied(mut owners) => owners.get_mut().more.push(user),
+            Entry::Vacant(vacant) => {
+                vacant.insert(Owners {
+                    first: user,
+                    more: Vec::new(),
+                });
+                if let Some(record) = self.anonymous.remove(&key) {
+                    self.bound.insert(key, record);
+                }
             }
         }
     }
 
-    /// A user index no longer lists `key`.
-    pub(super) fn unlist(&mut self, key: &StoreKey) {
-        let Some(count) = self.listed.get_mut(key) else {
+    /// The index of `user` no longer lists `key`.
+    pub(super) fn unlist(&mut self, key: &StoreKey, user: &UserTag) {
+        let Some(owners) = self.listed.get_mut(key) else {
             return;
         };
-        *count -= 1;
-        if *count == 0 {
-            self.listed.remove(key);
-            if let Some(record) = self.bound.remove(key) {
-                self.anonymous.insert(*key, record);
+        if let Some(at) = owners.more.iter().position(|u| u == user) {
+            owners.more.swap_remove(at);
+            return;
+        }
+        if owners.first != *user {
+            return;
+        }
+        match owners.more.pop() {
+            Some(next) => owners.first = next,
+            None => {
+                self.listed.remove(key);
+                if let Some(record) = self.bound.remove(key) {
+                    self.anonymous.insert(*key, record);
+                }
             }
         }
     }
@@ -104,10 +135,16 @@ impl Shard {
     /// Makes room for one record, never evicting `kept` (the one just used):
     /// an expired record if the shard is due for a sweep, else the least recently
     /// used anonymous session, else, if `kept` is itself tied to a user, the least
-    /// recently used session of another user. Returns how many records went; 0
-    /// when nothing may go (a session tied to a user never goes to make room for
-    /// an anonymous one).
-    pub(super) fn evict(&mut self, kept: &StoreKey, now: Timestamp) -> usize {
+    /// recently used session of another user, which is no longer listed here and
+    /// goes into `unlisted` with the users whose indexes still list it. Returns
+    /// how many records went; 0 when nothing may go (a session tied to a user
+    /// never goes to make room for an anonymous one).
+    pub(super) fn evict(
+        &mut self,
+        kept: &StoreKey,
+        now: Timestamp,
+        unlisted: &mut Vec<(StoreKey, Owners)>,
+    ) -> usize {
         if self.evictions_before_sweep == 0 {
             self.evictions_before_sweep = self.len() / 16 + 1;
             let swept = self.remove_expired(now);
@@ -123,6 +160,9 @@ impl Shard {
         match victim {
             Some(victim) => {
                 self.remove(&victim);
+                if let Some(owners) = self.listed.remove(&victim) {
+                    unlisted.push((victim, owners));
+                }
                 self.evictions_before_sweep -= 1;
                 1
             }

@@ -302,8 +302,11 @@ async fn a_sweep_prunes_index_entries_that_expired_or_name_no_session_past_the_g
     assert!(store.users().get(&tag).is_none());
 }
 
+/// An upsert looks at the two entries at the front of its index, drops them if
+/// expired and moves them to the back otherwise: O(1) whatever the index holds,
+/// and an index of expired entries empties as new ones come.
 #[tokio::test]
-async fn an_index_is_pruned_of_expired_entries_only_once_it_has_doubled() {
+async fn an_upsert_prunes_the_two_entries_at_the_front_of_its_index() {
     let store = MemoryStore::new();
     let tag = UserTag::from_bytes([9; 32]);
     let t = Timestamp::from_unix_millis;
@@ -313,31 +316,86 @@ async fn an_index_is_pruned_of_expired_entries_only_once_it_has_doubled() {
         let entry = IndexEntry::new(key(k), t(1), expires, t(1), false);
         store.index_add(&tag, &entry).await.unwrap();
     }
+    assert_eq!(entries(&store, 9), 15, "none had expired by t(1)");
     let late = |k: u8| IndexEntry::new(key(k), t(1), Timestamp::NEVER, t(20), false);
     store.index_add(&tag, &late(100)).await.unwrap();
+    assert_eq!(entries(&store, 9), 14, "two expired went, one came");
+    for k in 101..108u8 {
+        store.index_add(&tag, &late(k)).await.unwrap();
+    }
     assert_eq!(
         entries(&store, 9),
-        16,
-        "below 16 entries, nothing is pruned"
+        8,
+        "every expired entry went; the live stay"
     );
-    store.index_add(&tag, &late(101)).await.unwrap();
-    assert_eq!(
-        entries(&store, 9),
-        2,
-        "at 16, every entry expired by now goes"
-    );
-    // Pruned down to 2, it waits to hold 16 (twice 8 at least) before pruning again.
-    for k in 0..8u8 {
-        let entry = IndexEntry::new(key(k), t(21), t(30), t(21), false);
+    let listed = store.index_list(&tag, t(20)).await.unwrap();
+    assert_eq!(listed.len(), 8);
+}
+
+/// A sample is the front of the index, which then moves to the back: successive
+/// samples visit every entry in turn, and drop the expired ones they meet.
+#[tokio::test]
+async fn samples_rotate_through_the_index() {
+    let store = MemoryStore::new();
+    let tag = UserTag::from_bytes([4; 32]);
+    let t = Timestamp::from_unix_millis;
+    for k in 0..10u8 {
+        let expires = if k == 3 { t(5) } else { Timestamp::NEVER };
+        let entry = IndexEntry::new(key(k), t(1), expires, t(1), false);
         store.index_add(&tag, &entry).await.unwrap();
     }
-    let later = IndexEntry::new(key(102), t(40), Timestamp::NEVER, t(40), false);
-    store.index_add(&tag, &later).await.unwrap();
+    // Three samples of 4 visit 12 entries of the 10, in turn: all of them.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let sample = store.index_sample(&tag, t(10), 4).await.unwrap();
+        assert!(!sample.whole);
+        seen.extend(sample.entries.iter().map(|e| e.store_key));
+    }
+    seen.sort_by_key(|k| *k.as_bytes());
+    seen.dedup();
+    let live: Vec<StoreKey> = (0..10u8).filter(|&k| k != 3).map(key).collect();
+    assert_eq!(seen, live, "every live entry, and not the expired one");
+    assert_eq!(entries(&store, 4), 9, "which went");
+    let all = store.index_sample(&tag, t(10), 9).await.unwrap();
+    assert!(all.whole, "as many as the index holds");
+    let none = store
+        .index_sample(&UserTag::from_bytes([5; 32]), t(10), 4)
+        .await
+        .unwrap();
+    assert!(none.whole && none.entries.is_empty());
+}
+
+/// A session evicted to make room leaves its user's index: the user's list of
+/// devices does not show sessions that are gone (issue 27: three were left).
+#[tokio::test]
+async fn a_session_evicted_to_make_room_leaves_its_users_index() {
+    let store = MemoryStore::builder().max_sessions(4).build();
+    let bob = UserTag::from_bytes([2; 32]);
+    for k in 0..4u8 {
+        bound(&store, 1, &key(k)).await;
+    }
+    // Also in bob's index, as a session that changes user is for a moment.
+    let now = store.clock.now();
+    let shared = IndexEntry::new(key(0), now, Timestamp::NEVER, now, false);
+    store.index_add(&bob, &shared).await.unwrap();
+    for k in 10..13u8 {
+        bound(&store, 1, &key(k)).await;
+    }
+    assert_eq!(store.len(), 4);
+    for k in 0..3u8 {
+        assert!(store.load(&key(k)).await.unwrap().is_none(), "{k} evicted");
+    }
     assert_eq!(
-        entries(&store, 9),
-        11,
-        "10 entries are not yet twice the floor"
+        entries(&store, 1),
+        4,
+        "only the four stored sessions are listed"
     );
+    assert_eq!(
+        entries(&store, 2),
+        0,
+        "bob's index let go of the evicted session"
+    );
+    assert!(store.users().get(&bob).is_none(), "and, empty, went");
 }
 
 #[tokio::test]
