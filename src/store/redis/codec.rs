@@ -17,7 +17,8 @@
 //! refused as corrupt, never guessed at.
 //!
 //! An index entry, format 2: `2;created,expires,indexed,remember` in decimal.
-//! Format 1 has no `2;`.
+//! Format 1 has no `2;`. The entries of a user are the fields of one hash (see
+//! [`RedisStore`](super::RedisStore) for what each operation on it costs).
 //!
 //! [`RedisSettings::value_format`]: crate::store::RedisSettings::value_format
 
@@ -27,7 +28,7 @@ use redis::Value;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::IndexEntry;
+use crate::store::{IndexEntry, IndexSample};
 
 /// The marker of a record value in format 2.
 pub(super) const RECORD_V2: u8 = 2;
@@ -237,6 +238,28 @@ pub(super) fn decode_index(reply: Value) -> Result<Vec<IndexEntry>, StoreError> 
     Ok(entries)
 }
 
+/// The sample script's reply: the index's length, then its entries as
+/// [`decode_index`] reads them.
+pub(super) fn decode_sample(reply: Value) -> Result<IndexSample, StoreError> {
+    let unexpected = |other: &Value| {
+        StoreError::Corrupt(format!(
+            "unexpected reply from the index sample script: {other:?}"
+        ))
+    };
+    let Value::Array(mut parts) = reply else {
+        return Err(unexpected(&reply));
+    };
+    let (Some(entries), Some(len), None) = (parts.pop(), parts.pop(), parts.pop()) else {
+        return Err(unexpected(&Value::Array(parts)));
+    };
+    let Value::Int(len) = len else {
+        return Err(unexpected(&len));
+    };
+    let entries = decode_index(entries)?;
+    let whole = usize::try_from(len).is_ok_and(|len| len <= entries.len());
+    Ok(IndexSample::new(entries, whole))
+}
+
 /// The `PXAT` for a record, or `None` when it never expires.
 pub(super) fn expire_at(deadlines: &Deadlines) -> Option<i64> {
     let at = deadlines.expires_at();
@@ -355,6 +378,26 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_is_whole_when_the_index_holds_no_more_than_it() {
+        let entry = |n: u8| {
+            let text = format!("2;1,{n}000,1,0");
+            [bulk(vec![n; 32]), bulk(text.into_bytes())]
+        };
+        let two = Value::Array(entry(1).into_iter().chain(entry(2)).collect());
+        let sample = decode_sample(Value::Array(vec![Value::Int(2), two.clone()])).unwrap();
+        assert!(sample.whole);
+        assert_eq!(sample.entries.len(), 2);
+        assert_eq!(
+            sample.entries[1].expires_at,
+            Timestamp::from_unix_millis(2_000)
+        );
+        let part = decode_sample(Value::Array(vec![Value::Int(3), two])).unwrap();
+        assert!(!part.whole, "a third entry was left out");
+        let empty = decode_sample(Value::Array(vec![Value::Int(0), Value::Array(vec![])]));
+        assert!(empty.unwrap().whole);
+    }
+
+    #[test]
     fn garbage_replies_are_errors_not_panics() {
         assert!(decode(bulk(b"short".to_vec()), &Value::Int(1)).is_err());
         assert!(
@@ -382,6 +425,12 @@ mod tests {
         assert!(decode_index(bad).is_err());
         let bad = Value::Array(vec![bulk(vec![1; 32]), bulk(b"2;1,2".to_vec())]);
         assert!(decode_index(bad).is_err());
+        assert!(decode_sample(Value::Nil).is_err());
+        assert!(decode_sample(Value::Array(vec![Value::Int(1)])).is_err());
+        let three = vec![Value::Int(1), Value::Array(vec![]), Value::Nil];
+        assert!(decode_sample(Value::Array(three)).is_err());
+        let text = Value::Array(vec![bulk(b"1".to_vec()), Value::Array(vec![])]);
+        assert!(decode_sample(text).is_err());
     }
 
     #[test]

@@ -120,55 +120,97 @@ end
 return 1
 ";
 
-/// Upserts one entry of a user index (when ARGV[2] is given), drops the entries
-/// that expired by ARGV[1] (Unix ms), sets the key to expire with its last entry,
-/// and returns the remaining fields and values (nothing after an upsert). Entries
-/// are `2;created,expires,indexed,remember` in decimal (format 1: no `2;`); an
-/// upsert keeps the later `expires` and the earlier `indexed` (see
-/// `IndexEntry::merged`), so running it twice changes nothing.
-pub(super) const INDEX: &str = r"
-local function fields(s)
-  s = string.match(s, '^2;(.*)$') or s
-  return string.match(s, '^(%d+),(%d+),(%d+),(%d+)$')
+/// In every index script, an entry's expiry is its second number, the first
+/// between two commas (a malformed entry reads as expired, and goes).
+///
+/// Upserts one entry of a user index, in O(1) whatever the index holds. ARGV:
+/// the store key, the entry (`2;created,expires,indexed,remember` in decimal;
+/// format 1, read only, has no `2;`), and the time expired entries are dropped by
+/// (Unix ms), and how many random entries to look at. An upsert keeps the later
+/// `expires` and the earlier `indexed` (see `IndexEntry::merged`), so running it
+/// twice changes nothing. The key expires with its longest-lived entry: an
+/// entry's expiry only grows, so that is the later of the key's own and this
+/// entry's. It then looks at ARGV[4] random entries (`HRANDFIELD`) and drops the
+/// expired ones, so that an index shrinks without a listing.
+pub(super) const INDEX_ADD: &str = r"
+local function expiry(s)
+  return tonumber(string.match(s, ',(%d+),') or '0')
+end
+local now = tonumber(ARGV[3])
+local existed = redis.call('EXISTS', KEYS[1]) == 1
+local v = ARGV[2]
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local function fields(s)
+    s = string.match(s, '^2;(.*)$') or s
+    return string.match(s, '^(%d+),(%d+),(%d+),(%d+)$')
+  end
+  local _, oe, oi = fields(old)
+  local c, e, i, r = fields(v)
+  if oe and c then
+    if tonumber(oe) > tonumber(e) then e = oe end
+    if tonumber(oi) < tonumber(i) then i = oi end
+    v = '2;' .. c .. ',' .. e .. ',' .. i .. ',' .. r
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], v)
+local n = expiry(v)
+if n >= 9.2e18 then
+  redis.call('PERSIST', KEYS[1])
+elseif not existed then
+  redis.call('PEXPIREAT', KEYS[1], n)
+else
+  local at = redis.call('PEXPIRETIME', KEYS[1])
+  if at >= 0 and at < n then redis.call('PEXPIREAT', KEYS[1], n) end
+end
+local some = redis.call('HRANDFIELD', KEYS[1], ARGV[4], 'WITHVALUES')
+for i = 1, #some, 2 do
+  if expiry(some[i + 1]) <= now then redis.call('HDEL', KEYS[1], some[i]) end
+end
+return 1
+";
+
+/// Drops the expired entries of a user index (ARGV[1]: now, Unix ms) and returns
+/// the others, fields and values alternating: a listing, O(entries).
+pub(super) const INDEX_LIST: &str = r"
+local function expiry(s)
+  return tonumber(string.match(s, ',(%d+),') or '0')
 end
 local now = tonumber(ARGV[1])
-if ARGV[2] then
-  local v = ARGV[3]
-  local old = redis.call('HGET', KEYS[1], ARGV[2])
-  if old then
-    local _, oe, oi = fields(old)
-    local c, e, i, r = fields(v)
-    if oe and c then
-      if tonumber(oe) > tonumber(e) then e = oe end
-      if tonumber(oi) < tonumber(i) then i = oi end
-      v = '2;' .. c .. ',' .. e .. ',' .. i .. ',' .. r
-    end
-  end
-  redis.call('HSET', KEYS[1], ARGV[2], v)
-end
 local all = redis.call('HGETALL', KEYS[1])
 local out = {}
-local last, lastn = nil, -1
 for i = 1, #all, 2 do
-  local _, e = fields(all[i + 1])
-  local n = tonumber(e or '0')
-  if n <= now then
+  if expiry(all[i + 1]) <= now then
     redis.call('HDEL', KEYS[1], all[i])
   else
     out[#out + 1] = all[i]
     out[#out + 1] = all[i + 1]
-    if n > lastn then last, lastn = e, n end
   end
 end
-if last then
-  if lastn >= 9.2e18 then
-    redis.call('PERSIST', KEYS[1])
-  else
-    redis.call('PEXPIREAT', KEYS[1], last)
-  end
-end
-if ARGV[2] then return {} end
 return out
+";
+
+/// Up to ARGV[2] distinct random entries of a user index (`HRANDFIELD`), the
+/// expired ones among them dropped (ARGV[1]: now, Unix ms): O(ARGV[2]) whatever
+/// the index holds. Returns how many entries the index holds then (`HLEN`,
+/// expired ones not met included), and the entries, fields and values
+/// alternating.
+pub(super) const INDEX_SAMPLE: &str = r"
+local function expiry(s)
+  return tonumber(string.match(s, ',(%d+),') or '0')
+end
+local now = tonumber(ARGV[1])
+local some = redis.call('HRANDFIELD', KEYS[1], ARGV[2], 'WITHVALUES')
+local out = {}
+for i = 1, #some, 2 do
+  if expiry(some[i + 1]) <= now then
+    redis.call('HDEL', KEYS[1], some[i])
+  else
+    out[#out + 1] = some[i]
+    out[#out + 1] = some[i + 1]
+  end
+end
+return {redis.call('HLEN', KEYS[1]), out}
 ";
 
 /// Fails on a server without PEXPIRETIME (Redis before 7.0).
@@ -177,7 +219,16 @@ pub(super) const PROBE: &str = r"return redis.call('PEXPIRETIME', KEYS[1])";
 /// Every script the store runs, loaded into each server it connects to, so that
 /// first requests pay no `NOSCRIPT` round trip (a server that lost them, after a
 /// restart, gets them again on demand).
-pub(super) const ALL: [&str; 6] = [LOAD, CREATE, SWAP, DELETE_VERSION, TOUCH, INDEX];
+pub(super) const ALL: [&str; 8] = [
+    LOAD,
+    CREATE,
+    SWAP,
+    DELETE_VERSION,
+    TOUCH,
+    INDEX_ADD,
+    INDEX_LIST,
+    INDEX_SAMPLE,
+];
 
 /// The scripts on a real server (a `redis-server` of its own, on a free loopback
 /// port): every write run twice, as a client may send it again after a dropped

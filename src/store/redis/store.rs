@@ -10,7 +10,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::{RedisError, Script, Value};
 
 use super::codec::{
-    Got, decode_get, decode_index, decode_reply, encode, encode_entry, expire_at, tombstone,
+    Got, decode_get, decode_index, decode_reply, decode_sample, encode, encode_entry, expire_at,
+    tombstone,
 };
 use super::command::{Lua, Runner};
 use super::connect::{NodeConfig, Target, cluster_client};
@@ -21,7 +22,7 @@ use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
 
 /// A [`SessionStore`] in Redis: standalone, Sentinel or Cluster, over TLS when
 /// asked, on the [redis-rs](https://docs.rs/redis) client with rustls.
@@ -66,13 +67,38 @@ use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag
 /// format marker, the record's version, lifespan deadline and last activity, the
 /// id of the write that stored it, then the sealed data; the idle deadline is the key's own expiry (`PXAT`), so Redis
 /// drops expired sessions itself and a touch is one `PEXPIREAT` (and an 8-byte
-/// `SETRANGE`). A user's session index is one hash under `prefix` + `user:` + the
-/// user tag in hex; each index command touches that one key.
+/// `SETRANGE`).
+///
+/// **The user index.** A user's session index is one hash under `prefix` +
+/// `user:` + the user tag in hex: a field per session, its store key, whose value
+/// is the entry (`2;created,expires,indexed,remember` in decimal; entries without
+/// the `2;`, from the first release, are still read). Each index command is one
+/// script or command on that one key, and what it costs does not grow with the
+/// user's sessions but where it must:
+///
+/// | operation | commands sent | server work |
+/// | --- | --- | --- |
+/// | upsert (a login) | 1 script | O(1): `HGET`, `HSET`, the key's expiry moved to the entry's if later, and 2 random entries (`HRANDFIELD`) dropped if expired |
+/// | sample (after a login) | 1 script | O(64): 64 random entries (`HRANDFIELD`), the expired among them dropped, and `HLEN` |
+/// | list | 1 script | O(entries): `HGETALL`, the expired dropped |
+/// | remove | 1 `HDEL` | O(entries removed) |
+///
+/// The key expires with its longest-lived entry. Expired entries go as a list
+/// or a sample meets them, two at random with each upsert, and all with the key:
+/// an index of a user with no lifespan stays bounded by these. The layout is the
+/// one the previous release wrote (its script read the whole hash on every
+/// upsert): indexes it wrote are read and written as they are, with nothing to
+/// migrate, and during a rolling upgrade both releases share them. On a login
+/// at 2,000 sessions of one user the whole-hash read cost 9.8 ms against 0.9 ms
+/// at 50 (issue 27); the figures now are in `benches/index_scale.rs`.
 ///
 /// Round trips: a load, an update, a create, a touch or a delete is one command
-/// each (plus a `WAIT` with replication). Reading a user's index is one round trip,
-/// and checking its entries' records one more for up to 1,024 entries: the records
-/// are asked for together.
+/// each (plus a `WAIT` with replication). Listing a user's sessions is one
+/// round trip for the index and one `MGET` per 1,024 records; revoking them one
+/// `DEL` per 1,024 more, and one `HDEL`; a login, one script for the entry, and
+/// one login in 8 one for the sample and an `MGET` of the sampled records. In a Cluster, where the records live in many slots, the `MGET`s
+/// and `DEL`s are one command per record instead, sent together (up to 1,024 in
+/// flight).
 ///
 /// Needs Redis 7.0 or later (`PEXPIRETIME`), and a `maxmemory-policy` of
 /// `noeviction` unless [`RedisSettings::allow_eviction`] is set: both are checked
@@ -114,7 +140,9 @@ struct Inner {
     swap: Lua,
     delete_version: Lua,
     touch: Lua,
-    index: Lua,
+    index_add: Lua,
+    index_list: Lua,
+    index_sample: Lua,
     /// What the eviction checks last saw of each node.
     evictions: Mutex<Evictions>,
 }
@@ -135,6 +163,15 @@ fn pool_sizes(settings: &RedisSettings) -> (usize, usize) {
 /// at once; on a multiplexed connection they travel together, so a batch of up to
 /// this many costs one round trip.
 const BATCH: usize = 1024;
+
+/// How many keys one `MGET` or `DEL` names, outside a Cluster: a user's thousand
+/// sessions are read in one command, which holds the server up for well under a
+/// millisecond.
+const KEYS_PER_COMMAND: usize = 1024;
+
+/// How many random entries an index upsert looks at for expiry: more than the
+/// one entry it adds, so that an index of expired entries shrinks.
+const UPSERT_PRUNES: &[u8] = b"2";
 
 impl RedisStore {
     /// The key prefix when none is configured.
@@ -213,7 +250,9 @@ impl RedisStore {
                 swap: Lua::new(scripts::SWAP),
                 delete_version: Lua::new(scripts::DELETE_VERSION),
                 touch: Lua::new(scripts::TOUCH),
-                index: Lua::new(scripts::INDEX),
+                index_add: Lua::new(scripts::INDEX_ADD),
+                index_list: Lua::new(scripts::INDEX_LIST),
+                index_sample: Lua::new(scripts::INDEX_SAMPLE),
                 evictions: Mutex::new(Evictions::new(settings.allow_eviction)),
             }),
         };
@@ -265,28 +304,43 @@ impl RedisStore {
         format!("{}user:{user}", self.inner.prefix)
     }
 
-    /// Runs the index script: upserts `entry` when given, prunes, and returns what
-    /// remains.
-    async fn index(
-        &self,
-        user: &UserTag,
-        now: Timestamp,
-        entry: Option<&IndexEntry>,
-    ) -> Result<Vec<IndexEntry>, StoreError> {
-        let now = now.unix_millis().to_string();
-        let encoded = entry.map(encode_entry);
-        let mut args: Vec<&[u8]> = vec![now.as_bytes()];
-        if let (Some(entry), Some(encoded)) = (entry, &encoded) {
-            args.push(entry.store_key.as_bytes());
-            args.push(encoded.as_bytes());
+    /// The records under `keys`, in their order, with one `MGET` (not in a
+    /// Cluster); values in a format without the idle deadline are read again
+    /// one by one with the `LOAD` script, as [`load`](SessionStore::load) does.
+    async fn load_together(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        let key = self.redis_index_key(user);
-        let reply: Value = self
-            .inner
-            .runner
-            .script(&self.inner.index, &key, &args, entry.is_some())
-            .await?;
-        decode_index(reply)
+        let names: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let mut mget = redis::cmd("MGET");
+        mget.arg(&names);
+        let runner = &self.inner.runner;
+        let values: Vec<Value> = runner.command(mget, &names[0], false).await?;
+        if values.len() != keys.len() {
+            return Err(StoreError::Corrupt(format!(
+                "MGET of {} keys answered {} values",
+                keys.len(),
+                values.len()
+            )));
+        }
+        let mut records = Vec::with_capacity(keys.len());
+        for (value, name) in values.into_iter().zip(&names) {
+            records.push(match decode_get(value)? {
+                Got::Record(record) => Some(record),
+                Got::Missing => None,
+                Got::NeedsExpiry => {
+                    let reply: Value = runner.script(&self.inner.load, name, &[], false).await?;
+                    decode_reply(reply)?
+                }
+            });
+        }
+        Ok(records)
+    }
+
+    /// Whether the store's keys may live on different nodes (a Cluster): then a
+    /// command names one key, or keys of one slot.
+    fn sharded(&self) -> bool {
+        matches!(self.inner.runner.link, Link::Cluster(_))
     }
 
     /// Runs a compare-and-set script, whose reply is 1 (done), nil (missing), or
@@ -432,11 +486,21 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send {
         let keys = keys.to_vec();
         async move {
-            stream::iter(keys)
-                .map(|key| async move { self.load(&key).await })
-                .buffered(BATCH)
+            if self.sharded() {
+                return stream::iter(keys)
+                    .map(|key| async move { self.load(&key).await })
+                    .buffered(BATCH)
+                    .try_collect()
+                    .await;
+            }
+            let chunks: Vec<Vec<StoreKey>> =
+                keys.chunks(KEYS_PER_COMMAND).map(<[_]>::to_vec).collect();
+            let batches: Vec<Vec<Option<Record>>> = stream::iter(chunks)
+                .map(|chunk| async move { self.load_together(&chunk).await })
+                .buffered(4)
                 .try_collect()
-                .await
+                .await?;
+            Ok(batches.into_iter().flatten().collect())
         }
     }
 
@@ -542,9 +606,28 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let keys = keys.to_vec();
         async move {
-            stream::iter(keys)
-                .map(|key| async move { self.delete(&key).await })
-                .buffer_unordered(BATCH)
+            if self.sharded() {
+                stream::iter(keys)
+                    .map(|key| async move { self.delete(&key).await })
+                    .buffer_unordered(BATCH)
+                    .try_collect::<Vec<()>>()
+                    .await?;
+                return Ok(());
+            }
+            // One `DEL` per batch of keys: it removes each of them atomically, as
+            // `delete` does.
+            let chunks: Vec<Vec<String>> = keys
+                .chunks(KEYS_PER_COMMAND)
+                .map(|chunk| chunk.iter().map(|k| self.redis_key(k)).collect())
+                .collect();
+            stream::iter(chunks)
+                .map(|names| async move {
+                    let mut del = redis::cmd("DEL");
+                    del.arg(&names);
+                    let _: i64 = self.inner.runner.command(del, &names[0], true).await?;
+                    Ok::<(), StoreError>(())
+                })
+                .buffer_unordered(4)
                 .try_collect::<Vec<()>>()
                 .await?;
             Ok(())
@@ -566,9 +649,17 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         // Entries expire by the clock of the writer; pruning with the entry's own
         // index time keeps a fresh entry even when clocks disagree.
-        let (user, entry) = (*user, *entry);
+        let key = self.redis_index_key(user);
+        let encoded = encode_entry(entry);
+        let now = entry.indexed_at.unix_millis().to_string();
+        let field = *entry.store_key.as_bytes();
         async move {
-            self.index(&user, entry.indexed_at, Some(&entry)).await?;
+            let args: [&[u8]; 4] = [&field, encoded.as_bytes(), now.as_bytes(), UPSERT_PRUNES];
+            let _: Value = self
+                .inner
+                .runner
+                .script(&self.inner.index_add, &key, &args, true)
+                .await?;
             Ok(())
         }
     }
@@ -599,8 +690,38 @@ impl SessionStore for RedisStore {
         user: &UserTag,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send {
-        let user = *user;
-        async move { self.index(&user, now, None).await }
+        let key = self.redis_index_key(user);
+        let now = now.unix_millis().to_string();
+        async move {
+            let reply: Value = self
+                .inner
+                .runner
+                .script(&self.inner.index_list, &key, &[now.as_bytes()], false)
+                .await?;
+            decode_index(reply)
+        }
+    }
+
+    /// One `INDEX_SAMPLE` script: `limit` random entries (`HRANDFIELD`), and the
+    /// index's length to tell whether they are all of it.
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let key = self.redis_index_key(user);
+        let now = now.unix_millis().to_string();
+        let limit = limit.to_string();
+        async move {
+            let args: [&[u8]; 2] = [now.as_bytes(), limit.as_bytes()];
+            let reply: Value = self
+                .inner
+                .runner
+                .script(&self.inner.index_sample, &key, &args, false)
+                .await?;
+            decode_sample(reply)
+        }
     }
 
     /// `PING`, then the eviction check: the master, or every master of a
