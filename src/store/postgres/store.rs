@@ -33,7 +33,7 @@ use crate::store::sql::{
     version,
 };
 use crate::store::url::redact;
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
 
 /// A [`SessionStore`] in PostgreSQL.
 #[derive(Clone)]
@@ -60,6 +60,7 @@ struct Tables {
     index_remove: String,
     index_prune: String,
     index_list: String,
+    index_sample: String,
 }
 
 impl Tables {
@@ -126,6 +127,14 @@ impl Tables {
             ),
             // One statement: the user's expired entries go, the rest are listed (the
             // SELECT sees the table as the statement began, hence its own filter).
+            index_sample: format!(
+                "SELECT * FROM (SELECT key, created_at, expires_at, indexed_at, remember_me \
+                 FROM {u} WHERE user_tag = $1 AND key >= $2 AND expires_at > $3 \
+                 ORDER BY key LIMIT $4) AS after_start UNION ALL \
+                 SELECT * FROM (SELECT key, created_at, expires_at, indexed_at, remember_me \
+                 FROM {u} WHERE user_tag = $1 AND key < $2 AND expires_at > $3 \
+                 ORDER BY key LIMIT $4) AS before_start"
+            ),
             index_list: format!(
                 "WITH gone AS (DELETE FROM {u} WHERE user_tag = $1 AND expires_at <= $2) \
                  SELECT key, created_at, expires_at, indexed_at, remember_me FROM {u} \
@@ -641,6 +650,35 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             rows.iter().map(index_entry).collect()
+        })
+    }
+
+    /// One statement: a window of the user's entries in key order from a
+    /// random key (store keys are uniformly random), O(`limit`) on the primary
+    /// key however many entries the user holds.
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let user = *user;
+        let start: [u8; 32] = rand::random();
+        self.within(async move {
+            let rows = sqlx::query(&self.tables.index_sample)
+                .bind(&user.as_bytes()[..])
+                .bind(&start[..])
+                .bind(ms(now))
+                .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            let entries = rows
+                .iter()
+                .take(limit)
+                .map(index_entry)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(IndexSample::new(entries, rows.len() <= limit))
         })
     }
 

@@ -19,12 +19,15 @@
 //! before any other write of this process: a read-only request costs one query,
 //! a write one more.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Executor, QueryBuilder, Sqlite};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Executor, QueryBuilder, Row, Sqlite};
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::SqliteSettings;
@@ -35,7 +38,7 @@ use crate::store::sql::{
     CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
     version,
 };
-use crate::store::{CompareAndSet, IndexEntry, SessionStore, StoreHealth, UserTag};
+use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
 
 /// Keys per `IN (...)` list when many are deleted at once, well under SQLite's
 /// limit on bound parameters.
@@ -71,6 +74,7 @@ struct Tables {
     index_prune: String,
     index_list: String,
     index_drop_expired: String,
+    index_sample: String,
 }
 
 impl Tables {
@@ -123,6 +127,17 @@ impl Tables {
             index_list: format!(
                 "SELECT key, created_at, expires_at, indexed_at, remember_me FROM {u} \
                  WHERE user_tag = ?1"
+            ),
+            // Up to ?4 entries from a random store key ?2 on, then from the first
+            // key up to it: a window of the primary key's order, O(?4) however
+            // many entries the user holds.
+            index_sample: format!(
+                "SELECT * FROM (SELECT key, created_at, expires_at, indexed_at, remember_me \
+                 FROM {u} WHERE user_tag = ?1 AND key >= ?2 AND expires_at > ?3 \
+                 ORDER BY key LIMIT ?4) UNION ALL \
+                 SELECT * FROM (SELECT key, created_at, expires_at, indexed_at, remember_me \
+                 FROM {u} WHERE user_tag = ?1 AND key < ?2 AND expires_at > ?3 \
+                 ORDER BY key LIMIT ?4)"
             ),
             index_drop_expired: format!("DELETE FROM {u} WHERE user_tag = ?1 AND expires_at <= ?2"),
             records: r,
@@ -415,6 +430,17 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// The store key of a row's `key` column.
+fn store_key(row: &SqliteRow) -> Result<StoreKey, StoreError> {
+    let key: Vec<u8> = row
+        .try_get("key")
+        .map_err(|e| StoreError::Corrupt(format!("a session row: {e}")))?;
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a session row's key is not 32 bytes".into()))?;
+    Ok(StoreKey::from_bytes(key))
+}
+
 /// `query` with `deadlines` bound next, in the columns' order.
 fn deadlines<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -441,6 +467,43 @@ impl SessionStore for SqliteStore {
                 .await
                 .map_err(backend)?;
             Ok(row.as_ref().map(record).transpose()?.flatten())
+        }
+    }
+
+    /// One `SELECT ... key IN (...)` per 500 keys, instead of one per key: a
+    /// user's index is checked in one statement.
+    fn load_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send {
+        let keys = keys.to_vec();
+        async move {
+            let mut found = HashMap::with_capacity(keys.len());
+            for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+                let mut statement = QueryBuilder::<Sqlite>::new(format!(
+                    "SELECT key, version, idle_at, lifespan_at, active_at, data FROM {} \
+                     WHERE expires_at > ",
+                    self.tables.records
+                ));
+                statement.push_bind(self.now());
+                statement.push(" AND key IN (");
+                let mut list = statement.separated(", ");
+                for key in chunk {
+                    list.push_bind(key.as_bytes().to_vec());
+                }
+                list.push_unseparated(")");
+                let rows = statement
+                    .build()
+                    .fetch_all(&self.reads)
+                    .await
+                    .map_err(backend)?;
+                for row in &rows {
+                    if let Some(record) = record(row)? {
+                        found.insert(store_key(row)?, record);
+                    }
+                }
+            }
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
         }
     }
 
@@ -618,6 +681,35 @@ impl SessionStore for SqliteStore {
                     .map_err(backend)?;
             }
             Ok(entries)
+        }
+    }
+
+    /// One statement: a window of the user's entries in key order from a
+    /// random key (store keys are uniformly random), O(`limit`) on the primary
+    /// key however many entries the user holds.
+    fn index_sample(
+        &self,
+        user: &UserTag,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<IndexSample, StoreError>> + Send {
+        let user = *user;
+        let start: [u8; 32] = rand::random();
+        async move {
+            let rows = sqlx::query(&self.tables.index_sample)
+                .bind(user.as_bytes().to_vec())
+                .bind(start.to_vec())
+                .bind(ms(now))
+                .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+                .fetch_all(&self.reads)
+                .await
+                .map_err(backend)?;
+            let entries = rows
+                .iter()
+                .take(limit)
+                .map(index_entry)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(IndexSample::new(entries, rows.len() <= limit))
         }
     }
 
