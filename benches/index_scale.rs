@@ -26,6 +26,15 @@
 //! | PostgreSQL | 7.1 ms / 12.3 ms | 5.6 ms / 6.7 ms | 1.18× |
 //! | SQLite | 284 µs / 12.0 ms | 148 µs / 213 µs | 1.44× |
 //!
+//! A later run on the quiet machine (nothing else running), after:
+//!
+//! | store | at 10 | at 2,000 | ratio |
+//! | --- | --- | --- | --- |
+//! | memory | 4.67 µs | 6.79 µs | 1.45× |
+//! | Redis 7.0 | 233 µs | 303 µs | 1.30× |
+//! | PostgreSQL | 728 µs | 970 µs | 1.33× |
+//! | SQLite | 518 µs | 609 µs | 1.17× |
+//!
 //! What remains of the difference is the check one login in 8 makes of 64
 //! entries of a large index (see `users::index::after_login`), spread over the
 //! samples: the other logins cost the same at 2,000 as at 10.
