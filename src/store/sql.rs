@@ -53,7 +53,7 @@ mod rows {
     use crate::clock::Timestamp;
     use crate::error::StoreError;
     use crate::record::{Deadlines, Record, StoreKey};
-    use crate::store::IndexEntry;
+    use crate::store::{IndexEntry, IndexSample};
 
     /// The schema this release creates and reads.
     pub(crate) const SCHEMA_VERSION: i32 = 1;
@@ -117,6 +117,41 @@ mod rows {
             },
             Bytes::from(data),
         )))
+    }
+
+    /// The store key of a session row's `key` column.
+    pub(crate) fn store_key<R>(row: &R) -> Result<StoreKey, StoreError>
+    where
+        R: Row,
+        for<'r> &'r str: ColumnIndex<R>,
+        for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        let key: Vec<u8> = row
+            .try_get("key")
+            .map_err(|e| StoreError::Corrupt(format!("a session row: {e}")))?;
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("a session row's key is not 32 bytes".into()))?;
+        Ok(StoreKey::from_bytes(key))
+    }
+
+    /// The sample of a user's index that `rows` (at most `limit` + 1 rows of
+    /// [`index_entry`]'s columns) make: the first `limit`, and whether they are
+    /// all there is.
+    pub(crate) fn index_sample<R>(rows: &[R], limit: usize) -> Result<IndexSample, StoreError>
+    where
+        R: Row,
+        for<'r> &'r str: ColumnIndex<R>,
+        for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        let entries = rows
+            .iter()
+            .take(limit)
+            .map(index_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(IndexSample::new(entries, rows.len() <= limit))
     }
 
     /// A row of `key, created_at, expires_at, indexed_at, remember_me`.

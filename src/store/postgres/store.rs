@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Executor, Postgres, Row};
 
@@ -29,8 +29,8 @@ use crate::error::StoreError;
 use crate::keys::credential;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::sql::{
-    CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
-    version,
+    CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry,
+    index_sample, ms, record, store_key, version,
 };
 use crate::store::url::redact;
 use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
@@ -207,17 +207,6 @@ fn lost(found: Option<Record>, expected_version: u64) -> Option<CompareAndSet> {
         Some(record) if record.version == expected_version => None,
         Some(record) => Some(CompareAndSet::Conflict(record)),
     }
-}
-
-/// The store key of a row's `key` column.
-fn store_key(row: &PgRow) -> Result<StoreKey, StoreError> {
-    let key: Vec<u8> = row
-        .try_get("key")
-        .map_err(|e| StoreError::Corrupt(format!("a session row: {e}")))?;
-    let key: [u8; 32] = key
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("a session row's key is not 32 bytes".into()))?;
-    Ok(StoreKey::from_bytes(key))
 }
 
 fn backend(err: sqlx::Error) -> StoreError {
@@ -673,12 +662,7 @@ impl SessionStore for PostgresStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(backend)?;
-            let entries = rows
-                .iter()
-                .take(limit)
-                .map(index_entry)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(IndexSample::new(entries, rows.len() <= limit))
+            index_sample(&rows, limit)
         })
     }
 

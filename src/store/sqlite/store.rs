@@ -24,10 +24,8 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Executor, QueryBuilder, Row, Sqlite};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, QueryBuilder, Sqlite};
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::SqliteSettings;
@@ -35,8 +33,8 @@ use crate::error::StoreError;
 use crate::files;
 use crate::record::{Deadlines, Record, StoreKey};
 use crate::store::sql::{
-    CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry, ms, record,
-    version,
+    CLEANUP_BATCH, SCHEMA_VERSION, check_schema_version, deadline_columns, index_entry,
+    index_sample, ms, record, store_key, version,
 };
 use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
 
@@ -430,17 +428,6 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-/// The store key of a row's `key` column.
-fn store_key(row: &SqliteRow) -> Result<StoreKey, StoreError> {
-    let key: Vec<u8> = row
-        .try_get("key")
-        .map_err(|e| StoreError::Corrupt(format!("a session row: {e}")))?;
-    let key: [u8; 32] = key
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("a session row's key is not 32 bytes".into()))?;
-    Ok(StoreKey::from_bytes(key))
-}
-
 /// `query` with `deadlines` bound next, in the columns' order.
 fn deadlines<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -704,12 +691,7 @@ impl SessionStore for SqliteStore {
                 .fetch_all(&self.reads)
                 .await
                 .map_err(backend)?;
-            let entries = rows
-                .iter()
-                .take(limit)
-                .map(index_entry)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(IndexSample::new(entries, rows.len() <= limit))
+            index_sample(&rows, limit)
         }
     }
 
