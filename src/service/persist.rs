@@ -141,13 +141,16 @@ pub(super) async fn update<St: SessionStore>(
         match store.update(&key, &record, attempt.version).await? {
             CompareAndSet::Done => {
                 let (deadlines, remember_me) = (attempt.deadlines, attempt.remember_me);
-                // The next writer of the session starts from the data written.
-                turn.learn(Known::Written(Opened {
-                    data: attempt.data,
-                    version: record.version,
-                    deadlines,
-                    remember_me,
-                }));
+                // The next writer of the session starts from the data written (a
+                // store that writes on the spot has no next writer waiting).
+                if !St::IMMEDIATE {
+                    turn.learn(Known::Written(Opened {
+                        data: attempt.data,
+                        version: record.version,
+                        deadlines,
+                        remember_me,
+                    }));
+                }
                 drop(turn);
                 // Other users' indexes let go only once the record no longer
                 // names them.
@@ -287,7 +290,9 @@ async fn take_turn<'q, St: SessionStore>(
     if St::IMMEDIATE {
         return Ok(Turn::unqueued(key));
     }
-    writes.turn(key, retries.left()).await
+    // Boxed: its timer would otherwise enlarge every write's future, those of a
+    // store that never queues included.
+    Box::pin(writes.turn(key, retries.left())).await
 }
 
 /// One attempt at a compare-and-set write: the data, the version it expects, and
