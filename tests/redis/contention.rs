@@ -1,4 +1,4 @@
-//! Many writers on one session: in one process they take turns (one
+//! Many writers on one session (standalone and Cluster): in one process they take turns (one
 //! compare-and-set each, no retries), across processes compare-and-set still
 //! decides, and nothing is lost or refused either way.
 
@@ -74,4 +74,21 @@ async fn two_processes_of_150_writers_on_one_session_lose_nothing() {
     }
     let cookie = common::concurrent_writers(&bases, 300).await;
     common::check_writers(&bases[1], &cookie, 300).await;
+}
+
+/// The same on a Cluster of three masters, from two processes: 300 writers of
+/// one session, 0 lost, 0 refused (its compare-and-sets go to the one master
+/// of the session's slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_two_processes_of_150_writers_lose_nothing() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let mut bases = Vec::new();
+    for _ in 0..2 {
+        bases.push(serve(app(cluster.store().await, |l| l)).await);
+    }
+    let cookie = common::concurrent_writers(&bases, 300).await;
+    common::check_writers(&bases[0], &cookie, 300).await;
 }
