@@ -7,6 +7,8 @@ pub use settings::PostgresSettings;
 
 #[cfg(feature = "postgres")]
 mod store;
+#[cfg(feature = "postgres")]
+mod tables;
 
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;

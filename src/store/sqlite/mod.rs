@@ -7,6 +7,8 @@ pub use settings::SqliteSettings;
 
 #[cfg(feature = "sqlite")]
 mod store;
+#[cfg(feature = "sqlite")]
+mod tables;
 
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
