@@ -460,6 +460,19 @@ pub fn default_sessions() -> SessionLayer {
     SessionLayer::new(store, Keys::generate()).with_max_sessions_per_user(Some(5))
 }
 
+/// A listener on `addr` whose queue of connections not yet accepted holds 1,024:
+/// `TcpListener::bind`'s 128 drops the connections of a burst of 300 clients
+/// past it, which then wait a second to try again.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1_024)
+}
+
 /// Sessions as a YAML configuration file describes them: its store (built by
 /// `SessionConfig::build`, which connects to it), keys, settings, and the
 /// store's cleanup task, spawned.
@@ -569,7 +582,7 @@ async fn main() {
         },
         Err(_) => SocketAddr::from(([127, 0, 0, 1], 3000)),
     };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
+    let listener = match listen(addr) {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!("cannot listen on {addr}: {err}");

@@ -492,9 +492,14 @@ pub fn jar_client() -> reqwest::Client {
 
 /// Serves `app` on a free loopback port; returns its base URL.
 pub async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
+    // A queue of 1,024 connections not yet accepted (`bind`'s is 128): a burst of
+    // 300 clients would otherwise see some connections dropped and retried a
+    // second later.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .expect("bind a loopback port");
+    let listener = socket.listen(1_024).expect("listen");
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("test server");
