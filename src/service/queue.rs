@@ -11,18 +11,23 @@
 //! N writers cost N compare-and-sets. Compare-and-set stays the guard against
 //! other processes: a conflict with one costs a retry, as before.
 //!
-//! A session's queue exists only while one of its writes is running or waiting,
-//! and at most [`MAX_WAITING`] writes wait in it; a write still gives up at the
-//! write deadline, its wait for its turn included (503). Stores that are
+//! A session's queue exists while one of its writes is running or waiting, and
+//! rests for [`REST`] after the last (at most [`MAX_RESTING`] sessions rest at
+//! once, the oldest going first): a request that loaded the record before that
+//! write landed, and writes after it, still starts from what it wrote rather than
+//! conflicting with it. At most [`MAX_WAITING`] writes wait in a queue; a write
+//! still gives up at the write deadline, its wait for its turn included (503).
+//! Stores that are
 //! [`IMMEDIATE`](crate::store::SessionStore::IMMEDIATE) write on the spot and
 //! never queue.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::record::{Data, Deadlines, Record, StoreKey};
@@ -33,18 +38,54 @@ use crate::record::{Data, Deadlines, Record, StoreKey};
 /// held.
 pub(crate) const MAX_WAITING: usize = 1_024;
 
+/// How long a session's queue stays after its last write, with what that write
+/// learnt: longer than a request usually takes between loading a session and
+/// writing it. A writer that comes later and loaded the record before that
+/// write costs one conflict and a retry, as without a queue.
+pub(crate) const REST: Duration = Duration::from_secs(1);
+
+/// The most sessions whose queues rest at once; past it the oldest goes.
+pub(crate) const MAX_RESTING: usize = 1_024;
+
 /// The sessions being written in this process, each with its turn and what the
 /// last turn knew of its record.
 #[derive(Default)]
 pub(crate) struct WriteQueue {
-    sessions: Mutex<HashMap<StoreKey, Queued>>,
+    sessions: Mutex<Sessions>,
 }
 
-/// One session's queue: the lock whose holder writes, and how many writes hold or
-/// wait for it (the queue goes when that is none).
+#[derive(Default)]
+struct Sessions {
+    queues: HashMap<StoreKey, Queued>,
+    /// The queues that went to rest, oldest first, each with when it did (an
+    /// entry whose queue has woken since, or rested again, is passed over).
+    resting: VecDeque<(StoreKey, Instant)>,
+}
+
+/// One session's queue: the lock whose holder writes, how many writes hold or
+/// wait for it, and since when it rests when that is none.
 struct Queued {
     turn: Arc<tokio::sync::Mutex<Known>>,
     writers: usize,
+    rested: Option<Instant>,
+}
+
+impl Sessions {
+    /// Removes the queues that have rested for [`REST`], and the oldest past
+    /// [`MAX_RESTING`].
+    fn sweep(&mut self, now: Instant) {
+        while let Some(&(key, since)) = self.resting.front() {
+            if self.resting.len() <= MAX_RESTING && now.duration_since(since) < REST {
+                break;
+            }
+            self.resting.pop_front();
+            if let Entry::Occupied(queued) = self.queues.entry(key)
+                && queued.get().rested == Some(since)
+            {
+                queued.remove();
+            }
+        }
+    }
 }
 
 /// What the previous turn knew of the session's record.
@@ -86,14 +127,17 @@ impl WriteQueue {
     pub(super) async fn turn(&self, key: StoreKey, wait: Duration) -> Result<Turn<'_>, StoreError> {
         let lock = {
             let mut sessions = self.sessions();
-            let queued = sessions.entry(key).or_insert_with(|| Queued {
+            sessions.sweep(Instant::now());
+            let queued = sessions.queues.entry(key).or_insert_with(|| Queued {
                 turn: Arc::default(),
                 writers: 0,
+                rested: None,
             });
             if queued.writers > MAX_WAITING {
                 return Err(StoreError::Contended { attempts: 0 });
             }
             queued.writers += 1;
+            queued.rested = None;
             queued.turn.clone()
         };
         // From here on the turn's drop leaves the queue, however this ends.
@@ -113,21 +157,21 @@ impl WriteQueue {
         Ok(turn)
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<StoreKey, Queued>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         // Nothing panics while holding it; a poisoned map is still consistent.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How many sessions have a queue (for tests).
+    /// How many sessions have a queue, resting ones included (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.sessions().len()
+        self.sessions().queues.len()
     }
 
     /// How many writes hold or wait for the turn of `key` (for tests).
     #[cfg(test)]
     fn writers(&self, key: &StoreKey) -> usize {
-        self.sessions().get(key).map_or(0, |q| q.writers)
+        self.sessions().queues.get(key).map_or(0, |q| q.writers)
     }
 }
 
@@ -174,13 +218,25 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let Some(queue) = self.queue else { return };
         let mut sessions = queue.sessions();
-        drop(self.held.take());
-        if let Entry::Occupied(mut queued) = sessions.entry(self.key) {
+        // A turn that learnt nothing (or failed) leaves nothing worth a rest.
+        let learnt = self
+            .held
+            .take()
+            .is_some_and(|held| !matches!(*held, Known::Nothing));
+        let now = Instant::now();
+        let Sessions { queues, resting } = &mut *sessions;
+        if let Entry::Occupied(mut queued) = queues.entry(self.key) {
             queued.get_mut().writers -= 1;
             if queued.get().writers == 0 {
-                queued.remove();
+                if learnt {
+                    queued.get_mut().rested = Some(now);
+                    resting.push_back((self.key, now));
+                } else {
+                    queued.remove();
+                }
             }
         }
+        sessions.sweep(now);
     }
 }
 
@@ -241,7 +297,52 @@ mod tests {
             [Some(2), Some(3), Some(4)],
             "each turn sees the one before"
         );
-        assert_eq!(queue.len(), 0, "an idle session has no queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_queue_rests_with_what_it_learnt_then_goes() {
+        let queue = WriteQueue::default();
+        let key = StoreKey::from_bytes([6; 32]);
+        let mut turn = queue.turn(key, LONG).await.unwrap();
+        turn.learn(Known::Record(record(3)));
+        drop(turn);
+        assert_eq!(queue.len(), 1, "it rests");
+        // A writer that loaded version 2 before that write landed starts from it.
+        tokio::time::advance(REST / 2).await;
+        let mut late = queue.turn(key, LONG).await.unwrap();
+        assert!(matches!(late.take_newer_than(2), Some(Known::Record(r)) if r.version == 3));
+        late.learn(Known::Record(record(4)));
+        drop(late);
+        tokio::time::advance(REST / 2 + Duration::from_millis(1)).await;
+        // Its rest started again with the second write: not yet over.
+        let other = StoreKey::from_bytes([7; 32]);
+        drop(queue.turn(other, LONG).await.unwrap());
+        assert_eq!(
+            queue.len(),
+            1,
+            "the second rest is not over; the other learnt nothing"
+        );
+        tokio::time::advance(REST).await;
+        drop(queue.turn(other, LONG).await.unwrap());
+        assert_eq!(queue.len(), 0, "a rest ends at the next write after it");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_bound_of_queues_rest() {
+        let queue = WriteQueue::default();
+        for n in 0..MAX_RESTING + 10 {
+            let mut bytes = [0; 32];
+            bytes[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            let mut turn = queue.turn(StoreKey::from_bytes(bytes), LONG).await.unwrap();
+            turn.learn(Known::Gone);
+        }
+        assert_eq!(queue.len(), MAX_RESTING);
+        let first = StoreKey::from_bytes([0; 32]);
+        assert_eq!(queue.writers(&first), 0);
+        assert!(
+            !queue.sessions().queues.contains_key(&first),
+            "the oldest went first"
+        );
     }
 
     #[tokio::test]

@@ -80,6 +80,39 @@ async fn writes_of_one_session_take_turns_without_a_conflict() {
     }
 }
 
+/// A writer that loaded the session before another write landed, and writes
+/// after that write is done (its queue idle), still starts from what it wrote:
+/// no conflict, no second read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_an_idle_turn_starts_from_what_it_wrote() {
+    let h = Harness::new().await;
+    let cookie = cookie_pair(&h.post("/set/start/1").await);
+    let slow = {
+        let request = reqwest::Client::new()
+            .post(h.url("/slow"))
+            .header(COOKIE, &cookie);
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    h.gate.loaded.notified().await;
+    h.store.take_ops();
+    let res = h.post_with_cookie("/set/quick/2", &cookie).await;
+    assert_eq!(res.status(), 204);
+    h.gate.release.notify_one();
+    assert_eq!(slow.await.unwrap(), 204);
+    let mut ops = h.store.take_ops();
+    ops.sort();
+    assert_eq!(ops, ["load", "update", "update"], "no conflict, no read");
+    for (key, value) in [("start", "1"), ("quick", "2"), ("slow", "written")] {
+        let got: Value = h
+            .get_with_cookie(&format!("/get/{key}"), &cookie)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got, json!(value), "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_wins_over_a_concurrent_write() {
     let h = Harness::new().await;
