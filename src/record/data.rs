@@ -15,11 +15,55 @@ use std::sync::OnceLock;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserializer, Serialize, Serializer};
 use serde_json::Value;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 /// A record's JSON text, as opened (wiped when dropped); empty for fresh data
 /// and for data changed since it was opened.
-pub(crate) type Text = Zeroizing<Vec<u8>>;
+#[derive(Default)]
+pub(crate) struct Text(Vec<u8>);
+
+impl Text {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        Text(bytes)
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Text {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for Text {
+    fn drop(&mut self) {
+        wipe_bytes(&mut self.0);
+    }
+}
+
+/// Zeroes `bytes`, its spare capacity too, when it has an allocation. One
+/// without (empty, never grown) is passed over: zeroize would still clear its
+/// spare capacity, a zero-length `memset` at a dangling address, which on a CPU
+/// with AVX-512 is a masked store that the CPU completes with a microcode assist
+/// (perf put 5 % of a read and write on the memory store there).
+pub(crate) fn wipe_bytes(bytes: &mut Vec<u8>) {
+    if bytes.capacity() != 0 {
+        bytes.zeroize();
+    }
+}
+
+/// [`wipe_bytes`] for a string.
+fn wipe_text(text: &mut String) {
+    if text.capacity() != 0 {
+        text.zeroize();
+    }
+}
 
 /// Session data in the clear: what handlers read and write. Wiped when dropped:
 /// the text, and every key and every string of the map (see [`wipe`]).
@@ -197,7 +241,7 @@ impl Drop for Data {
     fn drop(&mut self) {
         if let Some(map) = self.map.get_mut() {
             for (mut key, mut value) in std::mem::take(map) {
-                key.zeroize();
+                wipe_text(&mut key);
                 wipe(&mut value);
             }
         }
@@ -209,11 +253,11 @@ impl Drop for Data {
 /// code cannot reach them once the value is dropped: they are not wiped.
 pub(crate) fn wipe(value: &mut Value) {
     match value {
-        Value::String(text) => text.zeroize(),
+        Value::String(text) => wipe_text(text),
         Value::Array(items) => items.iter_mut().for_each(wipe),
         Value::Object(map) => {
             for (mut key, mut item) in std::mem::take(map) {
-                key.zeroize();
+                wipe_text(&mut key);
                 wipe(&mut item);
             }
         }
