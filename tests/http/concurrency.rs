@@ -69,15 +69,12 @@ async fn writes_of_one_session_take_turns_without_a_conflict() {
         ["load", "load", "update", "update"],
         "no conflict, no read"
     );
-    for (key, value) in [("start", "1"), ("first", "1"), ("second", "2")] {
-        let got: Value = h
-            .get_with_cookie(&format!("/get/{key}"), &cookie)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(got, json!(value), "{key}");
-    }
+    assert_stored(
+        &h,
+        &cookie,
+        &[("start", "1"), ("first", "1"), ("second", "2")],
+    )
+    .await;
 }
 
 /// A writer that loaded the session before another write landed, and writes
@@ -102,15 +99,12 @@ async fn a_write_after_an_idle_turn_starts_from_what_it_wrote() {
     let mut ops = h.store.take_ops();
     ops.sort();
     assert_eq!(ops, ["load", "update", "update"], "no conflict, no read");
-    for (key, value) in [("start", "1"), ("quick", "2"), ("slow", "written")] {
-        let got: Value = h
-            .get_with_cookie(&format!("/get/{key}"), &cookie)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(got, json!(value), "{key}");
-    }
+    assert_stored(
+        &h,
+        &cookie,
+        &[("start", "1"), ("quick", "2"), ("slow", "written")],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,4 +319,17 @@ async fn a_write_keeps_the_remember_me_downgrade_it_lost_to() {
         stored.idle < stored.lifespan,
         "the idle timeout applies: {stored:?}"
     );
+}
+
+/// Each of `pairs` (key, value) reads back from the session of `cookie`.
+async fn assert_stored(h: &Harness, cookie: &str, pairs: &[(&str, &str)]) {
+    for (key, value) in pairs {
+        let got: Value = h
+            .get_with_cookie(&format!("/get/{key}"), cookie)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got, json!(value), "{key}");
+    }
 }
