@@ -117,7 +117,7 @@ pub(super) async fn update<St: SessionStore>(
     let mut attempt = match turn.take_newer_than(loaded.version) {
         // A write of this process landed since the load: this one goes on top,
         // of the data it wrote (nothing to open) or of a record it lost to.
-        Some(Known::Written(written)) => replay(edit, keys, settings, now, written, &mut index)?,
+        Some(Known::Written(written, _)) => replay(edit, keys, settings, now, written, &mut index)?,
         Some(Known::Record(current)) => rebase(edit, keys, settings, now, &current, &mut index)?,
         Some(Known::Gone) => {
             index.settle(store, None).await?;
@@ -144,12 +144,14 @@ pub(super) async fn update<St: SessionStore>(
                 // The next writer of the session starts from the data written (a
                 // store that writes on the spot has no next writer waiting).
                 if !St::IMMEDIATE {
-                    turn.learn(Known::Written(Opened {
+                    let version = record.version;
+                    let written = Opened {
                         data: attempt.data,
-                        version: record.version,
+                        version,
                         deadlines,
                         remember_me,
-                    }));
+                    };
+                    turn.learn(Known::Written(written, record));
                 }
                 drop(turn);
                 // Other users' indexes let go only once the record no longer

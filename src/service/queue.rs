@@ -15,7 +15,9 @@
 //! rests for [`REST`] after the last (at most [`MAX_RESTING`] sessions rest at
 //! once, the oldest going first): a request that loaded the record before that
 //! write landed, and writes after it, still starts from what it wrote rather than
-//! conflicting with it. At most [`MAX_WAITING`] writes wait in a queue; a write
+//! conflicting with it. A turn hands the data it wrote, in the clear, only to a
+//! writer already waiting; a resting queue keeps the record as sealed (what the
+//! store holds too), which the late writer opens with its own cookie's secret. At most [`MAX_WAITING`] writes wait in a queue; a write
 //! still gives up at the write deadline, its wait for its turn included (503).
 //! Stores that are
 //! [`IMMEDIATE`](crate::store::SessionStore::IMMEDIATE) write on the spot and
@@ -94,8 +96,9 @@ pub(super) enum Known {
     /// Nothing: this is the first turn, or the previous one failed.
     #[default]
     Nothing,
-    /// What the previous turn wrote, in the clear: the next one need not open it.
-    Written(Opened),
+    /// What the previous turn wrote, in the clear (the next one need not open
+    /// it), and as sealed: all that stays once the queue rests.
+    Written(Opened, Record),
     /// The record the previous turn lost to (written by another process).
     Record(Record),
     /// Deleted, expired or moved: a write would find nothing.
@@ -114,7 +117,7 @@ impl Known {
     fn version(&self) -> Option<u64> {
         match self {
             Known::Nothing => None,
-            Known::Written(opened) => Some(opened.version),
+            Known::Written(opened, _) => Some(opened.version),
             Known::Record(record) => Some(record.version),
             Known::Gone => Some(u64::MAX),
         }
@@ -218,16 +221,24 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let Some(queue) = self.queue else { return };
         let mut sessions = queue.sessions();
+        let mut held = self.held.take();
         // A turn that learnt nothing (or failed) leaves nothing worth a rest.
-        let learnt = self
-            .held
-            .take()
-            .is_some_and(|held| !matches!(*held, Known::Nothing));
+        let learnt = held
+            .as_deref()
+            .is_some_and(|known| !matches!(known, Known::Nothing));
         let now = Instant::now();
         let Sessions { queues, resting } = &mut *sessions;
         if let Entry::Occupied(mut queued) = queues.entry(self.key) {
             queued.get_mut().writers -= 1;
             if queued.get().writers == 0 {
+                // No writer waits: the data in the clear goes (wiped), and the
+                // queue rests with the record as sealed, which a late writer
+                // opens like one it lost to.
+                if let Some(known) = held.as_deref_mut()
+                    && let Known::Written(_, sealed) = known
+                {
+                    *known = Known::Record(sealed.clone());
+                }
                 if learnt {
                     queued.get_mut().rested = Some(now);
                     resting.push_back((self.key, now));
@@ -328,6 +339,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_in_the_clear_goes_to_a_waiting_writer_and_only_the_sealed_record_rests() {
+        let queue = Arc::new(WriteQueue::default());
+        let key = StoreKey::from_bytes([8; 32]);
+        let written = |version| {
+            let data = Data::from([("k".to_string(), serde_json::json!("secret"))]);
+            let deadlines = record(version).deadlines;
+            Known::Written(
+                Opened {
+                    data,
+                    version,
+                    deadlines,
+                    remember_me: false,
+                },
+                record(version),
+            )
+        };
+        let mut first = queue.turn(key, LONG).await.unwrap();
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                let mut turn = queue.turn(key, LONG).await.unwrap();
+                let clear = matches!(turn.take_newer_than(1), Some(Known::Written(w, _)) if w.data.get("k").is_some());
+                turn.learn(written(3));
+                clear
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(queue.writers(&key), 2);
+        first.learn(written(2));
+        drop(first);
+        assert!(
+            waiter.await.unwrap(),
+            "the waiting writer gets the data in the clear"
+        );
+        let mut late = queue.turn(key, LONG).await.unwrap();
+        assert!(
+            matches!(late.take_newer_than(2), Some(Known::Record(r)) if r.version == 3),
+            "the rested queue kept the sealed record, not the data"
+        );
+    }
+
+    #[tokio::test]
     async fn no_more_than_the_bound_of_queues_rest() {
         let queue = WriteQueue::default();
         for n in 0..MAX_RESTING + 10 {
@@ -361,9 +414,9 @@ mod tests {
             deadlines: record(7).deadlines,
             remember_me: true,
         };
-        turn.learn(Known::Written(written));
+        turn.learn(Known::Written(written, record(7)));
         assert!(turn.take_newer_than(7).is_none());
-        assert!(matches!(turn.take_newer_than(6), Some(Known::Written(w)) if w.version == 7));
+        assert!(matches!(turn.take_newer_than(6), Some(Known::Written(w, _)) if w.version == 7));
         turn.learn(Known::Gone);
         assert!(
             turn.take_newer_than(u64::MAX - 1).is_some(),
