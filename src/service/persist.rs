@@ -144,10 +144,9 @@ pub(super) async fn update<St: SessionStore>(
                 // The next writer of the session starts from the data written (a
                 // store that writes on the spot has no next writer waiting).
                 if !St::IMMEDIATE {
-                    let version = record.version;
                     let written = Opened {
                         data: attempt.data,
-                        version,
+                        version: record.version,
                         deadlines,
                         remember_me,
                     };

@@ -17,9 +17,9 @@
 //! write landed, and writes after it, still starts from what it wrote rather than
 //! conflicting with it. A turn hands the data it wrote, in the clear, only to a
 //! writer already waiting; a resting queue keeps the record as sealed (what the
-//! store holds too), which the late writer opens with its own cookie's secret. At most [`MAX_WAITING`] writes wait in a queue; a write
-//! still gives up at the write deadline, its wait for its turn included (503).
-//! Stores that are
+//! store holds too), which the late writer opens with its own cookie's secret.
+//! At most [`MAX_WAITING`] writes wait in a queue; a write still gives up at the
+//! write deadline, its wait for its turn included (503). Stores that are
 //! [`IMMEDIATE`](crate::store::SessionStore::IMMEDIATE) write on the spot and
 //! never queue.
 
@@ -235,9 +235,10 @@ impl Drop for Turn<'_> {
                 // queue rests with the record as sealed, which a late writer
                 // opens like one it lost to.
                 if let Some(known) = held.as_deref_mut()
-                    && let Known::Written(_, sealed) = known
+                    && matches!(known, Known::Written(..))
+                    && let Known::Written(_, sealed) = std::mem::take(known)
                 {
-                    *known = Known::Record(sealed.clone());
+                    *known = Known::Record(sealed);
                 }
                 if learnt {
                     queued.get_mut().rested = Some(now);
