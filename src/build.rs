@@ -111,7 +111,7 @@ impl SessionConfig {
     pub async fn build(&self) -> Result<Built, ConfigError> {
         match self.store() {
             #[cfg(feature = "memory-store")]
-            StoreConfig::Memory { max_sessions } => {
+            StoreConfig::Memory { max_sessions, .. } => {
                 let store = crate::MemoryStore::builder()
                     .max_sessions(max_sessions.unwrap_or(crate::MemoryStore::DEFAULT_MAX_SESSIONS))
                     .build();

@@ -44,6 +44,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::store::CacheSettings;
+
 use cookie::SameSite;
 use serde::Deserialize;
 
@@ -245,6 +247,11 @@ pub enum StoreConfig {
         /// The most sessions it keeps (default 1,000,000).
         #[serde(default)]
         max_sessions: Option<u64>,
+        /// Refused with an error that says why: the memory store has no
+        /// [`CacheSettings`] (its records are in
+        /// the process already).
+        #[serde(default)]
+        cache: Option<CacheSettings>,
     },
     /// Redis (the [`RedisStore`](crate::RedisStore) of the `redis` feature).
     Redis(Box<RedisSettings>),
@@ -269,14 +276,20 @@ impl StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Memory { max_sessions: None }
+        StoreConfig::Memory {
+            max_sessions: None,
+            cache: None,
+        }
     }
 }
 
 impl SessionConfig {
     /// The `store:` section.
     pub fn store(&self) -> &StoreConfig {
-        static MEMORY: StoreConfig = StoreConfig::Memory { max_sessions: None };
+        static MEMORY: StoreConfig = StoreConfig::Memory {
+            max_sessions: None,
+            cache: None,
+        };
         self.store.as_ref().unwrap_or(&MEMORY)
     }
 
@@ -390,8 +403,34 @@ impl SessionConfig {
             self.max_sessions_per_user.map(Some),
         );
         errors.extend(check_interval(self.cleanup_interval()).err());
+        errors.extend(self.check_cache(settings.idle_timeout).err());
         errors.extend(self.check_rolling_upgrade(settings.record_format).err());
         ConfigError::all(errors)
+    }
+
+    /// `store.cache`: refused where there is no round trip to save, and its ttl
+    /// no longer than the idle timeout.
+    fn check_cache(&self, idle_timeout: Option<Duration>) -> Result<(), ConfigError> {
+        let store = self.store();
+        let cache = match store {
+            StoreConfig::Memory { cache, .. } => {
+                return cache.map_or(Ok(()), |_| Err(CacheSettings::refused("memory")));
+            }
+            StoreConfig::Sqlite(sqlite) => {
+                return sqlite
+                    .cache
+                    .map_or(Ok(()), |_| Err(CacheSettings::refused("sqlite")));
+            }
+            StoreConfig::Redis(redis) => redis.cache,
+            StoreConfig::Postgres(postgres) => postgres.cache,
+        };
+        match cache {
+            Some(cache) => {
+                cache.validate()?;
+                cache.check_idle_timeout(idle_timeout)
+            }
+            None => Ok(()),
+        }
     }
 
     /// A rolling upgrade on Redis needs both older formats: a release that reads no

@@ -19,6 +19,9 @@
 //! | `sealed_sessions_memory_store_sessions` | gauge | | records in the memory store |
 //! | `sealed_sessions_redis_evicted_keys_total` | counter | | keys Redis evicted (its nodes' `evicted_keys`), as the store's checks find them |
 //! | `sealed_sessions_redis_evicting_nodes` | gauge | | Redis nodes whose `maxmemory-policy` evicts keys |
+//! | `sealed_sessions_cache_lookups_total` | counter | `outcome` | loads through a store's record cache (`store.cache`): `hit` or `miss` |
+//! | `sealed_sessions_cache_invalidations_total` | counter | | cached records dropped because another process changed them |
+//! | `sealed_sessions_cache_flushes_total` | counter | | times a lost invalidation stream emptied a cache |
 //!
 //! `store` is the store's [`KIND`](crate::store::SessionStore::KIND) (`memory`,
 //! `redis`, `postgres`, `sqlite`, or `custom`); `operation` the
@@ -86,6 +89,18 @@ pub fn describe() {
         (
             "sealed_sessions_redis_evicted_keys_total",
             "Keys Redis evicted, as the store's checks found them.",
+        ),
+        (
+            "sealed_sessions_cache_lookups_total",
+            "Loads through a record cache, by outcome (hit, miss).",
+        ),
+        (
+            "sealed_sessions_cache_invalidations_total",
+            "Cached records dropped because another process changed them.",
+        ),
+        (
+            "sealed_sessions_cache_flushes_total",
+            "Times a lost invalidation stream emptied a record cache.",
         ),
     ] {
         describe_counter!(name, Unit::Count, help);

@@ -101,7 +101,13 @@ store: {{ type: memory }}
         old.display()
     );
     let config = yaml(&text).unwrap();
-    assert_eq!(config.store(), &StoreConfig::Memory { max_sessions: None });
+    assert_eq!(
+        config.store(),
+        &StoreConfig::Memory {
+            max_sessions: None,
+            cache: None
+        }
+    );
     assert_eq!(config.cleanup_interval(), Duration::from_secs(3600));
     let layer = SessionLayer::from_config(&config, MemoryStore::default()).unwrap();
     assert_eq!(layer.idle_timeout(), Some(Duration::from_secs(1800)));
@@ -149,7 +155,8 @@ max_sessions = 5000
     assert_eq!(
         config.store(),
         &StoreConfig::Memory {
-            max_sessions: Some(5000)
+            max_sessions: Some(5000),
+            cache: None
         }
     );
     let layer = SessionLayer::from_config(&config, MemoryStore::default()).unwrap();
@@ -604,4 +611,47 @@ fn a_layer_built_in_code_hears_of_none() {
     let shown = err.to_string();
     assert!(shown.contains("disable it with None"), "{shown}");
     assert!(!shown.contains("-1"), "{shown}");
+}
+
+/// `store.cache`: refused on the stores with no round trip to save, a zero
+/// size or ttl refused, and a ttl longer than the idle timeout called pointless.
+#[test]
+fn store_cache_is_checked_where_it_is_written() {
+    let cases = [
+        (
+            "store: { type: memory, cache: { max_entries: 10 } }",
+            "store.cache",
+            "memory store keeps its records in this process already",
+        ),
+        (
+            "store: { type: sqlite, path: /tmp/x.db, cache: {} }",
+            "store.cache",
+            "a SQLite file is read in this process",
+        ),
+        (
+            "store: { type: redis, url: \"redis://127.0.0.1:6379\", cache: { max_entries: 0 } }",
+            "store.cache.max_entries",
+            "0 would cache nothing",
+        ),
+        (
+            "store: { type: postgres, url: \"postgres://a@b/c\", cache: { ttl: 0s } }",
+            "store.cache.ttl",
+            "0 would serve nothing",
+        ),
+        (
+            "idle_timeout: 10m\nstore: { type: redis, url: \"redis://127.0.0.1:6379\", cache: { ttl: 1h } }",
+            "store.cache.ttl",
+            "1h is longer than the idle timeout (10m)",
+        ),
+    ];
+    for (body, field, says) in cases {
+        let (named, message) = refused(body);
+        assert_eq!(named, field, "{body}: {message}");
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let fine = "store: { type: redis, url: \"redis://127.0.0.1:6379\", cache: { max_entries: 10, ttl: 30s } }";
+    let config = yaml(&format!("secret: \"{SECRET_B64}\"\n{fine}")).unwrap();
+    assert!(SessionLayer::from_config(&config, any_store()).is_ok());
+    let unknown = yaml("secret: x\nstore: { type: redis, url: \"redis://h\", cache: { size: 1 } }");
+    assert!(unknown.unwrap_err().contains("unknown field `size`"));
 }

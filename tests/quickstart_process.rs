@@ -431,3 +431,135 @@ fn set_cookie_count(res: &reqwest::Response) -> usize {
         .iter()
         .count()
 }
+
+/// Two quickstarts with `store.cache` on one store (the same key file): a login
+/// on A is seen on B, a logout on A is refused on B, and so is a "log out
+/// everywhere"; B's `/api/me` is served from its cache meanwhile.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn two_cached_processes_agree(exe: &Path, config: &Path) {
+    let a = start(exe, config);
+    let b = start(exe, config);
+    let client = reqwest::Client::new();
+    let me = |base: String, cookie: String| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .get(format!("{base}/api/me"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            (
+                res.status().as_u16(),
+                res.json::<serde_json::Value>().await.ok(),
+            )
+        }
+    };
+    // Within 2 s, polled every 5 ms.
+    let until = |base: String, cookie: String, want: serde_json::Value| async move {
+        for _ in 0..400 {
+            if me(base.clone(), cookie.clone()).await == (200, Some(want.clone())) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{base} never answered {want}");
+    };
+    for round in 0..10 {
+        let res = login(&a.base).await;
+        let set_cookie = res.headers()["set-cookie"].to_str().unwrap();
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        until(b.base.clone(), cookie.clone(), "ada".into()).await;
+        // Hot now: B answers again and again from its cache.
+        for _ in 0..10 {
+            assert_eq!(
+                me(b.base.clone(), cookie.clone()).await,
+                (200, Some("ada".into()))
+            );
+        }
+        let path = if round % 2 == 0 {
+            "/api/logout"
+        } else {
+            "/api/logout-everywhere"
+        };
+        let res = client
+            .post(format!("{}{path}", a.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        until(b.base.clone(), cookie, serde_json::Value::Null).await;
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_redis_two_cached_processes_see_each_others_logins_and_logouts() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = redis_server::RedisServer::start();
+    let exe = quickstart();
+    let dir = temp_dir();
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
+             store: {{ type: redis, url: \"{}\", cache: {{ max_entries: 1000, ttl: 1m }} }}\n",
+            dir.join("session.key").display(),
+            server.url()
+        ),
+    )
+    .unwrap();
+    // The key file is made by the first process to start.
+    drop(start(&exe, &config));
+    two_cached_processes_agree(&exe, &config).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn on_postgres_two_cached_processes_see_each_others_logins_and_logouts() {
+    let url = std::env::var("POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+    let pool = match sqlx::PgPool::connect(&url).await {
+        Ok(pool) => pool,
+        Err(err) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but PostgreSQL is not reachable at {url}: {err}"
+            );
+            eprintln!("skipped: no PostgreSQL at {url}: {err}");
+            return;
+        }
+    };
+    let prefix = format!("qs_{:016x}_", rand::random::<u64>());
+    let exe = quickstart();
+    let dir = temp_dir();
+    let config = dir.join("session.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
+             store: {{ type: postgres, url: \"{url}\", table_prefix: \"{prefix}\", \
+             cache: {{ max_entries: 1000, ttl: 1m }} }}\n",
+            dir.join("session.key").display(),
+        ),
+    )
+    .unwrap();
+    drop(start(&exe, &config));
+    two_cached_processes_agree(&exe, &config).await;
+    for table in ["records", "user_index", "schema"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!("DROP FUNCTION IF EXISTS {prefix}notify()"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -52,6 +52,67 @@
 //! the index before its record is written and leaves it after the record is
 //! deleted.
 //!
+//! # The record cache
+//!
+//! A Redis or PostgreSQL store can keep the records it reads in the process
+//! ([`CacheSettings`]: `store.cache` in a configuration file, `with_cache` on
+//! [`RedisSettings`](crate::config::RedisSettings) and
+//! [`PostgresSettings`](crate::config::PostgresSettings)), so that a hot session
+//! is read with no round trip. Off by default.
+//!
+//! ```yaml
+//! store:
+//!   type: redis
+//!   url: "redis://10.0.0.5:6379/0"
+//!   cache: { max_entries: 100000, ttl: 5m }   # defaults: 10,000 and 1m
+//! ```
+//!
+//! **When to turn it on.** When requests read their sessions much more often
+//! than anyone changes them, and the store is a round trip away: each read
+//! otherwise waits for the network (50 to 80 µs on loopback, 0.5 to 1 ms across
+//! availability zones), against about 2 µs for the whole in-process read. A
+//! session changes when its data is written and, with a sliding idle timeout,
+//! once per `touch_interval` (a hit still writes when a touch is due), so a
+//! cache pays off for sessions read several times between two touches.
+//!
+//! **What it promises.**
+//! - It holds what the store holds, never more: each record's version,
+//!   deadlines and sealed bytes, wiped when they leave it (see SECURITY.md).
+//! - It is coherent across processes: every change another process makes to a
+//!   record (a write, a touch, a logout, a revocation, an expiry) drops it from
+//!   this process's cache when the store's notification arrives. Redis notifies
+//!   through client tracking on the store's own connections (RESP3,
+//!   `CLIENT TRACKING ON NOLOOP`: see its module `tracking`); PostgreSQL through
+//!   a trigger on the records table and `LISTEN` (installed when a store with a
+//!   cache connects). In the tests, with two processes on loopback: a write on
+//!   one was read on the other within 2.7 ms at the 99th percentile on Redis
+//!   (1.5 ms on PostgreSQL), and a logout on one refused on the other within
+//!   5.2 ms (1.4 ms).
+//! - The process's own writes update its cache, so a read after a write is a
+//!   hit (with one connection per node, the Redis default; with more, or with
+//!   `wait`, a write on one connection is reported to the others, and the next
+//!   read goes to Redis).
+//! - A lost notification stream empties the cache, and reads go to the store
+//!   until the stream is back: at once when its connection closes (a cut
+//!   connection, a restart, a Sentinel failover); within a heartbeat (1 s) and
+//!   the store's timeout when it goes silent. Should it fail without either,
+//!   an entry is served for at most `ttl` after the store returned it: the
+//!   bound on how stale a cached record can be.
+//!
+//! **What it costs.** About 130 bytes per entry besides the sealed record
+//! itself (a session holding a user id and a few values seals to about 250
+//! bytes), so 100,000 entries take about 40 MB; the bound is `max_entries`,
+//! rounded up to a multiple of 16. On Redis, the server remembers which keys
+//! each connection has read (its tracking table, bounded by
+//! `tracking-table-max-keys`). On PostgreSQL, every write of a record, by any
+//! process, sends a notification, and the listener holds one connection of the
+//! pool.
+//!
+//! **Where it is refused.** A SQLite or memory store has no round trip to save,
+//! and a Redis Cluster is not supported yet: each is an error naming
+//! `store.cache`, as is a Redis server or user that refuses `CLIENT TRACKING`,
+//! or a PostgreSQL role that cannot create the trigger.
+//!
 //! **Checking a store.** With the `test-util` feature, the
 //! [`store_conformance_tests!`](crate::store_conformance_tests) macro writes one
 //! test per behaviour above against your store; every store in this crate runs it.
@@ -82,6 +143,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+mod cache;
 mod cleanup;
 #[cfg(feature = "test-util")]
 pub mod conformance;
@@ -99,6 +161,9 @@ pub(crate) mod url;
 pub use crate::clock::Timestamp;
 pub use crate::error::StoreError;
 pub use crate::record::{Deadlines, Record, StoreKey};
+pub use cache::CacheSettings;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) use cache::{Front, RecordCache};
 pub(crate) use cleanup::check_interval;
 pub use cleanup::{DEFAULT_CLEANUP_INTERVAL, MIN_CLEANUP_INTERVAL, cleanup_task};
 pub(crate) use index::INDEX_GRACE;

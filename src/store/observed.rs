@@ -4,7 +4,8 @@
 //! The span is `session_store` at `INFO` under the target
 //! `tower_sealed_sessions::store`, with the fields `operation` (the method),
 //! `store` (the store's [`KIND`](SessionStore::KIND)) and `outcome` (`ok`,
-//! `conflict`, `missing` or `error`). It names no session, key or user. A
+//! `conflict`, `missing` or `error`), and on a store with a record cache
+//! `cache` (`hit` or `miss`) for a load. It names no session, key or user. A
 //! tracing-opentelemetry subscriber turns each into a span of the request's
 //! trace, so the store's share of a request's time shows.
 
@@ -91,7 +92,8 @@ fn observe<T: Outcome>(
             "session_store",
             operation,
             store,
-            outcome = tracing::field::Empty
+            outcome = tracing::field::Empty,
+            cache = tracing::field::Empty
         )
     } else {
         tracing::Span::none()

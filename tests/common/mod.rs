@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 #[cfg(feature = "redis")]
+pub mod proxy;
 pub mod redis;
 pub mod users;
 

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cache;
 mod cluster;
 mod conformance;
 mod contention;

@@ -291,3 +291,62 @@ async fn coordinated_failover_matrix() {
         assert!(outcome.longest_gap < Duration::from_secs(10), "{outcome:?}");
     }
 }
+
+/// `store.cache` through a coordinated failover: two cached stores (two
+/// processes) on one Sentinel deployment. After the switch, a write and then a
+/// logout on one reach the other, which serves nothing it cached from the old
+/// master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_follows_a_failover_and_serves_nothing_from_the_old_master() {
+    use tower_sealed_sessions::store::CacheSettings;
+    if !available() {
+        return;
+    }
+    let deployment = Deployment::start(1);
+    let settings = deployment
+        .settings()
+        .with_cache(CacheSettings::new(1_000, Duration::from_secs(60)));
+    let store_a = RedisStore::from_settings(&settings).await.unwrap();
+    let store_b = RedisStore::from_settings(&settings).await.unwrap();
+    let a = serve(app(store_a, |l| l)).await;
+    let b = serve(app(store_b.clone(), |l| l)).await;
+    let cookie = cookie_pair(&send(reqwest::Method::POST, &a, "/set/k/1", None).await);
+    assert_eq!(read(&b, &cookie, "k").await, json!("1"));
+    assert_eq!(read(&b, &cookie, "k").await, json!("1"));
+    assert_eq!(store_b.cache_state(), Some((1, true)));
+
+    let answer = deployment.sentinel_cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+    assert_eq!(answer, "OK", "the sentinel starts a failover");
+    wait_until(Duration::from_secs(30), || deployment.promoted()).expect("a replica is promoted");
+    // A writes on the new master once it follows it.
+    wait_for(Duration::from_secs(20), || async {
+        let res = send(reqwest::Method::POST, &a, "/set/k/2", Some(&cookie)).await;
+        (res.status() == 204).then_some(())
+    })
+    .await
+    .expect("A writes on the new master");
+    // B never serves the value it cached before the switch once A's write is
+    // acknowledged: it reads 2 (after at most a few 503s while it reconnects).
+    let read_b = wait_for(Duration::from_secs(20), || async {
+        let res = send(reqwest::Method::GET, &b, "/get/k", Some(&cookie)).await;
+        if res.status() != 200 {
+            return None;
+        }
+        Some(res.json::<Value>().await.unwrap())
+    })
+    .await
+    .expect("B reads on the new master");
+    assert_eq!(
+        read_b,
+        json!("2"),
+        "B served what it cached from the old master"
+    );
+    assert_eq!(read(&b, &cookie, "k").await, json!("2"));
+    let res = send(reqwest::Method::POST, &a, "/set/k/3", Some(&cookie)).await;
+    assert_eq!(res.status(), 204);
+    let refused = wait_for(Duration::from_secs(5), || async {
+        (read(&b, &cookie, "k").await == json!("3")).then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "B hears A's writes on the new master");
+}

@@ -13,6 +13,8 @@ mod common;
 #[cfg(feature = "postgres")]
 mod outage;
 #[cfg(feature = "postgres")]
+mod pg_cache;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;

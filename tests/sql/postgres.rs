@@ -7,14 +7,14 @@ use tower_sealed_sessions::store::PostgresStore;
 
 use super::*;
 
-fn url() -> String {
+pub(super) fn url() -> String {
     std::env::var("POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
 /// Tables of one test's own, dropped with it.
-struct Tables {
-    url: String,
-    prefix: String,
+pub(super) struct Tables {
+    pub(super) url: String,
+    pub(super) prefix: String,
 }
 
 impl Drop for Tables {
@@ -33,6 +33,8 @@ impl Drop for Tables {
                             .execute(&pool)
                             .await;
                     }
+                    let drop = format!("DROP FUNCTION IF EXISTS {prefix}notify()");
+                    let _ = sqlx::query(&drop).execute(&pool).await;
                 }
             });
         })

@@ -20,7 +20,8 @@ use crate::store::{
 
 mod shard;
 
-use shard::{KeyHasher, Owners, Shard};
+use crate::record::KeyHasher;
+use shard::{Owners, Shard};
 
 /// An in-process [`SessionStore`], bounded in size: the embedded default.
 ///

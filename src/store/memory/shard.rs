@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use hashlink::LinkedHashMap;
 
 use crate::clock::Timestamp;
-use crate::record::{Record, StoreKey};
+use crate::record::{KeyHasher, Record, StoreKey};
 use crate::store::UserTag;
 
 /// The users whose indexes list one session: nearly always one, kept inline.
@@ -180,25 +180,4 @@ impl Shard {
 /// The least recently used key of `lru` other than `kept`.
 fn oldest_other(lru: &Lru, kept: &StoreKey) -> Option<StoreKey> {
     lru.keys().take(2).find(|k| *k != kept).copied()
-}
-
-/// Hashes a [`StoreKey`] by its own bytes. Store keys are HMAC-SHA256 outputs:
-/// uniformly random, and unknown to clients, who therefore cannot aim collisions
-/// at a bucket. SipHash over them would buy nothing and cost about 250
-/// instructions per lookup (callgrind).
-#[derive(Default)]
-pub(super) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(2) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }

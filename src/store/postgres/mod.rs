@@ -6,6 +6,8 @@ mod settings;
 pub use settings::PostgresSettings;
 
 #[cfg(feature = "postgres")]
+mod notify;
+#[cfg(feature = "postgres")]
 mod store;
 #[cfg(feature = "postgres")]
 mod tables;

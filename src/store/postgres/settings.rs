@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::duration::span_option;
 use crate::error::ConfigError;
+use crate::store::CacheSettings;
 use crate::store::sql::{DEFAULT_PREFIX, check_prefix};
 use crate::store::url::{form_decoded, redact};
 
@@ -44,6 +45,10 @@ pub struct PostgresSettings {
     pub timeout: Option<Duration>,
     /// Connections in the pool (default 8).
     pub pool_size: Option<u32>,
+    /// A coherent in-process cache of records (off unless given): a hot session
+    /// is read with no round trip, and every process hears of every other's
+    /// changes through `LISTEN`/`NOTIFY`. See [`CacheSettings`].
+    pub cache: Option<CacheSettings>,
 }
 
 impl PostgresSettings {
@@ -80,6 +85,12 @@ impl PostgresSettings {
         self
     }
 
+    /// A coherent in-process cache of records: see [`cache`](Self::cache).
+    pub fn with_cache(mut self, cache: CacheSettings) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// The default operation timeout.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -100,6 +111,9 @@ impl PostgresSettings {
 
     /// Checks the settings; each error names its field as a file spells it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
+        }
         let scheme = self.url.split("://").next().unwrap_or("");
         if !self.url.contains("://") || !matches!(scheme, "postgres" | "postgresql") {
             return Err(ConfigError::new(
@@ -241,6 +255,7 @@ impl fmt::Debug for PostgresSettings {
             .field("table_prefix", &self.table_prefix())
             .field("timeout", &self.timeout())
             .field("pool_size", &self.pool_size())
+            .field("cache", &self.cache)
             .finish()
     }
 }

@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Executor, Postgres, Row};
 
+use super::notify::{Listening, WRITER_SETTING, install};
 use super::tables::Tables;
 use crate::clock::{Clock, Timestamp};
 use crate::config::PostgresSettings;
@@ -34,7 +36,9 @@ use crate::store::sql::{
     store_key, version,
 };
 use crate::store::url::redact;
-use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
+use crate::store::{
+    CompareAndSet, Front, IndexEntry, IndexSample, RecordCache, SessionStore, StoreHealth, UserTag,
+};
 
 /// A [`SessionStore`] in PostgreSQL.
 #[derive(Clone)]
@@ -43,6 +47,8 @@ pub struct PostgresStore {
     tables: Tables,
     clock: Clock,
     timeout: Duration,
+    /// The record cache, when `cache` is set.
+    cache: Front,
 }
 
 /// `query` with `deadlines` bound next, in the columns' order.
@@ -133,24 +139,56 @@ impl PostgresStore {
             ("statement_timeout", limit.as_str()),
             ("lock_timeout", limit.as_str()),
         ]);
+        // With a cache, the connections carry this store's writer id, which the
+        // notifications of its own changes name (see `notify`).
+        let writer = settings
+            .cache
+            .map(|_| format!("{:032x}", rand::random::<u128>()));
+        let tag = writer
+            .as_ref()
+            .map(|id| format!("SET {WRITER_SETTING} = '{id}'"));
         let pool = pool_options(settings)
-            .after_connect(|connection, _| {
+            .after_connect(move |connection, _| {
+                let tag = tag.clone();
                 Box::pin(async move {
                     connection
                         .execute(
                             "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL \
                              READ COMMITTED",
                         )
-                        .await
-                        .map(drop)
+                        .await?;
+                    if let Some(tag) = tag {
+                        connection.execute(tag.as_str()).await?;
+                    }
+                    Ok(())
                 })
             })
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Ok(Self::from_pool(pool, settings.table_prefix())
+        let mut store = Self::from_pool(pool, settings.table_prefix())
             .await?
-            .with_timeout(settings.timeout()))
+            .with_timeout(settings.timeout());
+        if let (Some(cache), Some(writer)) = (settings.cache, writer) {
+            install(&store.pool, &store.tables.prefix).await?;
+            let cache = Arc::new(RecordCache::new(&cache));
+            tokio::spawn(
+                Listening {
+                    cache: Arc::downgrade(&cache),
+                    pool: store.pool.clone(),
+                    channel: format!("{}records", store.tables.prefix),
+                    heartbeat: format!(
+                        "SELECT '{}records' AS session_cache_listener",
+                        store.tables.prefix
+                    ),
+                    writer,
+                    timeout: store.timeout,
+                }
+                .run(),
+            );
+            store.cache = Front(Some(cache));
+        }
+        Ok(store)
     }
 
     /// A store on `pool`, its tables' names starting with `prefix` (letters,
@@ -213,6 +251,7 @@ impl PostgresStore {
             tables,
             clock: Clock::system(),
             timeout: PostgresSettings::DEFAULT_TIMEOUT,
+            cache: Front(None),
         })
     }
 
@@ -260,7 +299,7 @@ impl PostgresStore {
             return Ok(outcome);
         }
         // A write committed after the statement began: read what it left.
-        Ok(match self.load(key).await? {
+        Ok(match self.fetch(key).await? {
             Some(record) => CompareAndSet::Conflict(record),
             None => CompareAndSet::Missing,
         })
@@ -276,10 +315,19 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-impl SessionStore for PostgresStore {
-    const KIND: &'static str = "postgres";
+/// Inspection hooks for tests.
+#[cfg(feature = "test-util")]
+impl PostgresStore {
+    /// How many records the cache holds and whether its notification stream is
+    /// up; `None` without a cache.
+    pub fn cache_state(&self) -> Option<(usize, bool)> {
+        self.cache.inspect()
+    }
+}
 
-    fn load(
+impl PostgresStore {
+    /// The record under `key` as the database has it (no cache).
+    fn fetch(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
@@ -296,6 +344,17 @@ impl SessionStore for PostgresStore {
                 None => None,
             })
         })
+    }
+}
+
+impl SessionStore for PostgresStore {
+    const KIND: &'static str = "postgres";
+
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.cache.load(key, self.fetch(key))
     }
 
     /// One query for all of `keys`.
@@ -327,8 +386,10 @@ impl SessionStore for PostgresStore {
         key: &StoreKey,
         record: &Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let (key, record) = (*key, record.clone());
-        self.within(async move {
+        let (store_key, cached) = (*key, record.clone());
+        let record = cached.clone();
+        let key = store_key;
+        let create = self.within(async move {
             let query = sqlx::query(&self.tables.create)
                 .bind(&key.as_bytes()[..])
                 .bind(version(record.version));
@@ -339,7 +400,8 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             Ok(done.rows_affected() == 1)
-        })
+        });
+        async move { self.cache.create(&store_key, &cached, create).await }
     }
 
     fn update(
@@ -349,7 +411,8 @@ impl SessionStore for PostgresStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let (key, record) = (*key, record.clone());
-        self.within(async move {
+        let cached = record.clone();
+        let update = self.within(async move {
             let query = sqlx::query(&self.tables.update)
                 .bind(&key.as_bytes()[..])
                 .bind(version(expected_version))
@@ -358,7 +421,8 @@ impl SessionStore for PostgresStore {
                 .bind(&record.data[..])
                 .bind(self.now());
             self.compare_and_set(query, &key, expected_version).await
-        })
+        });
+        async move { self.cache.write(&key, &cached, update).await }
     }
 
     fn touch(
@@ -368,7 +432,7 @@ impl SessionStore for PostgresStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let key = *key;
-        self.within(async move {
+        let touch = self.within(async move {
             let query = sqlx::query(&self.tables.touch)
                 .bind(&key.as_bytes()[..])
                 .bind(version(expected_version));
@@ -378,7 +442,8 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             Ok(done.rows_affected() == 1)
-        })
+        });
+        async move { self.cache.touch(&key, moved, expected_version, touch).await }
     }
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
@@ -390,15 +455,17 @@ impl SessionStore for PostgresStore {
         &self,
         keys: &[StoreKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let all = keys.to_vec();
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
-        self.within(async move {
+        let delete = self.within(async move {
             sqlx::query(&self.tables.delete)
                 .bind(&keys)
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
             Ok(())
-        })
+        });
+        async move { self.cache.delete(&all, delete).await }
     }
 
     fn delete_version(
@@ -407,13 +474,14 @@ impl SessionStore for PostgresStore {
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
         let key = *key;
-        self.within(async move {
+        let delete = self.within(async move {
             let query = sqlx::query(&self.tables.delete_version)
                 .bind(&key.as_bytes()[..])
                 .bind(version(expected_version))
                 .bind(self.now());
             self.compare_and_set(query, &key, expected_version).await
-        })
+        });
+        async move { self.cache.delete(&[key], delete).await }
     }
 
     /// Deletes expired records, then expired index entries, in batches of

@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{AsyncPushSender, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::io::AsyncDNSResolver;
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
-    IntoConnectionInfo, RedisError, RedisFuture, TlsCertificates, TlsMode,
+    IntoConnectionInfo, ProtocolVersion, RedisError, RedisFuture, TlsCertificates, TlsMode,
 };
 use zeroize::Zeroizing;
 
@@ -115,6 +115,16 @@ impl NodeConfig {
 
     /// A client for the node at `host:port`.
     fn client(&self, host: &str, port: u16) -> Result<Client, RedisError> {
+        self.client_speaking(host, port, ProtocolVersion::RESP2)
+    }
+
+    /// A client for the node at `host:port` that speaks `protocol`.
+    fn client_speaking(
+        &self,
+        host: &str,
+        port: u16,
+        protocol: ProtocolVersion,
+    ) -> Result<Client, RedisError> {
         let (addr, certificates) = match &self.tls {
             None => (ConnectionAddr::Tcp(host.to_owned(), port), None),
             Some(tls) => {
@@ -130,7 +140,9 @@ impl NodeConfig {
                 (addr, Some(&tls.certificates))
             }
         };
-        let mut redis = redis::RedisConnectionInfo::default().set_db(self.db);
+        let mut redis = redis::RedisConnectionInfo::default()
+            .set_db(self.db)
+            .set_protocol(protocol);
         if let Some(user) = &self.username {
             redis = redis.set_username(user);
         }
@@ -175,6 +187,28 @@ impl NodeConfig {
             .get_multiplexed_async_connection_with_config(&self.connection_config(host))
             .await
             .map_err(|e| self.error(e))
+    }
+
+    /// A multiplexed RESP3 connection to the node at `host:port`, whose pushes
+    /// (client tracking's invalidations, and its own loss) go to `pushes`.
+    pub(super) async fn connect_tracked(
+        &self,
+        host: &str,
+        port: u16,
+        pushes: impl AsyncPushSender,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let client = self
+            .client_speaking(host, port, ProtocolVersion::RESP3)
+            .map_err(|e| self.error(e))?;
+        let config = self.connection_config(host).set_push_sender(pushes);
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| {
+                StoreError::backend(format!(
+                    "store.cache: cannot open a RESP3 connection to {host}:{port} for client                      tracking (Redis 6 or later, with HELLO allowed): {e}"
+                ))
+            })
     }
 
     /// A store error for a failure reaching a node.

@@ -16,6 +16,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 use super::connect::{NodeConfig, Target};
 use super::failover::{Announcement, CHANNELS, WriteHold, announcement};
 use super::scripts;
+use super::tracking::Tracking;
 use crate::error::StoreError;
 
 /// One connection, to a master or to a Cluster.
@@ -64,12 +65,20 @@ pub(super) struct Conns {
     next: AtomicUsize,
     /// The master's `host:port`; `None` for a Cluster.
     node: Option<Arc<str>>,
+    /// Which set of the pool's these are (see [`MasterPool::stream_lost`]).
+    set: u64,
 }
 
 impl Conns {
-    pub(super) fn new(shared: Vec<Conn>, exclusive: Vec<Conn>, node: Option<Arc<str>>) -> Self {
+    pub(super) fn new(
+        shared: Vec<Conn>,
+        exclusive: Vec<Conn>,
+        node: Option<Arc<str>>,
+        set: u64,
+    ) -> Self {
         Conns {
             node,
+            set,
             shared,
             exclusive: exclusive
                 .into_iter()
@@ -77,6 +86,13 @@ impl Conns {
                 .collect(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Every connection of the set.
+    fn all(&self) -> impl Iterator<Item = &Conn> {
+        self.shared
+            .iter()
+            .chain(self.exclusive.iter().map(|(conn, _)| conn))
     }
 
     /// A connection for one operation, with `generation` to report its loss by;
@@ -175,6 +191,10 @@ pub(super) struct MasterPool {
     connecting: tokio::sync::Mutex<()>,
     /// Writes wait here while the sentinels fail the master over.
     hold: WriteHold,
+    /// The record cache this pool's connections keep coherent, if there is one.
+    tracking: Option<Tracking>,
+    /// Counts the sets of connections begun.
+    sets: std::sync::atomic::AtomicU64,
 }
 
 struct PoolState {
@@ -194,8 +214,11 @@ impl MasterPool {
         size: (usize, usize),
         backoff: (Duration, Duration),
         failover_hold: Duration,
+        tracking: Option<Tracking>,
     ) -> Arc<Self> {
         Arc::new(MasterPool {
+            tracking,
+            sets: std::sync::atomic::AtomicU64::new(0),
             target,
             config,
             size,
@@ -222,7 +245,7 @@ impl MasterPool {
         Some((state.conns.clone()?, state.generation))
     }
 
-    async fn lease(&self, exclusive: bool) -> Result<Lease, StoreError> {
+    async fn lease(self: &Arc<Self>, exclusive: bool) -> Result<Lease, StoreError> {
         if let Some((conns, generation)) = self.current() {
             return Ok(conns.lend(exclusive, generation).await);
         }
@@ -254,6 +277,10 @@ impl MasterPool {
                     state.delay = self.backoff.0;
                     state.generation
                 };
+                // Every connection tracks: from now on every change is heard.
+                if let Some(tracking) = &self.tracking {
+                    tracking.cache.resume();
+                }
                 Ok(conns.lend(exclusive, generation).await)
             }
             Err(err) => {
@@ -267,11 +294,20 @@ impl MasterPool {
 
     /// A fresh set of connections to the master; with sentinels, to the server
     /// they name, once it says it is a master.
-    async fn connect(&self) -> Result<Conns, StoreError> {
+    async fn connect(self: &Arc<Self>) -> Result<Conns, StoreError> {
         let (host, port) = self.target.master().await?;
+        let set = self.sets.fetch_add(1, Ordering::Relaxed) + 1;
         let mut conns = Vec::with_capacity(self.size.0 + self.size.1);
         for _ in 0..self.size.0 + self.size.1 {
-            conns.push(self.config.connect(&host, port).await?);
+            conns.push(match &self.tracking {
+                None => self.config.connect(&host, port).await?,
+                Some(tracking) => {
+                    let pushes = tracking.receiver(Arc::downgrade(self), set);
+                    let mut conn = self.config.connect_tracked(&host, port, pushes).await?;
+                    tracking.track(&mut conn).await?;
+                    conn
+                }
+            });
         }
         if self.target.sentinels().is_some() {
             // During a failover a sentinel may still name the old master, or a
@@ -298,7 +334,39 @@ impl MasterPool {
             conns,
             exclusive,
             Some(format!("{host}:{port}").into()),
+            set,
         ))
+    }
+
+    /// A connection of set `set` is lost, and the invalidations it carried with
+    /// it: when that set is the current one, the cache empties and the next
+    /// operation connects again.
+    pub(super) fn stream_lost(&self, set: u64) {
+        let current = self.state().conns.as_ref().map(|conns| conns.set);
+        if current == Some(set) {
+            self.drop_connections(None);
+        }
+    }
+
+    /// Sends a `PING` on every connection of the current set; one that does not
+    /// answer within the command timeout drops the set (and empties the cache).
+    pub(super) async fn ping_all(&self) {
+        let Some((conns, generation)) = self.current() else {
+            return;
+        };
+        for conn in conns.all() {
+            let mut conn = conn.clone();
+            let ping = redis::cmd("PING");
+            let ping = ping.query_async::<Value>(&mut conn);
+            if !matches!(
+                tokio::time::timeout(self.config.timeout, ping).await,
+                Ok(Ok(_))
+            ) {
+                tracing::warn!(target: "tower_sealed_sessions", "a Redis connection did not answer its heartbeat: reconnecting");
+                self.drop_connections(Some(generation));
+                return;
+            }
+        }
     }
 
     /// Drops the current connections (those of `generation`, or any when `None`),
@@ -309,6 +377,9 @@ impl MasterPool {
         if generation.is_none_or(|g| g == state.generation) && state.conns.is_some() {
             state.conns = None;
             state.generation += 1;
+            if let Some(tracking) = &self.tracking {
+                tracking.cache.flush();
+            }
             tracing::warn!(target: "tower_sealed_sessions", "Redis connection lost or master changed: reconnecting");
         }
     }

@@ -22,6 +22,8 @@ mod link;
 mod scripts;
 #[cfg(feature = "redis")]
 mod store;
+#[cfg(feature = "redis")]
+mod tracking;
 
 #[cfg(feature = "redis")]
 pub use store::RedisStore;

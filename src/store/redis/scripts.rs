@@ -8,6 +8,11 @@
 //! a compare-and-delete leaves a tombstone naming its operation for a minute, so
 //! that its own second run reports success rather than "missing". Values are read
 //! in both formats (see `codec`).
+//!
+//! A script that writes a record ends with an `EXISTS` of its key: under client
+//! tracking (a store with a cache) a write the connection makes itself ends the
+//! server's note that the connection holds the key, and this read makes it again,
+//! so that the next change by anyone else is still reported (see `tracking`).
 
 /// Returns the value and its expiry time in one atomic step, or nil (no key, or a
 /// tombstone). Only for values in a format without the idle deadline (1 and 2): a
@@ -38,6 +43,7 @@ if ARGV[2] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
 end
+redis.call('EXISTS', KEYS[1])
 return 1
 ";
 
@@ -69,6 +75,7 @@ if ARGV[3] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 end
+redis.call('EXISTS', KEYS[1])
 return 1
 ";
 
@@ -117,6 +124,7 @@ if ARGV[2] == '0' then
 else
   redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 end
+redis.call('EXISTS', KEYS[1])
 return 1
 ";
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::duration::span_option;
 use crate::error::ConfigError;
+use crate::store::CacheSettings;
 use crate::store::url::redact;
 
 /// How long one Redis command may take, unless configured.
@@ -86,6 +87,11 @@ pub struct RedisSettings {
     /// older release refuses a format 3 value as corrupt. Every format is read
     /// either way.
     pub value_format: Option<u8>,
+    /// A coherent in-process cache of records (off unless given): a hot session
+    /// is read with no round trip, and every process hears of every other's
+    /// changes through Redis client tracking (RESP3, Redis 6 or later). See
+    /// [`CacheSettings`].
+    pub cache: Option<CacheSettings>,
 }
 
 /// TLS settings: the CA to trust, a client certificate for mutual TLS, and the
@@ -285,6 +291,12 @@ impl RedisSettings {
         self
     }
 
+    /// A coherent in-process cache of records: see [`cache`](Self::cache).
+    pub fn with_cache(mut self, cache: CacheSettings) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// The value format in force.
     pub fn value_format(&self) -> u8 {
         self.value_format.unwrap_or(3)
@@ -424,6 +436,9 @@ impl RedisSettings {
                 format!("{format} is not a value format: write 3 (the default) or 2"),
             ));
         }
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
+        }
         if let Some(url) = &self.url {
             let scheme = url.split_once("://").map(|(scheme, _)| scheme);
             if !matches!(scheme, Some("redis" | "rediss")) {
@@ -479,6 +494,7 @@ impl fmt::Debug for RedisSettings {
             .field("failover_hold", &self.failover_hold)
             .field("allow_eviction", &self.allow_eviction)
             .field("value_format", &self.value_format)
+            .field("cache", &self.cache)
             .finish()
     }
 }

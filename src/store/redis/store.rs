@@ -19,10 +19,13 @@ use super::eviction::{CHECK_INTERVAL, Evictions, eviction_refused, evicts, node_
 use super::link::{Conn, Conns, Lease, Link, MasterPool, load_scripts};
 use super::scripts;
 use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
+use super::tracking::{Tracking, heartbeat};
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
-use crate::store::{CompareAndSet, IndexEntry, IndexSample, SessionStore, StoreHealth, UserTag};
+use crate::store::{
+    CompareAndSet, Front, IndexEntry, IndexSample, RecordCache, SessionStore, StoreHealth, UserTag,
+};
 
 #[doc = include_str!("store.md")]
 #[derive(Clone)]
@@ -45,6 +48,8 @@ struct Inner {
     index_sample: Lua,
     /// What the eviction checks last saw of each node.
     evictions: Mutex<Evictions>,
+    /// The record cache, when `cache` is set.
+    cache: Front,
 }
 
 /// Shared connections per node, and exclusive ones for writes that wait for
@@ -101,7 +106,25 @@ impl RedisStore {
     pub async fn from_settings(settings: &RedisSettings) -> Result<Self, StoreError> {
         settings.validate().map_err(StoreError::backend)?;
         let config = NodeConfig::from_settings(settings)?;
+        let prefix = settings
+            .prefix
+            .clone()
+            .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned());
+        let cache = settings
+            .cache
+            .map(|cache| Arc::new(RecordCache::new(&cache)));
+        let tracking = cache.clone().map(|cache| Tracking {
+            cache,
+            prefix: prefix.as_str().into(),
+        });
         let link = match settings.topology().map_err(StoreError::backend)? {
+            RedisTopology::Cluster(_) if tracking.is_some() => {
+                return Err(StoreError::backend(
+                    "store.cache: not on a Redis Cluster yet (each node's invalidations would \
+                     have to follow its slots through a reshard); use it with a single server \
+                     or Sentinel, or leave `cache` out",
+                ));
+            }
             RedisTopology::Cluster(cluster) => {
                 let client = cluster_client(settings, &config, &cluster.nodes)?;
                 let (shared, exclusive) = pool_sizes(settings);
@@ -117,7 +140,7 @@ impl RedisStore {
                     .await
                     .map_err(|e| config.error(e))?;
                 let exclusive = conns.split_off(shared);
-                Link::Cluster(Conns::new(conns, exclusive, None))
+                Link::Cluster(Conns::new(conns, exclusive, None, 0))
             }
             RedisTopology::Url(_) | RedisTopology::Sentinel(_) => {
                 let target = Target::from_settings(settings, &config)?
@@ -128,8 +151,12 @@ impl RedisStore {
                     pool_sizes(settings),
                     settings.reconnect_delays(),
                     settings.failover_hold(),
+                    tracking,
                 );
                 pool.watch_sentinels();
+                if cache.is_some() {
+                    tokio::spawn(heartbeat(Arc::downgrade(&pool)));
+                }
                 Link::Master(pool)
             }
         };
@@ -140,10 +167,7 @@ impl RedisStore {
                     timeout: settings.timeout(),
                     wait: settings.wait_for(),
                 },
-                prefix: settings
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned()),
+                prefix,
                 format: settings.value_format(),
                 load: Lua::new(scripts::LOAD),
                 create: Lua::new(scripts::CREATE),
@@ -154,6 +178,7 @@ impl RedisStore {
                 index_list: Lua::new(scripts::INDEX_LIST),
                 index_sample: Lua::new(scripts::INDEX_SAMPLE),
                 evictions: Mutex::new(Evictions::new(settings.allow_eviction)),
+                cache: Front(cache),
             }),
         };
         store.check_server(settings.allow_eviction).await?;
@@ -334,6 +359,12 @@ impl RedisStore {
     pub fn index_key_of(&self, user: &UserTag) -> String {
         self.redis_index_key(user)
     }
+
+    /// How many records the cache holds and whether its invalidation stream is
+    /// up; `None` without a cache.
+    pub fn cache_state(&self) -> Option<(usize, bool)> {
+        self.inner.cache.inspect()
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -362,7 +393,7 @@ impl SessionStore for RedisStore {
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let redis_key = self.redis_key(key);
-        async move {
+        let fetch = async move {
             let runner = &self.inner.runner;
             let mut get = redis::cmd("GET");
             get.arg(&redis_key);
@@ -377,7 +408,8 @@ impl SessionStore for RedisStore {
                     decode_reply(reply)
                 }
             }
-        }
+        };
+        self.inner.cache.load(key, fetch)
     }
 
     fn load_many(
@@ -413,7 +445,7 @@ impl SessionStore for RedisStore {
         // Names this write, so that its own second run is recognised.
         let value = encode(record, &rand::random(), self.inner.format);
         let expire = expiry_arg(&record.deadlines);
-        async move {
+        let create = async move {
             let created: i64 = self
                 .inner
                 .runner
@@ -425,7 +457,8 @@ impl SessionStore for RedisStore {
                 )
                 .await?;
             Ok(created == 1)
-        }
+        };
+        self.inner.cache.create(key, record, create)
     }
 
     fn update(
@@ -434,18 +467,19 @@ impl SessionStore for RedisStore {
         record: &Record,
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
-        let key = *key;
+        let store_key = *key;
         let value = encode(record, &rand::random(), self.inner.format);
         let expire = expiry_arg(&record.deadlines);
-        async move {
+        let update = async move {
             let expected = expected_version.to_be_bytes();
             self.compare_and_set(
                 &self.inner.swap,
-                &key,
+                &store_key,
                 &[&expected, &value, expire.as_bytes()],
             )
             .await
-        }
+        };
+        self.inner.cache.write(key, record, update)
     }
 
     fn delete_version(
@@ -453,14 +487,19 @@ impl SessionStore for RedisStore {
         key: &StoreKey,
         expected_version: u64,
     ) -> impl Future<Output = Result<CompareAndSet, StoreError>> + Send {
-        let key = *key;
+        let store_key = *key;
         // Names this operation, so that its own second run is recognised.
         let tombstone = tombstone(&rand::random());
-        async move {
+        let delete = async move {
             let expected = expected_version.to_be_bytes();
-            self.compare_and_set(&self.inner.delete_version, &key, &[&expected, &tombstone])
-                .await
-        }
+            self.compare_and_set(
+                &self.inner.delete_version,
+                &store_key,
+                &[&expected, &tombstone],
+            )
+            .await
+        };
+        self.inner.cache.delete(std::slice::from_ref(key), delete)
     }
 
     fn touch(
@@ -471,7 +510,7 @@ impl SessionStore for RedisStore {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let redis_key = self.redis_key(key);
         let expire = expiry_arg(&deadlines);
-        async move {
+        let touch = async move {
             let expected = expected_version.to_be_bytes();
             let active = deadlines.active.unix_millis().to_be_bytes();
             let idle = deadlines.idle.unix_millis().to_be_bytes();
@@ -487,25 +526,30 @@ impl SessionStore for RedisStore {
                 )
                 .await?;
             Ok(touched == 1)
-        }
+        };
+        self.inner
+            .cache
+            .touch(key, deadlines, expected_version, touch)
     }
 
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send {
         let redis_key = self.redis_key(key);
-        async move {
+        let delete = async move {
             let mut del = redis::cmd("DEL");
             del.arg(&redis_key);
             let _: i64 = self.inner.runner.command(del, &redis_key, true).await?;
             Ok(())
-        }
+        };
+        self.inner.cache.delete(std::slice::from_ref(key), delete)
     }
 
     fn delete_many(
         &self,
         keys: &[StoreKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let keys = keys.to_vec();
-        async move {
+        let all = keys.to_vec();
+        let keys = all.clone();
+        let delete = async move {
             if self.sharded() {
                 stream::iter(keys)
                     .map(|key| async move { self.delete(&key).await })
@@ -531,7 +575,8 @@ impl SessionStore for RedisStore {
                 .try_collect::<Vec<()>>()
                 .await?;
             Ok(())
-        }
+        };
+        async move { self.inner.cache.delete(&all, delete).await }
     }
 
     /// Redis expires records itself: nothing to do.

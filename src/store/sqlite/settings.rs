@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::duration::span_option;
 use crate::error::ConfigError;
+use crate::store::CacheSettings;
 use crate::store::sql::{DEFAULT_PREFIX, check_prefix};
 
 /// Where a [`SqliteStore`](crate::store::SqliteStore) keeps its tables: one
@@ -35,6 +36,9 @@ pub struct SqliteSettings {
     /// for the store's one writer connection, for at most as long.
     #[serde(default, deserialize_with = "span_option")]
     pub busy_timeout: Option<Duration>,
+    /// Refused with an error that says why: a SQLite store has no
+    /// [`CacheSettings`] (its file is read in the process, with no round trip).
+    pub cache: Option<CacheSettings>,
 }
 
 impl SqliteSettings {
@@ -78,6 +82,9 @@ impl SqliteSettings {
 
     /// Checks the settings; each error names its field as a file spells it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cache.is_some() {
+            return Err(CacheSettings::refused("sqlite"));
+        }
         if self.path.as_os_str().is_empty() {
             return Err(ConfigError::new(
                 "store.path",
