@@ -422,7 +422,10 @@ impl SessionConfig {
                     .map_or(Ok(()), |_| Err(CacheSettings::refused("sqlite")));
             }
             StoreConfig::Redis(redis) => redis.cache,
-            StoreConfig::Postgres(postgres) => postgres.cache,
+            StoreConfig::Postgres(postgres) => {
+                postgres.check_cache()?;
+                postgres.cache
+            }
         };
         match cache {
             Some(cache) => {

@@ -639,6 +639,11 @@ fn store_cache_is_checked_where_it_is_written() {
             "0 would serve nothing",
         ),
         (
+            "store: { type: postgres, url: \"postgres://a@b/c\", pool_size: 1, cache: {} }",
+            "store.pool_size",
+            "one connection of the pool listens",
+        ),
+        (
             "idle_timeout: 10m\nstore: { type: redis, url: \"redis://127.0.0.1:6379\", cache: { ttl: 1h } }",
             "store.cache.ttl",
             "1h is longer than the idle timeout (10m)",

@@ -285,26 +285,50 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// The quickstart on PostgreSQL (the server on 127.0.0.1:5432, or
-/// `POSTGRES_URL`), on tables of this test's own: a login survives a restart of
-/// the process.
+/// The PostgreSQL server on 127.0.0.1:5432 (or `POSTGRES_URL`), its URL, and a
+/// table prefix of the test's own; `None` (a skip) when it is not reachable
+/// outside CI.
 #[cfg(feature = "postgres")]
-#[tokio::test]
-async fn on_postgres_a_login_survives_a_restart_of_the_process() {
+async fn postgres() -> Option<(sqlx::PgPool, String, String)> {
     let url = std::env::var("POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
-    let pool = match sqlx::PgPool::connect(&url).await {
-        Ok(pool) => pool,
+    match sqlx::PgPool::connect(&url).await {
+        Ok(pool) => Some((pool, url, format!("qs_{:016x}_", rand::random::<u64>()))),
         Err(err) => {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "CI is set but PostgreSQL is not reachable at {url}: {err}"
             );
             eprintln!("skipped: no PostgreSQL at {url}: {err}");
-            return;
+            None
         }
+    }
+}
+
+/// Drops the tables (and the cache's trigger function) under `prefix`.
+#[cfg(feature = "postgres")]
+async fn drop_tables(pool: &sqlx::PgPool, prefix: &str) {
+    for table in ["records", "user_index", "schema"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!("DROP FUNCTION IF EXISTS {prefix}notify()"))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// The quickstart on PostgreSQL (the server on 127.0.0.1:5432, or
+/// `POSTGRES_URL`), on tables of this test's own: a login survives a restart of
+/// the process.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn on_postgres_a_login_survives_a_restart_of_the_process() {
+    let Some((pool, url, prefix)) = postgres().await else {
+        return;
     };
-    let prefix = format!("qs_{:016x}_", rand::random::<u64>());
     let exe = quickstart();
     let dir = temp_dir();
     let config = dir.join("session.yaml");
@@ -319,12 +343,7 @@ async fn on_postgres_a_login_survives_a_restart_of_the_process() {
     .unwrap();
     let (body, second) = session_after_a_restart(&exe, &config).await;
     drop(second);
-    for table in ["records", "user_index", "schema"] {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    drop_tables(&pool, &prefix).await;
     std::fs::remove_dir_all(dir).unwrap();
     assert_eq!(
         body["user"], "ada",
@@ -522,20 +541,9 @@ async fn on_redis_two_cached_processes_see_each_others_logins_and_logouts() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn on_postgres_two_cached_processes_see_each_others_logins_and_logouts() {
-    let url = std::env::var("POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
-    let pool = match sqlx::PgPool::connect(&url).await {
-        Ok(pool) => pool,
-        Err(err) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but PostgreSQL is not reachable at {url}: {err}"
-            );
-            eprintln!("skipped: no PostgreSQL at {url}: {err}");
-            return;
-        }
+    let Some((pool, url, prefix)) = postgres().await else {
+        return;
     };
-    let prefix = format!("qs_{:016x}_", rand::random::<u64>());
     let exe = quickstart();
     let dir = temp_dir();
     let config = dir.join("session.yaml");
@@ -551,15 +559,6 @@ async fn on_postgres_two_cached_processes_see_each_others_logins_and_logouts() {
     .unwrap();
     drop(start(&exe, &config));
     two_cached_processes_agree(&exe, &config).await;
-    for table in ["records", "user_index", "schema"] {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    sqlx::query(&format!("DROP FUNCTION IF EXISTS {prefix}notify()"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    drop_tables(&pool, &prefix).await;
     std::fs::remove_dir_all(dir).unwrap();
 }

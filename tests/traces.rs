@@ -180,3 +180,53 @@ async fn store_operations_are_spans_and_audit_events_name_the_user_by_tag() {
     }
     let _ = second;
 }
+
+/// With `store.cache`, a load's span says whether the cache answered.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_cached_load_says_hit_or_miss_on_its_span() {
+    use std::time::Duration;
+    use tower_sealed_sessions::RedisStore;
+    use tower_sealed_sessions::config::RedisSettings;
+    use tower_sealed_sessions::store::CacheSettings;
+    if !common::redis::available() {
+        return;
+    }
+    let server = common::redis::RedisServer::start();
+    let seen = Seen::default();
+    let subscriber = tracing_subscriber::registry().with(seen.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let settings = RedisSettings::url(server.url())
+        .with_cache(CacheSettings::new(10, Duration::from_secs(60)));
+    let keys = Keys::generate();
+    let app = |store: RedisStore| {
+        let layer = SessionLayer::new(store, keys.clone()).with_secure(false);
+        Router::new()
+            .route(
+                "/set",
+                post(|s: Session| async move { s.insert("n", 1).unwrap() }),
+            )
+            .route(
+                "/get",
+                get(|s: Session| async move { format!("{:?}", s.get::<u8>("n").unwrap()) }),
+            )
+            .layer(layer)
+    };
+    let a = app(RedisStore::from_settings(&settings).await.unwrap());
+    let b = app(RedisStore::from_settings(&settings).await.unwrap());
+    // Written by one process (no load: a new session), read twice by another.
+    let first = cookie(&call(&a, "POST", "/set", None).await);
+    call(&b, "GET", "/get", Some(&first)).await;
+    call(&b, "GET", "/get", Some(&first)).await;
+    let spans: Vec<SeenSpan> = seen.spans.lock().unwrap().values().cloned().collect();
+    let loads: Vec<Option<String>> = spans
+        .iter()
+        .filter(|(name, _, fields)| name == "session_store" && fields["operation"] == "load")
+        .map(|(_, _, fields)| fields.get("cache").cloned())
+        .collect();
+    assert_eq!(
+        loads,
+        vec![Some("miss".to_owned()), Some("hit".to_owned())],
+        "{spans:?}"
+    );
+}

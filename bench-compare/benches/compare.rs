@@ -21,8 +21,17 @@
 //! ```text
 //! REDIS_URL=redis://127.0.0.1:6379/0 cargo bench -p bench-compare --bench compare -- compare_redis
 //! ```
+//!
+//! `ours_cached` is ours with `store.cache` on: a read of a hot session asks
+//! Redis nothing. With `POSTGRES_URL` set, `compare_postgres` runs ours without
+//! and with the cache on PostgreSQL, beside one `SELECT 1` as the floor:
+//!
+//! ```text
+//! POSTGRES_URL=postgres://root@127.0.0.1:5432/test cargo bench -p bench-compare --bench compare -- compare_postgres
+//! ```
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -80,6 +89,18 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Our read and write handlers under a layer on `store`.
+fn ours_on<St: tower_sealed_sessions::store::SessionStore + Clone>(store: St) -> Router {
+    Router::new()
+        .route("/read", get(ours::read))
+        .route("/write", get(ours::write))
+        .layer(tower_sealed_sessions::SessionLayer::new(
+            store,
+            tower_sealed_sessions::Keys::generate(),
+        ))
+        .with_state(())
+}
+
 /// The Redis cases, when `REDIS_URL` names a server.
 fn bench_redis(c: &mut Criterion) {
     use tower_sessions_redis_store::fred::prelude::{
@@ -105,14 +126,14 @@ fn bench_redis(c: &mut Criterion) {
     let store = rt
         .block_on(tower_sealed_sessions::RedisStore::from_settings(&settings))
         .expect("connect to REDIS_URL");
-    let ours_app = Router::new()
-        .route("/read", get(ours::read))
-        .route("/write", get(ours::write))
-        .layer(tower_sealed_sessions::SessionLayer::new(
-            store,
-            tower_sealed_sessions::Keys::generate(),
+    let ours_app = ours_on(store);
+    let cache = tower_sealed_sessions::store::CacheSettings::new(10_000, Duration::from_secs(60));
+    let cached = rt
+        .block_on(tower_sealed_sessions::RedisStore::from_settings(
+            &settings.clone().with_cache(cache),
         ))
-        .with_state(());
+        .expect("connect to REDIS_URL with a cache");
+    let cached_app = ours_on(cached);
     let theirs_app = Router::new()
         .route("/read", get(theirs_14::read))
         .route("/write", get(theirs_14::write))
@@ -136,7 +157,11 @@ fn bench_redis(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(pool.get::<Option<Vec<u8>>, _>(floor_key).await.unwrap()) })
     });
-    for (name, app) in [("ours", &ours_app), ("tower_sessions", &theirs_app)] {
+    for (name, app) in [
+        ("ours", &ours_app),
+        ("ours_cached", &cached_app),
+        ("tower_sessions", &theirs_app),
+    ] {
         let session = cookie(&rt, app);
         group.bench_function(format!("{name}/read"), |b| {
             b.to_async(&rt).iter(|| async {
@@ -152,5 +177,53 @@ fn bench_redis(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_redis);
+/// The PostgreSQL cases, when `POSTGRES_URL` names a server: ours without and
+/// with `store.cache`, and one `SELECT 1` on a pool as the round trip's floor.
+fn bench_postgres(c: &mut Criterion) {
+    use tower_sealed_sessions::config::PostgresSettings;
+    use tower_sealed_sessions::store::{CacheSettings, PostgresStore};
+
+    let Ok(url) = std::env::var("POSTGRES_URL") else {
+        eprintln!("compare_postgres skipped: set POSTGRES_URL to run it");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = PostgresSettings::url(url.clone()).with_table_prefix("compare_");
+    let store = rt
+        .block_on(PostgresStore::from_settings(&settings))
+        .expect("connect to POSTGRES_URL");
+    let cache = CacheSettings::new(10_000, Duration::from_secs(60));
+    let cached = rt
+        .block_on(PostgresStore::from_settings(&settings.with_cache(cache)))
+        .expect("connect to POSTGRES_URL with a cache");
+    let pool = rt
+        .block_on(sqlx::PgPool::connect(&url))
+        .expect("connect to POSTGRES_URL");
+    let (ours_app, cached_app) = (ours_on(store), ours_on(cached));
+
+    let mut group = c.benchmark_group("compare_postgres");
+    group.bench_function("select_1", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(sqlx::query("SELECT 1").execute(&pool).await.unwrap()) })
+    });
+    for (name, app) in [("ours", &ours_app), ("ours_cached", &cached_app)] {
+        let session = cookie(&rt, app);
+        group.bench_function(format!("{name}/read"), |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(app.clone().oneshot(request("/read", Some(&session))).await)
+            })
+        });
+        group.bench_function(format!("{name}/read_write"), |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(app.clone().oneshot(request("/write", Some(&session))).await)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_redis, bench_postgres);
 criterion_main!(benches);

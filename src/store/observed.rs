@@ -120,9 +120,38 @@ fn observe<T: Outcome>(
     }
 }
 
+/// A load the store answered at once ([`SessionStore::load_now`]): its span, if
+/// one is wanted, says `cache = "hit"`.
+fn observe_hit(store: &'static str, #[cfg(feature = "metrics")] started: std::time::Instant) {
+    if tracing::enabled!(target: STORE_TARGET, tracing::Level::INFO) {
+        let _span = tracing::info_span!(
+            target: STORE_TARGET,
+            "session_store",
+            operation = "load",
+            store,
+            outcome = "ok",
+            cache = "hit"
+        );
+    }
+    #[cfg(feature = "metrics")]
+    crate::metrics::store_operation(store, "load", "ok", started.elapsed());
+}
+
 impl<St: SessionStore> SessionStore for Observed<St> {
     const IMMEDIATE: bool = St::IMMEDIATE;
     const KIND: &'static str = St::KIND;
+
+    fn load_now(&self, key: &StoreKey) -> Option<Record> {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let hit = self.0.load_now(key)?;
+        observe_hit(
+            St::KIND,
+            #[cfg(feature = "metrics")]
+            started,
+        );
+        Some(hit)
+    }
 
     fn load(
         &self,

@@ -52,6 +52,31 @@ async fn process(store: RedisStore) -> (String, UserSessions) {
     (common::serve(app).await, users)
 }
 
+/// Two processes on the server at `url`: A, and B with its store; a session
+/// written on A with `k` = `value`, read (and so cached) on B.
+struct Pair {
+    a: String,
+    b: String,
+    store_b: RedisStore,
+    cookie: String,
+}
+
+async fn pair(url: &str, value: &str) -> Pair {
+    let (a, _) = process(cached_store(url, 1_000).await).await;
+    let store_b = cached_store(url, 1_000).await;
+    let (b, _) = process(store_b.clone()).await;
+    let path = format!("/set/k/{value}");
+    let cookie = cookie_pair(&send(reqwest::Method::POST, &a, &path, None).await);
+    assert_eq!(read(&b, &cookie, "k").await, json!(value));
+    assert_eq!(store_b.cache_state(), Some((1, true)));
+    Pair {
+        a,
+        b,
+        store_b,
+        cookie,
+    }
+}
+
 /// Polls `base`'s `/get/{key}` with `cookie` every millisecond until it answers
 /// `want`, for at most 2 s; how long that took.
 async fn until_read(base: &str, cookie: &str, key: &str, want: &Value) -> Duration {
@@ -83,13 +108,7 @@ async fn a_write_on_one_process_is_read_on_the_other_and_a_logout_is_refused_the
         return;
     }
     let server = RedisServer::start();
-    let (a, _) = process(cached_store(&server.url(), 1_000).await).await;
-    let store_b = cached_store(&server.url(), 1_000).await;
-    let (b, _) = process(store_b.clone()).await;
-
-    let cookie = cookie_pair(&send(reqwest::Method::POST, &a, "/set/k/0", None).await);
-    assert_eq!(read(&b, &cookie, "k").await, json!("0"));
-    assert_eq!(store_b.cache_state(), Some((1, true)));
+    let Pair { a, b, cookie, .. } = pair(&server.url(), "0").await;
 
     // Hot reads on B: no command reaches Redis (no touch is due yet).
     let mut monitor = Monitor::start(server.port);
@@ -177,12 +196,12 @@ async fn a_cut_invalidation_connection_empties_the_cache_until_it_is_back() {
         return;
     }
     let server = RedisServer::start();
-    let (a, _) = process(cached_store(&server.url(), 1_000).await).await;
-    let store_b = cached_store(&server.url(), 1_000).await;
-    let (b, _) = process(store_b.clone()).await;
-    let cookie = cookie_pair(&send(reqwest::Method::POST, &a, "/set/k/1", None).await);
-    assert_eq!(read(&b, &cookie, "k").await, json!("1"));
-    assert_eq!(store_b.cache_state(), Some((1, true)));
+    let Pair {
+        a,
+        b,
+        store_b,
+        cookie,
+    } = pair(&server.url(), "1").await;
 
     // Every store connection is cut (the server stays up).
     let killed = cli(server.port, &["CLIENT", "KILL", "TYPE", "normal"]);
@@ -417,4 +436,36 @@ fn the_cache_counts_hits_misses_invalidations_and_flushes() {
     assert!(count("sealed_sessions_cache_invalidations_total", None) >= 1);
     // A and B each lost their stream once.
     assert_eq!(count("sealed_sessions_cache_flushes_total", None), 2);
+}
+
+/// A hit still slides the idle timeout as an uncached read does: once a touch
+/// is due, the read touches the record in Redis (one script, no `GET`), and the
+/// cache follows, so the next read asks Redis nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_still_touches_when_a_touch_is_due() {
+    if !available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = cached_store(&server.url(), 100).await;
+    let clock = tower_sealed_sessions::ManualClock::new();
+    let layer = SessionLayer::new(store, Keys::from_secret(SECRET).unwrap())
+        .with_secure(false)
+        .with_clock(clock.clone())
+        .with_touch_interval(Duration::from_secs(60));
+    let base = common::serve(common::kv_routes().layer(layer)).await;
+    let cookie = cookie_pair(&send(reqwest::Method::POST, &base, "/set/k/1", None).await);
+    assert_eq!(read(&base, &cookie, "k").await, json!("1"));
+    let mut monitor = Monitor::start(server.port);
+    assert_eq!(read(&base, &cookie, "k").await, json!("1"));
+    assert_eq!(monitor.take(), Vec::<String>::new(), "a hit, no touch due");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(read(&base, &cookie, "k").await, json!("1"));
+    assert_eq!(
+        monitor.take(),
+        vec!["EVALSHA".to_owned()],
+        "the touch, and no GET"
+    );
+    assert_eq!(read(&base, &cookie, "k").await, json!("1"));
+    assert_eq!(monitor.take(), Vec::<String>::new(), "hot again");
 }

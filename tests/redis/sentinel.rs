@@ -315,8 +315,16 @@ async fn a_cache_follows_a_failover_and_serves_nothing_from_the_old_master() {
     assert_eq!(read(&b, &cookie, "k").await, json!("1"));
     assert_eq!(store_b.cache_state(), Some((1, true)));
 
-    let answer = deployment.sentinel_cli(&["SENTINEL", "FAILOVER", "mymaster"]);
-    assert_eq!(answer, "OK", "the sentinel starts a failover");
+    // A sentinel that has just met the replica may not judge it fit yet
+    // (NOGOODSLAVE): asked again every 200 ms, for at most 20 s.
+    wait_until(Duration::from_secs(20), || {
+        let answer = deployment.sentinel_cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+        (answer == "OK").then_some(()).or_else(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+    })
+    .expect("the sentinel starts a failover");
     wait_until(Duration::from_secs(30), || deployment.promoted()).expect("a replica is promoted");
     // A writes on the new master once it follows it.
     wait_for(Duration::from_secs(20), || async {

@@ -253,6 +253,15 @@ fn looked_up(hit: bool) {
 }
 
 impl Front {
+    /// The record under `key` if the cache holds it (a hit, counted), or `None`
+    /// (not counted: the load that follows counts its own lookup).
+    pub(crate) fn hit(&self, key: &StoreKey) -> Option<Record> {
+        let hit = self.0.as_ref()?.get(key)?;
+        #[cfg(feature = "metrics")]
+        metrics::counter!("sealed_sessions_cache_lookups_total", "outcome" => "hit").increment(1);
+        Some(hit)
+    }
+
     /// A load: from the cache when it holds the record, else from `fetch`, whose
     /// record is cached.
     pub(crate) async fn load<F>(

@@ -111,9 +111,6 @@ impl PostgresSettings {
 
     /// Checks the settings; each error names its field as a file spells it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(cache) = &self.cache {
-            cache.validate()?;
-        }
         let scheme = self.url.split("://").next().unwrap_or("");
         if !self.url.contains("://") || !matches!(scheme, "postgres" | "postgresql") {
             return Err(ConfigError::new(
@@ -155,7 +152,24 @@ impl PostgresSettings {
                 "0 connections would fail every operation: give it 1 or more",
             ));
         }
+        self.check_cache()?;
         check_prefix(self.table_prefix())
+    }
+
+    /// `cache` and what it needs of the other settings.
+    pub(crate) fn check_cache(&self) -> Result<(), ConfigError> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        cache.validate()?;
+        if self.pool_size() < 2 {
+            return Err(ConfigError::new(
+                "store.pool_size",
+                "with `cache`, one connection of the pool listens for changes: give it 2 or \
+                 more (the default is 8)",
+            ));
+        }
+        Ok(())
     }
 }
 

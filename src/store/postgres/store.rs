@@ -350,6 +350,11 @@ impl PostgresStore {
 impl SessionStore for PostgresStore {
     const KIND: &'static str = "postgres";
 
+    /// A hit of the record cache (`cache`), if there is one.
+    fn load_now(&self, key: &StoreKey) -> Option<Record> {
+        self.cache.hit(key)
+    }
+
     fn load(
         &self,
         key: &StoreKey,

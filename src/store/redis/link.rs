@@ -16,7 +16,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 use super::connect::{NodeConfig, Target};
 use super::failover::{Announcement, CHANNELS, WriteHold, announcement};
 use super::scripts;
-use super::tracking::Tracking;
+use super::tracking::{HEARTBEAT, Tracking};
 use crate::error::StoreError;
 
 /// One connection, to a master or to a Cluster.
@@ -302,7 +302,12 @@ impl MasterPool {
             conns.push(match &self.tracking {
                 None => self.config.connect(&host, port).await?,
                 Some(tracking) => {
-                    let pushes = tracking.receiver(Arc::downgrade(self), set);
+                    let pool = Arc::downgrade(self);
+                    let pushes = tracking.receiver(move || {
+                        if let Some(pool) = pool.upgrade() {
+                            pool.stream_lost(set);
+                        }
+                    });
                     let mut conn = self.config.connect_tracked(&host, port, pushes).await?;
                     tracking.track(&mut conn).await?;
                     conn
@@ -510,5 +515,16 @@ async fn watch(pool: Weak<MasterPool>, sentinel: Sentinel) {
         if let Some(pool) = pool.upgrade() {
             pool.unheard(index);
         }
+    }
+}
+
+/// Pings every tracked connection of `pool` each [`HEARTBEAT`], so that a
+/// connection that no longer answers (its invalidations lost with it) empties
+/// the cache; ends with the pool.
+pub(super) async fn heartbeat(pool: Weak<MasterPool>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.ping_all().await;
     }
 }

@@ -16,10 +16,10 @@ use super::codec::{
 use super::command::{Lua, Runner};
 use super::connect::{NodeConfig, Target, cluster_client};
 use super::eviction::{CHECK_INTERVAL, Evictions, eviction_refused, evicts, node_infos};
-use super::link::{Conn, Conns, Lease, Link, MasterPool, load_scripts};
+use super::link::{Conn, Conns, Lease, Link, MasterPool, heartbeat, load_scripts};
 use super::scripts;
 use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
-use super::tracking::{Tracking, heartbeat};
+use super::tracking::Tracking;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::record::{Deadlines, Record, StoreKey};
@@ -384,6 +384,11 @@ fn expiry_arg(deadlines: &Deadlines) -> String {
 
 impl SessionStore for RedisStore {
     const KIND: &'static str = "redis";
+
+    /// A hit of the record cache (`cache`), if there is one.
+    fn load_now(&self, key: &StoreKey) -> Option<Record> {
+        self.inner.cache.hit(key)
+    }
 
     /// One `GET`; a value in a format without the idle deadline (written by an
     /// older release, or with `value_format: 2`) is read again with the `LOAD`

@@ -21,13 +21,12 @@
 //! with tracking on before the cache serves anything.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind, Value};
 
-use super::link::MasterPool;
 use crate::error::StoreError;
 use crate::record::StoreKey;
 use crate::store::RecordCache;
@@ -44,22 +43,17 @@ pub(super) struct Tracking {
 }
 
 impl Tracking {
-    /// What receives the pushes of a connection of the set numbered `set`:
-    /// invalidations for the cache, and the connection's loss for the pool.
+    /// What receives the pushes of a connection: invalidations for the cache,
+    /// and the connection's loss, which `lost` hears of.
     pub(super) fn receiver(
         &self,
-        pool: Weak<MasterPool>,
-        set: u64,
+        lost: impl Fn() + Send + Sync + 'static,
     ) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
         let tracking = self.clone();
         move |push: PushInfo| {
             match push.kind {
                 PushKind::Invalidate => tracking.invalidated(&push.data),
-                PushKind::Disconnection => {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.stream_lost(set);
-                    }
-                }
+                PushKind::Disconnection => lost(),
                 _ => {}
             }
             Ok(())
@@ -97,16 +91,5 @@ impl Tracking {
                  allowed to this user): {e}"
             ))
         })
-    }
-}
-
-/// Pings every tracked connection of `pool` each [`HEARTBEAT`], so that a
-/// connection that no longer answers (its invalidations lost with it) empties
-/// the cache; ends with the pool.
-pub(super) async fn heartbeat(pool: Weak<MasterPool>) {
-    loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        let Some(pool) = pool.upgrade() else { return };
-        pool.ping_all().await;
     }
 }
