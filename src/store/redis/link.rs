@@ -13,9 +13,10 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
-use super::connect::{NodeConfig, Target};
+use super::connect::{NodeConfig, Target, cluster_client};
 use super::failover::{Announcement, CHANNELS, WriteHold, announcement};
 use super::scripts;
+use super::settings::{RedisSettings, RedisTopology};
 use super::tracking::{HEARTBEAT, Tracking};
 use crate::error::StoreError;
 
@@ -129,6 +130,18 @@ impl Conns {
     }
 }
 
+/// Shared connections per node, and exclusive ones for writes that wait for
+/// replicas (at least 4, so that a replica slow to acknowledge holds up a few
+/// writes, never the reads).
+fn pool_sizes(settings: &RedisSettings) -> (usize, usize) {
+    let shared = settings.pool_size();
+    let exclusive = match settings.wait_for() {
+        Some(_) => shared.max(4),
+        None => 0,
+    };
+    (shared, exclusive)
+}
+
 /// The connections of one store.
 pub(super) enum Link {
     Master(Arc<MasterPool>),
@@ -146,6 +159,59 @@ pub(super) struct Lease {
 }
 
 impl Link {
+    /// The connections `settings` describe: Cluster clients, or a pool of
+    /// connections to the master (a single server, or the one the sentinels
+    /// name, followed through failovers), each tracking for `tracking`'s cache.
+    pub(super) async fn open(
+        settings: &RedisSettings,
+        config: &NodeConfig,
+        tracking: Option<Tracking>,
+    ) -> Result<Link, StoreError> {
+        Ok(match settings.topology().map_err(StoreError::backend)? {
+            RedisTopology::Cluster(_) if tracking.is_some() => {
+                return Err(StoreError::backend(
+                    "store.cache: not on a Redis Cluster yet (each node's invalidations would \
+                 have to follow its slots through a reshard); use it with a single server \
+                 or Sentinel, or leave `cache` out",
+                ));
+            }
+            RedisTopology::Cluster(cluster) => {
+                let client = cluster_client(settings, config, &cluster.nodes)?;
+                let (shared, exclusive) = pool_sizes(settings);
+                let mut conns = Vec::with_capacity(shared + exclusive);
+                for _ in 0..shared + exclusive {
+                    let conn = client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| config.error(e))?;
+                    conns.push(Conn::Cluster(conn));
+                }
+                load_scripts(&mut conns[0])
+                    .await
+                    .map_err(|e| config.error(e))?;
+                let exclusive = conns.split_off(shared);
+                Link::Cluster(Conns::new(conns, exclusive, None, 0))
+            }
+            RedisTopology::Url(_) | RedisTopology::Sentinel(_) => {
+                let target = Target::from_settings(settings, config)?
+                    .expect("a URL or sentinels name a master");
+                let pool = MasterPool::new(
+                    target,
+                    config.clone(),
+                    pool_sizes(settings),
+                    settings.reconnect_delays(),
+                    settings.failover_hold(),
+                    tracking,
+                );
+                pool.watch_sentinels();
+                if pool.tracking.is_some() {
+                    tokio::spawn(heartbeat(Arc::downgrade(&pool)));
+                }
+                Link::Master(pool)
+            }
+        })
+    }
+
     /// A connection for the next operation: for a `write`, once the master may
     /// be written to (see [`WriteHold`]); `exclusive` for a write that waits for
     /// replicas.

@@ -14,11 +14,11 @@ use super::codec::{
     tombstone,
 };
 use super::command::{Lua, Runner};
-use super::connect::{NodeConfig, Target, cluster_client};
+use super::connect::NodeConfig;
 use super::eviction::{CHECK_INTERVAL, Evictions, eviction_refused, evicts, node_infos};
-use super::link::{Conn, Conns, Lease, Link, MasterPool, heartbeat, load_scripts};
+use super::link::{Lease, Link};
 use super::scripts;
-use super::settings::{DEFAULT_TIMEOUT, RedisSettings, RedisTopology};
+use super::settings::{DEFAULT_TIMEOUT, RedisSettings};
 use super::tracking::Tracking;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
@@ -50,18 +50,6 @@ struct Inner {
     evictions: Mutex<Evictions>,
     /// The record cache, when `cache` is set.
     cache: Front,
-}
-
-/// Shared connections per node, and exclusive ones for writes that wait for
-/// replicas (at least 4, so that a replica slow to acknowledge holds up a few
-/// writes, never the reads).
-fn pool_sizes(settings: &RedisSettings) -> (usize, usize) {
-    let shared = settings.pool_size();
-    let exclusive = match settings.wait_for() {
-        Some(_) => shared.max(4),
-        None => 0,
-    };
-    (shared, exclusive)
 }
 
 /// How many commands of one batch (the records of a user's index) are in flight
@@ -117,49 +105,7 @@ impl RedisStore {
             cache,
             prefix: prefix.as_str().into(),
         });
-        let link = match settings.topology().map_err(StoreError::backend)? {
-            RedisTopology::Cluster(_) if tracking.is_some() => {
-                return Err(StoreError::backend(
-                    "store.cache: not on a Redis Cluster yet (each node's invalidations would \
-                     have to follow its slots through a reshard); use it with a single server \
-                     or Sentinel, or leave `cache` out",
-                ));
-            }
-            RedisTopology::Cluster(cluster) => {
-                let client = cluster_client(settings, &config, &cluster.nodes)?;
-                let (shared, exclusive) = pool_sizes(settings);
-                let mut conns = Vec::with_capacity(shared + exclusive);
-                for _ in 0..shared + exclusive {
-                    let conn = client
-                        .get_async_connection()
-                        .await
-                        .map_err(|e| config.error(e))?;
-                    conns.push(Conn::Cluster(conn));
-                }
-                load_scripts(&mut conns[0])
-                    .await
-                    .map_err(|e| config.error(e))?;
-                let exclusive = conns.split_off(shared);
-                Link::Cluster(Conns::new(conns, exclusive, None, 0))
-            }
-            RedisTopology::Url(_) | RedisTopology::Sentinel(_) => {
-                let target = Target::from_settings(settings, &config)?
-                    .expect("a URL or sentinels name a master");
-                let pool = MasterPool::new(
-                    target,
-                    config.clone(),
-                    pool_sizes(settings),
-                    settings.reconnect_delays(),
-                    settings.failover_hold(),
-                    tracking,
-                );
-                pool.watch_sentinels();
-                if cache.is_some() {
-                    tokio::spawn(heartbeat(Arc::downgrade(&pool)));
-                }
-                Link::Master(pool)
-            }
-        };
+        let link = Link::open(settings, &config, tracking).await?;
         let store = RedisStore {
             inner: Arc::new(Inner {
                 runner: Runner {
