@@ -120,6 +120,20 @@ async fn session_after_a_restart(exe: &Path, config: &Path) -> (serde_json::Valu
     (res.json().await.unwrap(), second)
 }
 
+/// A configuration file in `dir` for the quickstart: cookies over http, a key
+/// file in `dir`, and `store` as the `store:` section.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+fn store_config(dir: &Path, store: &str) -> PathBuf {
+    let config = dir.join("session.yaml");
+    let key = dir.join("session.key");
+    let text = format!(
+        "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\nstore: {store}\n",
+        key.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tss-qs-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -221,17 +235,13 @@ async fn on_redis_a_login_survives_a_restart_of_the_process() {
     let mut server = redis_server::RedisServer::start();
     let exe = quickstart();
     let dir = temp_dir();
-    let config = dir.join("session.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
-             store: {{ type: redis, url: \"{}\", prefix: \"qs:\" }}\n",
-            dir.join("session.key").display(),
+    let config = store_config(
+        &dir,
+        &format!(
+            "{{ type: redis, url: \"{}\", prefix: \"qs:\" }}",
             server.url()
         ),
-    )
-    .unwrap();
+    );
     let (body, second) = session_after_a_restart(&exe, &config).await;
     assert_eq!(
         body["user"], "ada",
@@ -331,16 +341,10 @@ async fn on_postgres_a_login_survives_a_restart_of_the_process() {
     };
     let exe = quickstart();
     let dir = temp_dir();
-    let config = dir.join("session.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
-             store: {{ type: postgres, url: \"{url}\", table_prefix: \"{prefix}\" }}\n",
-            dir.join("session.key").display(),
-        ),
-    )
-    .unwrap();
+    let config = store_config(
+        &dir,
+        &format!("{{ type: postgres, url: \"{url}\", table_prefix: \"{prefix}\" }}"),
+    );
     let (body, second) = session_after_a_restart(&exe, &config).await;
     drop(second);
     drop_tables(&pool, &prefix).await;
@@ -358,17 +362,13 @@ async fn on_postgres_a_login_survives_a_restart_of_the_process() {
 async fn on_sqlite_a_login_survives_a_restart_of_the_process() {
     let exe = quickstart();
     let dir = temp_dir();
-    let config = dir.join("session.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
-             store: {{ type: sqlite, path: \"{}\" }}\n",
-            dir.join("session.key").display(),
-            dir.join("data/sessions.db").display(),
+    let config = store_config(
+        &dir,
+        &format!(
+            "{{ type: sqlite, path: \"{}\" }}",
+            dir.join("data/sessions.db").display()
         ),
-    )
-    .unwrap();
+    );
     let (body, second) = session_after_a_restart(&exe, &config).await;
     drop(second);
     assert!(
@@ -521,17 +521,13 @@ async fn on_redis_two_cached_processes_see_each_others_logins_and_logouts() {
     let server = redis_server::RedisServer::start();
     let exe = quickstart();
     let dir = temp_dir();
-    let config = dir.join("session.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
-             store: {{ type: redis, url: \"{}\", cache: {{ max_entries: 1000, ttl: 1m }} }}\n",
-            dir.join("session.key").display(),
+    let config = store_config(
+        &dir,
+        &format!(
+            "{{ type: redis, url: \"{}\", cache: {{ max_entries: 1000, ttl: 1m }} }}",
             server.url()
         ),
-    )
-    .unwrap();
+    );
     // The key file is made by the first process to start.
     drop(start(&exe, &config));
     two_cached_processes_agree(&exe, &config).await;
@@ -546,17 +542,12 @@ async fn on_postgres_two_cached_processes_see_each_others_logins_and_logouts() {
     };
     let exe = quickstart();
     let dir = temp_dir();
-    let config = dir.join("session.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cookie: {{ secure: false }}\nsecret: \"generate:{}\"\n\
-             store: {{ type: postgres, url: \"{url}\", table_prefix: \"{prefix}\", \
-             cache: {{ max_entries: 1000, ttl: 1m }} }}\n",
-            dir.join("session.key").display(),
+    let config = store_config(
+        &dir,
+        &format!(
+            "{{ type: postgres, url: \"{url}\", table_prefix: \"{prefix}\", cache: {{ max_entries: 1000, ttl: 1m }} }}"
         ),
-    )
-    .unwrap();
+    );
     drop(start(&exe, &config));
     two_cached_processes_agree(&exe, &config).await;
     drop_tables(&pool, &prefix).await;

@@ -89,6 +89,26 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `name/read` and `name/read_write` on `app`, with the session a first write made.
+fn read_and_write(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    app: &Router,
+) {
+    let session = cookie(rt, app);
+    group.bench_function(format!("{name}/read"), |b| {
+        b.to_async(rt).iter(|| async {
+            black_box(app.clone().oneshot(request("/read", Some(&session))).await)
+        })
+    });
+    group.bench_function(format!("{name}/read_write"), |b| {
+        b.to_async(rt).iter(|| async {
+            black_box(app.clone().oneshot(request("/write", Some(&session))).await)
+        })
+    });
+}
+
 /// Our read and write handlers under a layer on `store`.
 fn ours_on<St: tower_sealed_sessions::store::SessionStore + Clone>(store: St) -> Router {
     Router::new()
@@ -162,17 +182,7 @@ fn bench_redis(c: &mut Criterion) {
         ("ours_cached", &cached_app),
         ("tower_sessions", &theirs_app),
     ] {
-        let session = cookie(&rt, app);
-        group.bench_function(format!("{name}/read"), |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(app.clone().oneshot(request("/read", Some(&session))).await)
-            })
-        });
-        group.bench_function(format!("{name}/read_write"), |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(app.clone().oneshot(request("/write", Some(&session))).await)
-            })
-        });
+        read_and_write(&mut group, &rt, name, app);
     }
     group.finish();
 }
@@ -210,17 +220,7 @@ fn bench_postgres(c: &mut Criterion) {
             .iter(|| async { black_box(sqlx::query("SELECT 1").execute(&pool).await.unwrap()) })
     });
     for (name, app) in [("ours", &ours_app), ("ours_cached", &cached_app)] {
-        let session = cookie(&rt, app);
-        group.bench_function(format!("{name}/read"), |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(app.clone().oneshot(request("/read", Some(&session))).await)
-            })
-        });
-        group.bench_function(format!("{name}/read_write"), |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(app.clone().oneshot(request("/write", Some(&session))).await)
-            })
-        });
+        read_and_write(&mut group, &rt, name, app);
     }
     group.finish();
 }

@@ -111,6 +111,22 @@ async fn pair(
     (a, b, store_b, cookie)
 }
 
+/// A transaction holding the records table locked against any other access: a
+/// read that asked the database would wait for it.
+async fn lock_records(
+    pool: &sqlx::PgPool,
+    prefix: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "LOCK TABLE {prefix}records IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
 fn p99(mut took: Vec<Duration>) -> Duration {
     took.sort();
     took[took.len() * 99 / 100]
@@ -124,14 +140,7 @@ async fn a_write_on_one_process_is_read_on_the_other_and_a_logout_is_refused_the
     // Hot reads on B while another connection holds the records table locked:
     // a read that asked the database would wait for the lock.
     let pool = sqlx::PgPool::connect(&tables.url).await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(&format!(
-        "LOCK TABLE {}records IN ACCESS EXCLUSIVE MODE",
-        tables.prefix
-    ))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let tx = lock_records(&pool, &tables.prefix).await;
     for _ in 0..100 {
         assert_eq!(get(&b, &cookie).await, (200, json!("0")));
     }
@@ -163,14 +172,7 @@ async fn a_write_on_one_process_is_read_on_the_other_and_a_logout_is_refused_the
     )
     .await;
     assert_eq!(res.status(), 204);
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(&format!(
-        "LOCK TABLE {}records IN ACCESS EXCLUSIVE MODE",
-        tables.prefix
-    ))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let tx = lock_records(&pool, &tables.prefix).await;
     assert_eq!(get(&b, &cookie).await, (200, json!("mine")));
     tx.rollback().await.unwrap();
 
