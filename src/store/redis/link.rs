@@ -271,6 +271,9 @@ struct PoolState {
     /// After a failed attempt: when the next may be made, and why it failed.
     retry_at: Option<(Instant, String)>,
     delay: Duration,
+    /// The newest set of connections one of which was reported lost: a set
+    /// being made is not installed when it is already lost.
+    lost_set: u64,
 }
 
 impl MasterPool {
@@ -294,6 +297,7 @@ impl MasterPool {
                 generation: 0,
                 retry_at: None,
                 delay: backoff.0,
+                lost_set: 0,
             }),
             connecting: tokio::sync::Mutex::new(()),
             hold: WriteHold::new(failover_hold),
@@ -337,16 +341,25 @@ impl MasterPool {
                 let conns = Arc::new(conns);
                 let generation = {
                     let mut state = self.state();
+                    if state.lost_set >= conns.set {
+                        // Lost while the others were being made: its
+                        // invalidations with it. The next operation connects again.
+                        return Err(StoreError::backend(
+                            "a Redis connection was lost as it was made",
+                        ));
+                    }
                     state.conns = Some(conns.clone());
                     state.generation += 1;
                     state.retry_at = None;
                     state.delay = self.backoff.0;
+                    // Every connection tracks: from now on every change is
+                    // heard. Under the lock, so that a loss reported from now on
+                    // finds the set installed and empties the cache after this.
+                    if let Some(tracking) = &self.tracking {
+                        tracking.cache.resume();
+                    }
                     state.generation
                 };
-                // Every connection tracks: from now on every change is heard.
-                if let Some(tracking) = &self.tracking {
-                    tracking.cache.resume();
-                }
                 Ok(conns.lend(exclusive, generation).await)
             }
             Err(err) => {
@@ -413,7 +426,11 @@ impl MasterPool {
     /// it: when that set is the current one, the cache empties and the next
     /// operation connects again.
     pub(super) fn stream_lost(&self, set: u64) {
-        let current = self.state().conns.as_ref().map(|conns| conns.set);
+        let current = {
+            let mut state = self.state();
+            state.lost_set = state.lost_set.max(set);
+            state.conns.as_ref().map(|conns| conns.set)
+        };
         if current == Some(set) {
             self.drop_connections(None);
         }
