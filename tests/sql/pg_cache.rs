@@ -282,3 +282,49 @@ async fn a_silent_listener_is_noticed_by_its_heartbeat() {
     frozen.store(false, Ordering::SeqCst);
     until(&b, &cookie, &Value::Null).await;
 }
+
+/// A store dropped while other processes keep writing stops listening: its
+/// listener's backend goes (bounded wait), and nothing else holds its pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_stops_listening_while_others_write() {
+    let Some(tables) = reachable() else { return };
+    let cached_store = cached(&tables.url, &tables.prefix).await;
+    let writer = PostgresStore::from_settings(
+        &PostgresSettings::url(&tables.url).with_table_prefix(&tables.prefix),
+    )
+    .await
+    .unwrap();
+    let (base, _) = process(writer).await;
+    let pool = sqlx::PgPool::connect(&tables.url).await.unwrap();
+    let channel = format!("{}records", tables.prefix);
+    let listeners = || {
+        let pool = pool.clone();
+        let channel = channel.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 OR query = $2",
+            )
+            .bind(format!(r#"LISTEN "{channel}""#))
+            .bind(format!("SELECT '{channel}' AS session_cache_listener"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    assert_eq!(listeners().await, 1);
+    drop(cached_store);
+    let started = Instant::now();
+    let mut gone = false;
+    // Writes go on (a notification every few ms) for at most 5 s.
+    while started.elapsed() < Duration::from_secs(5) {
+        let res = send(reqwest::Method::POST, format!("{base}/set/k/1"), None).await;
+        assert_eq!(res.status(), 204);
+        if listeners().await == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(gone, "the dropped store still listens");
+}

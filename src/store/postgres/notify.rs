@@ -113,6 +113,9 @@ impl Listening {
                     delay = Duration::from_millis(100);
                     cache.resume();
                     self.follow(&mut listener, &cache).await;
+                    if Arc::strong_count(&cache) <= 1 {
+                        return;
+                    }
                     cache.flush();
                 }
                 Err(err) => {
@@ -142,13 +145,15 @@ impl Listening {
     /// store is dropped.
     async fn follow(&self, listener: &mut PgListener, cache: &Arc<RecordCache>) {
         loop {
+            // The store is gone (this task holds the last reference): stop, even
+            // while other processes keep notifying.
+            if Arc::strong_count(cache) <= 1 {
+                return;
+            }
             match tokio::time::timeout(HEARTBEAT, listener.try_recv()).await {
                 Ok(Ok(Some(notification))) => self.apply(notification.payload(), cache),
                 Ok(Ok(None)) | Ok(Err(_)) => return,
                 Err(_) => {
-                    if self.cache.strong_count() <= 1 {
-                        return;
-                    }
                     let ping = sqlx::query::<Postgres>(&self.heartbeat).execute(&mut *listener);
                     if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_))) {
                         tracing::warn!(target: "tower_sealed_sessions", "the PostgreSQL listener did not answer its heartbeat: listening again");
