@@ -88,7 +88,8 @@
 //!   one was read on the other within 2.7 ms at the 99th percentile on Redis
 //!   (1.5 ms on PostgreSQL), and a logout on one refused on the other within
 //!   5.2 ms (1.4 ms).
-//! - The process's own writes update its cache, so a read after a write is a
+//! - The process's own writes update its cache, and drop any read of the same
+//!   record that was on its way before them, so a read after a write is a
 //!   hit (with one connection per node, the Redis default; with more, or with
 //!   `wait`, a write on one connection is reported to the others, and the next
 //!   read goes to Redis).
@@ -98,6 +99,10 @@
 //!   the store's timeout when it goes silent. Should it fail without either,
 //!   an entry is served for at most `ttl` after the store returned it: the
 //!   bound on how stale a cached record can be.
+//! - A write or delete of this process whose outcome it does not learn (an
+//!   error, a timeout, a request dropped half-way) leaves its record uncached
+//!   for twice the store's timeout: the store may still carry it out, and the
+//!   change, being the process's own, would not be reported to it.
 //!
 //! **What it costs.** About 130 bytes per entry besides the sealed record
 //! itself, which is the session's data as JSON plus 30 bytes: 100,000 entries
@@ -107,6 +112,11 @@
 //! `tracking-table-max-keys`). On PostgreSQL, every write of a record, by any
 //! process, sends a notification, and the listener holds one connection of the
 //! pool.
+//!
+//! On PostgreSQL, each store marks its connections with a writer id (a session
+//! setting), so it can tell its own changes: do not put a pooler in transaction
+//! mode (PgBouncer's) between a cached store and the database, which would hand
+//! those connections to other clients.
 //!
 //! **Where it is refused.** A SQLite or memory store has no round trip to save,
 //! and a Redis Cluster is not supported yet: each is an error naming

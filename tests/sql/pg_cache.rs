@@ -328,3 +328,23 @@ async fn a_dropped_store_stops_listening_while_others_write() {
     }
     assert!(gone, "the dropped store still listens");
 }
+
+/// A table prefix in mixed case (its trigger is stored in lower case): a
+/// second store starts on the trigger the first installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_case_prefix_starts_again_on_its_trigger() {
+    let Some(mut tables) = reachable() else {
+        return;
+    };
+    tables.prefix = format!("Tss_{:016x}_", rand::random::<u64>());
+    let first = cached(&tables.url, &tables.prefix).await;
+    let second = cached(&tables.url, &tables.prefix).await;
+    let (a, _) = process(first).await;
+    let (b, _) = process(second).await;
+    let res = send(reqwest::Method::POST, format!("{a}/set/k/1"), None).await;
+    let cookie = cookie_pair(&res);
+    until(&b, &cookie, &json!("1")).await;
+    let res = send(reqwest::Method::POST, format!("{a}/logout"), Some(&cookie)).await;
+    assert_eq!(res.status(), 204);
+    until(&b, &cookie, &Value::Null).await;
+}

@@ -1,5 +1,6 @@
 //! [`RecordCache`] and the [`Front`] a store's operations go through.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -30,6 +31,12 @@ struct Shard {
     entries: LinkedHashMap<StoreKey, Entry, BuildHasherDefault<KeyHasher>>,
     /// How many invalidations each stripe of keys has seen.
     stripes: Box<[u64; STRIPES]>,
+    /// Keys this process wrote or deleted without learning the outcome (an
+    /// error, a timeout, a request dropped half-way): not filled until the
+    /// instant given, by which the store has run or dropped that operation. Its
+    /// change would not be reported (it is this process's own), so a fill of
+    /// what was there before it could stay until the ttl.
+    unsettled: HashMap<StoreKey, Instant, BuildHasherDefault<KeyHasher>>,
 }
 
 /// What a fill must show: the key's stripe count and the stream's epoch when
@@ -45,6 +52,9 @@ pub(crate) struct RecordCache {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     ttl: Duration,
+    /// How long a key stays unsettled: longer than any operation of the store
+    /// takes to run or be dropped there.
+    hold: Duration,
     /// Whether the invalidation stream is up: only then are entries served or
     /// filled.
     live: AtomicBool,
@@ -62,14 +72,17 @@ fn place(key: &StoreKey) -> (usize, usize) {
 }
 
 impl RecordCache {
-    /// An empty cache, down until its stream reports it is up ([`resume`](Self::resume)).
-    pub(crate) fn new(settings: &CacheSettings) -> Self {
+    /// An empty cache, down until its stream reports it is up
+    /// ([`resume`](Self::resume)); `hold` is how long an operation of the store
+    /// may go on after its caller stopped waiting.
+    pub(crate) fn new(settings: &CacheSettings, hold: Duration) -> Self {
         let per_shard = settings.max_entries().div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
                     entries: LinkedHashMap::default(),
                     stripes: Box::new([0; STRIPES]),
+                    unsettled: HashMap::default(),
                 })
             })
             .collect();
@@ -77,6 +90,7 @@ impl RecordCache {
             shards,
             per_shard,
             ttl: settings.ttl(),
+            hold,
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
         }
@@ -135,13 +149,35 @@ impl RecordCache {
     }
 
     /// Caches `record` under `key`, unless the key (or its stripe) was
-    /// invalidated, or the stream lost, since `ticket` was taken. Returns
-    /// whether it did.
-    pub(crate) fn fill(&self, key: &StoreKey, ticket: Ticket, record: &Record) -> bool {
+    /// invalidated, or the stream lost, since `ticket` was taken, or the key is
+    /// unsettled; a record older than the one cached is not put in its place.
+    /// `own`: what a write of this process made, which the stream does not
+    /// report: every fill asked before it (a read that may have found the
+    /// record before the write) is dropped. Returns whether it cached `record`.
+    pub(crate) fn fill(&self, key: &StoreKey, ticket: Ticket, record: &Record, own: bool) -> bool {
         let (index, stripe) = place(key);
         let mut shard = self.shard(index);
-        if !self.current(&shard, stripe, ticket) {
-            shard.entries.remove(key);
+        let unsettled = match shard.unsettled.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                shard.unsettled.remove(key);
+                false
+            }
+            None => false,
+        };
+        // Whatever dropped this fill dropped the entry too, or put a newer one
+        // there (a write of this process): it stays as it is.
+        if unsettled || !self.current(&shard, stripe, ticket) {
+            return false;
+        }
+        if own {
+            shard.stripes[stripe] = shard.stripes[stripe].wrapping_add(1);
+        }
+        if shard
+            .entries
+            .get(key)
+            .is_some_and(|cached| cached.version > record.version)
+        {
             return false;
         }
         let entry = Entry {
@@ -168,6 +204,8 @@ impl RecordCache {
             Some(entry) if current && entry.version == version => {
                 entry.deadlines = to;
                 entry.filled = Instant::now();
+                // A read asked before the touch would bring back the old deadlines.
+                shard.stripes[stripe] = shard.stripes[stripe].wrapping_add(1);
             }
             Some(_) => {
                 shard.entries.remove(key);
@@ -283,13 +321,13 @@ impl Front {
         let ticket = cache.ticket(key);
         let found = fetch.await?;
         if let (Some(record), Some(ticket)) = (&found, ticket) {
-            cache.fill(key, ticket, record);
+            cache.fill(key, ticket, record, false);
         }
         Ok(found)
     }
 
-    /// A write of `record` (a create or an update): cached once the store says
-    /// it is done; a conflict caches the record the store returned instead.
+    /// A write of `record` (an update): cached once the store says it is done;
+    /// a conflict caches the record the store returned instead.
     pub(crate) async fn write<F>(
         &self,
         key: &StoreKey,
@@ -303,17 +341,19 @@ impl Front {
         let Some(cache) = &self.0 else {
             return write.await;
         };
-        let ticket = cache.ticket(key);
+        let pending = Pending::new(cache, std::slice::from_ref(key));
         let outcome = write.await;
-        match (&outcome, ticket) {
+        match (&outcome, pending.ticket) {
             (Ok(CompareAndSet::Done), Some(ticket)) => {
-                cache.fill(key, ticket, record);
+                cache.fill(key, ticket, record, true);
             }
             (Ok(CompareAndSet::Conflict(current)), Some(ticket)) => {
-                cache.fill(key, ticket, current);
+                cache.fill(key, ticket, current, false);
             }
-            _ => cache.drop_key(key),
+            (Ok(_), _) => cache.drop_key(key),
+            (Err(_), _) => return outcome,
         }
+        pending.settled();
         outcome
     }
 
@@ -330,14 +370,16 @@ impl Front {
         let Some(cache) = &self.0 else {
             return create.await;
         };
-        let ticket = cache.ticket(key);
+        let pending = Pending::new(cache, std::slice::from_ref(key));
         let outcome = create.await;
-        match (&outcome, ticket) {
+        match (&outcome, pending.ticket) {
             (Ok(true), Some(ticket)) => {
-                cache.fill(key, ticket, record);
+                cache.fill(key, ticket, record, true);
             }
-            _ => cache.drop_key(key),
+            (Ok(_), _) => cache.drop_key(key),
+            (Err(_), _) => return outcome,
         }
+        pending.settled();
         outcome
     }
 
@@ -355,12 +397,14 @@ impl Front {
         let Some(cache) = &self.0 else {
             return touch.await;
         };
-        let ticket = cache.ticket(key);
+        let pending = Pending::new(cache, std::slice::from_ref(key));
         let outcome = touch.await;
-        match (&outcome, ticket) {
+        match (&outcome, pending.ticket) {
             (Ok(true), Some(ticket)) => cache.touched(key, ticket, expected_version, deadlines),
-            _ => cache.drop_key(key),
+            (Ok(_), _) => cache.drop_key(key),
+            (Err(_), _) => return outcome,
         }
+        pending.settled();
         outcome
     }
 
@@ -379,9 +423,52 @@ impl Front {
             return delete.await;
         };
         keys.iter().for_each(|key| cache.drop_key(key));
+        let pending = Pending::new(cache, keys);
         let outcome = delete.await;
-        keys.iter().for_each(|key| cache.drop_key(key));
+        if outcome.is_ok() {
+            keys.iter().for_each(|key| cache.drop_key(key));
+            pending.settled();
+        }
         outcome
+    }
+}
+
+/// A write or delete of this process on its way to the store. Unless it is
+/// [`settled`](Pending::settled) (its outcome known and applied to the cache),
+/// dropping it (an error, or the request dropped half-way) leaves its keys
+/// unsettled: the store may still run it, and this process would not hear of it.
+struct Pending<'a> {
+    cache: &'a RecordCache,
+    keys: &'a [StoreKey],
+    /// The ticket of a write of one key, taken before it was sent.
+    ticket: Option<Ticket>,
+    settled: bool,
+}
+
+impl<'a> Pending<'a> {
+    fn new(cache: &'a RecordCache, keys: &'a [StoreKey]) -> Self {
+        let ticket = match keys {
+            [key] => cache.ticket(key),
+            _ => None,
+        };
+        Pending {
+            cache,
+            keys,
+            ticket,
+            settled: false,
+        }
+    }
+
+    fn settled(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.keys.iter().for_each(|key| self.cache.unsettle(key));
+        }
     }
 }
 
@@ -394,6 +481,20 @@ impl RecordCache {
         let mut shard = self.shard(index);
         shard.stripes[stripe] = shard.stripes[stripe].wrapping_add(1);
         shard.entries.remove(key);
+    }
+
+    /// A write or delete of `key` by this process whose outcome is unknown:
+    /// drops the entry and fills on their way, and fills none for `hold`.
+    fn unsettle(&self, key: &StoreKey) {
+        let (index, stripe) = place(key);
+        let mut shard = self.shard(index);
+        shard.stripes[stripe] = shard.stripes[stripe].wrapping_add(1);
+        shard.entries.remove(key);
+        let now = Instant::now();
+        if shard.unsettled.len() >= 1_024 {
+            shard.unsettled.retain(|_, until| *until > now);
+        }
+        shard.unsettled.insert(*key, now + self.hold);
     }
 }
 

@@ -35,36 +35,41 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The session setting that carries a store's writer id.
 pub(super) const WRITER_SETTING: &str = "tower_sealed_sessions.writer";
 
-/// The statements that install the trigger on `{prefix}records`, if it is not
-/// there. They run in one transaction, under the schema lock.
-pub(super) fn trigger(prefix: &str) -> [String; 2] {
-    let function = format!(
-        "CREATE OR REPLACE FUNCTION {prefix}notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           IF TG_OP = 'TRUNCATE' THEN \
-             PERFORM pg_notify('{prefix}records', '*'); \
-           ELSIF TG_OP = 'DELETE' THEN \
-             PERFORM pg_notify('{prefix}records', encode(OLD.key, 'hex') || ' ' || \
-               coalesce(current_setting('{WRITER_SETTING}', true), '')); \
-           ELSE \
-             PERFORM pg_notify('{prefix}records', encode(NEW.key, 'hex') || ' ' || \
-               coalesce(current_setting('{WRITER_SETTING}', true), '')); \
-           END IF; \
-           RETURN NULL; \
-         END $$"
-    );
-    let triggers = format!(
+/// The statement that installs the trigger on `{prefix}records` and its
+/// function, when the trigger is not there: so a role that may not create them
+/// starts on a database where they are. (Unquoted, the names are stored in
+/// lower case: the check compares with that.)
+pub(super) fn trigger(prefix: &str) -> String {
+    let payload = |row: &str| {
+        format!(
+            "encode({row}.key, 'hex') || ' ' || coalesce(current_setting('{WRITER_SETTING}', \
+             true), '')"
+        )
+    };
+    format!(
         "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{prefix}notify' \
+           IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = lower('{prefix}notify') \
                           AND tgrelid = '{prefix}records'::regclass) THEN \
+             CREATE OR REPLACE FUNCTION {prefix}notify() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+             BEGIN \
+               IF TG_OP = 'TRUNCATE' THEN \
+                 PERFORM pg_notify('{prefix}records', '*'); \
+               ELSIF TG_OP = 'DELETE' THEN \
+                 PERFORM pg_notify('{prefix}records', {old}); \
+               ELSE \
+                 PERFORM pg_notify('{prefix}records', {new}); \
+               END IF; \
+               RETURN NULL; \
+             END $f$; \
              CREATE TRIGGER {prefix}notify AFTER INSERT OR UPDATE OR DELETE ON {prefix}records \
                FOR EACH ROW EXECUTE FUNCTION {prefix}notify(); \
              CREATE TRIGGER {prefix}notify_truncate AFTER TRUNCATE ON {prefix}records \
                FOR EACH STATEMENT EXECUTE FUNCTION {prefix}notify(); \
            END IF; \
-         END $$"
-    );
-    [function, triggers]
+         END $$",
+        old = payload("OLD"),
+        new = payload("NEW"),
+    )
 }
 
 /// Installs the trigger, once per database: the error names `store.cache`.
@@ -72,16 +77,16 @@ pub(super) async fn install(pool: &PgPool, prefix: &str) -> Result<(), StoreErro
     let refused = |e: sqlx::Error| {
         StoreError::backend(format!(
             "store.cache: cannot install the notification trigger on {prefix}records (the \
-             role needs to create functions and triggers once; or leave `cache` out): {e}"
+             role needs to create a function and triggers once; or leave `cache` out): {e}"
         ))
     };
     let mut tx = pool.begin().await.map_err(refused)?;
     tx.execute("SELECT pg_advisory_xact_lock(7290450102943810173)")
         .await
         .map_err(refused)?;
-    for statement in trigger(prefix) {
-        tx.execute(statement.as_str()).await.map_err(refused)?;
-    }
+    tx.execute(trigger(prefix).as_str())
+        .await
+        .map_err(refused)?;
     tx.commit().await.map_err(refused)
 }
 

@@ -171,7 +171,9 @@ impl PostgresStore {
             .with_timeout(settings.timeout());
         if let (Some(cache), Some(writer)) = (settings.cache, writer) {
             install(&store.pool, &store.tables.prefix).await?;
-            let cache = Arc::new(RecordCache::new(&cache));
+            // A statement the store gave up on ends within its statement_timeout
+            // (the same timeout), committed or not.
+            let cache = Arc::new(RecordCache::new(&cache, 2 * store.timeout));
             tokio::spawn(
                 Listening {
                     cache: Arc::downgrade(&cache),

@@ -202,6 +202,9 @@ impl Link {
                     settings.reconnect_delays(),
                     settings.failover_hold(),
                     tracking,
+                    settings
+                        .wait_for()
+                        .map_or(Duration::ZERO, |(_, timeout)| timeout),
                 );
                 pool.watch_sentinels();
                 if pool.tracking.is_some() {
@@ -261,6 +264,9 @@ pub(super) struct MasterPool {
     tracking: Option<Tracking>,
     /// Counts the sets of connections begun.
     sets: std::sync::atomic::AtomicU64,
+    /// How long a write's `WAIT` may hold an exclusive connection (0 without
+    /// `wait`): a heartbeat sent there may queue behind it.
+    wait: Duration,
 }
 
 struct PoolState {
@@ -284,9 +290,11 @@ impl MasterPool {
         backoff: (Duration, Duration),
         failover_hold: Duration,
         tracking: Option<Tracking>,
+        wait: Duration,
     ) -> Arc<Self> {
         Arc::new(MasterPool {
             tracking,
+            wait,
             sets: std::sync::atomic::AtomicU64::new(0),
             target,
             config,
@@ -442,14 +450,13 @@ impl MasterPool {
         let Some((conns, generation)) = self.current() else {
             return;
         };
+        // The exclusive connections' heartbeats may queue behind a WAIT.
+        let limit = self.config.timeout + self.wait;
         for conn in conns.all() {
             let mut conn = conn.clone();
             let ping = redis::cmd("PING");
             let ping = ping.query_async::<Value>(&mut conn);
-            if !matches!(
-                tokio::time::timeout(self.config.timeout, ping).await,
-                Ok(Ok(_))
-            ) {
+            if !matches!(tokio::time::timeout(limit, ping).await, Ok(Ok(_))) {
                 tracing::warn!(target: "tower_sealed_sessions", "a Redis connection did not answer its heartbeat: reconnecting");
                 self.drop_connections(Some(generation));
                 return;

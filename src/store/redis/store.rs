@@ -98,9 +98,13 @@ impl RedisStore {
             .prefix
             .clone()
             .unwrap_or_else(|| Self::DEFAULT_PREFIX.to_owned());
-        let cache = settings
-            .cache
-            .map(|cache| Arc::new(RecordCache::new(&cache)));
+        let cache = settings.cache.map(|cache| {
+            // A command the store gave up on runs within its timeout, or its
+            // WAIT's, or not at all.
+            let wait = settings.wait_for().map_or(Duration::ZERO, |(_, t)| t);
+            let hold = 2 * settings.timeout() + wait;
+            Arc::new(RecordCache::new(&cache, hold))
+        });
         let tracking = cache.clone().map(|cache| Tracking {
             cache,
             prefix: prefix.as_str().into(),
