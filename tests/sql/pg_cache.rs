@@ -348,3 +348,50 @@ async fn a_mixed_case_prefix_starts_again_on_its_trigger() {
     assert_eq!(res.status(), 204);
     until(&b, &cookie, &Value::Null).await;
 }
+
+/// A role that may only read and write the tables: its cached store is refused,
+/// naming `store.cache`, until the trigger is there; then it starts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_rights_is_refused_a_cache_until_the_trigger_is_there() {
+    let Some(tables) = reachable() else {
+        return;
+    };
+    let admin = sqlx::PgPool::connect(&tables.url).await.unwrap();
+    // The tables, without the trigger: an uncached store makes them.
+    let plain = PostgresSettings::url(&tables.url).with_table_prefix(&tables.prefix);
+    drop(PostgresStore::from_settings(&plain).await.unwrap());
+    let role = format!("tss_dml_{:08x}", rand::random::<u32>());
+    let p = &tables.prefix;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'dml'"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {p}records, {p}user_index, {p}schema TO {role}"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&admin).await.unwrap();
+    }
+    let (scheme, rest) = tables.url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{role}:dml@{host}");
+    let refused = cached_result(&url, p).await.err().map(|e| e.to_string());
+    // The admin's cached store installs the trigger; then the role's starts.
+    let installed = cached(&tables.url, p).await;
+    let started = cached_result(&url, p).await.map(drop);
+    drop(installed);
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&statement).execute(&admin).await.unwrap();
+    }
+    let refused = refused.expect("refused without the trigger");
+    assert!(refused.contains("store.cache"), "{refused}");
+    started.expect("starts on the trigger that is there");
+}
+
+async fn cached_result(
+    url: &str,
+    prefix: &str,
+) -> Result<PostgresStore, tower_sealed_sessions::StoreError> {
+    let settings = PostgresSettings::url(url)
+        .with_table_prefix(prefix)
+        .with_cache(CacheSettings::new(10, Duration::from_secs(60)));
+    PostgresStore::from_settings(&settings).await
+}
