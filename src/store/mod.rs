@@ -84,10 +84,10 @@
 //!   through client tracking on the store's own connections (RESP3,
 //!   `CLIENT TRACKING ON NOLOOP`: see its module `tracking`); PostgreSQL through
 //!   a trigger on the records table and `LISTEN` (installed when a store with a
-//!   cache connects). In the tests, with two processes on loopback: a write on
-//!   one was read on the other within 2.7 ms at the 99th percentile on Redis
-//!   (1.5 ms on PostgreSQL), and a logout on one refused on the other within
-//!   5.2 ms (1.4 ms).
+//!   cache connects). In the tests, with two processes on loopback, at the
+//!   99th percentile over the runs: a write on one was read on the other within
+//!   1.7 to 2.7 ms on Redis (1.5 to 1.8 ms on PostgreSQL), and a logout on one
+//!   refused on the other within 1.9 to 6.8 ms (1.4 to 2.2 ms).
 //! - The process's own writes update its cache, and drop any read of the same
 //!   record that was on its way before them, so a read after a write is a
 //!   hit (with one connection per node, the Redis default; with more, or with
