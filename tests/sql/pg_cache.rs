@@ -360,19 +360,8 @@ async fn a_role_without_create_rights_is_refused_a_cache_until_the_trigger_is_th
     // The tables, without the trigger: an uncached store makes them.
     let plain = PostgresSettings::url(&tables.url).with_table_prefix(&tables.prefix);
     drop(PostgresStore::from_settings(&plain).await.unwrap());
-    let role = format!("tss_dml_{:08x}", rand::random::<u32>());
+    let (role, url) = super::postgres::dml_role(&admin, &tables).await;
     let p = &tables.prefix;
-    for statement in [
-        format!("CREATE ROLE {role} LOGIN PASSWORD 'dml'"),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON {p}records, {p}user_index, {p}schema TO {role}"
-        ),
-    ] {
-        sqlx::query(&statement).execute(&admin).await.unwrap();
-    }
-    let (scheme, rest) = tables.url.split_once("://").unwrap();
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let url = format!("{scheme}://{role}:dml@{host}");
     let refused = cached_result(&url, p).await.err().map(|e| e.to_string());
     // The admin's cached store installs the trigger; then the role's starts.
     let installed = cached(&tables.url, p).await;

@@ -42,6 +42,26 @@ impl Drop for Tables {
     }
 }
 
+/// A new role that may only read and write `tables` (no CREATE), and the
+/// admin URL with its name and password; drop it with `DROP OWNED BY`, then
+/// `DROP ROLE`.
+pub(super) async fn dml_role(admin: &sqlx::PgPool, tables: &Tables) -> (String, String) {
+    let role = format!("tss_dml_{:08x}", rand::random::<u32>());
+    let p = &tables.prefix;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'dml'"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {p}records, {p}user_index, {p}schema TO {role}"
+        ),
+    ] {
+        sqlx::query(&statement).execute(admin).await.unwrap();
+    }
+    let (scheme, rest) = tables.url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{role}:dml@{host}");
+    (role, url)
+}
+
 async fn fixture() -> Option<(PostgresStore, Tables)> {
     let url = url();
     let pool = match sqlx::PgPool::connect(&url).await {
@@ -269,20 +289,8 @@ async fn a_role_without_create_rights_starts_on_existing_tables() {
     };
     drop(store);
     let admin = sqlx::PgPool::connect(&tables.url).await.unwrap();
-    let role = format!("tss_dml_{:08x}", rand::random::<u32>());
+    let (role, url) = dml_role(&admin, &tables).await;
     let p = &tables.prefix;
-    for statement in [
-        format!("CREATE ROLE {role} LOGIN PASSWORD 'dml'"),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON {p}records, {p}user_index, {p}schema TO {role}"
-        ),
-    ] {
-        sqlx::query(&statement).execute(&admin).await.unwrap();
-    }
-    // The admin URL with the role's name and password.
-    let (scheme, rest) = tables.url.split_once("://").unwrap();
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let url = format!("{scheme}://{role}:dml@{host}");
     let outcome = async {
         let store = PostgresStore::from_settings(
             &tower_sealed_sessions::config::PostgresSettings::url(url.as_str())
