@@ -214,23 +214,19 @@ impl RecordCache {
         }
     }
 
-    /// `key` changed in the store (the stream says so, or this process deleted
-    /// it): drops its entry and any fill on its way.
+    /// Another process changed `key` in the store (the stream says so): drops
+    /// its entry and any fill on its way, and counts an invalidation.
     pub(crate) fn invalidate(&self, key: &StoreKey) {
         self.drop_key(key);
         #[cfg(feature = "metrics")]
         metrics::counter!("sealed_sessions_cache_invalidations_total").increment(1);
     }
 
-    /// The stream is lost, or could not say which keys changed (a flush of the
-    /// whole database): drops every entry and every fill on its way, and serves
-    /// nothing until [`resume`](Self::resume).
+    /// The stream is lost: drops every entry and every fill on its way, and
+    /// serves nothing until [`resume`](Self::resume).
     pub(crate) fn flush(&self) {
         let was_live = self.live.swap(false, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        for index in 0..SHARDS {
-            self.shard(index).entries.clear();
-        }
+        self.clear();
         if was_live {
             tracing::warn!(target: "tower_sealed_sessions", "session cache emptied: its invalidation stream is lost; reads go to the store until it is back");
             #[cfg(feature = "metrics")]
